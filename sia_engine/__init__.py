@@ -1,0 +1,10 @@
+"""sia-engine: self-improving LLM agents whose whole history is an append-only, hash-chained log.
+
+Importing this package is light (no torch): events, the reducer and verification run on machines
+without a model. Import the submodules you need: ``sia_engine.events``, ``sia_engine.state``,
+``sia_engine.history``, ``sia_engine.integrity``.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,249 @@
+"""Domain events: one frozen msgspec Struct per kind, each a past-tense fact.
+
+Each class has an explicit, stable tag (the ``kind`` stored in the envelope and in the payload)
+and a schema version. Renaming a class never changes the tag. Schema evolution: new fields get
+defaults, a field never changes type; anything else is a new schema version.
+
+``encode`` turns an event into the store's ``NewEvent`` (canonical bytes, checked to decode back
+to the same event); ``decode`` turns kind + schema + payload bytes back into an event, raising
+``UnknownEventKind``, ``UnknownSchema`` or ``InvalidPayload`` with the offending path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from sia_engine.canonical import canonical
+from sia_engine.errors import InvalidEvent, InvalidPayload, UnknownEventKind, UnknownSchema
+from sia_engine.scaffold import PatchOp, Scaffold
+from store import Envelope, NewEvent
+
+__all__ = [
+    "Event",
+    "ModelRef",
+    "TrainingPlan",
+    "RunStarted",
+    "ActionTaken",
+    "TrajectoryRecorded",
+    "FeedbackVerdict",
+    "ScaffoldPatched",
+    "AdapterCheckpointed",
+    "VersionEvaluated",
+    "VersionAccepted",
+    "VersionRejected",
+    "RolledBack",
+    "BranchForked",
+    "EVENT_TYPES",
+    "encode",
+    "roundtrip",
+    "decode",
+    "decode_envelope",
+]
+
+Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Lever = Literal["scaffold", "weights", "none"]
+Split = Literal["train", "val", "test"]
+NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ModelRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The base model: an id (hub id, folder or preset), a revision, and the sha256 of its weights."""
+
+    id: str
+    revision: str = ""
+    weights_hash: str = ""
+
+
+class TrainingPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the weights lever should train on: trajectories chosen as evidence, and how."""
+
+    trajectory_ids: tuple[str, ...]
+    method: Literal["rejection_sampling", "gold"] = "rejection_sampling"
+    hyper: dict[str, Any] = {}
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    """Base of every event. ``SCHEMA`` is the schema version this engine writes and reads."""
+
+    SCHEMA: ClassVar[int] = 1
+
+    @classmethod
+    def kind(cls) -> str:
+        tag = cls.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+    def blob_refs(self) -> tuple[str, ...]:
+        """Blob ids this event references (they must be in the store before it is recorded)."""
+        return ()
+
+
+class RunStarted(Event, tag="run_started"):
+    run_id: str
+    task: str
+    seed: int
+    base_model: ModelRef
+    scaffold: Scaffold
+    engine_version: str
+    levers: tuple[Literal["scaffold", "weights"], ...]
+    config: dict[str, Any] = {}
+
+
+class ActionTaken(Event, tag="action_taken"):
+    """A model call or a tool call, with its inputs and outputs."""
+
+    action_id: str
+    episode_id: str
+    version_id: Hex64
+    actor: Literal["model", "tool"]
+    name: str
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+
+
+class TrajectoryRecorded(Event, tag="trajectory_recorded"):
+    trajectory_id: str
+    episode_id: str
+    split: Split
+    version_id: Hex64
+    output: str
+    score: float | None
+    metrics: dict[str, float] = {}
+    action_ids: tuple[str, ...] = ()
+
+
+class FeedbackVerdict(Event, tag="feedback_verdict"):
+    """The Feedback Agent's decision for the head version. ``valid`` is False for an LLM verdict
+    that failed validation (``raw`` keeps what it said); such a verdict is never acted on."""
+
+    version_id: Hex64
+    lever: Lever
+    rationale: str
+    policy: str
+    evidence: tuple[str, ...] = ()
+    patch: tuple[PatchOp, ...] = ()
+    training_plan: TrainingPlan | None = None
+    valid: bool = True
+    raw: str | None = None
+
+
+class ScaffoldPatched(Event, tag="scaffold_patched"):
+    """A candidate version: the parent's scaffold with ``ops`` applied, same adapter."""
+
+    parent_version: Hex64
+    version_id: Hex64
+    ops: tuple[PatchOp, ...]
+    scaffold_hash: Hex64
+
+
+class AdapterCheckpointed(Event, tag="adapter_checkpointed"):
+    """A candidate version: the parent's scaffold with a new LoRA adapter (a safetensors blob)."""
+
+    parent_version: Hex64
+    version_id: Hex64
+    blob: Hex64
+    peft_config: dict[str, Any]
+    training_data: tuple[str, ...]
+    seed: int
+    metrics: dict[str, float] = {}
+    parent_adapter: Hex64 | None = None
+
+    def blob_refs(self) -> tuple[str, ...]:
+        return (self.blob,)
+
+
+class VersionEvaluated(Event, tag="version_evaluated"):
+    version_id: Hex64
+    split: Split
+    score: float
+    n_episodes: NonNeg
+    metrics: dict[str, float] = {}
+
+
+class VersionAccepted(Event, tag="version_accepted"):
+    version_id: Hex64
+    previous: Hex64
+    score: float
+    previous_score: float | None
+    margin: float
+
+
+class VersionRejected(Event, tag="version_rejected"):
+    version_id: Hex64
+    head: Hex64
+    score: float | None
+    head_score: float | None
+    reason: str
+
+
+class RolledBack(Event, tag="rolled_back"):
+    """The head moves back to an earlier accepted version (nothing is deleted)."""
+
+    to_version: Hex64
+    from_version: Hex64
+    reason: str
+
+
+class BranchForked(Event, tag="branch_forked"):
+    """First event of a fork: where it grew from and what it changes."""
+
+    source_branch: str
+    source_seq: NonNeg
+    source_event: Hex64
+    reason: str
+    overrides: dict[str, Any] = {}
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.kind(): cls for cls in Event.__subclasses__()}
+_DECODERS = {k: msgspec.json.Decoder(cls) for k, cls in EVENT_TYPES.items()}
+_PATH_RE = re.compile(r" - at `(.*)`$")
+
+
+def decode(kind: str, schema: int, payload: bytes, *, where: str | None = None) -> Event:
+    """The event of ``kind`` at ``schema`` in ``payload``; typed errors for anything else."""
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise UnknownEventKind(kind, sorted(EVENT_TYPES), where)
+    if schema != cls.SCHEMA:
+        raise UnknownSchema(kind, schema, cls.SCHEMA, where)
+    try:
+        return _DECODERS[kind].decode(payload)
+    except msgspec.ValidationError as e:
+        msg = str(e)
+        m = _PATH_RE.search(msg)
+        path = m.group(1) if m else "$"
+        reason = msg[: m.start()] if m else msg
+        raise InvalidPayload(kind, path, reason, where) from None
+    except msgspec.DecodeError as e:
+        raise InvalidPayload(kind, "$", f"not valid JSON: {e}", where) from None
+
+
+def decode_envelope(env: Envelope) -> Event:
+    return decode(env.kind, env.schema, env.payload, where=f"{env.ref} ({env.id})")
+
+
+def roundtrip(event: Event) -> tuple[NewEvent, Event]:
+    """Canonical bytes for ``event`` and the event decoded back from them.
+
+    The decoded event is what a replay will see (sequences inside free-form fields come back as
+    lists, for instance), so that is the one to apply to live state."""
+    if not isinstance(event, Event) or type(event) not in EVENT_TYPES.values():
+        raise InvalidEvent(type(event).__name__, "not an event type of this engine")
+    kind = event.kind()
+    try:
+        payload = canonical(event)
+    except (TypeError, msgspec.EncodeError) as e:
+        raise InvalidEvent(kind, f"a field holds a value that has no JSON form ({e})") from None
+    try:
+        back = decode(kind, event.SCHEMA, payload)
+    except InvalidPayload as e:
+        raise InvalidEvent(kind, f"{e.reason} (at {e.path}); non-finite floats are not allowed") from None
+    return NewEvent(kind, event.SCHEMA, payload), back
+
+
+def encode(event: Event) -> NewEvent:
+    """Canonical bytes for ``event``, checked to decode back into a valid event."""
+    return roundtrip(event)[0]

@@ -1,0 +1,437 @@
+"""``DuckEventLog``: the event log on a DuckDB file.
+
+Tables: ``events`` (one row per event, keyed by ``(branch, seq)``, payload as DuckDB JSON so that
+``json_extract`` works on it), ``branches`` (refs: fork point and head, moved by compare-and-swap
+inside the append transaction) and ``snapshots`` (a droppable cache of reduced state). Appends are
+one transaction per batch, ingested from Arrow. Verification runs in SQL: DuckDB recomputes every
+id with its own ``sha256`` and checks the chain with window functions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from store.envelope import BranchInfo, Envelope, NewEvent, Problem, VerifyReport, check_branch_name, seal
+from store.errors import (
+    BranchExists,
+    BranchNotFound,
+    ConcurrencyError,
+    EventNotFound,
+    InvalidEnvelope,
+    ReadOnlyQuery,
+    StoreError,
+    StoreLocked,
+    StoreNotFound,
+)
+from store.verify import (
+    reason_fork_point,
+    reason_hash,
+    reason_head,
+    reason_parent,
+    reason_seq,
+    reason_unknown_branch,
+)
+
+__all__ = ["DuckEventLog", "FORMAT_VERSION"]
+
+FORMAT_VERSION = "1"
+
+_DDL = """
+CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE branches (
+    name VARCHAR PRIMARY KEY, ord BIGINT NOT NULL, base_branch VARCHAR, base_seq BIGINT,
+    base_id VARCHAR, head_seq BIGINT NOT NULL, head_id VARCHAR, created_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE events (
+    id VARCHAR NOT NULL, parent VARCHAR, branch VARCHAR NOT NULL, seq BIGINT NOT NULL,
+    kind VARCHAR NOT NULL, schema INTEGER NOT NULL, recorded_at TIMESTAMPTZ NOT NULL,
+    payload JSON NOT NULL, PRIMARY KEY (branch, seq));
+CREATE TABLE snapshots (
+    branch VARCHAR NOT NULL, seq BIGINT NOT NULL, event_id VARCHAR NOT NULL, key VARCHAR NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (branch, seq, key));
+"""
+
+_COLS = "id, parent, branch, seq, kind, schema, recorded_at, payload"
+_BRANCH_COLS = "name, base_branch, base_seq, base_id, head_seq, head_id, created_at"
+
+_ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("parent", pa.string()),
+        ("branch", pa.string()),
+        ("seq", pa.int64()),
+        ("kind", pa.string()),
+        ("schema", pa.int32()),
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("payload", pa.string()),
+    ]
+)
+
+_LOCK_RE = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
+
+# Every row's recomputed id, its predecessor on the branch and the branch ref, in one pass.
+_VERIFY_SQL = """
+WITH e AS (
+    SELECT branch, seq, id, parent,
+        sha256(coalesce(parent, '') || chr(10) || branch || chr(10) || kind || chr(10)
+               || CAST(schema AS VARCHAR) || chr(10) || CAST(payload AS VARCHAR)) AS computed,
+        lag(id) OVER w AS prev_id,
+        lag(seq) OVER w AS prev_seq
+    FROM events WINDOW w AS (PARTITION BY branch ORDER BY seq)
+)
+SELECT e.branch, e.seq, e.id, e.parent, e.computed,
+    coalesce(e.prev_seq, -1) + 1 AS expected_seq,
+    CASE WHEN e.prev_seq IS NULL THEN b.base_id ELSE e.prev_id END AS expected_parent,
+    b.name IS NULL AS unknown_branch, coalesce(b.ord, 9223372036854775807) AS ord
+FROM e LEFT JOIN branches b ON b.name = e.branch
+WHERE b.name IS NULL OR e.computed != e.id OR e.seq != coalesce(e.prev_seq, -1) + 1
+   OR e.parent IS DISTINCT FROM (CASE WHEN e.prev_seq IS NULL THEN b.base_id ELSE e.prev_id END)
+ORDER BY ord, e.branch, e.seq
+LIMIT 10000
+"""
+
+_HEADS_SQL = """
+WITH last AS (
+    SELECT branch, max(seq) AS seq FROM events GROUP BY branch
+)
+SELECT b.name, b.ord, b.head_seq, b.head_id, coalesce(l.seq, -1) AS last_seq,
+    CASE WHEN l.seq IS NULL THEN b.base_id ELSE ev.id END AS last_id
+FROM branches b LEFT JOIN last l ON l.branch = b.name
+LEFT JOIN events ev ON ev.branch = l.branch AND ev.seq = l.seq
+WHERE b.head_seq != coalesce(l.seq, -1)
+   OR b.head_id IS DISTINCT FROM (CASE WHEN l.seq IS NULL THEN b.base_id ELSE ev.id END)
+"""
+
+_FORKS_SQL = """
+SELECT b.name, b.ord, b.base_branch, b.base_seq, b.base_id FROM branches b
+LEFT JOIN events ev ON ev.branch = b.base_branch AND ev.seq = b.base_seq
+WHERE b.base_branch IS NOT NULL AND ev.id IS DISTINCT FROM b.base_id
+"""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _translate_open_error(path: str, e: duckdb.Error) -> StoreError:
+    msg = str(e)
+    m = _LOCK_RE.search(msg)
+    if m:
+        return StoreLocked(path, f"{m.group(1)}, PID {m.group(2)}")
+    if "Could not set lock" in msg:
+        return StoreLocked(path, "unknown process")
+    return StoreError(f"could not open store {path}: {msg}")
+
+
+class DuckEventLog:
+    """Event log on a DuckDB file (``:memory:`` for a throwaway in-process database)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.path = str(path)
+        self.read_only = read_only
+        self._clock = clock
+        exists = self.path == ":memory:" or os.path.exists(self.path)
+        if not exists and (read_only or not create):
+            raise StoreNotFound(self.path)
+        try:
+            self._con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as e:
+            raise _translate_open_error(self.path, e) from e
+        self._con.execute("SET TimeZone = 'UTC'")
+        tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "events" not in tables:
+            if read_only or not create:
+                self._con.close()
+                raise StoreNotFound(self.path)
+            self._con.begin()
+            self._con.execute(_DDL)
+            self._con.execute("INSERT INTO meta VALUES ('format', ?)", [FORMAT_VERSION])
+            self._con.commit()
+        else:
+            row = self._one("SELECT value FROM meta WHERE key = 'format'")
+            if row is None or row[0] != FORMAT_VERSION:
+                found = None if row is None else row[0]
+                self._con.close()
+                raise StoreError(
+                    f"store {self.path} has log format {found!r}, this engine reads format "
+                    f"{FORMAT_VERSION!r}: upgrade sia-engine or open the store with the version that wrote it"
+                )
+
+    def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        # DuckDB 2 keeps a result open until it is fully fetched: fetch all, keep the first.
+        rows = self._con.execute(sql, params or []).fetchall()
+        return rows[0] if rows else None
+
+    # -- refs ---------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"store {self.path} is open read-only; open it without read_only to write")
+
+    def _insert_branch(self, info: BranchInfo) -> BranchInfo:
+        self._check_writable()
+        self._con.begin()
+        try:
+            if self._one("SELECT 1 FROM branches WHERE name = ?", [info.name]):
+                raise BranchExists(info.name)
+            self._con.execute(
+                "INSERT INTO branches SELECT ?, coalesce(max(ord), -1) + 1, ?, ?, ?, ?, ?, ? FROM branches",
+                [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at],
+            )
+            self._con.commit()
+        except BaseException:
+            self._con.rollback()
+            raise
+        return info
+
+    def init_branch(self, name: str) -> BranchInfo:
+        check_branch_name(name)
+        return self._insert_branch(BranchInfo(name, None, None, None, -1, None, self._clock()))
+
+    def fork(self, name: str, *, source: str, at_seq: int) -> BranchInfo:
+        check_branch_name(name)
+        base = self.at(source, at_seq)
+        return self._insert_branch(BranchInfo(name, source, at_seq, base.id, -1, base.id, self._clock()))
+
+    def _all_branch_names(self) -> list[str]:
+        return [r[0] for r in self._con.execute("SELECT name FROM branches ORDER BY name").fetchall()]
+
+    def branch(self, name: str) -> BranchInfo:
+        row = self._one(f"SELECT {_BRANCH_COLS} FROM branches WHERE name = ?", [name])
+        if row is None:
+            raise BranchNotFound(name, self._all_branch_names())
+        return BranchInfo(*row)
+
+    def branches(self) -> list[BranchInfo]:
+        rows = self._con.execute(f"SELECT {_BRANCH_COLS} FROM branches ORDER BY ord").fetchall()
+        return [BranchInfo(*r) for r in rows]
+
+    # -- writing ------------------------------------------------------------------------------
+    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+        self._check_writable()
+        con = self._con
+        con.begin()
+        try:
+            row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
+            if row is None:
+                raise BranchNotFound(branch, self._all_branch_names())
+            head_seq, head_id = row
+            if head_id != expected_head:
+                raise ConcurrencyError(branch, expected_head, head_id)
+            sealed = seal(branch, head_id, events)
+            n = len(sealed.ids)
+            table = pa.Table.from_arrays(
+                [
+                    pa.array(sealed.ids, pa.string()),
+                    pa.array([head_id, *sealed.ids[:-1]], pa.string()),
+                    pa.array([branch] * n, pa.string()),
+                    pa.array(range(head_seq + 1, head_seq + 1 + n), pa.int64()),
+                    pa.array(sealed.kinds, pa.string()),
+                    pa.array(sealed.schemas, pa.int32()),
+                    pa.array([self._clock()] * n, pa.timestamp("us", tz="UTC")),
+                    pa.array(sealed.payloads, pa.string()),
+                ],
+                schema=_ARROW_SCHEMA,
+            )
+            con.register("_sia_batch", table)
+            try:
+                con.execute(f"INSERT INTO events SELECT {_COLS} FROM _sia_batch")
+            except duckdb.ConversionException as e:  # DuckDB's JSON parser disagreed with ours
+                raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
+            finally:
+                con.unregister("_sia_batch")
+            con.execute(
+                "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ?",
+                [head_seq + n, sealed.ids[-1], branch],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        return sealed.ids
+
+    # -- reading ------------------------------------------------------------------------------
+    def _segments(self, branch: str, until_seq: int | None) -> list[tuple[str, int]]:
+        info = self.branch(branch)
+        segs: list[tuple[str, int]] = [(branch, info.head_seq if until_seq is None else until_seq)]
+        while info.base_branch is not None:
+            assert info.base_seq is not None
+            segs.append((info.base_branch, info.base_seq))
+            info = self.branch(info.base_branch)
+        return segs[::-1]
+
+    def _query(
+        self,
+        branch: str,
+        until_seq: int | None,
+        after_seq: int | None,
+        kinds: Sequence[str] | None,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> duckdb.DuckDBPyConnection:
+        segs = self._segments(branch, until_seq)
+        lo = -1
+        if after_seq is not None:
+            segs, lo = segs[-1:], after_seq
+        parts: list[str] = []
+        params: list[Any] = []
+        kind_sql = ""
+        if kinds is not None:
+            kind_sql = " AND list_contains(?, kind)"
+        for i, (b, hi) in enumerate(segs):
+            parts.append(f"SELECT {i} AS k, {_COLS} FROM events WHERE branch = ? AND seq > ? AND seq <= ?{kind_sql}")
+            params += [b, lo if b == branch else -1, hi]
+            if kinds is not None:
+                params.append(list(kinds))
+        sql = f"SELECT {_COLS} FROM ({' UNION ALL '.join(parts)}) ORDER BY k, seq"
+        return (con or self._con).execute(sql, params)
+
+    @staticmethod
+    def _env(row: tuple[Any, ...]) -> Envelope:
+        return Envelope(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7].encode())
+
+    def read(
+        self,
+        branch: str,
+        *,
+        until_seq: int | None = None,
+        after_seq: int | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> list[Envelope]:
+        env = self._env
+        return [env(r) for r in self._query(branch, until_seq, after_seq, kinds).fetchall()]
+
+    def iter_read(self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000) -> Iterator[Envelope]:
+        # A cursor of its own: the stream may stay open while the caller uses the log.
+        cur = self._con.cursor()
+        try:
+            res = self._query(branch, until_seq, None, None, cur)
+            env = self._env
+            while rows := res.fetchmany(batch_size):
+                for r in rows:
+                    yield env(r)
+        finally:
+            cur.close()
+
+    def get(self, event_id: str) -> Envelope:
+        row = self._one(f"SELECT {_COLS} FROM events WHERE id = ? LIMIT 1", [event_id])
+        if row is None:
+            raise EventNotFound(event_id)
+        return self._env(row)
+
+    def find(self, prefix: str, *, limit: int = 2) -> list[Envelope]:
+        """Events whose id starts with ``prefix`` (hex), at most ``limit``."""
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        rows = self._con.execute(
+            f"SELECT {_COLS} FROM events WHERE starts_with(id, ?) LIMIT ?", [prefix, limit]
+        ).fetchall()
+        return [self._env(r) for r in rows]
+
+    def at(self, branch: str, seq: int) -> Envelope:
+        row = self._one(f"SELECT {_COLS} FROM events WHERE branch = ? AND seq = ?", [branch, seq])
+        if row is None:
+            self.branch(branch)
+            raise EventNotFound(f"{branch}#{seq}")
+        return self._env(row)
+
+    def count(self) -> int:
+        row = self._one("SELECT count(*) FROM events")
+        assert row is not None
+        return int(row[0])
+
+    # -- integrity ----------------------------------------------------------------------------
+    def verify(self) -> VerifyReport:
+        found: list[tuple[int, str, int, Problem]] = []
+        for branch, seq, eid, parent, computed, exp_seq, exp_parent, unknown, ord_ in self._con.execute(
+            _VERIFY_SQL
+        ).fetchall():
+            if unknown:
+                reason = reason_unknown_branch(branch)
+            elif computed != eid:
+                reason = reason_hash(computed)
+            elif seq != exp_seq:
+                reason = reason_seq(exp_seq, seq)
+            else:
+                reason = reason_parent(parent, exp_parent)
+            found.append((ord_, branch, seq, Problem(branch, seq, eid, reason)))
+        for name, ord_, head_seq, head_id, last_seq, last_id in self._con.execute(_HEADS_SQL).fetchall():
+            p = Problem(name, None, None, reason_head(head_seq, head_id, last_seq, last_id))
+            found.append((ord_, name, 2**62, p))
+        for name, ord_, base_branch, base_seq, base_id in self._con.execute(_FORKS_SQL).fetchall():
+            found.append((ord_, name, -1, Problem(name, None, None, reason_fork_point(base_branch, base_seq, base_id))))
+        found.sort(key=lambda t: (t[0], t[1], t[2]))
+        n_branches = self._one("SELECT count(*) FROM branches")
+        assert n_branches is not None
+        return VerifyReport(self.count(), int(n_branches[0]), tuple(p for *_, p in found))
+
+    # -- snapshots (a cache of derived state, never a source of truth) -------------------------
+    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes) -> None:
+        self._check_writable()
+        ev = self.at(branch, seq)
+        self._con.execute(
+            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)", [branch, seq, ev.id, key, data]
+        )
+
+    def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
+        """Latest snapshot on the history of ``branch#until_seq``: (branch, seq, event id, data)."""
+        for b, hi in reversed(self._segments(branch, until_seq)):
+            row = self._one(
+                "SELECT branch, seq, event_id, data FROM snapshots WHERE branch = ? AND seq <= ? AND key = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                [b, hi, key],
+            )
+            if row is not None:
+                return row[0], row[1], row[2], bytes(row[3])
+        return None
+
+    def list_snapshots(self, key: str) -> list[tuple[str, int, str]]:
+        rows = self._con.execute(
+            "SELECT branch, seq, event_id FROM snapshots WHERE key = ? ORDER BY branch, seq", [key]
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def clear_snapshots(self) -> int:
+        self._check_writable()
+        row = self._one("SELECT count(*) FROM snapshots")
+        self._con.execute("DELETE FROM snapshots")
+        return int(row[0]) if row else 0
+
+    # -- ad-hoc SQL ---------------------------------------------------------------------------
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only SELECT; returns (column names, rows)."""
+        try:
+            statements = self._con.extract_statements(query)
+        except duckdb.Error as e:
+            raise StoreError(f"SQL does not parse: {e}") from e
+        if len(statements) != 1:
+            raise ReadOnlyQuery(query, f"{len(statements)}-statement")
+        st = statements[0]
+        if st.type != duckdb.StatementType.SELECT:
+            raise ReadOnlyQuery(query, st.type.name)
+        try:
+            cur = self._con.execute(query, list(params or []))
+        except duckdb.Error as e:
+            raise StoreError(f"query failed: {e}") from e
+        cols = [d[0] for d in cur.description or []]
+        return cols, cur.fetchall()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> DuckEventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
