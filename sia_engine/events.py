@@ -43,7 +43,7 @@ __all__ = [
     "decode_envelope",
 ]
 
-Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Hex64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]  # \Z: "$" would admit a trailing newline
 Lever = Literal["scaffold", "weights", "none"]
 Split = Literal["train", "val", "test"]
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]

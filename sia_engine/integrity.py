@@ -56,8 +56,8 @@ def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Probl
             except (EventError, ReducerError) as e:
                 problems.append(Problem(env.branch, env.seq, env.id, str(e)))
                 break
-            for blob_id in ev.blob_refs():
-                if blobs is None or not blobs.exists(blob_id):
+            for blob_id in ev.blob_refs() if blobs is not None else ():
+                if not blobs.exists(blob_id):
                     problems.append(Problem(env.branch, env.seq, env.id, f"references blob {blob_id}, which is not in the store"))
             key = (env.branch, env.seq)
             if key in at_fork:
@@ -78,7 +78,8 @@ def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Probl
 
 
 def verify_store(log: EventLog, blobs: BlobStore | None = None) -> IntegrityReport:
-    """Everything ``verify`` can check; ``first`` names the first problem."""
+    """Everything ``verify`` can check; ``first`` names the first problem. Without ``blobs``,
+    blob references and blob bytes are not checked."""
     report: VerifyReport = log.verify()
     problems = list(report.problems)
     n_snapshots = 0

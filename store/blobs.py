@@ -22,7 +22,7 @@ import safetensors.numpy
 
 from store.errors import BlobCorrupt, BlobNotFound, InvalidBlobId, InvalidName
 
-__all__ = ["BlobStore", "SUFFIXES"]
+__all__ = ["BlobStore", "SUFFIXES", "canonical_safetensors"]
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 SUFFIXES = ("safetensors", "json", "bin")
@@ -40,6 +40,19 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header keys sorted.
+
+    safetensors writes its header from a hash map, so the same tensors and metadata can give
+    different bytes from run to run; content addressing needs one byte string per content.
+    The data section and its offsets are unchanged."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # keep the data section 8-byte aligned, as safetensors does
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
 class BlobStore:
@@ -100,7 +113,11 @@ class BlobStore:
     def put_tensors(self, tensors: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] | None = None) -> str:
         """Store named arrays as a safetensors file; returns its sha256."""
         data = safetensors.numpy.save(dict(tensors), metadata=dict(metadata) if metadata else None)
-        return self.put(data, suffix="safetensors")
+        return self.put_safetensors(data)
+
+    def put_safetensors(self, data: bytes) -> str:
+        """Store safetensors bytes (from any framework) in canonical form; returns the sha256."""
+        return self.put(canonical_safetensors(data), suffix="safetensors")
 
     def get_tensors(self, blob_id: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """The arrays and string metadata of a safetensors blob (re-hashed on read)."""

@@ -202,6 +202,8 @@ class DuckEventLog:
 
     def fork(self, name: str, *, source: str, at_seq: int) -> BranchInfo:
         check_branch_name(name)
+        if self._one("SELECT 1 FROM branches WHERE name = ?", [name]):
+            raise BranchExists(name)
         base = self.at(source, at_seq)
         return self._insert_branch(BranchInfo(name, source, at_seq, base.id, -1, base.id, self._clock()))
 

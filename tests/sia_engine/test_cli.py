@@ -1,0 +1,119 @@
+"""The `sia` command, through click's runner and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from sia_engine.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("cli") / "store"
+    r = CliRunner().invoke(main, ["demo", "--store", str(p), "--json"])
+    assert r.exit_code == 0, r.output
+    return p
+
+
+def run(*args: str) -> click.testing.Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    assert "Example" in (main.help or "")
+    for name, cmd in main.commands.items():
+        r = run(name, "--help")
+        assert r.exit_code == 0
+        assert "Example:" in r.output, name
+        assert "--store" in r.output and "--json" in r.output, name
+
+
+def test_init_and_empty_log(tmp_path: Path) -> None:
+    r = run("init", "--store", str(tmp_path / "s"), "--json")
+    assert r.exit_code == 0
+    info = json.loads(r.output)
+    assert info["branches"] == ["main"] and info["events"] == 0
+    r = run("init", "--store", str(tmp_path / "s"))  # idempotent
+    assert r.exit_code == 0 and "store ready" in r.output
+    assert json.loads(run("log", "--store", str(tmp_path / "s"), "--json").output) == []
+
+
+def test_demo_summary(demo_store: Path) -> None:
+    r = run("demo", "--store", str(demo_store.parent / "again"))
+    assert r.exit_code == 0
+    assert "versions on main (synthetic scores)" in r.output and "verified" in r.output
+
+
+def test_log_filters(demo_store: Path) -> None:
+    r = run("log", "--store", str(demo_store), "--json", "--kind", "version_evaluated", "--limit", "0")
+    events = json.loads(r.output)
+    assert len(events) == 4 and {e["kind"] for e in events} == {"version_evaluated"}
+    assert all(e["payload"]["kind"] == "version_evaluated" for e in events)
+    fork = json.loads(run("log", "--store", str(demo_store), "--json", "--branch", "main-whatif", "--limit", "2").output)
+    assert [e["branch"] for e in fork] == ["main-whatif", "main-whatif"]
+    assert [e["kind"] for e in fork] == ["branch_forked", "rolled_back"]
+    assert "history of main" in run("log", "--store", str(demo_store)).output
+
+
+def test_show_event_and_version(demo_store: Path) -> None:
+    ev = json.loads(run("show", "main#0", "--store", str(demo_store), "--json").output)
+    assert ev["kind"] == "run_started" and ev["seq"] == 0
+    same = json.loads(run("show", ev["id"][:10], "--store", str(demo_store), "--json").output)
+    assert same["id"] == ev["id"]
+    vid = json.loads(run("log", "--store", str(demo_store), "--json", "--kind", "version_accepted").output)[0]["payload"]["version_id"]
+    v = json.loads(run("show", vid[:12], "--store", str(demo_store), "--json").output)
+    assert v["version_id"] == vid and v["status"] == "accepted"
+    r = run("show", "main#999", "--store", str(demo_store))
+    assert r.exit_code == 2 and "no event main#999 in this log" in r.output
+    r = run("show", "abc", "--store", str(demo_store))
+    assert r.exit_code == 2 and "give at least 6 characters" in r.output
+
+
+def test_branches(demo_store: Path) -> None:
+    bs = json.loads(run("branches", "--store", str(demo_store), "--json").output)
+    assert [b["name"] for b in bs] == ["main", "main-whatif"]
+    assert bs[1]["base_branch"] == "main"
+
+
+def test_sql(demo_store: Path) -> None:
+    rows = json.loads(run("sql", "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind", "--store", str(demo_store), "--json").output)
+    assert {"kind": "run_started", "n": 1} in rows
+    r = run("sql", "DELETE FROM events", "--store", str(demo_store))
+    assert r.exit_code == 2 and "only read-only SELECT queries are allowed, got a DELETE statement" in r.output
+
+
+def test_verify_ok_then_tampered(demo_store: Path, tmp_path: Path) -> None:
+    r = run("verify", "--store", str(demo_store))
+    assert r.exit_code == 0 and r.output.startswith("OK: 51 events on 2 branches, 2 blobs")
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_store, bad)
+    con = duckdb.connect(str(bad / "log.duckdb"))
+    eid, seq = con.execute("SELECT id, seq FROM events WHERE kind = 'trajectory_recorded' ORDER BY seq LIMIT 1").fetchall()[0]
+    con.execute("""UPDATE events SET payload = replace(payload::VARCHAR, '"score":', '"score":9')::JSON WHERE id = ?""", [eid])
+    con.close()
+    r = run("verify", "--store", str(bad))
+    assert r.exit_code == 1
+    assert r.output.startswith(f"FAILED: 1 problem(s); first: main#{seq} ({eid}): id does not match the event's content")
+    out = json.loads(run("verify", "--store", str(bad), "--json").output)
+    assert out["ok"] is False and out["problems"][0]["seq"] == seq
+
+
+def test_missing_store_is_a_clean_error(tmp_path: Path) -> None:
+    r = run("log", "--store", str(tmp_path / "none"))
+    assert r.exit_code == 2
+    assert f"error: no store at {tmp_path / 'none'}: create one with `sia init --store" in r.output
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "sia_engine.cli", "branches", "--store", str(tmp_path / "x")], capture_output=True, text=True)
+    assert p.returncode == 2 and "no store at" in p.stderr

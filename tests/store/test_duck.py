@@ -1,0 +1,149 @@
+"""DuckDB-specific behaviour: locks, read-only SQL, store layout, format checks, crash safety."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from store import DuckEventLog, NewEvent, ReadOnlyQuery, Store, StoreError, StoreLocked, StoreNotFound
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _child(code: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_second_process_gets_a_clear_lock_error(tmp_path: Path) -> None:
+    Store.create(tmp_path / "s").close()
+    child = _child(
+        f"""
+        import sys, time
+        from store import Store
+        s = Store.open({str(tmp_path / 's')!r})
+        print("open", flush=True)
+        time.sleep(30)
+        """
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "open"
+        for read_only in (False, True):
+            with pytest.raises(StoreLocked) as exc:
+                Store.open(tmp_path / "s", read_only=read_only)
+            msg = str(exc.value)
+            assert msg.startswith(f"store {tmp_path / 's' / 'log.duckdb'} is locked by another process (")
+            assert f"PID {child.pid})" in msg
+            assert "one process open a store at a time" in msg
+    finally:
+        child.kill()
+        child.wait()
+    Store.open(tmp_path / "s").close()  # the lock goes with the process
+
+
+def test_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFound) as exc:
+        Store.open(tmp_path / "nope")
+    assert str(exc.value) == f"no store at {tmp_path / 'nope'}: create one with `sia init --store {tmp_path / 'nope'}`"
+    with pytest.raises(StoreNotFound):
+        DuckEventLog(tmp_path / "x.duckdb", read_only=True)
+    assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_foreign_duckdb_file_is_not_a_store(tmp_path: Path) -> None:
+    p = tmp_path / "other.duckdb"
+    duckdb.connect(str(p)).close()
+    with pytest.raises(StoreNotFound):
+        DuckEventLog(p, create=False)
+
+
+def test_format_version_is_checked(tmp_path: Path) -> None:
+    p = tmp_path / "log.duckdb"
+    DuckEventLog(p).close()
+    con = duckdb.connect(str(p))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+    con.close()
+    with pytest.raises(StoreError, match="has log format '99', this engine reads format '1'"):
+        DuckEventLog(p)
+
+
+def test_sql_is_read_only(tmp_path: Path) -> None:
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        log.init_branch("main")
+        log.append("main", [NewEvent("k", 1, b'{"score":0.5}')], expected_head=None)
+        cols, rows = log.sql("SELECT kind, payload->>'score' AS score FROM events")
+        assert cols == ["kind", "score"] and rows == [("k", "0.5")]
+        cols, rows = log.sql("SELECT json_extract(payload, '$.score')::DOUBLE FROM events WHERE seq = ?", [0])
+        assert rows == [(0.5,)]
+        for bad, kind in [
+            ("DELETE FROM events", "DELETE"),
+            ("UPDATE events SET seq = 1", "UPDATE"),
+            ("DROP TABLE events", "DROP"),
+            ("SELECT 1; DELETE FROM events", "2-statement"),
+            ("COPY events TO 'x.csv'", "COPY"),
+        ]:
+            with pytest.raises(ReadOnlyQuery) as exc:
+                log.sql(bad)
+            assert str(exc.value).startswith(f"only read-only SELECT queries are allowed, got a {kind} statement")
+        with pytest.raises(StoreError, match="SQL does not parse"):
+            log.sql("SELEC 1")
+        assert log.count() == 1
+
+
+def test_read_only_store_refuses_writes(tmp_path: Path) -> None:
+    Store.create(tmp_path).close()
+    with Store.open(tmp_path, read_only=True) as s:
+        with pytest.raises(StoreError, match="is open read-only; open it without read_only to write"):
+            s.log.init_branch("main")
+
+
+CRASH_CHILD = """
+import sys
+from store import DuckEventLog, NewEvent
+log = DuckEventLog(sys.argv[1])
+if "main" not in [b.name for b in log.branches()]:
+    log.init_branch("main")
+head = log.branch("main").head_id
+batch = 0
+while True:
+    n = log.count()
+    events = [NewEvent("tick", 1, ('{"batch":%d,"n":%d,"pad":"%s"}' % (n, i, "x" * 200)).encode()) for i in range(BATCH)]
+    head = log.append("main", events, expected_head=head)[-1]
+    batch += 1
+    if batch == 1:
+        print("go", flush=True)
+"""
+
+
+def test_sigkill_during_batch_appends_is_all_or_nothing(tmp_path: Path) -> None:
+    """Kill a writer at 24 random points; every reopened log verifies and holds whole batches."""
+    p = tmp_path / "log.duckdb"
+    rng = random.Random(1234)
+    batch = 500
+    script = CRASH_CHILD.replace("BATCH", str(batch))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    counts = []
+    for _ in range(24):
+        child = subprocess.Popen([sys.executable, "-c", script, str(p)], env=env, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline().strip() == "go"
+        time.sleep(rng.uniform(0.0, 0.15))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        with DuckEventLog(p, create=False) as log:
+            report = log.verify()
+            assert report.ok, report.first
+            n = log.count()
+            assert n % batch == 0, f"a batch was cut: {n} events"
+            rows = log.sql("SELECT payload->>'batch' AS b, count(*) FROM events GROUP BY b HAVING count(*) != ?", [batch])[1]
+            assert rows == []
+        counts.append(n)
+    assert counts == sorted(counts) and counts[-1] > counts[0]

@@ -1,0 +1,95 @@
+"""ARCHITECTURE.md's layers, enforced: imports point down only, no cycles, light package roots."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ["store", "sia_engine", "tasks", "replay"]
+
+# package -> project packages it may import
+ALLOWED = {
+    "store": set(),
+    "sia_engine": {"store"},
+    "tasks": {"sia_engine", "store"},
+    "replay": {"sia_engine", "store"},
+}
+CLI = "sia_engine/cli.py"  # the interface may import everything
+
+
+def modules() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def project_imports(path: Path) -> set[str]:
+    """Dotted project modules imported by ``path`` (function-level imports included)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        out |= {n for n in names if n.split(".")[0] in PACKAGES}
+    return out
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_down(path: Path) -> None:
+    rel = str(path.relative_to(ROOT))
+    if rel == CLI:
+        return
+    pkg = rel.split("/")[0]
+    bad = {m for m in project_imports(path) if m.split(".")[0] not in ALLOWED[pkg] | {pkg}}
+    assert not bad, f"{rel} imports {sorted(bad)}; {pkg} may import only {sorted(ALLOWED[pkg])}"
+
+
+def test_no_import_cycles_between_files() -> None:
+    def modname(p: Path) -> str:
+        rel = p.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    names = {modname(p): p for p in modules()}
+    graph = {
+        m: {i for i in project_imports(p) if i in names and i != m and not m.startswith(i + ".") and names[i].name != "__init__.py"}
+        for m, p in names.items()
+    }
+    seen: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        seen[m] = 1
+        for n in graph[m]:
+            if seen.get(n) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join([*stack, m, n])}")
+            if n not in seen:
+                visit(n, [*stack, m])
+        seen[m] = 2
+
+    for m in graph:
+        if m not in seen:
+            visit(m, [])
+
+
+@pytest.mark.parametrize("mod", ["sia_engine", "sia_engine.events", "sia_engine.state", "sia_engine.integrity", "store", "replay"])
+def test_domain_imports_do_not_pull_torch(mod: str) -> None:
+    code = f"import sys, {mod}; bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_modules_stay_small() -> None:
+    big = [f"{p.relative_to(ROOT)} ({n})" for p in modules() if (n := len(p.read_text().splitlines())) > 450]
+    assert not big, f"one concept per module: split {big}"
+
+
+@pytest.mark.parametrize("pkg", ["store", "sia_engine", "replay"])
+def test_public_names_exist(pkg: str) -> None:
+    mod = __import__(pkg)
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{pkg}.__all__ names {name}, which it does not define"
