@@ -73,6 +73,7 @@ _ARROW_SCHEMA = pa.schema(
     ]
 )
 
+_SMALL_BATCH = 16
 _LOCK_RE = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
 
 # Every row's recomputed id, its predecessor on the branch and the branch ref, in one pass.
@@ -142,6 +143,7 @@ class DuckEventLog:
     ) -> None:
         self.path = str(path)
         self.read_only = read_only
+        self._heads: dict[str, tuple[int, str | None]] = {}  # branch -> (head seq, head id), write cache
         self._clock = clock
         exists = self.path == ":memory:" or os.path.exists(self.path)
         if not exists and (read_only or not create):
@@ -223,46 +225,79 @@ class DuckEventLog:
     # -- writing ------------------------------------------------------------------------------
     def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
         self._check_writable()
+        # Ids chain from the expected head; the ref moves by compare-and-swap in the same
+        # transaction, so a stale expectation writes nothing.
+        sealed = seal(branch, expected_head, events)
+        n = len(sealed.ids)
         con = self._con
         con.begin()
         try:
-            row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
-            if row is None:
-                raise BranchNotFound(branch, self._all_branch_names())
-            head_seq, head_id = row
-            if head_id != expected_head:
-                raise ConcurrencyError(branch, expected_head, head_id)
-            sealed = seal(branch, head_id, events)
-            n = len(sealed.ids)
-            table = pa.Table.from_arrays(
-                [
-                    pa.array(sealed.ids, pa.string()),
-                    pa.array([head_id, *sealed.ids[:-1]], pa.string()),
-                    pa.array([branch] * n, pa.string()),
-                    pa.array(range(head_seq + 1, head_seq + 1 + n), pa.int64()),
-                    pa.array(sealed.kinds, pa.string()),
-                    pa.array(sealed.schemas, pa.int32()),
-                    pa.array([self._clock()] * n, pa.timestamp("us", tz="UTC")),
-                    pa.array(sealed.payloads, pa.string()),
-                ],
-                schema=_ARROW_SCHEMA,
-            )
-            con.register("_sia_batch", table)
-            try:
-                con.execute(f"INSERT INTO events SELECT {_COLS} FROM _sia_batch")
-            except duckdb.ConversionException as e:  # DuckDB's JSON parser disagreed with ours
-                raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
-            finally:
-                con.unregister("_sia_batch")
-            con.execute(
-                "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ?",
-                [head_seq + n, sealed.ids[-1], branch],
-            )
+            first = self._move_head(branch, expected_head, sealed.ids[-1], n)
+            now = self._clock()
+            parents = [expected_head, *sealed.ids[:-1]]
+            if n <= _SMALL_BATCH:  # a statement of literals beats an Arrow round trip
+                values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+                params: list[Any] = []
+                for i in range(n):
+                    params += [sealed.ids[i], parents[i], branch, first + i, sealed.kinds[i], sealed.schemas[i], now, sealed.payloads[i]]
+                self._insert(f"INSERT INTO events VALUES {values}", params)
+            else:
+                table = pa.Table.from_arrays(
+                    [
+                        pa.array(sealed.ids, pa.string()),
+                        pa.array(parents, pa.string()),
+                        pa.array([branch] * n, pa.string()),
+                        pa.array(range(first, first + n), pa.int64()),
+                        pa.array(sealed.kinds, pa.string()),
+                        pa.array(sealed.schemas, pa.int32()),
+                        pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+                        pa.array(sealed.payloads, pa.string()),
+                    ],
+                    schema=_ARROW_SCHEMA,
+                )
+                con.register("_sia_batch", table)
+                try:
+                    self._insert(f"INSERT INTO events SELECT {_COLS} FROM _sia_batch", [])
+                finally:
+                    con.unregister("_sia_batch")
             con.commit()
         except BaseException:
             con.rollback()
+            self._heads.pop(branch, None)  # the swap, if any, was rolled back too
             raise
         return sealed.ids
+
+    def _move_head(self, branch: str, expected: str | None, new_head: str, n: int) -> int:
+        """Compare-and-swap the ref from ``expected`` to ``new_head``; returns the first new seq.
+
+        The head seq comes from a per-connection cache; the UPDATE matches on both seq and id,
+        so a stale cache cannot move the ref wrongly: it is refreshed and the swap retried."""
+        for attempt in range(2):
+            cached = self._heads.get(branch)
+            if cached is None or cached[1] != expected or attempt:
+                row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
+                if row is None:
+                    raise BranchNotFound(branch, self._all_branch_names())
+                self._heads[branch] = cached = (row[0], row[1])
+                if cached[1] != expected:
+                    raise ConcurrencyError(branch, expected, cached[1])
+            seq = cached[0]
+            updated = self._one(
+                "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ? AND head_seq = ? "
+                "AND head_id IS NOT DISTINCT FROM ?",
+                [seq + n, new_head, branch, seq, expected],
+            )
+            if updated is not None and updated[0] == 1:
+                self._heads[branch] = (seq + n, new_head)
+                return seq + 1
+            self._heads.pop(branch, None)
+        raise ConcurrencyError(branch, expected, self.branch(branch).head_id)
+
+    def _insert(self, sql: str, params: list[Any]) -> None:
+        try:
+            self._con.execute(sql, params)
+        except duckdb.ConversionException as e:  # DuckDB's JSON parser disagreed with ours
+            raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
 
     # -- reading ------------------------------------------------------------------------------
     def _segments(self, branch: str, until_seq: int | None) -> list[tuple[str, int]]:

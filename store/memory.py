@@ -59,10 +59,10 @@ class MemoryEventLog:
 
     # -- writing ------------------------------------------------------------------------------
     def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+        sealed = seal(branch, expected_head, events)
         info = self.branch(branch)
         if info.head_id != expected_head:
             raise ConcurrencyError(branch, expected_head, info.head_id)
-        sealed = seal(branch, info.head_id, events)
         now = self._clock()
         parent = info.head_id
         seq = info.head_seq

@@ -147,3 +147,21 @@ def test_sigkill_during_batch_appends_is_all_or_nothing(tmp_path: Path) -> None:
             assert rows == []
         counts.append(n)
     assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_two_connections_in_one_process_keep_the_chain(tmp_path: Path) -> None:
+    """Each DuckEventLog caches branch heads; a stale cache must never move a ref wrongly."""
+    p = tmp_path / "log.duckdb"
+    a = DuckEventLog(p)
+    b = DuckEventLog(p)
+    a.init_branch("main")
+    [x] = a.append("main", [NewEvent("k", 1, b"{}")], expected_head=None)
+    [y] = b.append("main", [NewEvent("k", 1, b"[]")], expected_head=x)  # b had no cache yet
+    [z] = a.append("main", [NewEvent("k", 1, b"1")], expected_head=y)  # a's cache was stale
+    with pytest.raises(Exception) as exc:
+        b.append("main", [NewEvent("k", 1, b"2")], expected_head=y)  # b's cache says y, the ref says z
+    assert type(exc.value).__name__ == "ConcurrencyError"
+    assert [e.seq for e in a.read("main")] == [0, 1, 2] and a.verify().ok
+    assert b.read("main")[-1].id == z
+    a.close()
+    b.close()
