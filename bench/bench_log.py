@@ -4,8 +4,10 @@
 
 Every rate is measured in this run, beside a raw DuckDB Arrow append of the same rows (same
 columns, ids and payloads, no hashing, no checks) into a table with the same definition and into
-one without constraints. Events are realistic engine events (trajectories and model calls, with a
-scaffold patch, evaluation and decision every 100 events), valid for the reducer.
+one without constraints. Events are realistic engine events, valid for the reducer: each iteration
+rolls out 100 training episodes (a model call and a trajectory each), then records a verdict, a
+scaffold patch, 100 validation episodes, an evaluation and a decision (~405 events per candidate
+version, so a 1M-event log holds ~2,500 versions).
 """
 
 from __future__ import annotations
@@ -59,15 +61,26 @@ def synthetic_events(n: int, seed: int = 0) -> list[Event]:
         i += 1
         head = state.head_version
         assert head is not None
-        if i % 50 == 0:
+        if i % 201 == 0:
             ops = (PatchOp("replace", "/system_prompt", f"Answer briefly, attempt {i}."),)
             sc = apply_patch(head.scaffold, ops)
             vid = version_id(BASE, sc, head.adapter)
             score = rng.random()
+            val: list[Event] = []
+            for k in range(100):
+                text = rng.choice(["The charge is theft.", "Fraud", "yes"])
+                val += [
+                    ActionTaken(action_id=f"v{i}-{k}", episode_id=f"val{k}", version_id=vid, actor="model", name="generate",
+                                inputs={"prompt": f"Validation question {k}: which charge applies?", "temperature": 0.0},
+                                outputs={"text": text, "tokens": rng.randint(3, 40)}),
+                    TrajectoryRecorded(trajectory_id=f"v{i}-{k}", episode_id=f"val{k}", split="val", version_id=vid,
+                                       output=text, score=float(rng.random() < 0.4), action_ids=(f"v{i}-{k}",)),
+                ]
             batch: list[Event] = [
                 FeedbackVerdict(version_id=head.version_id, lever="scaffold", rationale="format errors", policy="rule", evidence=(f"t{i - 1}",), patch=ops),
                 ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=ops, scaffold_hash=scaffold_hash(sc)),
-                VersionEvaluated(version_id=vid, split="val", score=score, n_episodes=20),
+                *val,
+                VersionEvaluated(version_id=vid, split="val", score=score, n_episodes=100),
                 VersionAccepted(version_id=vid, previous=head.version_id, score=score, previous_score=None, margin=0.0)
                 if rng.random() < 0.5
                 else VersionRejected(version_id=vid, head=head.version_id, score=score, head_score=None, reason="no better"),
@@ -186,13 +199,13 @@ def bench_size(n: int, batch: int, tmp: Path) -> None:
     hpath = tmp / f"hist-{n}.duckdb"
     hlog = DuckEventLog(hpath)
     hlog.init_branch("main")
-    hist = History(hlog, "main", AgentState(), None, snapshot_every=1000)
+    hist = History(hlog, "main", AgentState(), None)
 
     def record_all() -> None:
         for s in range(0, n, batch):
             hist.record(*events[s:s + batch])
 
-    print(f"History.record batched          {rate(n, timed(record_all))}   (encode + reducer + append + snapshots)")
+    print(f"History.record batched          {rate(n, timed(record_all))}   (encode + reducer + append + snapshots every {hist.snapshot_every:,})")
     t_full = timed(lambda: verify_store(hlog))
     print(f"verify_store (chain + decode + reduce + snapshots) {rate(n, t_full)}")
 

@@ -92,7 +92,7 @@ class History:
         head: str | None,
         *,
         blobs: BlobStore | None = None,
-        snapshot_every: int = 1000,
+        snapshot_every: int = 5000,
     ) -> None:
         self.log = log
         self.branch = branch
@@ -103,7 +103,7 @@ class History:
 
     @classmethod
     def open(
-        cls, log: EventLog, branch: str, *, blobs: BlobStore | None = None, snapshot_every: int = 1000
+        cls, log: EventLog, branch: str, *, blobs: BlobStore | None = None, snapshot_every: int = 5000
     ) -> History:
         state, head = rebuild(log, branch)
         return cls(log, branch, state, head, blobs=blobs, snapshot_every=snapshot_every)
