@@ -26,6 +26,7 @@ __all__ = [
     "ModelRef",
     "TrainingPlan",
     "RunStarted",
+    "IterationStarted",
     "ActionTaken",
     "TrajectoryRecorded",
     "FeedbackVerdict",
@@ -90,6 +91,14 @@ class RunStarted(Event, tag="run_started"):
     engine_version: str
     levers: tuple[Literal["scaffold", "weights"], ...]
     config: dict[str, Any] = {}
+
+
+class IterationStarted(Event, tag="iteration_started"):
+    """An improvement iteration begins on the head version; ``seed`` drives all of its randomness."""
+
+    iteration: NonNeg
+    head_version: Hex64
+    seed: int
 
 
 class ActionTaken(Event, tag="action_taken"):

@@ -25,6 +25,7 @@ from sia_engine.events import (
     BranchForked,
     Event,
     FeedbackVerdict,
+    IterationStarted,
     ModelRef,
     RolledBack,
     RunStarted,
@@ -39,7 +40,9 @@ from sia_engine.scaffold import Scaffold, apply_patch, scaffold_hash
 __all__ = ["Evaluation", "Version", "RunInfo", "AgentState", "apply", "reduce", "version_id", "state_hash", "REDUCER_VERSION"]
 
 # Bump when the reducer's output changes for the same events: snapshots are keyed by it.
-REDUCER_VERSION = "1"
+REDUCER_VERSION = "2"
+
+Phase = Literal["idle", "started", "decided", "candidate", "evaluated"]
 
 
 class Evaluation(msgspec.Struct, frozen=True):
@@ -86,6 +89,13 @@ class AgentState(msgspec.Struct, frozen=True):
     n_actions: int = 0
     n_trajectories: int = 0
     n_verdicts: int = 0
+    # Where the improvement loop stands, so that a resumed run continues at the right step:
+    # idle -> started (iteration_started) -> decided (a valid verdict for a lever) -> candidate
+    # (scaffold_patched / adapter_checkpointed) -> evaluated -> idle (accepted / rejected).
+    iteration: int = -1
+    phase: Phase = "idle"
+    pending: FeedbackVerdict | None = None
+    candidate: str | None = None
 
     @property
     def head_version(self) -> Version | None:
@@ -128,6 +138,8 @@ def _new_candidate(state: AgentState, kind: str, vid: str, parent: Version, leve
     if expected != vid:
         raise ReducerError(kind, f"version_id is {vid} but base model, scaffold and adapter hash to {expected}")
     v = Version(vid, len(state.versions), parent.version_id, lever, scaffold, adapter, "candidate")
+    if state.phase == "decided":
+        return _with_version(state, v, phase="candidate", candidate=vid)
     return _with_version(state, v)
 
 
@@ -154,10 +166,26 @@ def _trajectory(state: AgentState, e: TrajectoryRecorded) -> AgentState:
     return msgspec.structs.replace(state, n_trajectories=state.n_trajectories + 1)
 
 
+def _iteration(state: AgentState, e: IterationStarted) -> AgentState:
+    _started(state, e.kind())
+    if state.phase != "idle":
+        raise ReducerError(e.kind(), f"iteration {state.iteration} is still open (phase {state.phase!r})")
+    if e.iteration != state.iteration + 1:
+        raise ReducerError(e.kind(), f"iteration is {e.iteration}, the next iteration is {state.iteration + 1}")
+    if e.head_version != state.head:
+        raise ReducerError(e.kind(), f"head_version is {e.head_version}, the head is {state.head}")
+    return msgspec.structs.replace(state, iteration=e.iteration, phase="started")
+
+
 def _verdict(state: AgentState, e: FeedbackVerdict) -> AgentState:
     _started(state, e.kind())
     _version(state, e.version_id, e.kind())
-    return msgspec.structs.replace(state, n_verdicts=state.n_verdicts + 1)
+    new = msgspec.structs.replace(state, n_verdicts=state.n_verdicts + 1)
+    if state.phase == "started" and e.valid:
+        if e.lever == "none":
+            return msgspec.structs.replace(new, phase="idle")
+        return msgspec.structs.replace(new, phase="decided", pending=e)
+    return new
 
 
 def _scaffold_patched(state: AgentState, e: ScaffoldPatched) -> AgentState:
@@ -182,6 +210,8 @@ def _adapter(state: AgentState, e: AdapterCheckpointed) -> AgentState:
 def _evaluated(state: AgentState, e: VersionEvaluated) -> AgentState:
     v = _version(state, e.version_id, e.kind())
     v = msgspec.structs.replace(v, evaluations=(*v.evaluations, Evaluation(e.split, e.score, e.n_episodes)))
+    if state.phase == "candidate" and e.version_id == state.candidate:
+        return _with_version(state, v, phase="evaluated")
     return _with_version(state, v)
 
 
@@ -197,14 +227,21 @@ def _accepted(state: AgentState, e: VersionAccepted) -> AgentState:
     if e.previous != state.head:
         raise ReducerError(e.kind(), f"previous head is {e.previous}, the head is {state.head}")
     v = msgspec.structs.replace(v, status="accepted")
-    return _with_version(state, v, head=v.version_id, head_history=(*state.head_history, v.version_id))
+    return _with_version(state, v, head=v.version_id, head_history=(*state.head_history, v.version_id), **_close(state, v))
 
 
 def _rejected(state: AgentState, e: VersionRejected) -> AgentState:
     v = _candidate(state, e.version_id, e.kind())
     if e.head != state.head:
         raise ReducerError(e.kind(), f"head is {e.head} in the event, {state.head} in the history")
-    return _with_version(state, msgspec.structs.replace(v, status="rejected"))
+    return _with_version(state, msgspec.structs.replace(v, status="rejected"), **_close(state, v))
+
+
+def _close(state: AgentState, v: Version) -> dict[str, Any]:
+    """Deciding on the iteration's candidate closes the iteration."""
+    if state.candidate == v.version_id:
+        return {"phase": "idle", "pending": None, "candidate": None}
+    return {}
 
 
 def _rolled_back(state: AgentState, e: RolledBack) -> AgentState:
@@ -224,6 +261,7 @@ def _forked(state: AgentState, e: BranchForked) -> AgentState:
 
 _HANDLERS: dict[type[Event], Callable[[AgentState, Any], AgentState]] = {
     RunStarted: _run_started,
+    IterationStarted: _iteration,
     ActionTaken: _action,
     TrajectoryRecorded: _trajectory,
     FeedbackVerdict: _verdict,

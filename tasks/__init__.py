@@ -1,7 +1,30 @@
-"""Task suites behind one Task protocol (scrna-denoise, lawbench, trimul): not built yet.
+"""Task suites behind the ``sia_engine.task.Task`` protocol.
 
-The log foundation and the improvement loop come first (see the open issues); this package
-exists so that the layering test and packaging cover it from the start.
+Built in now: ``arith`` (a small sum task for the loop). The SIA families (scrna-denoise,
+lawbench, trimul) are the next issue.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sia_engine.errors import SiaError
+from sia_engine.task import Task
+from tasks.arith import Arith
+
+__all__ = ["TASKS", "get_task", "UnknownTask"]
+
+TASKS: dict[str, Callable[[], Task]] = {"arith": Arith}
+
+
+class UnknownTask(SiaError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))} (list them with `sia tasks`)")
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise UnknownTask(name) from None

@@ -17,7 +17,7 @@ KINDS = sorted(EVENT_TYPES)
 def test_every_kind_has_a_stable_tag() -> None:
     assert KINDS == sorted(
         [
-            "run_started", "action_taken", "trajectory_recorded", "feedback_verdict", "scaffold_patched",
+            "run_started", "iteration_started", "action_taken", "trajectory_recorded", "feedback_verdict", "scaffold_patched",
             "adapter_checkpointed", "version_evaluated", "version_accepted", "version_rejected",
             "rolled_back", "branch_forked",
         ]

@@ -1,0 +1,239 @@
+"""``HFModel``: a local Hugging Face causal LM with peft LoRA adapters (both levers).
+
+Generation is batched for greedy decoding and one request at a time, seeded, for sampling (so a
+request's output never depends on what it was batched with). Training builds a fresh LoRA
+adapter (from the parent adapter's weights when given), deterministic for a seed on CPU, and
+returns its tensors as safetensors bytes. Serving an adapter always goes through
+``set_adapter`` from those bytes, so the live agent and an agent rebuilt from the log load the
+very same weights the same way: their logits are bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import safetensors.torch
+import torch
+from peft import LoraConfig, PeftModel, get_peft_config, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+from sia_engine.events import ModelRef
+from sia_engine.model import Adapter, Generation, LoraSettings, Message, Request, TrainedAdapter, TrainExample
+
+__all__ = ["HFModel", "peft_config_dict", "export_adapter"]
+
+_MAX_LOADED = 8  # adapters kept in memory at once
+
+
+def peft_config_dict(config: LoraConfig) -> dict[str, Any]:
+    """A peft config as plain JSON values (sets become sorted lists, enums their values)."""
+    raw = config.to_dict()
+    return json.loads(json.dumps(raw, sort_keys=True, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+
+
+def export_adapter(adapter: Adapter, folder: str) -> None:
+    """Write an adapter in peft's own layout (``PeftModel.from_pretrained(base, folder)`` loads it)."""
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "adapter_model.safetensors"), "wb") as f:
+        f.write(adapter.tensors)
+    with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+        json.dump(adapter.peft_config, f, indent=2, sort_keys=True)
+
+
+def _messages(msgs: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in msgs]
+
+
+class HFModel:
+    trains_weights = True
+
+    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, *, label: str = "") -> None:
+        self.base = model.eval()
+        self.tok = tokenizer
+        self.ref = ref
+        self.label = label  # e.g. "smoke-test model: random weights"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.tok.padding_side = "left"
+        self.peft: PeftModel | None = None
+        self._loaded: list[str] = []  # adapter names, oldest first
+        self.active: str | None = None
+
+    # -- prompts ------------------------------------------------------------------------------
+    def prompt_ids(self, messages: Sequence[Message], prefix: str = "") -> list[int]:
+        text = self.tok.apply_chat_template(_messages(messages), add_generation_prompt=True, tokenize=False)
+        return list(self.tok(text + prefix, add_special_tokens=False)["input_ids"])
+
+    @property
+    def net(self) -> Any:
+        """The module that serves: the peft wrapper when adapters were ever added."""
+        return self.peft if self.peft is not None else self.base
+
+    def logits(self, messages: Sequence[Message], prefix: str = "") -> torch.Tensor:
+        """Next-token logits over the prompt, [seq, vocab], under the active adapter."""
+        ids = torch.tensor([self.prompt_ids(messages, prefix)])
+        with torch.no_grad(), self._serving():
+            return self.net(input_ids=ids).logits[0]
+
+    # -- adapters -----------------------------------------------------------------------------
+    def _serving(self) -> Any:
+        import contextlib
+
+        if self.peft is not None and self.active is None:
+            return self.peft.disable_adapter()
+        return contextlib.nullcontext()
+
+    def _add(self, name: str, config: LoraConfig) -> None:
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, config, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, config)
+        self._loaded.append(name)
+        while len(self._loaded) > _MAX_LOADED:
+            old = self._loaded.pop(0)
+            if old != self.active:
+                self.peft.delete_adapter(old)
+
+    def set_adapter(self, adapter: Adapter | None) -> None:
+        if adapter is None:
+            self.active = None
+            return
+        name = f"a{adapter.blob[:16]}"
+        if name not in self._loaded:
+            config = get_peft_config(dict(adapter.peft_config))
+            self._add(name, config)
+            assert self.peft is not None
+            state = safetensors.torch.load(adapter.tensors)
+            set_peft_model_state_dict(self.peft, state, adapter_name=name)
+        assert self.peft is not None
+        self.peft.set_adapter(name)
+        self.peft.eval()
+        self.active = name
+
+    # -- generation ---------------------------------------------------------------------------
+    def _generate(self, batch: list[Request]) -> list[Generation]:
+        d = batch[0].decoding
+        prompts = [self.prompt_ids(r.messages, r.prefix) for r in batch]
+        width = max(map(len, prompts))
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        kwargs: dict[str, Any] = {"max_new_tokens": d.max_new_tokens, "pad_token_id": pad, "do_sample": d.temperature > 0}
+        if d.temperature > 0:
+            kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k or None)
+            torch.manual_seed(batch[0].seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.no_grad(), self._serving():
+            out = self.net.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        gens = []
+        eos = self.tok.eos_token_id
+        for row in out[:, width:].tolist():
+            n = len(row)
+            finish = "length"
+            if eos in row:
+                n, finish = row.index(eos), "stop"
+            text = self.tok.decode(row[:n], skip_special_tokens=True)
+            for s in d.stop:
+                if s in text:
+                    text, finish = text[: text.index(s)], "stop"
+            gens.append(Generation(text, n_tokens=n, finish=finish))
+        return gens
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        out: list[Generation] = []
+        greedy: list[Request] = []
+        for r in requests:
+            if r.decoding.temperature > 0:
+                out += self._flush(greedy) + self._generate([r])
+                greedy = []
+            elif greedy and greedy[0].decoding != r.decoding:
+                out += self._flush(greedy)
+                greedy = [r]
+            else:
+                greedy.append(r)
+        return out + self._flush(greedy)
+
+    def _flush(self, greedy: list[Request]) -> list[Generation]:
+        out: list[Generation] = []
+        for i in range(0, len(greedy), 16):
+            out += self._generate(greedy[i : i + 16])
+        return out
+
+    # -- training -----------------------------------------------------------------------------
+    def _encode_example(self, ex: TrainExample, max_length: int) -> tuple[list[int], list[int]]:
+        prompt = self.prompt_ids(ex.messages)
+        completion = list(self.tok(ex.completion, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
+        ids = (prompt + completion)[-max_length:]
+        labels = ([-100] * len(prompt) + completion)[-max_length:]
+        return ids, labels
+
+    def train_adapter(
+        self,
+        examples: Sequence[TrainExample],
+        settings: LoraSettings,
+        *,
+        seed: int,
+        parent: Adapter | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> TrainedAdapter:
+        if not examples:
+            raise ValueError("no training examples: the training plan selected none")
+        torch.manual_seed(seed)
+        config = LoraConfig(
+            r=settings.r, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
+            lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        )
+        name = f"train{seed & 0xFFFFFF}"
+        if name in self._loaded:
+            assert self.peft is not None
+            self.peft.delete_adapter(name)
+            self._loaded.remove(name)
+        self._add(name, config)
+        assert self.peft is not None
+        if parent is not None:
+            set_peft_model_state_dict(self.peft, safetensors.torch.load(parent.tensors), adapter_name=name)
+        self.peft.set_adapter(name)
+        params = [p for n, p in self.peft.named_parameters() if f".{name}." in n]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+        data = [self._encode_example(e, settings.max_length) for e in examples]
+        order: list[int] = []
+        rng = random.Random(seed)
+        losses: list[float] = []
+        self.peft.train()
+        try:
+            for step in range(settings.steps):
+                batch = []
+                for _ in range(min(settings.batch_size, len(data))):
+                    if not order:
+                        order = list(range(len(data)))
+                        rng.shuffle(order)
+                    batch.append(data[order.pop()])
+                width = max(len(i) for i, _ in batch)
+                pad = self.tok.pad_token_id
+                ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch])  # [b, t]
+                labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+                mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
+                loss = self.peft(input_ids=ids, attention_mask=mask, labels=labels).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                if on_step:
+                    on_step(step + 1, losses[-1])
+        finally:
+            self.peft.eval()
+        state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.peft, adapter_name=name).items()}
+        tensors = safetensors.torch.save(state)
+        cfg = peft_config_dict(config)
+        self.peft.delete_adapter(name)
+        self._loaded.remove(name)
+        if self.active is not None:
+            self.peft.set_adapter(self.active)
+        return TrainedAdapter(tensors, cfg, {"loss_first": losses[0], "loss_last": losses[-1], "steps": float(len(losses))})

@@ -1,0 +1,61 @@
+"""The ``Task`` protocol: named tasks with episodes per split, prompts built from the scaffold,
+and scoring. Implementations live in ``tasks/``; the loop sees only this protocol."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from sia_engine.model import Message
+from sia_engine.scaffold import Scaffold
+
+__all__ = ["Episode", "Score", "Failure", "Task", "chat_messages"]
+
+Failure = Literal["none", "format", "abstain", "content"]
+
+
+class Episode(msgspec.Struct, frozen=True):
+    """One task instance. ``gold`` is the reference answer where the task has one."""
+
+    id: str
+    split: Literal["train", "val", "test"]
+    input: str
+    gold: str | None = None
+    meta: dict[str, Any] = {}
+
+
+class Score(msgspec.Struct, frozen=True):
+    """A scored output: ``failure`` says what kind of miss it was, for the Feedback Agent."""
+
+    score: float
+    failure: Failure = "none"
+    metrics: dict[str, float] = {}
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    description: str
+    format_hint: str  # what a well-formed answer looks like, for scaffold patches
+
+    def episodes(self, split: Literal["train", "val", "test"]) -> list[Episode]:
+        """Episodes of ``split``, in a deterministic order."""
+        ...
+
+    def messages(self, scaffold: Scaffold, episode: Episode) -> tuple[Message, ...]:
+        """The prompt for ``episode`` under ``scaffold``."""
+        ...
+
+    def score(self, episode: Episode, output: str) -> Score: ...
+
+
+def chat_messages(scaffold: Scaffold, user: str) -> tuple[Message, ...]:
+    """The usual prompt: system prompt and output format, few-shot turns, then the input."""
+    system = "\n\n".join(x for x in (scaffold.system_prompt, scaffold.output_format) if x)
+    msgs: list[Message] = [Message("system", system)] if system else []
+    for ex in scaffold.examples:
+        msgs += [Message("user", ex.input), Message("assistant", ex.output)]
+    body = scaffold.solution_template.replace("{input}", user) if "{input}" in scaffold.solution_template else user
+    msgs.append(Message("user", body))
+    return tuple(msgs)
