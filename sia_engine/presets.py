@@ -56,6 +56,14 @@ def weights_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
+def _quiet_transformers() -> None:
+    """No download or conversion progress bars from transformers: the CLI draws its own."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def tiny_model(seed: int = 0) -> Any:
     """A 2-layer, 64-wide Llama with random weights and a byte-level tokenizer built in code.
 
@@ -137,6 +145,7 @@ def _hub_folder(repo_id: str) -> Path | None:
 
 def load_model(spec: str) -> Any:
     """``tiny``, ``smollm2``, a folder, or a cached hub id -> an ``HFModel``."""
+    _quiet_transformers()
     if spec == "tiny":
         return tiny_model()
     if spec == "smollm2":

@@ -49,6 +49,10 @@ class Task(Protocol):
 
     def score(self, episode: Episode, output: str) -> Score: ...
 
+    def scaffold(self) -> Scaffold:
+        """The scaffold a run starts from (prompt, decoding limits suited to the task)."""
+        ...
+
 
 def chat_messages(scaffold: Scaffold, user: str) -> tuple[Message, ...]:
     """The usual prompt: system prompt and output format, few-shot turns, then the input."""

@@ -22,7 +22,7 @@ import safetensors.numpy
 
 from store.errors import BlobCorrupt, BlobNotFound, InvalidBlobId, InvalidName
 
-__all__ = ["BlobStore", "SUFFIXES", "canonical_safetensors"]
+__all__ = ["BlobStore", "SUFFIXES", "canonical_safetensors", "safetensors_metadata"]
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 SUFFIXES = ("safetensors", "json", "bin")
@@ -42,17 +42,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def canonical_safetensors(data: bytes) -> bytes:
-    """The same safetensors file with its JSON header keys sorted.
+def canonical_safetensors(data: bytes, *, metadata: Mapping[str, str] | None = None) -> bytes:
+    """The same safetensors file with its JSON header keys sorted (``metadata`` merged in).
 
     safetensors writes its header from a hash map, so the same tensors and metadata can give
     different bytes from run to run; content addressing needs one byte string per content.
     The data section and its offsets are unchanged."""
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
+    if metadata:
+        header["__metadata__"] = {**header.get("__metadata__", {}), **metadata}
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # keep the data section 8-byte aligned, as safetensors does
     return struct.pack("<Q", len(text)) + text + data[8 + n :]
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The string metadata in a safetensors file's header."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return dict(json.loads(data[8 : 8 + n]).get("__metadata__", {}))
 
 
 class BlobStore:
@@ -115,16 +123,15 @@ class BlobStore:
         data = safetensors.numpy.save(dict(tensors), metadata=dict(metadata) if metadata else None)
         return self.put_safetensors(data)
 
-    def put_safetensors(self, data: bytes) -> str:
-        """Store safetensors bytes (from any framework) in canonical form; returns the sha256."""
-        return self.put(canonical_safetensors(data), suffix="safetensors")
+    def put_safetensors(self, data: bytes, *, metadata: Mapping[str, str] | None = None) -> str:
+        """Store safetensors bytes (from any framework) in canonical form, with ``metadata``
+        added to its header; returns the sha256."""
+        return self.put(canonical_safetensors(data, metadata=metadata), suffix="safetensors")
 
     def get_tensors(self, blob_id: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """The arrays and string metadata of a safetensors blob (re-hashed on read)."""
         data = self.get(blob_id)
-        (n,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + n])
-        return safetensors.numpy.load(data), dict(header.get("__metadata__", {}))
+        return safetensors.numpy.load(data), safetensors_metadata(data)
 
     def ids(self) -> list[str]:
         """Every stored blob id, sorted."""

@@ -1,8 +1,8 @@
 """``arith``: a small built-in task for the improvement loop until the task suites land.
 
 Questions ask for the sum of two numbers from 0 to 9 ("What is 3 + 4?"); the answer is the
-number alone. An output with no number is a format failure, an empty or evasive one an
-abstention, a wrong number a content error. 100 questions, split deterministically by id:
+number alone. An empty or evasive output is an abstention, anything but a bare number a format
+failure (a right number in a sentence scores 0.5), a wrong bare number a content error. 100 questions, split deterministically by id:
 60 train, 20 val, 20 test.
 """
 
@@ -13,7 +13,7 @@ import re
 from typing import Literal
 
 from sia_engine.model import Message
-from sia_engine.scaffold import Scaffold
+from sia_engine.scaffold import Decoding, Scaffold
 from sia_engine.task import Episode, Score, chat_messages
 
 __all__ = ["Arith"]
@@ -57,4 +57,10 @@ class Arith:
         well_formed = float(text == found[0])
         if found[0] == episode.gold:
             return Score(1.0 if well_formed else 0.5, "none" if well_formed else "format", {"well_formed": well_formed})
-        return Score(0.0, "content", {"well_formed": well_formed})
+        return Score(0.0, "content" if well_formed else "format", {"well_formed": well_formed})
+
+    def scaffold(self) -> Scaffold:
+        return Scaffold(
+            system_prompt="You are a careful assistant who does arithmetic.",
+            decoding=Decoding(temperature=0.0, max_new_tokens=8, stop=("\n",)),
+        )

@@ -1,0 +1,226 @@
+"""The Feedback Agent: reads an iteration's trajectories and decides which lever to pull.
+
+``RulePolicy`` is deterministic (the offline default). ``LLMPolicy`` asks any ``Model`` for a
+JSON verdict, validated by msgspec and against the head scaffold; an invalid answer is recorded
+as an invalid verdict and the rule policy decides instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from sia_engine.errors import InvalidPatch
+from sia_engine.events import ActionTaken, FeedbackVerdict, TrainingPlan, TrajectoryRecorded
+from sia_engine.model import Message, Model, Request
+from sia_engine.scaffold import Decoding, PatchOp, apply_patch
+from sia_engine.state import AgentState, Version, version_id
+from sia_engine.task import Failure, Task
+
+__all__ = ["Context", "Decision", "FeedbackAgent", "RulePolicy", "LLMPolicy", "LLMVerdict"]
+
+MAX_EXAMPLES = 4
+
+
+class Context(msgspec.Struct, frozen=True):
+    """What the Feedback Agent sees: the state, the head, this iteration's training trajectories
+    (with the task's failure class for each) and the levers it may pull."""
+
+    state: AgentState
+    head: Version
+    trajectories: tuple[TrajectoryRecorded, ...]
+    failures: dict[str, Failure]  # trajectory id -> failure class
+    levers: tuple[str, ...]
+    iteration: int
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """Verdicts to record, in order (an invalid one may precede the valid one that stands),
+    and the model calls made to reach them."""
+
+    verdicts: tuple[FeedbackVerdict, ...]
+    actions: tuple[ActionTaken, ...] = ()
+
+
+class FeedbackAgent(Protocol):
+    name: str
+
+    def decide(self, ctx: Context, task: Task) -> Decision: ...
+
+
+def _new_version(ctx: Context, ops: Sequence[PatchOp]) -> bool:
+    """True if ``ops`` apply to the head scaffold and give a version not seen before."""
+    assert ctx.state.run is not None
+    try:
+        sc = apply_patch(ctx.head.scaffold, ops)
+    except InvalidPatch:
+        return False
+    return version_id(ctx.state.run.base_model, sc, ctx.head.adapter) not in ctx.state.versions
+
+
+def _plateau(state: AgentState, lever: str, k: int = 2) -> bool:
+    """The last ``k`` candidates of ``lever`` were all rejected."""
+    recent = [v for v in state.ordered_versions() if v.lever == lever][-k:]
+    return len(recent) == k and all(v.status == "rejected" for v in recent)
+
+
+class RulePolicy:
+    """Format and abstention failures -> scaffold; content errors that persist, or scaffold
+    gains that plateau -> LoRA on the best outputs (or gold answers); otherwise nothing."""
+
+    name = "rule"
+
+    def __init__(self, *, threshold: float = 0.25) -> None:
+        self.threshold = threshold
+
+    def _format_ops(self, ctx: Context, task: Task) -> list[tuple[PatchOp, ...]]:
+        options: list[tuple[PatchOp, ...]] = []
+        if ctx.head.scaffold.output_format != task.format_hint:
+            options.append((PatchOp("replace", "/output_format", task.format_hint),))
+        if ctx.head.scaffold.decoding.temperature > 0:
+            options.append((PatchOp("replace", "/decoding/temperature", 0.0),))
+        return options + self._example_ops(ctx, task)
+
+    def _example_ops(self, ctx: Context, task: Task) -> list[tuple[PatchOp, ...]]:
+        """Few-shot examples from failed episodes' gold answers (or the best outputs)."""
+        episodes = {e.id: e for e in task.episodes("train")}
+        failed = [t for t in ctx.trajectories if ctx.failures.get(t.trajectory_id, "none") != "none"]
+        good = sorted((t for t in ctx.trajectories if (t.score or 0) > 0), key=lambda t: -(t.score or 0))
+        pairs: list[tuple[str, str]] = []
+        for t in failed:
+            ep = episodes.get(t.episode_id)
+            if ep is not None and ep.gold is not None:
+                pairs.append((ep.input, ep.gold))
+        pairs += [(episodes[t.episode_id].input, t.output) for t in good if t.episode_id in episodes]
+        n = len(ctx.head.scaffold.examples)
+        options = []
+        for inp, out in pairs:
+            value = {"input": inp, "output": out}
+            if n < MAX_EXAMPLES:
+                options.append((PatchOp("add", "/examples/-", value),))
+            else:
+                options.append((PatchOp("replace", f"/examples/{ctx.iteration % MAX_EXAMPLES}", value),))
+        return options
+
+    def _training_plan(self, ctx: Context, task: Task) -> TrainingPlan | None:
+        best = max((t.score or 0.0 for t in ctx.trajectories), default=0.0)
+        if best > 0:  # rejection sampling: keep the best-scoring outputs
+            keep = tuple(t.trajectory_id for t in ctx.trajectories if (t.score or 0.0) >= best)
+            return TrainingPlan(keep, "rejection_sampling")
+        golds = {e.id for e in task.episodes("train") if e.gold is not None}
+        chosen = tuple(t.trajectory_id for t in ctx.trajectories if t.episode_id in golds)
+        return TrainingPlan(chosen, "gold") if chosen else None
+
+    def decide(self, ctx: Context, task: Task) -> Decision:
+        n = max(len(ctx.trajectories), 1)
+        counts = {k: sum(1 for f in ctx.failures.values() if f == k) for k in ("format", "abstain", "content")}
+        form = (counts["format"] + counts["abstain"]) / n
+        errors = sum(counts.values()) / n
+        evidence = tuple(t for t, f in ctx.failures.items() if f != "none")[:8]
+        summary = f"{counts['format']} format, {counts['abstain']} abstention, {counts['content']} content errors in {n} episodes"
+        can_scaffold = "scaffold" in ctx.levers
+        can_train = "weights" in ctx.levers
+
+        def scaffold(options: list[tuple[PatchOp, ...]], why: str) -> Decision | None:
+            for ops in options:
+                if _new_version(ctx, ops):
+                    v = FeedbackVerdict(version_id=ctx.head.version_id, lever="scaffold", rationale=f"{why}: {summary}", policy=self.name, evidence=evidence, patch=ops)
+                    return Decision((v,))
+            return None
+
+        if can_scaffold and form >= self.threshold and not _plateau(ctx.state, "scaffold"):
+            d = scaffold(self._format_ops(ctx, task), "format or abstention failures")
+            if d:
+                return d
+        if can_train and errors >= self.threshold:
+            plan = self._training_plan(ctx, task)
+            if plan is not None:
+                why = "scaffold gains plateaued" if _plateau(ctx.state, "scaffold") else "content errors persist"
+                v = FeedbackVerdict(version_id=ctx.head.version_id, lever="weights", rationale=f"{why}: {summary}", policy=self.name, evidence=evidence, training_plan=plan)
+                return Decision((v,))
+        if can_scaffold and errors > 0:
+            d = scaffold(self._example_ops(ctx, task), "errors remain; adding a worked example")
+            if d:
+                return d
+        why = "no errors" if errors == 0 else "no lever applies"
+        return Decision((FeedbackVerdict(version_id=ctx.head.version_id, lever="none", rationale=f"{why}: {summary}", policy=self.name, evidence=evidence),))
+
+
+class LLMVerdict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What an LLM Feedback Agent must answer, as JSON."""
+
+    lever: Literal["scaffold", "weights", "none"]
+    rationale: str
+    evidence: tuple[str, ...] = ()
+    patch: tuple[PatchOp, ...] = ()
+    training_plan: TrainingPlan | None = None
+
+
+_SYSTEM = (
+    "You are the Feedback Agent of a self-improving agent. Read the trajectories and decide: "
+    "'scaffold' (give JSON Patch ops on the scaffold), 'weights' (give a training_plan with "
+    "trajectory_ids of outputs to learn from) or 'none'. Answer with one JSON object with keys "
+    "lever, rationale, evidence, patch, training_plan, and nothing else."
+)
+_JSON = re.compile(r"\{.*\}", re.S)
+
+
+class LLMPolicy:
+    """A Feedback Agent backed by a model; falls back to ``fallback`` on an invalid answer."""
+
+    name = "llm"
+
+    def __init__(self, model: Model, *, fallback: FeedbackAgent | None = None, max_new_tokens: int = 512) -> None:
+        self.model = model
+        self.fallback = fallback or RulePolicy()
+        self.max_new_tokens = max_new_tokens
+
+    def _prompt(self, ctx: Context) -> tuple[Message, ...]:
+        lines = [f"levers allowed: {', '.join(ctx.levers)}", "scaffold: " + msgspec.json.encode(ctx.head.scaffold).decode(), "trajectories:"]
+        for t in ctx.trajectories[:20]:
+            lines.append(f"- id={t.trajectory_id} score={t.score} failure={ctx.failures.get(t.trajectory_id)} output={t.output[:200]!r}")
+        return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
+
+    def _validate(self, text: str, ctx: Context) -> LLMVerdict:
+        m = _JSON.search(text)
+        if m is None:
+            raise ValueError("no JSON object in the answer")
+        v = msgspec.json.decode(m.group(0), type=LLMVerdict)
+        if v.lever != "none" and v.lever not in ctx.levers:
+            raise ValueError(f"lever {v.lever!r} is not enabled ({', '.join(ctx.levers)})")
+        if v.lever == "scaffold" and not _new_version(ctx, v.patch):
+            raise ValueError("the patch does not apply to the head scaffold, or gives a version already tried")
+        if v.lever == "weights":
+            known = {t.trajectory_id for t in ctx.trajectories}
+            if v.training_plan is None or not v.training_plan.trajectory_ids:
+                raise ValueError("lever 'weights' needs a training_plan with trajectory_ids")
+            unknown = set(v.training_plan.trajectory_ids) - known
+            if unknown:
+                raise ValueError(f"training_plan names trajectories not in this iteration: {sorted(unknown)[:3]}")
+        return v
+
+    def decide(self, ctx: Context, task: Task) -> Decision:
+        request = Request(self._prompt(ctx), Decoding(temperature=0.0, max_new_tokens=self.max_new_tokens), seed=ctx.iteration)
+        [gen] = self.model.generate([request])
+        action = ActionTaken(
+            action_id=f"feedback-{ctx.iteration}", episode_id=f"feedback-{ctx.iteration}", version_id=ctx.head.version_id,
+            actor="model", name="feedback", inputs={"request": msgspec.to_builtins(request), "model": self.model.ref.id},
+            outputs={"text": gen.text, **({"raw": gen.raw} if gen.raw else {})},
+        )
+        try:
+            v = self._validate(gen.text, ctx)
+        except (ValueError, msgspec.ValidationError, msgspec.DecodeError) as e:
+            invalid = FeedbackVerdict(
+                version_id=ctx.head.version_id, lever="none", rationale=f"invalid LLM verdict: {e}",
+                policy=self.name, valid=False, raw=gen.text[:4000],
+            )
+            fallback = self.fallback.decide(ctx, task)
+            return Decision((invalid, *fallback.verdicts), (action, *fallback.actions))
+        verdict = FeedbackVerdict(
+            version_id=ctx.head.version_id, lever=v.lever, rationale=v.rationale, policy=self.name,
+            evidence=v.evidence, patch=v.patch, training_plan=v.training_plan,
+        )
+        return Decision((verdict,), (action,))

@@ -1,0 +1,299 @@
+"""The improvement loop: roll out the head, ask the Feedback Agent, pull a lever, evaluate the
+candidate, accept or reject. Every step is recorded before the next starts, so a run that stops
+anywhere (crash, SIGKILL, Ctrl-C) resumes from the log without recording any step twice.
+
+All randomness comes from seeds recorded in the log: iteration ``i`` gets
+``sha256(run seed, i)``, and every sampled request and training run derives from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from sia_engine.errors import SiaError
+from sia_engine.events import (
+    ActionTaken,
+    AdapterCheckpointed,
+    Event,
+    IterationStarted,
+    RunStarted,
+    ScaffoldPatched,
+    TrajectoryRecorded,
+    VersionAccepted,
+    VersionEvaluated,
+    VersionRejected,
+)
+from sia_engine.feedback import Context, FeedbackAgent
+from sia_engine.history import History
+from sia_engine.hooks import Hooks
+from sia_engine.model import Adapter, LoraSettings, Model, Request, TrainExample
+from sia_engine.scaffold import Scaffold, apply_patch, scaffold_hash
+from sia_engine.state import AgentState, Version, version_id
+from sia_engine.task import Episode, Task
+from store import BlobStore, Store
+from store.blobs import safetensors_metadata
+
+__all__ = ["LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed"]
+
+
+class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What defines a run. Budgets (``iterations``, ``wall_time_s``) may change on resume;
+    everything else must match the run recorded in the store."""
+
+    task: str
+    levers: tuple[Literal["scaffold", "weights"], ...] = ("scaffold", "weights")
+    seed: int = 0
+    train_episodes: int = 8
+    val_episodes: int = 8
+    margin: float = 0.0
+    lora: LoraSettings = LoraSettings()
+    feedback: str = "rule"
+    iterations: int = 3
+    wall_time_s: float | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        d = msgspec.to_builtins(self)
+        d.pop("iterations")
+        d.pop("wall_time_s")
+        return d
+
+
+class RunMismatch(SiaError):
+    def __init__(self, what: str, recorded: object, given: object) -> None:
+        self.what = what
+        super().__init__(
+            f"this branch holds a run with {what} {recorded!r}, not {given!r}; resume with the recorded "
+            f"settings, or fork the branch (or use another store) to change them"
+        )
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{iteration}".encode()).digest()[:4], "little")
+
+
+def load_adapter(blobs: BlobStore, blob_id: str | None) -> Adapter | None:
+    """A version's adapter from its blob (the peft config travels in the blob's metadata)."""
+    if blob_id is None:
+        return None
+    data = blobs.get(blob_id)
+    meta = safetensors_metadata(data)
+    return Adapter(blob_id, data, json.loads(meta["peft_config"]))
+
+
+class Loop:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        task: Task,
+        model: Model,
+        feedback: FeedbackAgent,
+        config: LoopConfig,
+        branch: str = "main",
+        scaffold: Scaffold | None = None,
+        hooks: Hooks | None = None,
+        engine_version: str = "0",
+    ) -> None:
+        if "weights" in config.levers and not model.trains_weights:
+            raise SiaError(f"model {model.ref.id!r} cannot train weights: run it with --levers scaffold")
+        self.store = store
+        self.task = task
+        self.model = model
+        self.feedback = feedback
+        self.config = config
+        self.branch = branch
+        self.initial = scaffold or task.scaffold()
+        self.hooks = hooks or Hooks()
+        self.engine_version = engine_version
+        if branch not in {b.name for b in store.log.branches()}:
+            store.log.init_branch(branch)
+        self.hist = History.open(store.log, branch, blobs=store.blobs)
+        self.val = task.episodes("val")[: config.val_episodes]
+        self.train = task.episodes("train")
+        if not self.val or not self.train:
+            raise SiaError(f"task {task.name!r} has no train or no val episodes")
+
+    # -- the run ------------------------------------------------------------------------------
+    def _start_or_check(self) -> None:
+        run = self.hist.state.run
+        if run is None:
+            self.hist.record(
+                RunStarted(
+                    run_id=f"{self.task.name}-{self.config.seed}", task=self.task.name, seed=self.config.seed,
+                    base_model=self.model.ref, scaffold=self.initial, engine_version=self.engine_version,
+                    levers=tuple(self.config.levers), config=self.config.recorded(),
+                )
+            )
+            return
+        if run.base_model != self.model.ref:
+            raise RunMismatch("base model", msgspec.to_builtins(run.base_model), msgspec.to_builtins(self.model.ref))
+        given = json.loads(json.dumps(self.config.recorded()))
+        for key in sorted(set(given) | set(run.config)):
+            if run.config.get(key) != given.get(key):
+                raise RunMismatch(key, run.config.get(key), given.get(key))
+
+    def run(self) -> AgentState:
+        """Run (or resume) until ``iterations`` iterations are done or the wall time is spent."""
+        self._start_or_check()
+        t0 = time.monotonic()
+        while True:
+            s = self.hist.state
+            if s.phase == "idle":
+                head = s.head_version
+                assert head is not None
+                if head.score("val") is None:
+                    self._evaluate(head, decide=False)
+                    continue
+                out_of_time = self.config.wall_time_s is not None and time.monotonic() - t0 > self.config.wall_time_s
+                if s.iteration + 1 >= self.config.iterations or out_of_time:
+                    break
+                self._roll_out(head, s.iteration + 1)
+            elif s.phase == "started":
+                self._decide()
+            elif s.phase == "decided":
+                self._apply_lever()
+            elif s.phase == "candidate":
+                assert s.candidate is not None
+                self._evaluate(s.versions[s.candidate], decide=True)
+            else:  # "evaluated": a crash came between evaluation and decision
+                self._gate()
+        self.hooks.finished(self.hist.state)
+        return self.hist.state
+
+    # -- steps --------------------------------------------------------------------------------
+    def _serve(self, version: Version) -> None:
+        self.model.set_adapter(load_adapter(self.store.blobs, version.adapter))
+
+    def _episodes(self, version: Version, episodes: Sequence[Episode], split: Literal["train", "val"], seed: int, tag: str) -> list[Event]:
+        """Generate and score ``episodes`` under ``version``: an action and a trajectory each."""
+        self._serve(version)
+        sc = version.scaffold
+        requests = [Request(self.task.messages(sc, ep), sc.decoding, seed=seed + k) for k, ep in enumerate(episodes)]
+        self.hooks.phase(f"{split} rollouts", len(requests))
+        gens = []
+        for i in range(0, len(requests), 8):
+            gens += self.model.generate(requests[i : i + 8])
+            self.hooks.advance(min(8, len(requests) - i))
+        events: list[Event] = []
+        for k, (ep, req, gen) in enumerate(zip(episodes, requests, gens)):
+            scored = self.task.score(ep, gen.text)
+            aid = f"{tag}-{k}"
+            outputs: dict[str, Any] = {"text": gen.text, "n_tokens": gen.n_tokens, "finish": gen.finish}
+            if gen.raw:
+                outputs["raw"] = gen.raw
+            events.append(
+                ActionTaken(action_id=aid, episode_id=ep.id, version_id=version.version_id, actor="model", name="generate",
+                            inputs={"messages": msgspec.to_builtins(req.messages), "decoding": msgspec.to_builtins(req.decoding), "seed": req.seed},
+                            outputs=outputs)
+            )
+            events.append(
+                TrajectoryRecorded(trajectory_id=aid, episode_id=ep.id, split=split, version_id=version.version_id,
+                                   output=gen.text, score=scored.score, metrics=dict(scored.metrics), action_ids=(aid,))
+            )
+        return events
+
+    def _roll_out(self, head: Version, iteration: int) -> None:
+        seed = iteration_seed(self.config.seed, iteration)
+        episodes = random.Random(seed).sample(self.train, min(self.config.train_episodes, len(self.train)))
+        self.hooks.iteration(iteration, self.config.iterations)
+        start = IterationStarted(iteration=iteration, head_version=head.version_id, seed=seed)
+        self.hist.record(start, *self._episodes(head, episodes, "train", seed, f"i{iteration}-train"))
+
+    def _iteration_events(self) -> list[Event]:
+        """Events of the open iteration, from its ``iteration_started`` on (ancestry included)."""
+        from sia_engine.events import decode_envelope
+
+        log = self.store.log
+        starts = log.read(self.branch, kinds=["iteration_started"])
+        if not starts:
+            raise SiaError(f"branch {self.branch!r} has no open iteration")
+        last = starts[-1]
+        if last.branch == self.branch:
+            rest = log.read(self.branch, after_seq=last.seq)
+        else:
+            full = log.read(self.branch)
+            rest = full[next(i for i, e in enumerate(full) if e.id == last.id) + 1 :]
+        return [decode_envelope(e) for e in rest]
+
+    def _decide(self) -> None:
+        s = self.hist.state
+        head = s.head_version
+        assert head is not None
+        trajs = tuple(e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded) and e.split == "train")
+        episodes = {e.id: e for e in self.train}
+        failures = {t.trajectory_id: self.task.score(episodes[t.episode_id], t.output).failure for t in trajs}
+        levers = tuple(self.config.levers)
+        ctx = Context(s, head, trajs, failures, levers, s.iteration)
+        self.hooks.phase("feedback", None)
+        decision = self.feedback.decide(ctx, self.task)
+        self.hist.record(*decision.actions, *decision.verdicts)
+
+    def _apply_lever(self) -> None:
+        s = self.hist.state
+        verdict = s.pending
+        head = s.head_version
+        assert verdict is not None and head is not None and s.run is not None
+        if verdict.lever == "scaffold":
+            new = apply_patch(head.scaffold, verdict.patch)
+            vid = version_id(s.run.base_model, new, head.adapter)
+            self.hist.record(ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=verdict.patch, scaffold_hash=scaffold_hash(new)))
+            return
+        assert verdict.training_plan is not None
+        plan = verdict.training_plan
+        wanted = set(plan.trajectory_ids)
+        episodes = {e.id: e for e in self.train}
+        examples = []
+        for t in (e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded)):
+            if t.trajectory_id in wanted:
+                ep = episodes[t.episode_id]
+                completion = ep.gold if plan.method == "gold" and ep.gold is not None else t.output
+                examples.append(TrainExample(self.task.messages(head.scaffold, ep), completion, source=t.trajectory_id))
+        seed = iteration_seed(self.config.seed, s.iteration)
+        parent = load_adapter(self.store.blobs, head.adapter)
+        self.hooks.phase("LoRA training steps", self.config.lora.steps)
+        trained = self.model.train_adapter(examples, self.config.lora, seed=seed, parent=parent, on_step=lambda i, loss: self.hooks.advance(1, loss=loss))
+        blob = self.store.blobs.put_safetensors(trained.tensors, metadata={"peft_config": json.dumps(trained.peft_config, sort_keys=True), "base_model": s.run.base_model.id})
+        vid = version_id(s.run.base_model, head.scaffold, blob)
+        self.hist.record(
+            AdapterCheckpointed(parent_version=head.version_id, version_id=vid, blob=blob, peft_config=trained.peft_config,
+                                training_data=tuple(e.source for e in examples), seed=seed, metrics=trained.metrics, parent_adapter=head.adapter)
+        )
+
+    def _evaluate(self, version: Version, *, decide: bool) -> None:
+        tag = f"eval-{version.version_id[:12]}"
+        events = self._episodes(version, self.val, "val", self.config.seed, tag)
+        trajs = [e for e in events if isinstance(e, TrajectoryRecorded)]
+        score = sum(t.score or 0.0 for t in trajs) / len(trajs)
+        keys = sorted({k for t in trajs for k in t.metrics})
+        metrics = {k: sum(t.metrics.get(k, 0.0) for t in trajs) / len(trajs) for k in keys}
+        events.append(VersionEvaluated(version_id=version.version_id, split="val", score=score, n_episodes=len(trajs), metrics=metrics))
+        if decide:
+            events.append(self._decision(version, score))
+        self.hist.record(*events)
+
+    def _decision(self, cand: Version, score: float) -> Event:
+        head = self.hist.state.head_version
+        assert head is not None
+        head_score = head.score("val")
+        if head_score is not None and score > head_score + self.config.margin:
+            ev: Event = VersionAccepted(version_id=cand.version_id, previous=head.version_id, score=score, previous_score=head_score, margin=self.config.margin)
+        else:
+            ev = VersionRejected(version_id=cand.version_id, head=head.version_id, score=score, head_score=head_score,
+                                 reason=f"val score {score:.4f} is not above the head's {head_score} + margin {self.config.margin}")
+        self.hooks.decided(cand, score, head_score, isinstance(ev, VersionAccepted))
+        return ev
+
+    def _gate(self) -> None:
+        s = self.hist.state
+        assert s.candidate is not None
+        cand = s.versions[s.candidate]
+        score = cand.score("val")
+        assert score is not None
+        self.hist.record(self._decision(cand, score))

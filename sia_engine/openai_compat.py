@@ -1,0 +1,127 @@
+"""An OpenAI-compatible chat endpoint (vLLM, Ollama, hosted APIs): the scaffold lever only.
+
+Every exchange comes back in ``Generation.raw`` (request body and response JSON), which the
+loop records in the ``action_taken`` event, so a replay needs no network: ``RecordedModel``
+serves the same answers from the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import httpx
+import msgspec
+
+from sia_engine.canonical import digest
+from sia_engine.errors import SiaError
+from sia_engine.events import ActionTaken, ModelRef
+from sia_engine.model import Adapter, Generation, LoraSettings, Request, TrainedAdapter, TrainExample
+
+__all__ = ["OpenAIChatModel", "RecordedModel", "ModelUnavailable", "NoRecordedResponse"]
+
+
+class ModelUnavailable(SiaError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(f"chat endpoint {url} failed: {reason}; check that the server runs and the model name is right")
+
+
+class NoRecordedResponse(SiaError):
+    def __init__(self, n_known: int) -> None:
+        super().__init__(
+            f"no recorded response for this request ({n_known} recorded): a replay can only ask what the run asked"
+        )
+
+
+class _WeightsUnsupported:
+    trains_weights = False
+
+    def set_adapter(self, adapter: Adapter | None) -> None:
+        if adapter is not None:
+            raise SiaError(f"{self.ref.id} serves no LoRA adapters: this model supports the scaffold lever only")  # type: ignore[attr-defined]
+
+    def train_adapter(
+        self,
+        examples: Sequence[TrainExample],
+        settings: LoraSettings,
+        *,
+        seed: int,
+        parent: Adapter | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> TrainedAdapter:
+        raise SiaError(f"{self.ref.id} cannot train weights: run it with --levers scaffold")  # type: ignore[attr-defined]
+
+
+def _inputs_key(messages: Any, decoding: Any, seed: int) -> str:
+    return digest({"messages": messages, "decoding": decoding, "seed": seed})
+
+
+class OpenAIChatModel(_WeightsUnsupported):
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.ref = ModelRef(id=f"openai-compatible:{model}", revision=self.base_url, weights_hash="")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def _body(self, r: Request) -> dict[str, Any]:
+        if r.prefix:
+            raise SiaError("an OpenAI-compatible endpoint cannot continue an answer prefix; leave Request.prefix empty")
+        d = r.decoding
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in r.messages],
+            "temperature": d.temperature,
+            "top_p": d.top_p,
+            "max_tokens": d.max_new_tokens,
+            "seed": r.seed,
+        }
+        if d.stop:
+            body["stop"] = list(d.stop)
+        return body
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        out = []
+        for r in requests:
+            body = self._body(r)
+            try:
+                resp = self._client.post("/chat/completions", json=body)
+                resp.raise_for_status()
+                data = resp.json()
+                choice = data["choices"][0]
+                text = choice["message"]["content"] or ""
+            except httpx.HTTPStatusError as e:
+                raise ModelUnavailable(self.base_url, f"HTTP {e.response.status_code}: {e.response.text[:200]}") from e
+            except httpx.HTTPError as e:
+                raise ModelUnavailable(self.base_url, str(e) or type(e).__name__) from e
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                raise ModelUnavailable(self.base_url, f"unexpected response shape ({e!r})") from e
+            n = int((data.get("usage") or {}).get("completion_tokens") or 0)
+            out.append(Generation(text, n_tokens=n, finish=str(choice.get("finish_reason") or "stop"), raw={"request": body, "response": data}))
+        return out
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RecordedModel(_WeightsUnsupported):
+    """Serves the answers a run recorded, keyed by (messages, decoding, seed): replay offline."""
+
+    def __init__(self, ref: ModelRef, actions: Iterable[ActionTaken]) -> None:
+        self.ref = ref
+        self._answers: dict[str, Generation] = {}
+        for a in actions:
+            if a.actor == "model" and a.name == "generate" and "messages" in a.inputs:
+                key = _inputs_key(a.inputs["messages"], a.inputs["decoding"], a.inputs["seed"])
+                o = a.outputs
+                self._answers[key] = Generation(o["text"], n_tokens=o.get("n_tokens", 0), finish=o.get("finish", "stop"), raw=o.get("raw", {}))
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        out = []
+        for r in requests:
+            key = _inputs_key(msgspec.to_builtins(r.messages), msgspec.to_builtins(r.decoding), r.seed)
+            if key not in self._answers:
+                raise NoRecordedResponse(len(self._answers))
+            out.append(self._answers[key])
+        return out
