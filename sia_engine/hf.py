@@ -25,6 +25,7 @@ from sia_engine.model import Adapter, Generation, LoraSettings, Message, Request
 __all__ = ["HFModel", "peft_config_dict", "export_adapter"]
 
 _MAX_LOADED = 8  # adapters kept in memory at once
+_IDLE = "sia_idle"
 
 
 def peft_config_dict(config: LoraConfig) -> dict[str, Any]:
@@ -87,11 +88,15 @@ class HFModel:
             return self.peft.disable_adapter()
         return contextlib.nullcontext()
 
-    def _add(self, name: str, config: LoraConfig) -> None:
+    def _ensure_peft(self, config: LoraConfig) -> PeftModel:
         if self.peft is None:
-            self.peft = get_peft_model(self.base, config, adapter_name=name)
-        else:
-            self.peft.add_adapter(name, config)
+            # An idle adapter that is never deleted keeps peft valid when no other is loaded;
+            # serving the base model bypasses adapters altogether (disable_adapter).
+            self.peft = get_peft_model(self.base, config, adapter_name=_IDLE)
+        return self.peft
+
+    def _add(self, name: str, config: LoraConfig) -> None:
+        self._ensure_peft(config).add_adapter(name, config)
         self._loaded.append(name)
         while len(self._loaded) > _MAX_LOADED:
             old = self._loaded.pop(0)
@@ -101,6 +106,8 @@ class HFModel:
     def set_adapter(self, adapter: Adapter | None) -> None:
         if adapter is None:
             self.active = None
+            if self.peft is not None:
+                self.peft.set_adapter(_IDLE)
             return
         name = f"a{adapter.blob[:16]}"
         if name not in self._loaded:
@@ -183,7 +190,6 @@ class HFModel:
     ) -> TrainedAdapter:
         if not examples:
             raise ValueError("no training examples: the training plan selected none")
-        torch.manual_seed(seed)
         config = LoraConfig(
             r=settings.r, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
             lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
@@ -193,6 +199,8 @@ class HFModel:
             assert self.peft is not None
             self.peft.delete_adapter(name)
             self._loaded.remove(name)
+        self._ensure_peft(config)
+        torch.manual_seed(seed)  # after the idle adapter exists: the same init whatever came before
         self._add(name, config)
         assert self.peft is not None
         if parent is not None:
@@ -234,6 +242,6 @@ class HFModel:
         cfg = peft_config_dict(config)
         self.peft.delete_adapter(name)
         self._loaded.remove(name)
-        if self.active is not None:
-            self.peft.set_adapter(self.active)
+        self.peft.set_adapter(self.active or _IDLE)
+        self.peft.eval()
         return TrainedAdapter(tensors, cfg, {"loss_first": losses[0], "loss_last": losses[-1], "steps": float(len(losses))})

@@ -100,6 +100,7 @@ class History:
         self.head = head
         self.blobs = blobs
         self.snapshot_every = snapshot_every
+        self.head_seq = log.branch(branch).head_seq  # seq of the branch's own last event, kept as we append
 
     @classmethod
     def open(
@@ -125,9 +126,9 @@ class History:
                 to_snapshot.append((i, state))
         if not batch:
             return []
-        first_seq = self.log.branch(self.branch).head_seq + 1
         ids = self.log.append(self.branch, batch, expected_head=self.head)
-        self.state, self.head = state, ids[-1]
+        first_seq = self.head_seq + 1
+        self.state, self.head, self.head_seq = state, ids[-1], self.head_seq + len(ids)
         for i, snap in to_snapshot:
             self.log.save_snapshot(self.branch, first_seq + i, SNAPSHOT_KEY, canonical(snap))
         return ids

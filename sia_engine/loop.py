@@ -22,6 +22,7 @@ from sia_engine.events import (
     ActionTaken,
     AdapterCheckpointed,
     Event,
+    FeedbackVerdict,
     IterationStarted,
     RunStarted,
     ScaffoldPatched,
@@ -115,6 +116,7 @@ class Loop:
         if branch not in {b.name for b in store.log.branches()}:
             store.log.init_branch(branch)
         self.hist = History.open(store.log, branch, blobs=store.blobs)
+        self._open: list[Event] | None = None  # events of the open iteration, when recorded here
         self.val = task.episodes("val")[: config.val_episodes]
         self.train = task.episodes("train")
         if not self.val or not self.train:
@@ -154,6 +156,7 @@ class Loop:
                 out_of_time = self.config.wall_time_s is not None and time.monotonic() - t0 > self.config.wall_time_s
                 if s.iteration + 1 >= self.config.iterations or out_of_time:
                     break
+                self._open = None
                 self._roll_out(head, s.iteration + 1)
             elif s.phase == "started":
                 self._decide()
@@ -204,10 +207,15 @@ class Loop:
         episodes = random.Random(seed).sample(self.train, min(self.config.train_episodes, len(self.train)))
         self.hooks.iteration(iteration, self.config.iterations)
         start = IterationStarted(iteration=iteration, head_version=head.version_id, seed=seed)
-        self.hist.record(start, *self._episodes(head, episodes, "train", seed, f"i{iteration}-train"))
+        events = self._episodes(head, episodes, "train", seed, f"i{iteration}-train")
+        self.hist.record(start, *events)
+        self._open = events
 
     def _iteration_events(self) -> list[Event]:
-        """Events of the open iteration, from its ``iteration_started`` on (ancestry included)."""
+        """Events of the open iteration after its ``iteration_started`` (read back from the log,
+        ancestry included, when the run resumes mid-iteration)."""
+        if self._open is not None:
+            return self._open
         from sia_engine.events import decode_envelope
 
         log = self.store.log
@@ -220,7 +228,8 @@ class Loop:
         else:
             full = log.read(self.branch)
             rest = full[next(i for i, e in enumerate(full) if e.id == last.id) + 1 :]
-        return [decode_envelope(e) for e in rest]
+        self._open = [decode_envelope(e) for e in rest]
+        return self._open
 
     def _decide(self) -> None:
         s = self.hist.state
@@ -233,17 +242,26 @@ class Loop:
         ctx = Context(s, head, trajs, failures, levers, s.iteration)
         self.hooks.phase("feedback", None)
         decision = self.feedback.decide(ctx, self.task)
-        self.hist.record(*decision.actions, *decision.verdicts)
+        stands = decision.verdicts[-1]
+        # A scaffold patch is a pure function of the verdict: both go in one atomic batch.
+        patch = [self._patched(stands)] if stands.valid and stands.lever == "scaffold" else []
+        self.hist.record(*decision.actions, *decision.verdicts, *patch)
+
+    def _patched(self, verdict: FeedbackVerdict) -> ScaffoldPatched:
+        s = self.hist.state
+        head = s.head_version
+        assert head is not None and s.run is not None
+        new = apply_patch(head.scaffold, verdict.patch)
+        vid = version_id(s.run.base_model, new, head.adapter)
+        return ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=verdict.patch, scaffold_hash=scaffold_hash(new))
 
     def _apply_lever(self) -> None:
         s = self.hist.state
         verdict = s.pending
         head = s.head_version
         assert verdict is not None and head is not None and s.run is not None
-        if verdict.lever == "scaffold":
-            new = apply_patch(head.scaffold, verdict.patch)
-            vid = version_id(s.run.base_model, new, head.adapter)
-            self.hist.record(ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=verdict.patch, scaffold_hash=scaffold_hash(new)))
+        if verdict.lever == "scaffold":  # a history that recorded the verdict without its patch
+            self.hist.record(self._patched(verdict))
             return
         assert verdict.training_plan is not None
         plan = verdict.training_plan

@@ -10,6 +10,7 @@ from pathlib import Path
 from store.blobs import BlobStore
 from store.duck import DuckEventLog, _utcnow
 from store.errors import StoreNotFound
+from store.protocol import EventLog
 
 __all__ = ["Store", "LOG_FILE", "BLOB_DIR"]
 
@@ -21,7 +22,7 @@ class Store:
     """A store directory. ``Store.open(path)`` opens an existing one, ``Store.create(path)`` makes
     (or opens) one. Use as a context manager: DuckDB lets one process hold the file at a time."""
 
-    def __init__(self, root: Path, log: DuckEventLog, blobs: BlobStore) -> None:
+    def __init__(self, root: Path, log: EventLog, blobs: BlobStore) -> None:
         self.root = root
         self.log = log
         self.blobs = blobs

@@ -1,0 +1,84 @@
+"""The Feedback Agent's rule policy and the validation of LLM verdicts."""
+
+from __future__ import annotations
+
+from sia_engine.events import ModelRef, RunStarted, TrajectoryRecorded
+from sia_engine.feedback import Context, LLMPolicy, RulePolicy
+from sia_engine.model import ScriptedModel
+from sia_engine.state import AgentState, apply
+from tests.loop_helpers import TASK
+
+BASE = ModelRef(id="scripted/x")
+
+
+def ctx(outputs: list[str], levers: tuple[str, ...] = ("scaffold", "weights"), state: AgentState | None = None) -> Context:
+    s = state or apply(AgentState(), RunStarted(run_id="r", task="arith", seed=0, base_model=BASE, scaffold=TASK.scaffold(), engine_version="0", levers=("scaffold", "weights")))
+    head = s.head_version
+    assert head is not None
+    eps = TASK.episodes("train")[: len(outputs)]
+    trajs = tuple(
+        TrajectoryRecorded(trajectory_id=f"t{i}", episode_id=e.id, split="train", version_id=head.version_id, output=o, score=TASK.score(e, o).score)
+        for i, (e, o) in enumerate(zip(eps, outputs))
+    )
+    failures = {t.trajectory_id: TASK.score(e, t.output).failure for t, e in zip(trajs, eps)}
+    return Context(s, head, trajs, failures, levers, 0)
+
+
+def golds(n: int) -> list[str]:
+    return [e.gold or "" for e in TASK.episodes("train")[:n]]
+
+
+def test_format_failures_patch_the_scaffold() -> None:
+    outs = [f"It is {g}." for g in golds(8)]
+    [v] = RulePolicy().decide(ctx(outs), TASK).verdicts
+    assert v.lever == "scaffold" and v.patch[0].path == "/output_format" and v.patch[0].value == TASK.format_hint
+    assert v.rationale == "format or abstention failures: 8 format, 0 abstention, 0 content errors in 8 episodes"
+    assert v.evidence == tuple(f"t{i}" for i in range(8))
+
+
+def test_content_errors_train_on_the_best_outputs() -> None:
+    outs = golds(4) + [str(int(g) + 1) for g in golds(8)[4:]]
+    [v] = RulePolicy().decide(ctx(outs), TASK).verdicts
+    assert v.lever == "weights" and v.training_plan is not None
+    assert v.training_plan.method == "rejection_sampling" and v.training_plan.trajectory_ids == ("t0", "t1", "t2", "t3")
+
+
+def test_nothing_right_trains_on_gold_answers() -> None:
+    outs = [str(int(g) + 1) for g in golds(6)]
+    [v] = RulePolicy().decide(ctx(outs), TASK).verdicts
+    assert v.lever == "weights" and v.training_plan is not None and v.training_plan.method == "gold"
+
+
+def test_scaffold_only_adds_a_worked_example_for_content_errors() -> None:
+    outs = [str(int(g) + 1) for g in golds(6)]
+    [v] = RulePolicy().decide(ctx(outs, levers=("scaffold",)), TASK).verdicts
+    assert v.lever == "scaffold" and v.patch[0].op == "add" and v.patch[0].path == "/examples/-"
+    assert v.patch[0].value == {"input": TASK.episodes("train")[0].input, "output": golds(1)[0]}
+
+
+def test_no_errors_no_lever() -> None:
+    [v] = RulePolicy().decide(ctx(golds(5)), TASK).verdicts
+    assert v.lever == "none" and v.rationale.startswith("no errors")
+
+
+def test_llm_verdict_validation() -> None:
+    cases = {
+        "no json here": "no JSON object in the answer",
+        '{"lever": "weights", "rationale": "x"}': "lever 'weights' is not enabled (scaffold)",
+        '{"lever": "scaffold", "rationale": "x", "patch": [{"op": "remove", "path": "/nope"}]}': "the patch does not apply",
+        '{"lever": "scaffold", "rationale": "x", "colour": "red"}': "unknown field `colour`",
+        '{"lever": "nudge", "rationale": "x"}': "Invalid enum value 'nudge'",
+    }
+    for answer, fragment in cases.items():
+        judge = ScriptedModel(lambda r, a, answer=answer: answer, name="judge")
+        d = LLMPolicy(judge).decide(ctx([f"It is {g}." for g in golds(4)], levers=("scaffold",)), TASK)
+        bad, fallback = d.verdicts
+        assert not bad.valid and fragment in bad.rationale, bad.rationale
+        assert fallback.valid and fallback.policy == "rule"
+        assert d.actions[0].name == "feedback" and d.actions[0].outputs["text"] == answer
+
+
+def test_llm_training_plan_must_name_this_iterations_trajectories() -> None:
+    judge = ScriptedModel(lambda r, a: '{"lever": "weights", "rationale": "x", "training_plan": {"trajectory_ids": ["t0", "zzz"]}}', name="judge")
+    bad = LLMPolicy(judge).decide(ctx(golds(3)), TASK).verdicts[0]
+    assert not bad.valid and "training_plan names trajectories not in this iteration: ['zzz']" in bad.rationale
