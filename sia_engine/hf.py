@@ -240,8 +240,8 @@ class HFModel:
         state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.peft, adapter_name=name).items()}
         tensors = safetensors.torch.save(state)
         cfg = peft_config_dict(config)
+        self.peft.set_adapter(self.active or _IDLE)
         self.peft.delete_adapter(name)
         self._loaded.remove(name)
-        self.peft.set_adapter(self.active or _IDLE)
         self.peft.eval()
         return TrainedAdapter(tensors, cfg, {"loss_first": losses[0], "loss_last": losses[-1], "steps": float(len(losses))})

@@ -19,7 +19,7 @@ def test_readme_opens_with_exactly_two_commands() -> None:
     lines = [x for x in first.splitlines()[1:] if x.strip()]
     assert len(lines) == 2
     install_run, install_test = lines
-    assert install_run.startswith("python3 -m pip install torch==2.13.0 && ") and "sia demo" in install_run
+    assert install_run.startswith("python3 -m pip install torch==2.13.0 && ") and "sia run --task" in install_run
     assert install_test.startswith("python3 -m pip install torch==2.13.0 && ") and install_test.endswith("python3 -m pytest -q")
 
 
