@@ -110,9 +110,20 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def raw_rows(news: list[NewEvent]) -> list[pa.Table]:
-    """The exact rows the log stores, precomputed, as Arrow batches of the bench's batch size."""
-    ids, parents, parent = [], [], None
+def _raw_append(con: duckdb.DuckDBPyConnection, tables: list[pa.Table]) -> None:
+    for t in tables:
+        con.begin()
+        con.register("b", t)
+        con.execute("INSERT INTO events SELECT * FROM b")
+        con.unregister("b")
+        con.commit()
+
+
+def raw_rows(news: list[NewEvent]) -> tuple[list[str], list[str | None]]:
+    """The ids and parents the log will store for ``news`` on branch main, precomputed."""
+    ids: list[str] = []
+    parents: list[str | None] = []
+    parent: str | None = None
     for e in news:
         eid = event_id(parent, "main", e.kind, e.schema, e.payload)
         parents.append(parent)
@@ -149,17 +160,9 @@ def bench_size(n: int, batch: int, tmp: Path) -> None:
         con = duckdb.connect(str(p))
         con.execute(ddl)
 
-        def go() -> None:
-            for t in tables:
-                con.begin()
-                con.register("b", t)
-                con.execute("INSERT INTO events SELECT * FROM b")
-                con.unregister("b")
-                con.commit()
-
-        raw[label] = timed(go)
+        raw[label] = timed(lambda con=con: _raw_append(con, tables))
         con.close()
-    del tables
+    tables.clear()
 
     # our batched append, hashing and validation included
     path = tmp / f"log-{n}.duckdb"

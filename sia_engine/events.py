@@ -17,7 +17,12 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from sia_engine.canonical import canonical
-from sia_engine.errors import InvalidEvent, InvalidPayload, UnknownEventKind, UnknownSchema
+from sia_engine.errors import (
+    InvalidEvent,
+    InvalidPayload,
+    UnknownEventKind,
+    UnknownSchema,
+)
 from sia_engine.scaffold import PatchOp, Scaffold
 from store import Envelope, NewEvent
 

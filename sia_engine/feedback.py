@@ -14,7 +14,12 @@ from typing import Literal, Protocol
 import msgspec
 
 from sia_engine.errors import InvalidPatch
-from sia_engine.events import ActionTaken, FeedbackVerdict, TrainingPlan, TrajectoryRecorded
+from sia_engine.events import (
+    ActionTaken,
+    FeedbackVerdict,
+    TrainingPlan,
+    TrajectoryRecorded,
+)
 from sia_engine.model import Message, Model, Request
 from sia_engine.scaffold import Decoding, PatchOp, apply_patch
 from sia_engine.state import AgentState, Version, version_id

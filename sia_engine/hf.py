@@ -17,10 +17,25 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from peft import LoraConfig, PeftModel, get_peft_config, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_config,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 
 from sia_engine.events import ModelRef
-from sia_engine.model import Adapter, Generation, LoraSettings, Message, Request, TrainedAdapter, TrainExample
+from sia_engine.model import (
+    Adapter,
+    Generation,
+    LoraSettings,
+    Message,
+    Request,
+    TrainedAdapter,
+    TrainExample,
+)
 
 __all__ = ["HFModel", "peft_config_dict", "export_adapter"]
 

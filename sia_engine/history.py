@@ -8,8 +8,6 @@ the latest snapshot when one is cached; snapshots are checked against a fresh re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import msgspec
 
 from sia_engine.canonical import canonical
@@ -59,7 +57,7 @@ def rebuild(
             raise SnapshotMismatch(f"{snap_branch}#{snap_seq}", state_hash(state), state_hash(fresh))
     head: str | None = snap_id
     # Replay what follows the snapshot: the rest of its segment, then each later segment.
-    segs = _segments(log, branch, until_seq)
+    segs = log.segments(branch, until_seq)
     start = next(i for i, (b, _) in enumerate(segs) if b == snap_branch)
     after = snap_seq
     for b, hi in segs[start:]:
@@ -69,16 +67,6 @@ def rebuild(
         after = -1
     return state, head
 
-
-def _segments(log: EventLog, branch: str, until_seq: int) -> list[tuple[str, int]]:
-    """(branch, last seq) for each stretch of the history of ``branch#until_seq``, oldest first."""
-    segs = [(branch, until_seq)]
-    info = log.branch(branch)
-    while info.base_branch is not None:
-        assert info.base_seq is not None
-        segs.append((info.base_branch, info.base_seq))
-        info = log.branch(info.base_branch)
-    return segs[::-1]
 
 
 class History:

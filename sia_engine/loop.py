@@ -185,7 +185,7 @@ class Loop:
             gens += self.model.generate(requests[i : i + 8])
             self.hooks.advance(min(8, len(requests) - i))
         events: list[Event] = []
-        for k, (ep, req, gen) in enumerate(zip(episodes, requests, gens)):
+        for k, (ep, req, gen) in enumerate(zip(episodes, requests, gens, strict=True)):
             scored = self.task.score(ep, gen.text)
             aid = f"{tag}-{k}"
             outputs: dict[str, Any] = {"text": gen.text, "n_tokens": gen.n_tokens, "finish": gen.finish}

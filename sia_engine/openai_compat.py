@@ -16,7 +16,14 @@ import msgspec
 from sia_engine.canonical import digest
 from sia_engine.errors import SiaError
 from sia_engine.events import ActionTaken, ModelRef
-from sia_engine.model import Adapter, Generation, LoraSettings, Request, TrainedAdapter, TrainExample
+from sia_engine.model import (
+    Adapter,
+    Generation,
+    LoraSettings,
+    Request,
+    TrainedAdapter,
+    TrainExample,
+)
 
 __all__ = ["OpenAIChatModel", "RecordedModel", "ModelUnavailable", "NoRecordedResponse"]
 

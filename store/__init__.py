@@ -5,7 +5,14 @@ This package knows envelopes and bytes only; it imports nothing else of the proj
 
 from store.blobs import BlobStore
 from store.duck import DuckEventLog
-from store.envelope import BranchInfo, Envelope, NewEvent, Problem, VerifyReport, event_id
+from store.envelope import (
+    BranchInfo,
+    Envelope,
+    NewEvent,
+    Problem,
+    VerifyReport,
+    event_id,
+)
 from store.errors import (
     BlobCorrupt,
     BlobError,

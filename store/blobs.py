@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import re
+import struct
 import tempfile
-from collections.abc import Iterator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np

@@ -18,7 +18,16 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from store.envelope import BranchInfo, Envelope, NewEvent, VerifyReport, check_branch_name, seal
+from store.duck_verify import verify_connection
+from store.envelope import (
+    BranchInfo,
+    Envelope,
+    NewEvent,
+    VerifyReport,
+    check_branch_name,
+    history_segments,
+    seal,
+)
 from store.errors import (
     BranchExists,
     BranchNotFound,
@@ -30,7 +39,6 @@ from store.errors import (
     StoreLocked,
     StoreNotFound,
 )
-from store.duck_verify import verify_connection
 
 __all__ = ["DuckEventLog", "FORMAT_VERSION"]
 
@@ -253,14 +261,8 @@ class DuckEventLog:
             raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
 
     # -- reading ------------------------------------------------------------------------------
-    def _segments(self, branch: str, until_seq: int | None) -> list[tuple[str, int]]:
-        info = self.branch(branch)
-        segs: list[tuple[str, int]] = [(branch, info.head_seq if until_seq is None else until_seq)]
-        while info.base_branch is not None:
-            assert info.base_seq is not None
-            segs.append((info.base_branch, info.base_seq))
-            info = self.branch(info.base_branch)
-        return segs[::-1]
+    def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]:
+        return history_segments(self.branch, branch, until_seq)
 
     def _query(
         self,
@@ -270,7 +272,7 @@ class DuckEventLog:
         kinds: Sequence[str] | None,
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> duckdb.DuckDBPyConnection:
-        segs = self._segments(branch, until_seq)
+        segs = self.segments(branch, until_seq)
         lo = -1
         if after_seq is not None:
             segs, lo = segs[-1:], after_seq
@@ -355,7 +357,7 @@ class DuckEventLog:
 
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
         """Latest snapshot on the history of ``branch#until_seq``: (branch, seq, event id, data)."""
-        for b, hi in reversed(self._segments(branch, until_seq)):
+        for b, hi in reversed(self.segments(branch, until_seq)):
             row = self._one(
                 "SELECT branch, seq, event_id, data FROM snapshots WHERE branch = ? AND seq <= ? AND key = ? "
                 "ORDER BY seq DESC LIMIT 1",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import msgspec
@@ -30,6 +30,7 @@ __all__ = [
     "Problem",
     "VerifyReport",
     "event_id",
+    "history_segments",
     "check_branch_name",
     "check_kind",
     "Sealed",
@@ -105,6 +106,18 @@ class VerifyReport(msgspec.Struct, frozen=True):
     @property
     def first(self) -> Problem | None:
         return self.problems[0] if self.problems else None
+
+
+def history_segments(lookup: Callable[[str], BranchInfo], branch: str, until_seq: int | None) -> list[tuple[str, int]]:
+    """(branch, last seq) for each stretch of the history of ``branch#until_seq`` (its head when
+    None), oldest first: the fork ancestry, then the branch itself."""
+    info = lookup(branch)
+    segs: list[tuple[str, int]] = [(branch, info.head_seq if until_seq is None else until_seq)]
+    while info.base_branch is not None:
+        assert info.base_seq is not None
+        segs.append((info.base_branch, info.base_seq))
+        info = lookup(info.base_branch)
+    return segs[::-1]
 
 
 def event_id(parent: str | None, branch: str, kind: str, schema: int, payload: bytes) -> str:

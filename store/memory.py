@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
-from store.envelope import BranchInfo, Envelope, NewEvent, VerifyReport, check_branch_name, seal
+from store.envelope import (
+    BranchInfo,
+    Envelope,
+    NewEvent,
+    VerifyReport,
+    check_branch_name,
+    history_segments,
+    seal,
+)
 from store.errors import BranchExists, BranchNotFound, ConcurrencyError, EventNotFound
 from store.verify import verify_rows
 
@@ -67,7 +75,7 @@ class MemoryEventLog:
         parent = info.head_id
         seq = info.head_seq
         rows = self._rows[branch]
-        for eid, kind, schema, text in zip(sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads):
+        for eid, kind, schema, text in zip(sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads, strict=True):
             seq += 1
             env = Envelope(eid, parent, branch, seq, kind, schema, now, text.encode())
             rows.append(env)
@@ -79,15 +87,8 @@ class MemoryEventLog:
         return sealed.ids
 
     # -- reading ------------------------------------------------------------------------------
-    def _segments(self, branch: str, until_seq: int | None) -> list[tuple[str, int]]:
-        """(branch, last seq) for each stretch of the history, oldest first."""
-        info = self.branch(branch)
-        segs: list[tuple[str, int]] = [(branch, info.head_seq if until_seq is None else until_seq)]
-        while info.base_branch is not None:
-            assert info.base_seq is not None
-            segs.append((info.base_branch, info.base_seq))
-            info = self.branch(info.base_branch)
-        return segs[::-1]
+    def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]:
+        return history_segments(self.branch, branch, until_seq)
 
     def read(
         self,
@@ -97,7 +98,7 @@ class MemoryEventLog:
         after_seq: int | None = None,
         kinds: Sequence[str] | None = None,
     ) -> list[Envelope]:
-        segs = self._segments(branch, until_seq)
+        segs = self.segments(branch, until_seq)
         if after_seq is not None:
             segs = segs[-1:]
         wanted = None if kinds is None else set(kinds)
@@ -146,7 +147,7 @@ class MemoryEventLog:
         self._snapshots.setdefault((branch, key), {})[seq] = (ev.id, bytes(data))
 
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
-        for b, hi in reversed(self._segments(branch, until_seq)):
+        for b, hi in reversed(self.segments(branch, until_seq)):
             found = [s for s in self._snapshots.get((b, key), {}) if s <= hi]
             if found:
                 seq = max(found)

@@ -32,6 +32,10 @@ class EventLog(Protocol):
 
     def branch(self, name: str) -> BranchInfo: ...
 
+    def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]:
+        """(branch, last seq) for each stretch of the history, oldest first (ancestry, then own)."""
+        ...
+
     def branches(self) -> list[BranchInfo]: ...
 
     def read(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import msgspec
 import msgspec.inspect as mi
 from hypothesis import strategies as st
 

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sia_engine.errors import EventError, InvalidEvent, InvalidPayload, UnknownEventKind, UnknownSchema
+from sia_engine.errors import (
+    EventError,
+    InvalidEvent,
+    InvalidPayload,
+    UnknownEventKind,
+    UnknownSchema,
+)
 from sia_engine.events import EVENT_TYPES, Event, VersionEvaluated, decode, encode
 from tests.strategies import events_of
 

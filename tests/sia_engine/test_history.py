@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from sia_engine.errors import InvalidEvent, MissingBlob, ReducerError, SnapshotMismatch
-from sia_engine.events import AdapterCheckpointed, RunStarted, TrajectoryRecorded, VersionEvaluated
+from sia_engine.events import (
+    AdapterCheckpointed,
+    RunStarted,
+    TrajectoryRecorded,
+    VersionEvaluated,
+)
 from sia_engine.history import SNAPSHOT_KEY, History, fork, rebuild
 from sia_engine.integrity import verify_store
 from sia_engine.scaffold import Scaffold

@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -21,7 +20,13 @@ from sia_engine.loop import Loop, LoopConfig, RunMismatch
 from sia_engine.model import LoraSettings, ScriptedModel
 from sia_engine.state import state_hash
 from store import Store
-from tests.loop_helpers import TASK, answers_in_sentences_until_told, format_then_content_errors, scripted, sometimes_wrong
+from tests.loop_helpers import (
+    TASK,
+    answers_in_sentences_until_told,
+    format_then_content_errors,
+    scripted,
+    sometimes_wrong,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,12 @@ from sia_engine.events import ActionTaken, decode_envelope
 from sia_engine.feedback import RulePolicy
 from sia_engine.loop import Loop, LoopConfig
 from sia_engine.model import Message, Request
-from sia_engine.openai_compat import ModelUnavailable, NoRecordedResponse, OpenAIChatModel, RecordedModel
+from sia_engine.openai_compat import (
+    ModelUnavailable,
+    NoRecordedResponse,
+    OpenAIChatModel,
+    RecordedModel,
+)
 from sia_engine.scaffold import Decoding
 from sia_engine.state import state_hash
 from store import Store

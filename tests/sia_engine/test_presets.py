@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from sia_engine.model import Message
-from sia_engine.presets import ModelNotFound, load_model, smollm2_folder, tiny_model, weights_hash
+from sia_engine.presets import (
+    ModelNotFound,
+    load_model,
+    smollm2_folder,
+    tiny_model,
+    weights_hash,
+)
 
 
 def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:

@@ -14,7 +14,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from store import DuckEventLog, NewEvent, ReadOnlyQuery, Store, StoreError, StoreLocked, StoreNotFound
+from store import (
+    DuckEventLog,
+    NewEvent,
+    ReadOnlyQuery,
+    Store,
+    StoreError,
+    StoreLocked,
+    StoreNotFound,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -160,6 +160,8 @@ class LogContract:
         assert [e.id for e in log.read("c")] == [a[0], *b, *c]
         assert [e.id for e in log.read("c", until_seq=-1)] == [a[0], *b]
         assert [e.ref for e in log.read("c", after_seq=-1)] == ["c#0"]
+        assert log.segments("c") == [("main", 0), ("b", 1), ("c", 0)]
+        assert log.segments("c", -1) == [("main", 0), ("b", 1), ("c", -1)]
 
     def test_identical_events_on_two_branches_do_not_collide(self, log: EventLog) -> None:
         log.init_branch("main")
