@@ -16,29 +16,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from store.duck_verify import verify_connection
+from store.duck_write import _COLS, JOURNAL_SUFFIX, DuckWriter
 from store.envelope import (
     BranchInfo,
     Envelope,
-    NewEvent,
     VerifyReport,
     check_branch_name,
     history_segments,
-    seal,
 )
 from store.errors import (
     BranchExists,
     BranchNotFound,
-    ConcurrencyError,
     EventNotFound,
-    InvalidEnvelope,
     ReadOnlyQuery,
     StoreError,
     StoreLocked,
     StoreNotFound,
 )
+from store.journal import Batch, Journal
 
 __all__ = ["DuckEventLog", "FORMAT_VERSION"]
 
@@ -58,23 +55,10 @@ CREATE TABLE snapshots (
     data BLOB NOT NULL, PRIMARY KEY (branch, seq, key));
 """
 
-_COLS = "id, parent, branch, seq, kind, schema, recorded_at, payload"
 _BRANCH_COLS = "name, base_branch, base_seq, base_id, head_seq, head_id, created_at"
 
-_ARROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("parent", pa.string()),
-        ("branch", pa.string()),
-        ("seq", pa.int64()),
-        ("kind", pa.string()),
-        ("schema", pa.int32()),
-        ("recorded_at", pa.timestamp("us", tz="UTC")),
-        ("payload", pa.string()),
-    ]
-)
 
-_SMALL_BATCH = 16
+_OPEN_WRITERS: set[str] = set()  # stores this process holds open for writing
 _LOCK_RE = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
 
 def _utcnow() -> datetime:
@@ -91,7 +75,7 @@ def _translate_open_error(path: str, e: duckdb.Error) -> StoreError:
     return StoreError(f"could not open store {path}: {msg}")
 
 
-class DuckEventLog:
+class DuckEventLog(DuckWriter):
     """Event log on a DuckDB file (``:memory:`` for a throwaway in-process database)."""
 
     def __init__(
@@ -101,14 +85,24 @@ class DuckEventLog:
         create: bool = True,
         read_only: bool = False,
         clock: Callable[[], datetime] = _utcnow,
+        journal: bool = True,
+        flush_every: int = 1000,
     ) -> None:
         self.path = str(path)
         self.read_only = read_only
-        self._heads: dict[str, tuple[int, str | None]] = {}  # branch -> (head seq, head id), write cache
+        self.flush_every = flush_every
+        # branch -> (head seq, head id) of the logical history, journal included (a write cache)
+        self._heads: dict[str, tuple[int, str | None]] = {}
+        self._pending: list[Batch] = []  # journalled, not yet in DuckDB
+        self._pending_n = 0
         self._clock = clock
+        self._journal: Journal | None = None
         exists = self.path == ":memory:" or os.path.exists(self.path)
         if not exists and (read_only or not create):
             raise StoreNotFound(self.path)
+        key = os.path.realpath(self.path) if self.path != ":memory:" else None
+        if key is not None and key in _OPEN_WRITERS and not read_only:
+            raise StoreLocked(self.path, f"PID {os.getpid()}", same_process=True)
         try:
             self._con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as e:
@@ -132,6 +126,22 @@ class DuckEventLog:
                     f"store {self.path} has log format {found!r}, this engine reads format "
                     f"{FORMAT_VERSION!r}: upgrade sia-engine or open the store with the version that wrote it"
                 )
+        if key is None:
+            return
+        j = Journal(self.path + JOURNAL_SUFFIX)
+        if read_only:
+            if j.size():
+                self._con.close()
+                raise StoreError(
+                    f"store {self.path} has journalled events not yet in the log (its writer stopped without "
+                    f"closing it); open it read-write once to recover them (Store.open does this for you)"
+                )
+            return
+        _OPEN_WRITERS.add(key)
+        self._key = key
+        if journal:
+            self._journal = j
+            self._recover()
 
     def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
         # DuckDB 2 keeps a result open until it is fully fetched: fetch all, keep the first.
@@ -144,6 +154,7 @@ class DuckEventLog:
             raise StoreError(f"store {self.path} is open read-only; open it without read_only to write")
 
     def _insert_branch(self, info: BranchInfo) -> BranchInfo:
+        self.flush()
         self._check_writable()
         self._con.begin()
         try:
@@ -174,91 +185,16 @@ class DuckEventLog:
         return [r[0] for r in self._con.execute("SELECT name FROM branches ORDER BY name").fetchall()]
 
     def branch(self, name: str) -> BranchInfo:
+        self.flush()
         row = self._one(f"SELECT {_BRANCH_COLS} FROM branches WHERE name = ?", [name])
         if row is None:
             raise BranchNotFound(name, self._all_branch_names())
         return BranchInfo(*row)
 
     def branches(self) -> list[BranchInfo]:
+        self.flush()
         rows = self._con.execute(f"SELECT {_BRANCH_COLS} FROM branches ORDER BY ord").fetchall()
         return [BranchInfo(*r) for r in rows]
-
-    # -- writing ------------------------------------------------------------------------------
-    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
-        self._check_writable()
-        # Ids chain from the expected head; the ref moves by compare-and-swap in the same
-        # transaction, so a stale expectation writes nothing.
-        sealed = seal(branch, expected_head, events)
-        n = len(sealed.ids)
-        con = self._con
-        con.begin()
-        try:
-            first = self._move_head(branch, expected_head, sealed.ids[-1], n)
-            now = self._clock()
-            parents = [expected_head, *sealed.ids[:-1]]
-            if n <= _SMALL_BATCH:  # a statement of literals beats an Arrow round trip
-                values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
-                params: list[Any] = []
-                for i in range(n):
-                    params += [sealed.ids[i], parents[i], branch, first + i, sealed.kinds[i], sealed.schemas[i], now, sealed.payloads[i]]
-                self._insert(f"INSERT INTO events VALUES {values}", params)
-            else:
-                table = pa.Table.from_arrays(
-                    [
-                        pa.array(sealed.ids, pa.string()),
-                        pa.array(parents, pa.string()),
-                        pa.array([branch] * n, pa.string()),
-                        pa.array(range(first, first + n), pa.int64()),
-                        pa.array(sealed.kinds, pa.string()),
-                        pa.array(sealed.schemas, pa.int32()),
-                        pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-                        pa.array(sealed.payloads, pa.string()),
-                    ],
-                    schema=_ARROW_SCHEMA,
-                )
-                con.register("_sia_batch", table)
-                try:
-                    self._insert(f"INSERT INTO events SELECT {_COLS} FROM _sia_batch", [])
-                finally:
-                    con.unregister("_sia_batch")
-            con.commit()
-        except BaseException:
-            con.rollback()
-            self._heads.pop(branch, None)  # the swap, if any, was rolled back too
-            raise
-        return sealed.ids
-
-    def _move_head(self, branch: str, expected: str | None, new_head: str, n: int) -> int:
-        """Compare-and-swap the ref from ``expected`` to ``new_head``; returns the first new seq.
-
-        The head seq comes from a per-connection cache; the UPDATE matches on both seq and id,
-        so a stale cache cannot move the ref wrongly: it is refreshed and the swap retried."""
-        for attempt in range(2):
-            cached = self._heads.get(branch)
-            if cached is None or cached[1] != expected or attempt:
-                row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
-                if row is None:
-                    raise BranchNotFound(branch, self._all_branch_names())
-                self._heads[branch] = cached = (row[0], row[1])
-                if cached[1] != expected:
-                    raise ConcurrencyError(branch, expected, cached[1])
-            seq = cached[0]
-            updated = self._one(
-                "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ? AND head_seq = ? "
-                "AND head_id IS NOT DISTINCT FROM ?",
-                [seq + n, new_head, branch, seq, expected],
-            )
-            if updated is not None and updated[0] == 1:
-                self._heads[branch] = (seq + n, new_head)
-                return seq + 1
-            self._heads.pop(branch, None)
-        raise ConcurrencyError(branch, expected, self.branch(branch).head_id)
-
-    def _insert(self, sql: str, params: list[Any]) -> None:
-        try:
-            self._con.execute(sql, params)
-        except duckdb.ConversionException as e:  # DuckDB's JSON parser disagreed with ours
-            raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
 
     # -- reading ------------------------------------------------------------------------------
     def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]:
@@ -272,6 +208,7 @@ class DuckEventLog:
         kinds: Sequence[str] | None,
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> duckdb.DuckDBPyConnection:
+        self.flush()
         segs = self.segments(branch, until_seq)
         lo = -1
         if after_seq is not None:
@@ -317,6 +254,7 @@ class DuckEventLog:
             cur.close()
 
     def get(self, event_id: str) -> Envelope:
+        self.flush()
         row = self._one(f"SELECT {_COLS} FROM events WHERE id = ? LIMIT 1", [event_id])
         if row is None:
             raise EventNotFound(event_id)
@@ -324,6 +262,7 @@ class DuckEventLog:
 
     def find(self, prefix: str, *, limit: int = 2) -> list[Envelope]:
         """Events whose id starts with ``prefix`` (hex), at most ``limit``."""
+        self.flush()
         if not prefix or any(c not in "0123456789abcdef" for c in prefix):
             return []
         rows = self._con.execute(
@@ -332,6 +271,7 @@ class DuckEventLog:
         return [self._env(r) for r in rows]
 
     def at(self, branch: str, seq: int) -> Envelope:
+        self.flush()
         row = self._one(f"SELECT {_COLS} FROM events WHERE branch = ? AND seq = ?", [branch, seq])
         if row is None:
             self.branch(branch)
@@ -339,16 +279,19 @@ class DuckEventLog:
         return self._env(row)
 
     def count(self) -> int:
+        self.flush()
         row = self._one("SELECT count(*) FROM events")
         assert row is not None
         return int(row[0])
 
     # -- integrity ----------------------------------------------------------------------------
     def verify(self) -> VerifyReport:
+        self.flush()
         return verify_connection(self._con)
 
     # -- snapshots (a cache of derived state, never a source of truth) -------------------------
     def save_snapshot(self, branch: str, seq: int, key: str, data: bytes) -> None:
+        self.flush()
         self._check_writable()
         ev = self.at(branch, seq)
         self._con.execute(
@@ -357,6 +300,7 @@ class DuckEventLog:
 
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
         """Latest snapshot on the history of ``branch#until_seq``: (branch, seq, event id, data)."""
+        self.flush()
         for b, hi in reversed(self.segments(branch, until_seq)):
             row = self._one(
                 "SELECT branch, seq, event_id, data FROM snapshots WHERE branch = ? AND seq <= ? AND key = ? "
@@ -368,12 +312,14 @@ class DuckEventLog:
         return None
 
     def list_snapshots(self, key: str) -> list[tuple[str, int, str]]:
+        self.flush()
         rows = self._con.execute(
             "SELECT branch, seq, event_id FROM snapshots WHERE key = ? ORDER BY branch, seq", [key]
         ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
     def clear_snapshots(self) -> int:
+        self.flush()
         self._check_writable()
         row = self._one("SELECT count(*) FROM snapshots")
         self._con.execute("DELETE FROM snapshots")
@@ -382,6 +328,7 @@ class DuckEventLog:
     # -- ad-hoc SQL ---------------------------------------------------------------------------
     def sql(self, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only SELECT; returns (column names, rows)."""
+        self.flush()
         try:
             statements = self._con.extract_statements(query)
         except duckdb.Error as e:
@@ -399,7 +346,14 @@ class DuckEventLog:
         return cols, cur.fetchall()
 
     def close(self) -> None:
-        self._con.close()
+        try:
+            if not self.read_only:
+                self.flush()
+        finally:
+            if self._journal is not None:
+                self._journal.close()
+            _OPEN_WRITERS.discard(getattr(self, "_key", ""))
+            self._con.close()
 
     def __enter__(self) -> DuckEventLog:
         return self

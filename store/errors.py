@@ -48,13 +48,20 @@ class StoreError(Exception):
 
 
 class StoreLocked(StoreError):
-    def __init__(self, path: str, holder: str) -> None:
+    def __init__(self, path: str, holder: str, *, same_process: bool = False) -> None:
         self.path = path
         self.holder = holder
-        super().__init__(
-            f"store {path} is locked by another process ({holder}); DuckDB lets one process "
-            f"open a store at a time: stop that process, or work on a copy of the store"
-        )
+        if same_process:
+            msg = (
+                f"store {path} is already open for writing in this process ({holder}); "
+                f"use that log, or close it before opening the store again"
+            )
+        else:
+            msg = (
+                f"store {path} is locked by another process ({holder}); DuckDB lets one process "
+                f"open a store at a time: stop that process, or work on a copy of the store"
+            )
+        super().__init__(msg)
 
 
 class StoreNotFound(StoreError):

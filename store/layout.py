@@ -9,6 +9,7 @@ from pathlib import Path
 
 from store.blobs import BlobStore
 from store.duck import DuckEventLog, _utcnow
+from store.duck_write import JOURNAL_SUFFIX
 from store.errors import StoreNotFound
 from store.protocol import EventLog
 
@@ -41,6 +42,10 @@ class Store:
         root = Path(path)
         if not (root / LOG_FILE).is_file():
             raise StoreNotFound(str(root))
+        journal = root / (LOG_FILE + JOURNAL_SUFFIX)
+        if read_only and journal.is_file() and journal.stat().st_size:
+            # a writer stopped without closing: recover its journalled events first
+            DuckEventLog(root / LOG_FILE, create=False, clock=clock).close()
         log = DuckEventLog(root / LOG_FILE, create=False, read_only=read_only, clock=clock)
         return cls(root, log, BlobStore(root / BLOB_DIR))
 

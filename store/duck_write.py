@@ -1,0 +1,215 @@
+"""The write path of the DuckDB log: small batches through the journal, large ones straight
+into a transaction, and the compare-and-swap that moves a branch's ref.
+
+A mixin of ``DuckEventLog``; see ``store.journal`` for why small batches take the journal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from store.envelope import NewEvent, seal
+from store.errors import BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError
+from store.journal import Batch, Journal
+
+__all__ = ["DuckWriter", "JOURNAL_SUFFIX"]
+
+JOURNAL_SUFFIX = ".journal"
+_SMALL_BATCH = 16  # up to this many rows, a statement of literals beats an Arrow round trip
+_DIRECT = 256  # batches at least this big go straight to DuckDB, past the journal
+_COLS = "id, parent, branch, seq, kind, schema, recorded_at, payload"
+_ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("parent", pa.string()),
+        ("branch", pa.string()),
+        ("seq", pa.int64()),
+        ("kind", pa.string()),
+        ("schema", pa.int32()),
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("payload", pa.string()),
+    ]
+)
+
+
+class DuckWriter:
+    _con: duckdb.DuckDBPyConnection
+    _journal: Journal | None
+    _heads: dict[str, tuple[int, str | None]]
+    _pending: list[Batch]
+    _pending_n: int
+    _clock: Callable[[], datetime]
+    flush_every: int
+
+    def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        raise NotImplementedError
+
+    def _check_writable(self) -> None:
+        raise NotImplementedError
+
+    def _all_branch_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+        self._check_writable()
+        # Ids chain from the expected head; the head moves by compare-and-swap, so a stale
+        # expectation writes nothing.
+        sealed = seal(branch, expected_head, events)
+        n = len(sealed.ids)
+        now = self._clock()
+        if self._journal is None or n >= _DIRECT:
+            self.flush()
+            self._commit([Batch(branch, -1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)])
+            return sealed.ids
+        seq, head = self._logical_head(branch)
+        if head != expected_head:
+            raise ConcurrencyError(branch, expected_head, head)
+        batch = Batch(branch, seq + 1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)
+        self._journal.append(batch)  # durable from here on
+        self._heads[branch] = (seq + n, sealed.ids[-1])
+        self._pending.append(batch)
+        self._pending_n += n
+        if self._pending_n >= self.flush_every:
+            self.flush()
+        return sealed.ids
+
+    def _logical_head(self, branch: str) -> tuple[int, str | None]:
+        cached = self._heads.get(branch)
+        if cached is None:
+            row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
+            if row is None:
+                raise BranchNotFound(branch, self._all_branch_names())
+            cached = self._heads[branch] = (row[0], row[1])
+        return cached
+
+    def flush(self) -> None:
+        """Move journalled batches into DuckDB (one transaction) and empty the journal."""
+        if not self._pending:
+            return
+        self._commit(self._pending)
+        self._pending, self._pending_n = [], 0
+        assert self._journal is not None
+        self._journal.clear()
+
+    def _commit(self, batches: list[Batch]) -> None:
+        """Insert ``batches`` in one transaction, moving each branch's ref once. A batch with
+        ``first_seq == -1`` takes its seqs from the ref; others must follow it exactly."""
+        con = self._con
+        cols: list[list[Any]] = [[] for _ in range(8)]
+        by_branch: dict[str, list[Batch]] = {}
+        for b in batches:
+            by_branch.setdefault(b.branch, []).append(b)
+        con.begin()
+        try:
+            for branch, group in by_branch.items():
+                n = sum(len(b.ids) for b in group)
+                first = group[0]
+                if first.first_seq < 0:
+                    seq = self._move_head(branch, first.parent, group[-1].ids[-1], n)
+                else:
+                    seq = first.first_seq
+                    self._swap(branch, seq - 1, first.parent, seq + n - 1, group[-1].ids[-1])
+                for b in group:
+                    parents = [b.parent, *b.ids[:-1]]
+                    for i in range(len(b.ids)):
+                        row = (b.ids[i], parents[i], branch, seq, b.kinds[i], b.schemas[i], b.at, b.payloads[i])
+                        for c, v in zip(cols, row, strict=True):
+                            c.append(v)
+                        seq += 1
+            total = len(cols[0])
+            if total <= _SMALL_BATCH:  # a statement of literals beats an Arrow round trip
+                values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * total)
+                params = [cols[c][r] for r in range(total) for c in range(8)]
+                self._insert(f"INSERT INTO events VALUES {values}", params)
+            else:
+                types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.int32(), pa.timestamp("us", tz="UTC"), pa.string()]
+                table = pa.Table.from_arrays([pa.array(c, t) for c, t in zip(cols, types, strict=True)], schema=_ARROW_SCHEMA)
+                con.register("_sia_batch", table)
+                try:
+                    self._insert(f"INSERT INTO events SELECT {_COLS} FROM _sia_batch", [])
+                finally:
+                    con.unregister("_sia_batch")
+            con.commit()
+        except BaseException:
+            con.rollback()
+            self._heads.clear()  # re-read from the refs, which the rollback restored
+            raise
+
+    def _swap(self, branch: str, seq: int, head: str | None, new_seq: int, new_head: str) -> None:
+        updated = self._one(
+            "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ? AND head_seq = ? "
+            "AND head_id IS NOT DISTINCT FROM ?",
+            [new_seq, new_head, branch, seq, head],
+        )
+        if updated is None or updated[0] != 1:
+            row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
+            raise StoreError(
+                f"journalled events for branch {branch!r} follow seq {seq} ({head}), but the log's head is "
+                f"{row}: the store was changed outside this engine; keep the journal and restore from a backup"
+            )
+
+    def _recover(self) -> None:
+        """Replay a journal left by a writer that stopped without closing the log."""
+        assert self._journal is not None
+        if not self._journal.size():
+            return
+        for b in self._journal.read():
+            seq, head = self._logical_head(b.branch)
+            if b.first_seq <= seq:  # committed to DuckDB before the journal was emptied
+                stored = self._one("SELECT id FROM events WHERE branch = ? AND seq = ?", [b.branch, b.first_seq])
+                if stored is None or stored[0] != b.ids[0]:
+                    raise StoreError(
+                        f"journal batch {b.branch}#{b.first_seq} ({b.ids[0]}) disagrees with the log "
+                        f"({stored[0] if stored else 'no event'}): keep the journal and restore from a backup"
+                    )
+                continue
+            if b.first_seq != seq + 1 or b.parent != head:
+                raise StoreError(
+                    f"journal batch {b.branch}#{b.first_seq} does not follow the log's head {b.branch}#{seq}: "
+                    f"keep the journal and restore from a backup"
+                )
+            self._pending.append(b)
+            self._pending_n += len(b.ids)
+            self._heads[b.branch] = (seq + len(b.ids), b.ids[-1])
+        if self._pending:
+            self.flush()
+        else:
+            self._journal.clear()
+
+    def _move_head(self, branch: str, expected: str | None, new_head: str, n: int) -> int:
+        """Compare-and-swap the ref from ``expected`` to ``new_head``; returns the first new seq.
+
+        The head seq comes from a per-connection cache; the UPDATE matches on both seq and id,
+        so a stale cache cannot move the ref wrongly: it is refreshed and the swap retried."""
+        for attempt in range(2):
+            cached = self._heads.get(branch)
+            if cached is None or cached[1] != expected or attempt:
+                row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
+                if row is None:
+                    raise BranchNotFound(branch, self._all_branch_names())
+                self._heads[branch] = cached = (row[0], row[1])
+                if cached[1] != expected:
+                    raise ConcurrencyError(branch, expected, cached[1])
+            seq = cached[0]
+            updated = self._one(
+                "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ? AND head_seq = ? "
+                "AND head_id IS NOT DISTINCT FROM ?",
+                [seq + n, new_head, branch, seq, expected],
+            )
+            if updated is not None and updated[0] == 1:
+                self._heads[branch] = (seq + n, new_head)
+                return seq + 1
+            self._heads.pop(branch, None)
+        row = self._one("SELECT head_id FROM branches WHERE name = ?", [branch])
+        raise ConcurrencyError(branch, expected, row[0] if row else None)
+
+    def _insert(self, sql: str, params: list[Any]) -> None:
+        try:
+            self._con.execute(sql, params)
+        except duckdb.ConversionException as e:  # DuckDB's JSON parser disagreed with ours
+            raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
