@@ -45,7 +45,8 @@ from sia_engine.integrity import verify_store  # noqa: E402
 from sia_engine.scaffold import PatchOp, Scaffold, apply_patch, scaffold_hash  # noqa: E402
 from sia_engine.state import AgentState, apply, reduce, version_id  # noqa: E402
 from store import DuckEventLog, NewEvent, event_id  # noqa: E402
-from store.duck import _ARROW_SCHEMA, _DDL  # noqa: E402
+from store.duck import _DDL  # noqa: E402
+from store.duck_write import _ARROW_SCHEMA  # noqa: E402
 
 BASE = ModelRef(id="bench/base", revision="r", weights_hash="0" * 64)
 
