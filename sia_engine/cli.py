@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -355,9 +356,10 @@ def _versions_table(state: Any) -> Table:
 @click.option("--lora-r", default=8, show_default=True)
 @click.option("--lora-lr", default=3e-4, show_default=True)
 @click.option("--wall-time", default=None, type=float, help="Stop starting iterations after this many seconds.")
+@click.option("--data", default=None, help="Data for tasks that take it (an .h5ad file for scrna-denoise).")
 def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None,
         levers: str | None, iterations: int, seed: int, branch: str, feedback: str, train_episodes: int, val_episodes: int,
-        margin: float, lora_steps: int, lora_r: int, lora_lr: float, wall_time: float | None) -> None:
+        margin: float, lora_steps: int, lora_r: int, lora_lr: float, wall_time: float | None, data: str | None) -> None:
     """Run (or resume) the improvement loop on a task; every step is recorded in the store.
 
     Re-running the same command on the same store resumes where it stopped.
@@ -371,7 +373,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     from sia_engine.model import LoraSettings
     from tasks import get_task
 
-    task = get_task(task_name)
+    task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),)) if task_name != "arith" else get_task(task_name)
     if openai_url:
         from sia_engine.openai_compat import OpenAIChatModel
 
@@ -415,6 +417,44 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
 
 
 @main.command()
+@click.argument("task_name", metavar="TASK", type=click.Choice(["scrna-denoise"]))
+@click.option("--data", default=None, help="An .h5ad of raw integer counts [default: scanpy's pbmc68k_reduced].")
+@click.option("--method", required=True, type=click.Choice(["no-denoising", "magic", "alra", "knn", "perfect"]), help="Baseline to run.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the molecular cross-validation split.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def baseline(task_name: str, data: str | None, method: str, seed: int, as_json: bool) -> None:
+    """Score a reference method on a task: raw and normalised metrics.
+
+    \b
+    Example:
+      sia baseline scrna-denoise --method magic --seed 0 --json
+    """
+    from tasks.scrna.baselines import BASELINES
+    from tasks.scrna.data import DEFAULT_DATA, load_counts
+    from tasks.scrna.metrics import control_scores, evaluate, mcv_split
+
+    try:
+        counts = load_counts(data or DEFAULT_DATA)
+    except SiaError as e:
+        _fail(str(e))
+    split = mcv_split(counts, seed)
+    denoised = split.test.astype(float) if method == "perfect" else BASELINES[method](split.train, seed=seed)
+    scores = evaluate(split, denoised, control_scores(split))
+    result = {"task": task_name, "data": data or DEFAULT_DATA, "method": method, "seed": seed,
+              "cells": int(split.train.shape[0]), "genes": int(split.train.shape[1]), **msgspec.to_builtins(scores)}
+    if as_json:
+        out.print_json(_to_json(result))
+        return
+    t = Table(title=f"{task_name}: {method} (split seed {seed})")
+    for col in ("metric", "raw", "normalised"):
+        t.add_column(col)
+    t.add_row("MSE (log-normalised)", f"{scores.mse:.5f}", f"{scores.mse_normalized:.4f}")
+    t.add_row("Poisson (official)", f"{scores.poisson:.5f}", f"{scores.poisson_normalized:.4f}")
+    t.add_row("score (mean)", "", f"{scores.score:.4f}")
+    out.print(t)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def tasks(as_json: bool) -> None:
     """List the tasks `sia run` can improve on, with what data they need.
@@ -423,9 +463,9 @@ def tasks(as_json: bool) -> None:
     Example:
       sia tasks --json
     """
-    from tasks import TASKS
+    from tasks import DATA, DESCRIPTIONS, TASKS
 
-    rows = [{"name": n, "description": f().description, "data": "built in"} for n, f in sorted(TASKS.items())]
+    rows = [{"name": n, "description": DESCRIPTIONS[n], "data": DATA[n]} for n in sorted(TASKS)]
     if as_json:
         out.print_json(_to_json(rows))
         return

@@ -178,7 +178,8 @@ class Loop:
         """Generate and score ``episodes`` under ``version``: an action and a trajectory each."""
         self._serve(version)
         sc = version.scaffold
-        requests = [Request(self.task.messages(sc, ep), sc.decoding, seed=seed + k) for k, ep in enumerate(episodes)]
+        prefix = self.task.answer_prefix
+        requests = [Request(self.task.messages(sc, ep), sc.decoding, seed=seed + k, prefix=prefix) for k, ep in enumerate(episodes)]
         self.hooks.phase(f"{split} rollouts", len(requests))
         gens = []
         for i in range(0, len(requests), 8):
@@ -186,19 +187,27 @@ class Loop:
             self.hooks.advance(min(8, len(requests) - i))
         events: list[Event] = []
         for k, (ep, req, gen) in enumerate(zip(episodes, requests, gens, strict=True)):
-            scored = self.task.score(ep, gen.text)
+            answer = prefix + gen.text  # the whole answer, as the agent gave it
+            scored = self.task.score(ep, answer)
             aid = f"{tag}-{k}"
             outputs: dict[str, Any] = {"text": gen.text, "n_tokens": gen.n_tokens, "finish": gen.finish}
             if gen.raw:
                 outputs["raw"] = gen.raw
             events.append(
                 ActionTaken(action_id=aid, episode_id=ep.id, version_id=version.version_id, actor="model", name="generate",
-                            inputs={"messages": msgspec.to_builtins(req.messages), "decoding": msgspec.to_builtins(req.decoding), "seed": req.seed},
+                            inputs={"messages": msgspec.to_builtins(req.messages), "decoding": msgspec.to_builtins(req.decoding),
+                                    "seed": req.seed, **({"prefix": prefix} if prefix else {})},
                             outputs=outputs)
             )
+            tool_ids = tuple(f"{aid}-tool{j}" for j in range(len(scored.tools)))
+            for tid, call in zip(tool_ids, scored.tools, strict=True):  # what scoring ran (a sandbox, say)
+                events.append(
+                    ActionTaken(action_id=tid, episode_id=ep.id, version_id=version.version_id, actor="tool",
+                                name=str(call.get("name", "tool")), inputs=dict(call.get("inputs", {})), outputs=dict(call.get("outputs", {})))
+                )
             events.append(
                 TrajectoryRecorded(trajectory_id=aid, episode_id=ep.id, split=split, version_id=version.version_id,
-                                   output=gen.text, score=scored.score, metrics=dict(scored.metrics), action_ids=(aid,))
+                                   output=answer, score=scored.score, metrics=dict(scored.metrics), action_ids=(aid, *tool_ids))
             )
         return events
 

@@ -26,11 +26,13 @@ class Episode(msgspec.Struct, frozen=True):
 
 
 class Score(msgspec.Struct, frozen=True):
-    """A scored output: ``failure`` says what kind of miss it was, for the Feedback Agent."""
+    """A scored output: ``failure`` says what kind of miss it was, for the Feedback Agent;
+    ``tools`` records the tool calls scoring made (a sandbox run, say), for the log."""
 
     score: float
     failure: Failure = "none"
     metrics: dict[str, float] = {}
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 @runtime_checkable
@@ -38,6 +40,7 @@ class Task(Protocol):
     name: str
     description: str
     format_hint: str  # what a well-formed answer looks like, for scaffold patches
+    answer_prefix: str  # text the engine writes at the start of every answer ("" for none)
 
     def episodes(self, split: Literal["train", "val", "test"]) -> list[Episode]:
         """Episodes of ``split``, in a deterministic order."""

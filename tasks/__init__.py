@@ -1,20 +1,36 @@
 """Task suites behind the ``sia_engine.task.Task`` protocol.
 
-Built in now: ``arith`` (a small sum task for the loop). The SIA families (scrna-denoise,
-lawbench, trimul) are the next issue.
+``arith`` (a small built-in sum task) and ``scrna-denoise`` (OpenProblems v1 denoising, run in
+the sandbox). LawBench and TriMul are still to come.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sia_engine.errors import SiaError
 from sia_engine.task import Task
 from tasks.arith import Arith
 
-__all__ = ["TASKS", "get_task", "UnknownTask"]
+__all__ = ["TASKS", "DATA", "DESCRIPTIONS", "get_task", "UnknownTask"]
 
-TASKS: dict[str, Callable[[], Task]] = {"arith": Arith}
+
+def _scrna(**options: Any) -> Task:
+    from tasks.scrna import ScrnaDenoise
+
+    return ScrnaDenoise(**options)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"arith": lambda **_: Arith(), "scrna-denoise": _scrna}
+DATA = {
+    "arith": "built in",
+    "scrna-denoise": "--data FILE.h5ad of raw integer counts; default scanpy's bundled pbmc68k_reduced (pip install --no-deps scanpy==1.11.5)",
+}
+DESCRIPTIONS = {
+    "arith": "sum of two digits, answer is the number alone (built-in, 100 items)",
+    "scrna-denoise": "scRNA-seq denoising (OpenProblems v1 metrics, molecular cross-validation), agent-configured denoiser run in the sandbox",
+}
 
 
 class UnknownTask(SiaError):
@@ -23,8 +39,8 @@ class UnknownTask(SiaError):
         super().__init__(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))} (list them with `sia tasks`)")
 
 
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]()
-    except KeyError:
-        raise UnknownTask(name) from None
+def get_task(name: str, **options: Any) -> Task:
+    """The task ``name``; ``options`` (data=..., protect=...) go to tasks that take them."""
+    if name not in TASKS:
+        raise UnknownTask(name)
+    return TASKS[name](**{k: v for k, v in options.items() if v is not None})

@@ -32,6 +32,7 @@ class Arith:
     name = "arith"
     description = "sum of two digits, answer is the number alone (built-in, 100 items)"
     format_hint = "Answer with the number only, for example: 7"
+    answer_prefix = ""
 
     def __init__(self) -> None:
         pairs = [(a, b) for a in range(10) for b in range(10)]
