@@ -74,7 +74,8 @@ def _plateau(state: AgentState, lever: str, k: int = 2) -> bool:
 
 class RulePolicy:
     """Format and abstention failures -> scaffold; content errors that persist, or scaffold
-    gains that plateau -> LoRA on the best outputs (or gold answers); otherwise nothing."""
+    gains that plateau -> LoRA on the best outputs (or gold answers), until two weights
+    candidates in a row are rejected -> a worked example in the scaffold; otherwise nothing."""
 
     name = "rule"
 
@@ -140,7 +141,7 @@ class RulePolicy:
             d = scaffold(self._format_ops(ctx, task), "format or abstention failures")
             if d:
                 return d
-        if can_train and errors >= self.threshold:
+        if can_train and errors >= self.threshold and not _plateau(ctx.state, "weights"):
             plan = self._training_plan(ctx, task)
             if plan is not None:
                 why = "scaffold gains plateaued" if _plateau(ctx.state, "scaffold") else "content errors persist"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ from sia_engine.model import (
 __all__ = ["HFModel", "peft_config_dict", "export_adapter"]
 
 _MAX_LOADED = 8  # adapters kept in memory at once
+# peft calls a transformers method that transformers 5 deprecates; nothing for our users to act on
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 _IDLE = "sia_idle"
 
 

@@ -82,3 +82,20 @@ def test_llm_training_plan_must_name_this_iterations_trajectories() -> None:
     judge = ScriptedModel(lambda r, a: '{"lever": "weights", "rationale": "x", "training_plan": {"trajectory_ids": ["t0", "zzz"]}}', name="judge")
     bad = LLMPolicy(judge).decide(ctx(golds(3)), TASK).verdicts[0]
     assert not bad.valid and "training_plan names trajectories not in this iteration: ['zzz']" in bad.rationale
+
+
+def test_two_rejected_weights_candidates_turn_back_to_the_scaffold() -> None:
+    from sia_engine.events import AdapterCheckpointed, VersionRejected
+    from sia_engine.state import version_id
+
+    s = apply(AgentState(), RunStarted(run_id="r", task="arith", seed=0, base_model=BASE, scaffold=TASK.scaffold(), engine_version="0", levers=("scaffold", "weights")))
+    head = s.head_version
+    assert head is not None
+    for i in range(2):
+        blob = f"{i + 1:064x}"
+        vid = version_id(BASE, head.scaffold, blob)
+        s = apply(s, AdapterCheckpointed(parent_version=head.version_id, version_id=vid, blob=blob, peft_config={}, training_data=(), seed=i))
+        s = apply(s, VersionRejected(version_id=vid, head=head.version_id, score=0.0, head_score=0.1, reason="worse"))
+    outs = golds(4) + [str(int(g) + 1) for g in golds(8)[4:]]
+    [v] = RulePolicy().decide(ctx(outs, state=s), TASK).verdicts
+    assert v.lever == "scaffold" and v.patch[0].path == "/examples/-"

@@ -1,0 +1,59 @@
+"""Shared pieces of the `sia` command: consoles, JSON output, error mapping, store options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+
+from sia_engine.errors import SiaError
+from store import Envelope, StoreError
+
+__all__ = ["out", "err", "store_options", "_to_json", "_envelope_dict", "_fail"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console()
+err = Console(stderr=True)
+
+
+def _to_json(obj: Any) -> str:
+    def enc(o: Any) -> Any:
+        if isinstance(o, bytes):
+            return msgspec.json.decode(o) if o[:1] in (b"{", b"[") else o.decode("utf-8", "replace")
+        raise NotImplementedError
+
+    return msgspec.json.encode(obj, enc_hook=enc).decode()
+
+
+def _envelope_dict(e: Envelope) -> dict[str, Any]:
+    return {
+        "id": e.id, "parent": e.parent, "branch": e.branch, "seq": e.seq, "kind": e.kind,
+        "schema": e.schema, "recorded_at": e.recorded_at.isoformat(), "payload": msgspec.json.decode(e.payload),
+    }
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def store_options(f: F) -> F:
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(f)
+    f = click.option(
+        "--store", "store_path", default=".sia", envvar="SIA_STORE", show_default=True,
+        type=click.Path(file_okay=False), help="Store directory.",
+    )(f)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except (StoreError, SiaError) as e:
+            _fail(str(e))
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,208 @@
+"""`sia run`, `sia tasks` and `sia baseline`: the commands that drive models and tasks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from sia_engine import __version__
+from sia_engine.cli_common import _fail, _to_json, err, out, store_options
+from sia_engine.errors import SiaError
+from store import Store
+
+__all__ = ["run", "tasks", "baseline"]
+
+
+class _RichHooks:
+    """Progress bars for `sia run`: one bar per step, a line per decision."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.p = progress
+        self.task: Any = None
+
+    def iteration(self, index: int, total: int) -> None:
+        self.p.console.print(f"[bold]iteration {index + 1}/{total}[/]", highlight=False)
+
+    def phase(self, name: str, total: int | None) -> None:
+        if self.task is not None:
+            self.p.remove_task(self.task)
+        self.task = self.p.add_task(name, total=total)
+
+    def advance(self, n: int = 1, *, loss: float | None = None) -> None:
+        if self.task is not None:
+            self.p.update(self.task, advance=n, description=f"LoRA training steps (loss {loss:.3f})" if loss is not None else None)
+
+    def decided(self, candidate: Any, score: float, head_score: float | None, accepted: bool) -> None:
+        verdict = "[green]accepted[/]" if accepted else "[yellow]rejected[/]"
+        hs = "-" if head_score is None else f"{head_score:.3f}"
+        self.p.console.print(f"  {candidate.lever} candidate {candidate.version_id[:12]}: val {score:.3f} vs head {hs} -> {verdict}", highlight=False)
+
+    def finished(self, state: Any) -> None:
+        if self.task is not None:
+            self.p.remove_task(self.task)
+            self.task = None
+
+
+def _versions_table(state: Any) -> Table:
+    t = Table(title="agent versions")
+    for col in ("#", "version", "lever", "parent", "val score", "accepted?"):
+        t.add_column(col)
+    for v in state.ordered_versions():
+        sc = v.score("val")
+        acc = {"accepted": "yes", "rejected": "no", "candidate": "pending"}[v.status]
+        if v.version_id == state.head:
+            acc += " (head)"
+        t.add_row(str(v.index), v.version_id[:12], v.lever, (v.parent or "-")[:12], "-" if sc is None else f"{sc:.3f}", acc)
+    return t
+
+
+@click.command()
+@store_options
+@click.option("--task", "task_name", required=True, help="Task to improve on (see `sia tasks`).")
+@click.option("--model", "model_spec", default="smollm2", show_default=True, help="tiny | smollm2 | a local model folder | a cached hub id.")
+@click.option("--openai-url", default=None, help="Use an OpenAI-compatible endpoint instead of a local model (scaffold lever only).")
+@click.option("--openai-model", default=None, help="Model name at the endpoint.")
+@click.option("--levers", type=click.Choice(["scaffold", "weights", "both"]), default=None, help="Levers to pull [default: both; scaffold for an endpoint].")
+@click.option("--iterations", default=3, show_default=True, help="Improvement iterations (a budget: raise it to continue a run).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--branch", default="main", show_default=True)
+@click.option("--feedback", type=click.Choice(["rule", "llm"]), default="rule", show_default=True, help="Feedback Agent: deterministic rules, or the model itself (falls back to rules).")
+@click.option("--train-episodes", default=8, show_default=True)
+@click.option("--val-episodes", default=8, show_default=True)
+@click.option("--margin", default=0.0, show_default=True, help="A candidate must beat the head by more than this on val.")
+@click.option("--lora-steps", default=8, show_default=True)
+@click.option("--lora-r", default=8, show_default=True)
+@click.option("--lora-lr", default=3e-4, show_default=True)
+@click.option("--wall-time", default=None, type=float, help="Stop starting iterations after this many seconds.")
+@click.option("--data", default=None, help="Data for tasks that take it (an .h5ad file for scrna-denoise).")
+def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None,
+        levers: str | None, iterations: int, seed: int, branch: str, feedback: str, train_episodes: int, val_episodes: int,
+        margin: float, lora_steps: int, lora_r: int, lora_lr: float, wall_time: float | None, data: str | None) -> None:
+    """Run (or resume) the improvement loop on a task; every step is recorded in the store.
+
+    Re-running the same command on the same store resumes where it stopped.
+
+    \b
+    Example:
+      sia run --task arith --model tiny --iterations 4 --store /tmp/arith
+    """
+    from sia_engine.feedback import LLMPolicy, RulePolicy
+    from sia_engine.loop import Loop, LoopConfig
+    from sia_engine.model import LoraSettings
+    from tasks import get_task
+
+    task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),)) if task_name != "arith" else get_task(task_name)
+    if openai_url:
+        from sia_engine.openai_compat import OpenAIChatModel
+
+        model: Any = OpenAIChatModel(openai_url, openai_model or "default")
+        levers = levers or "scaffold"
+    else:
+        from sia_engine.presets import load_model
+
+        err.print(f"loading model {model_spec} ...", highlight=False)
+        model = load_model(model_spec)
+        if getattr(model, "label", ""):
+            err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
+    chosen = ("scaffold", "weights") if (levers or "both") == "both" else (levers,)
+    config = LoopConfig(
+        task=task_name, levers=chosen, seed=seed, train_episodes=train_episodes, val_episodes=val_episodes, margin=margin,
+        lora=LoraSettings(steps=lora_steps, r=lora_r, alpha=2 * lora_r, lr=lora_lr), feedback=feedback,
+        iterations=iterations, wall_time_s=wall_time,
+    )
+    agent = LLMPolicy(model) if feedback == "llm" else RulePolicy()
+    with Store.create(store_path) as s:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=as_json) as bar:
+            loop = Loop(s, task=task, model=model, feedback=agent, config=config, branch=branch, hooks=_RichHooks(bar), engine_version=__version__)
+            try:
+                state = loop.run()
+            except KeyboardInterrupt:
+                err.print("[yellow]interrupted[/]: everything recorded so far is kept; run the same command to resume")
+                sys.exit(130)
+        head = state.head_version
+        summary = {
+            "store": str(s.root.resolve()), "branch": branch, "task": task_name, "model": model.ref.id,
+            "iterations": state.iteration + 1, "events": s.log.count(), "head": state.head,
+            "head_val_score": head.score("val") if head else None,
+            "versions": [{"version": v.version_id, "lever": v.lever, "val_score": v.score("val"), "status": v.status} for v in state.ordered_versions()],
+        }
+    if as_json:
+        out.print_json(_to_json(summary))
+        return
+    out.print(_versions_table(state))
+    out.print(f"head {str(state.head)[:12]} (val {summary['head_val_score']}) after {summary['iterations']} iteration(s), "
+              f"{summary['events']} events. Inspect with: sia log --store {store_path} / sia verify / sia branches", highlight=False)
+
+
+@click.command()
+@click.argument("task_name", metavar="TASK", type=click.Choice(["scrna-denoise"]))
+@click.option("--data", default=None, help="An .h5ad of raw integer counts [default: scanpy's pbmc68k_reduced].")
+@click.option("--method", required=True, type=click.Choice(["no-denoising", "magic", "alra", "knn", "perfect"]), help="Baseline to run.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the molecular cross-validation split.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def baseline(task_name: str, data: str | None, method: str, seed: int, as_json: bool) -> None:
+    """Score a reference method on a task: raw and normalised metrics.
+
+    \b
+    Example:
+      sia baseline scrna-denoise --method magic --seed 0 --json
+    """
+    from tasks.scrna.baselines import BASELINES
+    from tasks.scrna.data import DEFAULT_DATA, load_counts
+    from tasks.scrna.metrics import control_scores, evaluate, mcv_split
+
+    try:
+        counts = load_counts(data or DEFAULT_DATA)
+    except SiaError as e:
+        _fail(str(e))
+    split = mcv_split(counts, seed)
+    denoised = split.test.astype(float) if method == "perfect" else BASELINES[method](split.train, seed=seed)
+    scores = evaluate(split, denoised, control_scores(split))
+    result = {"task": task_name, "data": data or DEFAULT_DATA, "method": method, "seed": seed,
+              "cells": int(split.train.shape[0]), "genes": int(split.train.shape[1]), **msgspec.to_builtins(scores)}
+    if as_json:
+        out.print_json(_to_json(result))
+        return
+    t = Table(title=f"{task_name}: {method} (split seed {seed})")
+    for col in ("metric", "raw", "normalised"):
+        t.add_column(col)
+    t.add_row("MSE (log-normalised)", f"{scores.mse:.5f}", f"{scores.mse_normalized:.4f}")
+    t.add_row("Poisson (official)", f"{scores.poisson:.5f}", f"{scores.poisson_normalized:.4f}")
+    t.add_row("score (mean)", "", f"{scores.score:.4f}")
+    out.print(t)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def tasks(as_json: bool) -> None:
+    """List the tasks `sia run` can improve on, with what data they need.
+
+    \b
+    Example:
+      sia tasks --json
+    """
+    from tasks import DATA, DESCRIPTIONS, TASKS
+
+    rows = [{"name": n, "description": DESCRIPTIONS[n], "data": DATA[n]} for n in sorted(TASKS)]
+    if as_json:
+        out.print_json(_to_json(rows))
+        return
+    t = Table(title="tasks")
+    for col in ("name", "description", "data"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["description"], r["data"])
+    out.print(t)
