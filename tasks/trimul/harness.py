@@ -1,0 +1,80 @@
+"""Run a TriMul kernel submission (Triton source defining ``custom_kernel(data)``) in the
+sandbox on seeded cases, and check each output against the reference.
+
+On a CPU the sandbox sets ``TRITON_INTERPRET=1`` before anything imports Triton, so kernels run
+in Triton's interpreter: correctness on small shapes only, never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+import safetensors.torch
+
+from sia_engine.sandbox import SandboxResult, run_python
+from tasks.trimul.reference import check, generate_input, reference
+
+__all__ = ["Case", "CaseResult", "run_submission"]
+
+_MAIN = '''
+import json, os, sys
+import safetensors.torch
+import torch
+sys.path.insert(0, os.getcwd())
+import submission  # imported after TRITON_INTERPRET is in the environment
+
+for i, case in enumerate(json.load(open("cases.json"))):
+    data = safetensors.torch.load_file(f"in{i}.safetensors")
+    x, mask = data.pop("x"), data.pop("mask")
+    out = submission.custom_kernel((x, mask, data, case))
+    safetensors.torch.save_file({"out": out.detach().float().contiguous()}, f"out{i}.safetensors")
+    print(f"case {i} done", flush=True)
+'''
+
+
+class Case(msgspec.Struct, frozen=True):
+    n: int
+    bs: int
+    dim: int
+    masked: bool
+    dist: Literal["normal", "cauchy"]
+    seed: int
+
+
+class CaseResult(msgspec.Struct, frozen=True):
+    case: Case
+    correct: bool
+    reason: str
+
+
+def run_submission(
+    source: str,
+    cases: Sequence[Case],
+    *,
+    interpret: bool = True,
+    timeout_s: float = 300.0,
+    memory_mb: int = 16384,
+    protect: Sequence[str] = (),
+) -> tuple[SandboxResult, list[CaseResult]]:
+    files = {"submission.py": source.encode(), "cases.json": json.dumps([msgspec.to_builtins(c) for c in cases]).encode()}
+    refs = []
+    for i, c in enumerate(cases):
+        x, mask, w = generate_input(c.n, c.bs, c.dim, masked=c.masked, dist=c.dist, seed=c.seed)
+        files[f"in{i}.safetensors"] = safetensors.torch.save({"x": x, "mask": mask, **w})
+        refs.append(reference(x, mask, w))
+    env = {"TRITON_INTERPRET": "1"} if interpret else {}
+    res = run_python(_MAIN, files=files, outputs=[f"out{i}.safetensors" for i in range(len(cases))], timeout_s=timeout_s,
+                     memory_mb=memory_mb, protect=protect, env=env)
+    results = []
+    for i, (c, ref) in enumerate(zip(cases, refs, strict=True)):
+        name = f"out{i}.safetensors"
+        if name not in res.outputs:
+            results.append(CaseResult(c, False, f"no output ({res.status}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'no error text'})"))
+            continue
+        out = safetensors.torch.load(res.outputs[name])["out"]
+        ok, why = check(out, ref)
+        results.append(CaseResult(c, ok, why))
+    return res, results

@@ -1,0 +1,73 @@
+"""TriMul: reference, inputs, the tolerance check, and Triton submissions in the sandbox (CPU
+interpreter, N=32)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.trimul import Case, check, generate_input, reference, run_submission
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trimul"
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def test_inputs_are_seeded_with_both_mask_dtypes() -> None:
+    x, m, w = generate_input(32, 2, 128, masked=True, dist="cauchy", seed=5)
+    x2, m2, _ = generate_input(32, 2, 128, masked=True, dist="cauchy", seed=5)
+    assert torch.equal(x, x2) and torch.equal(m, m2)
+    assert x.dtype == torch.float32 and x.shape == (2, 32, 32, 128)
+    assert m.dtype == torch.int64 and set(m.unique().tolist()) == {0, 1}
+    _, ones, _ = generate_input(32, 1, 128, masked=False, dist="normal", seed=5)
+    assert ones.dtype == torch.float32 and bool((ones == 1).all())
+    assert w["left_proj.weight"].shape == (128, 128) and w["to_out.weight"].shape == (128, 128)
+
+
+def test_reference_against_a_loop_over_k() -> None:
+    x, m, w = generate_input(8, 1, 16, masked=True, dist="normal", seed=0)
+    out = reference(x, m, w)
+    xn = torch.nn.functional.layer_norm(x, (16,), w["norm.weight"], w["norm.bias"])
+    mm = m.unsqueeze(-1).float()
+    left = (xn @ w["left_proj.weight"].T) * mm * torch.sigmoid(xn @ w["left_gate.weight"].T)
+    right = (xn @ w["right_proj.weight"].T) * mm * torch.sigmoid(xn @ w["right_gate.weight"].T)
+    tri = torch.zeros(1, 8, 8, 128)
+    for k in range(8):
+        tri += left[:, :, k, None, :] * right[:, None, :, k, :]
+    tri = torch.nn.functional.layer_norm(tri, (128,), w["to_out_norm.weight"], w["to_out_norm.bias"])
+    want = (tri * torch.sigmoid(xn @ w["out_gate.weight"].T)) @ w["to_out.weight"].T
+    assert torch.allclose(out, want, atol=1e-4)
+
+
+def test_check_tolerance_and_special_values() -> None:
+    ref = torch.tensor([1.0, -2.0, float("nan"), float("inf")])
+    assert check(ref + torch.tensor([0.039, -0.05, 0.0, 0.0]), ref) == (True, "all elements within tolerance")
+    ok, why = check(ref + torch.tensor([0.041, 0.0, 0.0, 0.0]), ref)
+    assert not ok and why == "1 of 4 elements outside |out - ref| <= 0.02 + 0.02|ref|; first at (0,): 1.041 vs 1"
+    assert check(torch.tensor([1.0, -2.0, 0.0, float("inf")]), ref) == (False, "NaN positions differ from the reference")
+    assert check(torch.zeros(3), ref)[1] == "shape (3,) != reference shape (4,)"
+
+
+CASES = [Case(32, 1, 128, False, "normal", 0), Case(32, 1, 128, True, "cauchy", 1)]
+
+
+@needs_triton
+def test_a_correct_triton_kernel_passes_on_cpu_masked_and_unmasked() -> None:
+    res, results = run_submission((FIXTURES / "correct.py").read_text(), CASES)
+    assert res.status == "ok", res.stderr
+    assert [(r.correct, r.reason) for r in results] == [(True, "all elements within tolerance")] * 2
+
+
+@needs_triton
+def test_a_subtly_wrong_kernel_fails() -> None:
+    res, results = run_submission((FIXTURES / "transposed.py").read_text(), CASES[1:])
+    assert res.status == "ok" and not results[0].correct
+    assert "elements outside |out - ref| <= 0.02 + 0.02|ref|" in results[0].reason
+
+
+@needs_triton
+def test_a_hanging_kernel_is_killed() -> None:
+    res, results = run_submission((FIXTURES / "hangs.py").read_text(), CASES[:1], timeout_s=8)
+    assert res.status == "timeout" and not results[0].correct and results[0].reason.startswith("no output (timeout")
