@@ -51,23 +51,35 @@ def test_check_tolerance_and_special_values() -> None:
 
 
 CASES = [Case(32, 1, 128, False, "normal", 0), Case(32, 1, 128, True, "cauchy", 1)]
+CORRECT = (FIXTURES / "correct.py").read_text()
+
+
+def variant(old: str, new: str) -> str:
+    """The correct submission with one change (the change must apply)."""
+    assert CORRECT.count(old) == 1
+    return CORRECT.replace(old, new)
+
+
+# stores out[j, i]: every shape still matches, every value is wrong
+TRANSPOSED = variant("tl.store(o_ptr + base + oi[:, None] * N + oj[None, :], acc", "tl.store(o_ptr + base + oj[None, :] * N + oi[:, None], acc")
+HANGS = variant("def custom_kernel(data):\n", "def custom_kernel(data):\n    while True:\n        pass\n")
 
 
 @needs_triton
 def test_a_correct_triton_kernel_passes_on_cpu_masked_and_unmasked() -> None:
-    res, results = run_submission((FIXTURES / "correct.py").read_text(), CASES)
+    res, results = run_submission(CORRECT, CASES)
     assert res.status == "ok", res.stderr
     assert [(r.correct, r.reason) for r in results] == [(True, "all elements within tolerance")] * 2
 
 
 @needs_triton
 def test_a_subtly_wrong_kernel_fails() -> None:
-    res, results = run_submission((FIXTURES / "transposed.py").read_text(), CASES[1:])
+    res, results = run_submission(TRANSPOSED, CASES[1:])
     assert res.status == "ok" and not results[0].correct
     assert "elements outside |out - ref| <= 0.02 + 0.02|ref|" in results[0].reason
 
 
 @needs_triton
 def test_a_hanging_kernel_is_killed() -> None:
-    res, results = run_submission((FIXTURES / "hangs.py").read_text(), CASES[:1], timeout_s=8)
+    res, results = run_submission(HANGS, CASES[:1], timeout_s=8)
     assert res.status == "timeout" and not results[0].correct and results[0].reason.startswith("no output (timeout")
