@@ -141,7 +141,13 @@ class DuckEventLog(DuckWriter):
         self._key = key
         if journal:
             self._journal = j
-            self._recover()
+            try:
+                self._recover()
+            except BaseException:
+                j.close()
+                _OPEN_WRITERS.discard(key)
+                self._con.close()
+                raise
 
     def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
         # DuckDB 2 keeps a result open until it is fully fetched: fetch all, keep the first.
