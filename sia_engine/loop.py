@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from sia_engine.errors import SiaError
+from sia_engine.errors import RunMismatch, SiaError
 from sia_engine.events import (
     ActionTaken,
     AdapterCheckpointed,
@@ -64,15 +64,6 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         d.pop("iterations")
         d.pop("wall_time_s")
         return d
-
-
-class RunMismatch(SiaError):
-    def __init__(self, what: str, recorded: object, given: object) -> None:
-        self.what = what
-        super().__init__(
-            f"this branch holds a run with {what} {recorded!r}, not {given!r}; resume with the recorded "
-            f"settings, or fork the branch (or use another store) to change them"
-        )
 
 
 def iteration_seed(seed: int, iteration: int) -> int:

@@ -14,7 +14,7 @@ import httpx
 import msgspec
 
 from sia_engine.canonical import digest
-from sia_engine.errors import SiaError
+from sia_engine.errors import ModelUnavailable, NoRecordedResponse, SiaError
 from sia_engine.events import ActionTaken, ModelRef
 from sia_engine.model import (
     Adapter,
@@ -26,19 +26,6 @@ from sia_engine.model import (
 )
 
 __all__ = ["OpenAIChatModel", "RecordedModel", "ModelUnavailable", "NoRecordedResponse"]
-
-
-class ModelUnavailable(SiaError):
-    def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        super().__init__(f"chat endpoint {url} failed: {reason}; check that the server runs and the model name is right")
-
-
-class NoRecordedResponse(SiaError):
-    def __init__(self, n_known: int) -> None:
-        super().__init__(
-            f"no recorded response for this request ({n_known} recorded): a replay can only ask what the run asked"
-        )
 
 
 class _WeightsUnsupported:

