@@ -248,9 +248,9 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
         sys.exit(1)
 
 
-from sia_engine.cli_run import baseline, run, tasks  # noqa: E402 - the loop's commands live there
+from sia_engine.cli_run import baseline, run, score, tasks  # noqa: E402 - the loop's commands live there
 
-for _cmd in (run, tasks, baseline):
+for _cmd in (run, tasks, baseline, score):
     main.add_command(_cmd)
 
 

@@ -23,7 +23,7 @@ from sia_engine.cli_common import _fail, _to_json, err, out, store_options
 from sia_engine.errors import SiaError
 from store import Store
 
-__all__ = ["run", "tasks", "baseline"]
+__all__ = ["run", "tasks", "baseline", "score"]
 
 
 class _RichHooks:
@@ -205,4 +205,43 @@ def tasks(as_json: bool) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(r["name"], r["description"], r["data"])
+    out.print(t)
+
+
+@click.command()
+@click.argument("benchmark", type=click.Choice(["lawbench"]))
+@click.argument("predictions", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def score(benchmark: str, predictions: str, as_json: bool) -> None:
+    """Score published-format prediction files (one folder per model, <task>.json inside).
+
+    \b
+    Example:
+      sia score lawbench ../shared/data/lawbench/predictions/zero_shot --json
+    """
+    from tasks.lawbench import load_predictions, prediction_sets, score_file
+
+    rows = []
+    try:
+        for model, files in prediction_sets(predictions).items():
+            for task, path in sorted(files.items(), key=lambda kv: [int(x) for x in kv[0].split("-")]):
+                try:
+                    result = score_file(task, load_predictions(path))
+                except KeyError:
+                    err.print(f"[yellow]skipped {path}: no LawBench task {task!r}[/]", highlight=False)
+                    continue
+                rows.append({"task": task, "model": model, "score": result["score"],
+                             "abstention_rate": result["abstention_rate"], "simplified": bool(result["simplified"])})
+    except SiaError as e:
+        _fail(str(e))
+    if not rows:
+        _fail(f"no LawBench prediction files (<task>.json) under {predictions}")
+    if as_json:
+        out.print_json(_to_json(rows))
+        return
+    t = Table(title=f"{benchmark}: {predictions}")
+    for col in ("model", "task", "score", "abstention", "note"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["model"], r["task"], f"{r['score']:.4f}", f"{r['abstention_rate']:.3f}", "simplified scorer" if r["simplified"] else "")
     out.print(t)

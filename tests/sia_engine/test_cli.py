@@ -23,7 +23,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
-STORELESS = {"tasks", "baseline"}  # commands that read no store
+STORELESS = {"tasks", "baseline", "score"}  # commands that read no store
 
 
 def run(*args: str) -> click.testing.Result:
@@ -142,15 +142,15 @@ def test_run_with_the_tiny_model_then_resume(tmp_path: Path) -> None:
 
 def test_run_unknown_task_and_model(tmp_path: Path) -> None:
     r = run("run", "--task", "nope", "--store", str(tmp_path))
-    assert r.exit_code == 2 and "unknown task 'nope'; available: arith, scrna-denoise" in r.output
+    assert r.exit_code == 2 and "unknown task 'nope'; available: arith, lawbench-charge, scrna-denoise" in r.output
     r = run("run", "--task", "arith", "--model", str(tmp_path / "missing"), "--store", str(tmp_path / "s"))
     assert r.exit_code == 2 and "not found" in r.output
 
 
 def test_tasks_lists_tasks_with_their_data() -> None:
     rows = json.loads(run("tasks", "--json").output)
-    assert [r["name"] for r in rows] == ["arith", "scrna-denoise"]
-    assert rows[0]["data"] == "built in" and "--data FILE.h5ad of raw integer counts" in rows[1]["data"]
+    assert [r["name"] for r in rows] == ["arith", "lawbench-charge", "scrna-denoise"]
+    assert rows[0]["data"] == "built in" and "--data FILE.h5ad of raw integer counts" in rows[2]["data"]
 
 
 def test_baseline_prints_raw_and_normalised_metrics(tmp_path: Path) -> None:

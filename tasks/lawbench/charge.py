@@ -1,0 +1,74 @@
+"""``lawbench-charge``: single-label criminal-charge classification on LawBench task 3-3, scored
+by strict accuracy (the answer must name the gold charge and no other of the 189).
+
+The closest offline stand-in for SIA's LawBench number. Items are the single-label ones of the
+data folder's 3-3; the ``top_k`` most frequent charges are kept (a 135M model cannot separate 189
+classes from a few dozen examples); each charge's items are split 60/20/20 by the sha256 of their
+index (stratified). The facts are cut to ``max_chars`` characters (on CPU, long Chinese facts cost
+~0.57 characters per token; cutting them to 120-200 characters did not change a small model's
+accuracy in a probe). At this scale results are a machinery check with wide intervals, not a
+reproduction of SIA's numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from sia_engine.model import Message
+from sia_engine.scaffold import Decoding, Scaffold
+from sia_engine.task import Episode, Score, chat_messages
+from tasks.lawbench.data import LawBenchDataError, load_items
+from tasks.lawbench.labels import CHARGES
+
+__all__ = ["LawBenchCharge"]
+
+
+class LawBenchCharge:
+    name = "lawbench-charge"
+    description = "LawBench 3-3 single-label charge classification, strict accuracy (needs --data LAWBENCH_FOLDER)"
+    answer_prefix = "罪名:"
+
+    def __init__(self, data: str | Path | None = None, *, top_k: int = 8, max_chars: int = 200, protect: tuple[str, ...] = ()) -> None:
+        if data is None:
+            raise LawBenchDataError("--data", "lawbench-charge needs the LawBench data folder (with zero_shot/3-3.json)")
+        items = load_items(data, "3-3")
+        single = [(i, it) for i, it in enumerate(items) if it["answer"].startswith("罪名:") and ";" not in it["answer"]]
+        counts = Counter(it["answer"][3:] for _, it in single)
+        self.labels = tuple(c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
+        self.format_hint = "Answer with 罪名: followed by one of: " + "、".join(self.labels)
+        self._episodes: list[Episode] = []
+        for label in self.labels:
+            mine = sorted((i for i, it in single if it["answer"][3:] == label), key=lambda i: hashlib.sha256(str(i).encode()).hexdigest())
+            n = len(mine)
+            for k, i in enumerate(mine):
+                split: Literal["train", "val", "test"] = "train" if k < round(0.6 * n) else "val" if k < round(0.8 * n) else "test"
+                it = items[i]
+                question = it["question"][:max_chars]
+                self._episodes.append(Episode(id=f"3-3-{i}", split=split, input=f"{it['instruction']}\n{question}", gold=label))
+        self._episodes.sort(key=lambda e: int(e.id.rsplit("-", 1)[1]))
+
+    def episodes(self, split: Literal["train", "val", "test"]) -> list[Episode]:
+        return [e for e in self._episodes if e.split == split]
+
+    def scaffold(self) -> Scaffold:
+        return Scaffold(
+            system_prompt="你是一名法律专家。根据案件事实判断被告人的罪名。",
+            output_format=self.format_hint,
+            decoding=Decoding(temperature=0.0, max_new_tokens=16, stop=("\n",)),
+        )
+
+    def messages(self, scaffold: Scaffold, episode: Episode) -> tuple[Message, ...]:
+        return chat_messages(scaffold, episode.input)
+
+    def score(self, episode: Episode, output: str) -> Score:
+        found = {c for c in CHARGES if c in output}
+        # a charge inside a longer one that was named (诈骗 in 信用卡诈骗) was not named itself
+        found = {c for c in found if not any(c != d and c in d for d in found)}
+        if not found:
+            return Score(0.0, "abstain", {"named": 0.0})
+        if found == {episode.gold}:
+            return Score(1.0, "none", {"named": 1.0})
+        return Score(0.0, "format" if episode.gold in found else "content", {"named": float(len(found))})
