@@ -208,11 +208,19 @@ def _char_edits(src: str, tgt: str) -> set[tuple[int, int, str]]:
 
 
 def _proofreading(pairs: Sequence[Pair]) -> Result:
-    """SIMPLIFIED 2-1: F0.5 over character edits from difflib alignments (not ChERRANT)."""
+    """SIMPLIFIED 2-1: the official preparation of the sentences (source taken after "句子：\n",
+    newlines and tabs removed, predictions cut to at most 5 characters longer than the reference,
+    an empty one read as "无内容"), then F0.5 over character edits from difflib alignments, where
+    the official scorer aligns with ChERRANT's pinyin- and shape-aware costs and merges edits."""
     tp = fp = fn = 0
     for prompt, pred, ref in pairs:
-        src = prompt.split("句子：\n")[-1].strip()
-        h, g = _char_edits(src, pred.strip()), _char_edits(src, ref.strip())
+        start = prompt.index("句子：\n") + 4 if "句子：\n" in prompt else 0
+        src = re.sub(r"\n|\t", "", prompt[start:].split("\n")[0])
+        hyp = re.sub(r"\n|\t", "", pred)
+        if len(hyp) - len(ref) > 5:
+            hyp = hyp[: len(ref) + 5]
+        hyp = hyp or "无内容"
+        h, g = _char_edits(src, hyp), _char_edits(src, re.sub(r"\n|\t", "", ref))
         tp += len(h & g)
         fp += len(h - g)
         fn += len(g - h)
