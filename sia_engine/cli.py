@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -170,6 +171,32 @@ def verify(store_path: str, as_json: bool) -> None:
         out.print(f"[bold red]FAILED[/]: {len(report.problems)} problem(s); first: {report.first}", highlight=False, soft_wrap=True)
         for p in report.problems[1:20]:
             out.print(f"  {p}", highlight=False, soft_wrap=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@store_options
+@click.option("--out", "out_path", default="sia-audit.html", show_default=True, type=click.Path(dir_okay=False), help="Where to write the HTML report.")
+def audit(store_path: str, as_json: bool, out_path: str) -> None:
+    """Write a self-contained HTML audit report: lineage, scores per version and lever, integrity.
+
+    Exits 1 (after writing the report) when the store does not verify.
+
+    \b
+    Example:
+      sia audit --store ./.sia --out audit.html
+    """
+    from replay import audit_report
+
+    with _open(store_path, read_only=True) as s:
+        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}")
+    Path(out_path).write_text(page, encoding="utf-8")
+    info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems)}
+    if as_json:
+        out.print_json(_to_json(info))
+    else:
+        out.print(f"audit report written to [bold]{info['report']}[/] ({'verified' if report.ok else 'NOT verified'})", highlight=False)
     if not report.ok:
         sys.exit(1)
 

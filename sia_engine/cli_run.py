@@ -144,7 +144,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
         return
     out.print(_versions_table(state))
     out.print(f"head {str(state.head)[:12]} (val {summary['head_val_score']}) after {summary['iterations']} iteration(s), "
-              f"{summary['events']} events. Inspect with: sia log --store {store_path} / sia verify / sia branches", highlight=False)
+              f"{summary['events']} events. Audit it with: sia audit --store {store_path} (also sia log, sia verify)", highlight=False)
 
 
 @click.command()

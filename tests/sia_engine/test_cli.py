@@ -163,3 +163,23 @@ def test_baseline_prints_raw_and_normalised_metrics(tmp_path: Path) -> None:
     assert (got["mse_normalized"], got["poisson_normalized"], got["score"]) == (1.0, 1.0, 1.0) and got["genes"] <= 765
     r = run("baseline", "scrna-denoise", "--data", str(tmp_path / "none.h5ad"), "--method", "magic")
     assert r.exit_code == 2 and "no count data at" in r.output
+
+
+def test_audit_report(demo_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "audit.html"
+    r = run("audit", "--store", str(demo_store), "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["verified"] is True
+    page = out.read_text()
+    assert "VERIFIED: 51 events, 2 branches" in page and "Branch main-whatif (forked from main#12)" in page
+    assert page.count("<circle") == 5 + 2  # main's five versions; the fork grew from main#12, after iteration 0's two
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_store, bad)
+    con = duckdb.connect(str(bad / "log.duckdb"))
+    con.execute("DELETE FROM events WHERE branch = 'main' AND seq = 5")
+    con.close()
+    r = run("audit", "--store", str(bad), "--out", str(tmp_path / "bad.html"))
+    assert r.exit_code == 1 and "NOT verified" in r.output
+    assert "NOT VERIFIED: " in (tmp_path / "bad.html").read_text()

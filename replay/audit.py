@@ -1,0 +1,106 @@
+"""``audit_report``: a self-contained HTML report of a store: for each branch its lineage of agent
+versions (an inline SVG graph), the scores per version and lever, and the integrity check."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+
+from sia_engine.history import rebuild
+from sia_engine.integrity import IntegrityReport, verify_store
+from sia_engine.state import AgentState, Version
+from store import BlobStore, EventLog
+
+__all__ = ["audit_report"]
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em} th{background:#f3f3f3}
+.ok{color:#176917;font-weight:bold} .bad{color:#b00020;font-weight:bold} code{font-size:.85em}
+"""
+_COLOURS = {"initial": "#555", "scaffold": "#1f77b4", "weights": "#d62728"}
+
+
+def _lineage_svg(state: AgentState) -> str:
+    """Versions left to right in creation order, height by validation score; edges to parents."""
+    versions = state.ordered_versions()
+    if not versions:
+        return "<p>no versions</p>"
+    scores = [v.score("val") for v in versions]
+    known = [s for s in scores if s is not None]
+    lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
+    span = (hi - lo) or 1.0
+    w, h, pad = max(300, 70 * len(versions)), 220, 30
+    pos: dict[str, tuple[float, float]] = {}
+    for i, (v, s) in enumerate(zip(versions, scores, strict=True)):
+        x = pad + i * (w - 2 * pad) / max(1, len(versions) - 1)
+        y = h - pad - ((s - lo) / span if s is not None else 0.0) * (h - 2 * pad)
+        pos[v.version_id] = (x, y)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">']
+    for v in versions:
+        if v.parent in pos:
+            (x1, y1), (x2, y2) = pos[v.parent], pos[v.version_id]
+            parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="#999"/>')
+    for v, s in zip(versions, scores, strict=True):
+        x, y = pos[v.version_id]
+        fill = _COLOURS.get(v.lever, "#555") if v.status != "rejected" else "#fff"
+        ring = "#000" if v.version_id == state.head else _COLOURS.get(v.lever, "#555")
+        label = html.escape(f"{v.index}: {v.lever} {v.status} val={'-' if s is None else f'{s:.3f}'} {v.version_id[:12]}")
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{fill}" stroke="{ring}" stroke-width="2"><title>{label}</title></circle>')
+        parts.append(f'<text x="{x:.1f}" y="{y - 11:.1f}" font-size="10" text-anchor="middle">{v.index}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _versions_table(state: AgentState) -> str:
+    rows = []
+    for v in state.ordered_versions():
+        s = v.score("val")
+        head = " (head)" if v.version_id == state.head else ""
+        adapter = v.adapter[:12] if v.adapter else "-"
+        rows.append(
+            f"<tr><td>{v.index}</td><td><code>{v.version_id[:16]}</code></td><td>{v.lever}</td>"
+            f"<td><code>{(v.parent or '-')[:12]}</code></td><td>{'-' if s is None else f'{s:.4f}'}</td>"
+            f"<td>{v.status}{head}</td><td><code>{adapter}</code></td><td>{len(v.scaffold.examples)}</td></tr>"
+        )
+    return ("<table><tr><th>#</th><th>version</th><th>lever</th><th>parent</th><th>val score</th><th>status</th>"
+            "<th>adapter</th><th>few-shot examples</th></tr>" + "".join(rows) + "</table>")
+
+
+def _by_lever(versions: list[Version]) -> str:
+    rows = []
+    for lever in ("scaffold", "weights"):
+        mine = [v for v in versions if v.lever == lever]
+        if mine:
+            accepted = sum(v.status == "accepted" for v in mine)
+            best = max((v.score("val") for v in mine if v.score("val") is not None), default=None)
+            rows.append(f"<tr><td>{lever}</td><td>{len(mine)}</td><td>{accepted}</td><td>{'-' if best is None else f'{best:.4f}'}</td></tr>")
+    return "<table><tr><th>lever</th><th>candidates</th><th>accepted</th><th>best val score</th></tr>" + "".join(rows) + "</table>"
+
+
+def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = "sia-engine audit") -> tuple[str, IntegrityReport]:
+    """The HTML report and the integrity report it shows."""
+    report = verify_store(log, blobs)
+    verdict = (f'<p class="ok">VERIFIED: {report.n_events} events, {report.n_branches} branches, {report.n_blobs} blobs, '
+               f'{report.n_snapshots} snapshots</p>') if report.ok else (
+        f'<p class="bad">NOT VERIFIED: {len(report.problems)} problem(s)</p><ul>'
+        + "".join(f"<li><code>{html.escape(str(p))}</code></li>" for p in report.problems[:50]) + "</ul>")
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Integrity</h2>", verdict]
+    for b in log.branches():
+        events = log.read(b.name)
+        kinds = Counter(e.kind for e in events)
+        origin = f" (forked from {b.base_branch}#{b.base_seq})" if b.base_branch else ""
+        body.append(f"<h2>Branch {html.escape(b.name)}{html.escape(origin)}</h2>")
+        body.append(f"<p>head <code>{b.head_id or '-'}</code>; events: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "</p>")
+        if not report.ok:
+            continue  # a history that does not verify is not reduced into claims
+        state, _ = rebuild(log, b.name)
+        if state.run is not None:
+            body.append(f"<p>run <code>{html.escape(state.run.run_id)}</code>, task {html.escape(state.run.task)}, base model "
+                        f"<code>{html.escape(state.run.base_model.id)}</code>, levers {', '.join(state.run.levers)}, "
+                        f"{state.iteration + 1} iteration(s)</p>")
+        body += ["<h3>Lineage</h3>", _lineage_svg(state), "<h3>Scores per lever</h3>", _by_lever(state.ordered_versions()),
+                 "<h3>Versions</h3>", _versions_table(state)]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+    return page, report
