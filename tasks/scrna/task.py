@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 
 from sia_engine.model import Message
@@ -141,8 +142,10 @@ class ScrnaDenoise:
             return Score(0.0, "format", {"valid": 0.0})
         seed = int(episode.meta.get("split_seed", 0))
         key = (seed, json.dumps(cfg, sort_keys=True))
-        if key in self._cache:
-            return self._cache[key]
+        if key in self._cache:  # the same configuration on the same split: the recorded run stands
+            hit = self._cache[key]
+            tools = tuple({**c, "outputs": {**c["outputs"], "cached": True}} for c in hit.tools)
+            return msgspec.structs.replace(hit, tools=tools)
         split, controls, train_bytes = self._split(seed)
         code = solution_code(cfg)
         res = run_python(code, files={"train.npy": train_bytes}, outputs=["denoised.npy"], timeout_s=self.timeout_s,

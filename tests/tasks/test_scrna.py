@@ -109,3 +109,6 @@ def test_solution_runs_in_the_sandbox_and_is_scored(tmp_path: Path) -> None:
     val = task.score(task.episodes("val")[0], '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
     assert val.score != good.score
     assert task.score(ep, "I would use PCA").failure == "format"
+    again = task.score(ep, '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
+    assert again.score == good.score and again.tools[0]["outputs"]["cached"] is True  # not run twice, and says so
+    assert "cached" not in good.tools[0]["outputs"]
