@@ -19,6 +19,12 @@ td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em} th{background:#f3f
 .ok{color:#176917;font-weight:bold} .bad{color:#b00020;font-weight:bold} code{font-size:.85em}
 """
 _COLOURS = {"initial": "#555", "scaffold": "#1f77b4", "weights": "#d62728"}
+_LEGEND = (
+    '<p style="font-size:.85em">versions left to right in creation order, higher = better validation score; '
+    '<span style="color:#1f77b4">&#9679; scaffold</span>, <span style="color:#d62728">&#9679; weights</span>, '
+    '<span style="color:#555">&#9679; initial</span>; hollow = rejected; black ring = head; lines join a version '
+    "to its parent; hover a node for its id and score</p>"
+)
 
 
 def _lineage_svg(state: AgentState) -> str:
@@ -81,8 +87,11 @@ def _by_lever(versions: list[Version]) -> str:
 def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = "sia-engine audit") -> tuple[str, IntegrityReport]:
     """The HTML report and the integrity report it shows."""
     report = verify_store(log, blobs)
-    verdict = (f'<p class="ok">VERIFIED: {report.n_events} events, {report.n_branches} branches, {report.n_blobs} blobs, '
-               f'{report.n_snapshots} snapshots</p>') if report.ok else (
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}{'' if k == 1 else ('es' if word.endswith('ch') else 's')}"
+
+    verdict = (f'<p class="ok">VERIFIED: {n(report.n_events, "event")}, {n(report.n_branches, "branch")}, '
+               f'{n(report.n_blobs, "blob")}, {n(report.n_snapshots, "snapshot")}</p>') if report.ok else (
         f'<p class="bad">NOT VERIFIED: {len(report.problems)} problem(s)</p><ul>'
         + "".join(f"<li><code>{html.escape(str(p))}</code></li>" for p in report.problems[:50]) + "</ul>")
     body = [f"<h1>{html.escape(title)}</h1>", "<h2>Integrity</h2>", verdict]
@@ -99,7 +108,7 @@ def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = 
             body.append(f"<p>run <code>{html.escape(state.run.run_id)}</code>, task {html.escape(state.run.task)}, base model "
                         f"<code>{html.escape(state.run.base_model.id)}</code>, levers {', '.join(state.run.levers)}, "
                         f"{state.iteration + 1} iteration(s)</p>")
-        body += ["<h3>Lineage</h3>", _lineage_svg(state), "<h3>Scores per lever</h3>", _by_lever(state.ordered_versions()),
+        body += ["<h3>Lineage</h3>", _lineage_svg(state), _LEGEND, "<h3>Scores per lever</h3>", _by_lever(state.ordered_versions()),
                  "<h3>Versions</h3>", _versions_table(state)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"</head><body>{''.join(body)}</body></html>")
