@@ -16,10 +16,15 @@ from sia_engine.events import BranchForked, Event, decode_envelope, roundtrip
 from sia_engine.state import REDUCER_VERSION, AgentState, apply, state_hash
 from store import BlobStore, EventLog, NewEvent
 
-__all__ = ["History", "rebuild", "fork", "SNAPSHOT_KEY"]
+__all__ = ["History", "rebuild", "fork", "decode_state", "SNAPSHOT_KEY"]
 
 SNAPSHOT_KEY = f"agent-state/{REDUCER_VERSION}"
 _STATE_DECODER = msgspec.json.Decoder(AgentState)
+
+
+def decode_state(data: bytes) -> AgentState:
+    """A snapshot's bytes back into the state they cache."""
+    return _STATE_DECODER.decode(data)
 
 
 def _fresh(log: EventLog, branch: str, until_seq: int | None) -> tuple[AgentState, str | None]:
@@ -50,7 +55,7 @@ def rebuild(
     if snap is None:
         return _fresh(log, branch, until_seq)
     snap_branch, snap_seq, snap_id, data = snap
-    state = _STATE_DECODER.decode(data)
+    state = decode_state(data)
     if check:
         fresh, _ = _fresh(log, snap_branch, snap_seq)
         if state_hash(fresh) != state_hash(state):

@@ -7,13 +7,12 @@ import msgspec
 
 from sia_engine.errors import EventError, ReducerError
 from sia_engine.events import decode_envelope
-from sia_engine.history import SNAPSHOT_KEY
+from sia_engine.history import SNAPSHOT_KEY, decode_state
 from sia_engine.state import AgentState, apply, state_hash
 from store import BlobStore, EventLog, Problem, VerifyReport
 
 __all__ = ["IntegrityReport", "verify_store"]
 
-_STATE_DECODER = msgspec.json.Decoder(AgentState)
 
 
 class IntegrityReport(msgspec.Struct, frozen=True):
@@ -66,7 +65,7 @@ def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Probl
                 found = log.load_snapshot(env.branch, env.seq, SNAPSHOT_KEY)
                 assert found is not None
                 try:
-                    cached = state_hash(_STATE_DECODER.decode(found[3]))
+                    cached = state_hash(decode_state(found[3]))
                 except msgspec.MsgspecError:
                     cached = "an undecodable snapshot"
                 fresh = state_hash(state)

@@ -27,7 +27,6 @@ __all__ = [
     "Adapter",
     "Model",
     "ScriptedModel",
-    "request_key",
 ]
 
 
@@ -110,11 +109,6 @@ class Model(Protocol):
     ) -> TrainedAdapter:
         """Train a LoRA adapter (from ``parent`` when given); deterministic for a seed."""
         ...
-
-
-def request_key(request: Request) -> str:
-    """A stable hash of a request, used to find recorded responses on replay."""
-    return hashlib.sha256(msgspec.json.encode(request, order="deterministic")).hexdigest()
 
 
 class ScriptedModel:

@@ -77,7 +77,8 @@ def tiny_model(seed: int = 0) -> Any:
     config = LlamaConfig(
         vocab_size=len(alphabet) + len(specials), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False,
-        pad_token_id=vocab_size_pad(alphabet), bos_token_id=len(alphabet) + 1, eos_token_id=len(alphabet) + 2,
+        # the special tokens follow the 256 byte symbols: <|pad|>, <|im_start|>, <|im_end|>
+        pad_token_id=len(alphabet), bos_token_id=len(alphabet) + 1, eos_token_id=len(alphabet) + 2,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
@@ -86,10 +87,6 @@ def tiny_model(seed: int = 0) -> Any:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     wh = hashlib.sha256(safetensors.torch.save(dict(sorted(state.items())))).hexdigest()
     return HFModel(model, tok, ModelRef(id="tiny", revision=f"seed{seed}", weights_hash=wh), label="smoke-test model: random weights")
-
-
-def vocab_size_pad(alphabet: list[str]) -> int:
-    return len(alphabet)  # <|pad|> is the first special token
 
 
 def smollm2_folder() -> Path:

@@ -144,13 +144,17 @@ class DuckWriter:
             self._heads.clear()  # re-read from the refs, which the rollback restored
             raise
 
-    def _swap(self, branch: str, seq: int, head: str | None, new_seq: int, new_head: str) -> None:
+    def _cas(self, branch: str, seq: int, head: str | None, new_seq: int, new_head: str) -> bool:
+        """Move the ref from (seq, head) to (new_seq, new_head); False if it is not at (seq, head)."""
         updated = self._one(
             "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ? AND head_seq = ? "
             "AND head_id IS NOT DISTINCT FROM ?",
             [new_seq, new_head, branch, seq, head],
         )
-        if updated is None or updated[0] != 1:
+        return updated is not None and updated[0] == 1
+
+    def _swap(self, branch: str, seq: int, head: str | None, new_seq: int, new_head: str) -> None:
+        if not self._cas(branch, seq, head, new_seq, new_head):
             row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
             raise StoreError(
                 f"journalled events for branch {branch!r} follow seq {seq} ({head}), but the log's head is "
@@ -188,29 +192,17 @@ class DuckWriter:
     def _move_head(self, branch: str, expected: str | None, new_head: str, n: int) -> int:
         """Compare-and-swap the ref from ``expected`` to ``new_head``; returns the first new seq.
 
-        The head seq comes from a per-connection cache; the UPDATE matches on both seq and id,
-        so a stale cache cannot move the ref wrongly: it is refreshed and the swap retried."""
-        for attempt in range(2):
-            cached = self._heads.get(branch)
-            if cached is None or cached[1] != expected or attempt:
-                row = self._one("SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
-                if row is None:
-                    raise BranchNotFound(branch, self._all_branch_names())
-                self._heads[branch] = cached = (row[0], row[1])
-                if cached[1] != expected:
-                    raise ConcurrencyError(branch, expected, cached[1])
-            seq = cached[0]
-            updated = self._one(
-                "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ? AND head_seq = ? "
-                "AND head_id IS NOT DISTINCT FROM ?",
-                [seq + n, new_head, branch, seq, expected],
-            )
-            if updated is not None and updated[0] == 1:
-                self._heads[branch] = (seq + n, new_head)
-                return seq + 1
+        Called with nothing journalled, so the cached head is the ref's; the UPDATE matches on
+        both seq and id, so a ref moved behind this log's back is refused, never overwritten."""
+        seq, head = self._logical_head(branch)
+        if head != expected:
+            raise ConcurrencyError(branch, expected, head)
+        if not self._cas(branch, seq, head, seq + n, new_head):
             self._heads.pop(branch, None)
-        row = self._one("SELECT head_id FROM branches WHERE name = ?", [branch])
-        raise ConcurrencyError(branch, expected, row[0] if row else None)
+            row = self._one("SELECT head_id FROM branches WHERE name = ?", [branch])
+            raise ConcurrencyError(branch, expected, row[0] if row else None)
+        self._heads[branch] = (seq + n, new_head)
+        return seq + 1
 
     def _insert(self, sql: str, params: list[Any]) -> None:
         try:
