@@ -3,11 +3,12 @@
     python bench/bench_loop.py [--iterations 200] [--tiny-iterations 6]
 
 1. A zero-cost scripted model (answers from a table): everything measured is engine overhead
-   (prompt building, scoring, the Feedback Agent, recording to DuckDB with fsync, reducing):
-   iterations/s and events/s, on a DuckDB file store.
-2. The tiny model with the weights lever: the time of one LoRA iteration, split into model time
-   (generation + LoRA training, measured around the model's own calls) and engine time (the
-   rest); the engine's share is reported beside the scripted overhead per iteration.
+   (prompt building, scoring, recording with fsync, reducing, blob writes): iterations/s and
+   events/s. Every iteration is whole: a Feedback Agent made for the benchmark pulls a lever
+   each time, alternating a scaffold patch and an adapter.
+2. The tiny model training a LoRA adapter every iteration: the time of one LoRA iteration, split
+   into model time (generation + LoRA training, measured around the model's own calls) and engine
+   time (the rest); the scripted overhead per iteration is reported as a share of it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sia_engine.feedback import RulePolicy  # noqa: E402
+from sia_engine.events import FeedbackVerdict, TrainingPlan  # noqa: E402
+from sia_engine.feedback import Context, Decision  # noqa: E402
 from sia_engine.loop import Loop, LoopConfig  # noqa: E402
 from sia_engine.model import LoraSettings, Request, ScriptedModel  # noqa: E402
+from sia_engine.scaffold import PatchOp  # noqa: E402
+from sia_engine.task import Task  # noqa: E402
 from store import BlobStore, MemoryEventLog, Store  # noqa: E402
 from tasks import get_task  # noqa: E402
 
@@ -34,11 +38,31 @@ GOLD = {e.input: e.gold for s in ("train", "val") for e in TASK.episodes(s)}
 
 
 def zero_cost(request: Request, adapter: str | None) -> str:
-    """Wrong on a third of the questions whatever the version, so every iteration finds errors
-    and pulls a lever (scaffold or weights), trains or patches, and evaluates a candidate."""
+    """Wrong on a third of the questions whatever the version (the answers vary with the adapter)."""
     q = request.messages[-1].content
     gold = GOLD.get(q, "0")
     return str(int(gold) + 1) if int(hashlib.sha256((q + (adapter or "")).encode()).hexdigest(), 16) % 3 == 0 else gold
+
+
+class EveryIteration:
+    """A Feedback Agent that pulls a lever every iteration, so that every timed iteration is a
+    whole one (rollouts, verdict, lever, evaluation, decision): the weights lever (training on
+    the iteration's trajectories with gold answers) when ``weights_only``, else alternating with
+    a scaffold patch that always yields a new version. The rule policy would stop pulling levers
+    once its candidates keep being rejected, and the benchmark would then time idle iterations."""
+
+    name = "bench"
+
+    def __init__(self, *, weights_only: bool) -> None:
+        self.weights_only = weights_only
+
+    def decide(self, ctx: Context, task: Task) -> Decision:
+        ids = tuple(t.trajectory_id for t in ctx.trajectories)
+        if self.weights_only or ctx.iteration % 2:
+            return Decision((FeedbackVerdict(version_id=ctx.head.version_id, lever="weights", rationale="bench", policy=self.name,
+                                             training_plan=TrainingPlan(ids, "gold")),))
+        ops = (PatchOp("replace", "/system_prompt", f"You are a careful assistant (attempt {ctx.iteration})."),)
+        return Decision((FeedbackVerdict(version_id=ctx.head.version_id, lever="scaffold", rationale="bench", policy=self.name, patch=ops),))
 
 
 class Timed:
@@ -80,7 +104,7 @@ def scripted_run(n: int, tmp: Path, memory: bool = False) -> tuple[float, int, f
         assert s.log.count() == 0
         config = LoopConfig(task="arith", iterations=n, train_episodes=4, val_episodes=4, lora=LoraSettings(steps=1))
         t = time.perf_counter()
-        Loop(s, task=TASK, model=model, feedback=RulePolicy(), config=config).run()
+        Loop(s, task=TASK, model=model, feedback=EveryIteration(weights_only=False), config=config).run()
         dt = time.perf_counter() - t
         events = s.log.count()
     return dt, events, model.seconds
@@ -93,7 +117,7 @@ def tiny_run(n: int, tmp: Path, memory: bool = False) -> tuple[float, float, int
     with _store(tmp, "tiny-mem" if memory else "tiny", memory) as s:
         config = LoopConfig(task="arith", iterations=n, levers=("weights",), train_episodes=8, val_episodes=8, lora=LoraSettings(steps=8, batch_size=4))
         t = time.perf_counter()
-        Loop(s, task=TASK, model=model, feedback=RulePolicy(), config=config).run()
+        Loop(s, task=TASK, model=model, feedback=EveryIteration(weights_only=True), config=config).run()
         dt = time.perf_counter() - t
         events = s.log.count()
     return dt, model.seconds, events
