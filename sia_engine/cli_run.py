@@ -32,6 +32,7 @@ class _RichHooks:
     def __init__(self, progress: Progress) -> None:
         self.p = progress
         self.task: Any = None
+        self.name = ""
 
     def iteration(self, index: int, total: int) -> None:
         self.p.console.print(f"[bold]iteration {index + 1}/{total}[/]", highlight=False)
@@ -40,10 +41,14 @@ class _RichHooks:
         if self.task is not None:
             self.p.remove_task(self.task)
         self.task = self.p.add_task(name, total=total)
+        self.name = name
 
     def advance(self, n: int = 1, *, loss: float | None = None) -> None:
         if self.task is not None:
-            self.p.update(self.task, advance=n, description=f"LoRA training steps (loss {loss:.3f})" if loss is not None else None)
+            self.p.update(self.task, advance=n, description=f"{self.name} (loss {loss:.3f})" if loss is not None else None)
+
+    def note(self, message: str) -> None:
+        self.p.console.print(f"[yellow]note[/]: {message}", highlight=False)
 
     def decided(self, candidate: Any, score: float, head_score: float | None, accepted: bool) -> None:
         verdict = "[green]accepted[/]" if accepted else "[yellow]rejected[/]"
@@ -56,7 +61,7 @@ class _RichHooks:
             self.task = None
 
 
-def _versions_table(state: Any) -> Table:
+def _versions_table(state: Any, recipes: dict[str, str]) -> Table:
     t = Table(title="agent versions")
     for col in ("#", "version", "lever", "parent", "val score", "accepted?"):
         t.add_column(col)
@@ -65,8 +70,21 @@ def _versions_table(state: Any) -> Table:
         acc = {"accepted": "yes", "rejected": "no", "candidate": "pending"}[v.status]
         if v.version_id == state.head:
             acc += " (head)"
-        t.add_row(str(v.index), v.version_id[:12], v.lever, (v.parent or "-")[:12], "-" if sc is None else f"{sc:.3f}", acc)
+        lever = v.lever + (f" ({recipes[v.version_id]})" if v.version_id in recipes else "")
+        t.add_row(str(v.index), v.version_id[:12], lever, (v.parent or "-")[:12], "-" if sc is None else f"{sc:.3f}", acc)
     return t
+
+
+def _recipes(store: Store, branch: str) -> dict[str, str]:
+    """version id -> the recipe that trained its adapter."""
+    from sia_engine.events import AdapterCheckpointed, decode_envelope
+
+    out = {}
+    for env in store.log.read(branch, kinds=["adapter_checkpointed"]):
+        e = decode_envelope(env)
+        assert isinstance(e, AdapterCheckpointed)
+        out[e.version_id] = e.recipe or "rft"
+    return out
 
 
 @click.command()
@@ -83,14 +101,25 @@ def _versions_table(state: Any) -> Table:
 @click.option("--train-episodes", default=8, show_default=True)
 @click.option("--val-episodes", default=8, show_default=True)
 @click.option("--margin", default=0.0, show_default=True, help="A candidate must beat the head by more than this on val.")
+@click.option("--samples", default=4, show_default=True, help="Outputs sampled per training episode (exploration for the weights lever).")
+@click.option("--temperature", default=0.7, show_default=True, help="Sampling temperature of training rollouts (whatever the scaffold's decoding says).")
+@click.option("--eval", "eval_mode", type=click.Choice(["greedy", "mean", "best"]), default="mean", show_default=True,
+              help="Gate protocol on val: greedy, or the mean / best of --eval-samples samples per episode.")
+@click.option("--eval-samples", default=4, show_default=True, help="Samples per val episode for --eval mean|best.")
+@click.option("--eval-temperature", default=None, type=float, help="Temperature of val samples [default: the scaffold's decoding temperature].")
+@click.option("--recipe", type=click.Choice(["auto", "sft", "rft", "grpo"]), default="auto", show_default=True,
+              help="Training recipe of the weights lever (auto: the Feedback Agent chooses from the trajectories).")
 @click.option("--lora-steps", default=8, show_default=True)
 @click.option("--lora-r", default=8, show_default=True)
 @click.option("--lora-lr", default=3e-4, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where a local model runs and trains (auto: CUDA when present; bf16 on a GPU).")
 @click.option("--wall-time", default=None, type=float, help="Stop starting iterations after this many seconds.")
 @click.option("--data", default=None, help="Data for tasks that take it (an .h5ad file for scrna-denoise).")
 def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None,
         levers: str | None, iterations: int, seed: int, branch: str, feedback: str, train_episodes: int, val_episodes: int,
-        margin: float, lora_steps: int, lora_r: int, lora_lr: float, wall_time: float | None, data: str | None) -> None:
+        margin: float, samples: int, temperature: float, eval_mode: str, eval_samples: int, eval_temperature: float | None,
+        recipe: str, lora_steps: int, lora_r: int, lora_lr: float, device: str, wall_time: float | None, data: str | None) -> None:
     """Run (or resume) the improvement loop on a task; every step is recorded in the store.
 
     Re-running the same command on the same store resumes where it stopped.
@@ -100,29 +129,36 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
       sia run --task arith --model tiny --iterations 4 --store /tmp/arith
     """
     from sia_engine.feedback import LLMPolicy, RulePolicy
-    from sia_engine.loop import Loop, LoopConfig
+    from sia_engine.loop import EvalProtocol, Loop, LoopConfig, check_settings
     from sia_engine.model import LoraSettings
+    from sia_engine.summary import run_summary, summary_line
     from tasks import get_task
 
+    chosen = ("scaffold", "weights") if (levers or ("scaffold" if openai_url else "both")) == "both" else (levers or "scaffold",)
+    try:  # every setting checked before a model loads or anything is recorded
+        config = check_settings(LoopConfig(
+            task=task_name, levers=chosen, seed=seed, train_episodes=train_episodes, val_episodes=val_episodes, margin=margin,  # type: ignore[arg-type]
+            lora=LoraSettings(steps=lora_steps, r=lora_r, alpha=2 * lora_r, lr=lora_lr), feedback=feedback,  # type: ignore[arg-type]
+            iterations=iterations, wall_time_s=wall_time, samples=samples, temperature=temperature,
+            eval=EvalProtocol(mode=eval_mode, samples=eval_samples, temperature=eval_temperature), recipe=recipe,  # type: ignore[arg-type]
+        ))
+    except SiaError as e:
+        _fail(str(e))
     task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),)) if task_name != "arith" else get_task(task_name)
     if openai_url:
         from sia_engine.openai_compat import OpenAIChatModel
 
         model: Any = OpenAIChatModel(openai_url, openai_model or "default")
-        levers = levers or "scaffold"
     else:
         from sia_engine.presets import load_model
 
         err.print(f"loading model {model_spec} ...", highlight=False)
-        model = load_model(model_spec)
+        try:
+            model = load_model(model_spec, device=device)
+        except ValueError as e:  # a device that is not here
+            _fail(str(e))
         if getattr(model, "label", ""):
             err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
-    chosen = ("scaffold", "weights") if (levers or "both") == "both" else (levers,)
-    config = LoopConfig(
-        task=task_name, levers=chosen, seed=seed, train_episodes=train_episodes, val_episodes=val_episodes, margin=margin,
-        lora=LoraSettings(steps=lora_steps, r=lora_r, alpha=2 * lora_r, lr=lora_lr), feedback=feedback,
-        iterations=iterations, wall_time_s=wall_time,
-    )
     agent = LLMPolicy(model) if feedback == "llm" else RulePolicy()
     with Store.create(store_path) as s:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=as_json) as bar:
@@ -136,15 +172,17 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
         summary = {
             "store": str(s.root.resolve()), "branch": branch, "task": task_name, "model": model.ref.id,
             "iterations": state.iteration + 1, "events": s.log.count(), "head": state.head,
-            "head_val_score": head.score("val") if head else None,
             "versions": [{"version": v.version_id, "lever": v.lever, "val_score": v.score("val"), "status": v.status} for v in state.ordered_versions()],
+            **run_summary(state, task),
+            "recipes": _recipes(s, branch),
         }
     if as_json:
         out.print_json(_to_json(summary))
         return
-    out.print(_versions_table(state))
-    out.print(f"head {str(state.head)[:12]} (val {summary['head_val_score']}) after {summary['iterations']} iteration(s), "
-              f"{summary['events']} events. Audit it with: sia audit --store {store_path} (also sia log, sia verify)", highlight=False)
+    out.print(_versions_table(state, summary["recipes"]))
+    out.print(summary_line(summary), highlight=False)
+    out.print(f"head {str(state.head)[:12]} after {summary['iterations']} iteration(s), {summary['events']} events. "
+              f"Audit it with: sia audit --store {store_path} (also sia log, sia verify)", highlight=False)
 
 
 @click.command()

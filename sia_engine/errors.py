@@ -15,7 +15,8 @@ Tree::
     ├── ModelNotFound           a model spec that names no local model (nothing is downloaded)
     ├── ModelUnavailable        an OpenAI-compatible endpoint that failed or answered oddly
     ├── NoRecordedResponse      a replay asked something the recorded run never asked
-    └── RunMismatch             resuming a run with settings other than the recorded ones
+    ├── RunMismatch             resuming a run with settings other than the recorded ones
+    └── InvalidSettings         run or training settings out of range (refused before anything is recorded)
 
 Task packages add their own under SiaError (tasks.UnknownTask, tasks.scrna.data.InvalidCounts).
 
@@ -39,6 +40,7 @@ __all__ = [
     "ModelUnavailable",
     "NoRecordedResponse",
     "RunMismatch",
+    "InvalidSettings",
 ]
 
 
@@ -159,3 +161,13 @@ class NoRecordedResponse(SiaError):
         super().__init__(
             f"no recorded response for this request ({n_known} recorded): a replay can only ask what the run asked"
         )
+
+
+class InvalidSettings(SiaError):
+    """A run or training setting out of range; raised before anything is recorded."""
+
+    def __init__(self, setting: str, value: object, reason: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid setting {setting} = {value!r}: {reason}. Nothing was recorded; fix it and run again.")

@@ -64,11 +64,25 @@ class ModelRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class TrainingPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What the weights lever should train on: trajectories chosen as evidence, and how."""
+    """What the weights lever should train on: the trajectories (samples) chosen, and the recipe.
+
+    ``recipe``: ``sft`` (the episodes' gold answers), ``rft`` (rejection-sampling fine-tuning on
+    the chosen samples) or ``grpo`` (group-relative policy optimisation on all k samples of each
+    chosen episode, with their recorded scores); ``why`` says what in the trajectories chose it.
+    ``method`` is what logs written before recipes existed say (gold = sft, rejection_sampling =
+    rft); ``effective_recipe`` reads either."""
 
     trajectory_ids: tuple[str, ...]
     method: Literal["rejection_sampling", "gold"] = "rejection_sampling"
     hyper: dict[str, Any] = {}
+    recipe: Literal["sft", "rft", "grpo", ""] = ""
+    why: str = ""
+
+    @property
+    def effective_recipe(self) -> Literal["sft", "rft", "grpo"]:
+        if self.recipe:
+            return self.recipe
+        return "sft" if self.method == "gold" else "rft"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -119,6 +133,9 @@ class ActionTaken(Event, tag="action_taken"):
 
 
 class TrajectoryRecorded(Event, tag="trajectory_recorded"):
+    """One output for an episode (sample ``sample`` of the k drawn for it), its score and the
+    task's failure class (``failure``: none, format, abstain or content; empty in older logs)."""
+
     trajectory_id: str
     episode_id: str
     split: Split
@@ -127,6 +144,8 @@ class TrajectoryRecorded(Event, tag="trajectory_recorded"):
     score: float | None
     metrics: dict[str, float] = {}
     action_ids: tuple[str, ...] = ()
+    sample: NonNeg = 0
+    failure: Literal["none", "format", "abstain", "content", ""] = ""
 
 
 class FeedbackVerdict(Event, tag="feedback_verdict"):
@@ -154,7 +173,12 @@ class ScaffoldPatched(Event, tag="scaffold_patched"):
 
 
 class AdapterCheckpointed(Event, tag="adapter_checkpointed"):
-    """A candidate version: the parent's scaffold with a new LoRA adapter (a safetensors blob)."""
+    """A candidate version: the parent's scaffold with a new LoRA adapter (a safetensors blob).
+
+    Everything the update used: the ``recipe``, its hyper-parameters (``hyper``), the data
+    (``training_data``: trajectory ids, one per sample), the ``seed``, the ``curve`` (loss, and
+    reward for grpo, per optimiser step), the base model by name and weights sha256
+    (``base_model``; never a local path), and where it ran (``device``, ``dtype``)."""
 
     parent_version: Hex64
     version_id: Hex64
@@ -164,17 +188,27 @@ class AdapterCheckpointed(Event, tag="adapter_checkpointed"):
     seed: int
     metrics: dict[str, float] = {}
     parent_adapter: Hex64 | None = None
+    recipe: Literal["sft", "rft", "grpo", ""] = ""
+    hyper: dict[str, Any] = {}
+    curve: tuple[dict[str, float], ...] = ()
+    base_model: ModelRef | None = None
+    device: str = ""
+    dtype: str = ""
 
     def blob_refs(self) -> tuple[str, ...]:
         return (self.blob,)
 
 
 class VersionEvaluated(Event, tag="version_evaluated"):
+    """A version's score on ``split`` under the run's evaluation ``protocol`` (mode greedy, mean
+    or best of ``samples`` at ``temperature``; empty in older logs)."""
+
     version_id: Hex64
     split: Split
     score: float
     n_episodes: NonNeg
     metrics: dict[str, float] = {}
+    protocol: dict[str, Any] = {}
 
 
 class VersionAccepted(Event, tag="version_accepted"):

@@ -21,6 +21,7 @@ from sia_engine.events import (
     TrajectoryRecorded,
 )
 from sia_engine.model import Message, Model, Request
+from sia_engine.recipes import RECIPES, choose_recipe, plan_for
 from sia_engine.scaffold import Decoding, PatchOp, apply_patch
 from sia_engine.state import AgentState, Version, version_id
 from sia_engine.task import Failure, Task
@@ -32,7 +33,8 @@ MAX_EXAMPLES = 4
 
 class Context(msgspec.Struct, frozen=True):
     """What the Feedback Agent sees: the state, the head, this iteration's training trajectories
-    (with the task's failure class for each) and the levers it may pull."""
+    (k samples per episode, with the task's failure class for each), the levers it may pull, and
+    the run's recipe setting (``auto``: the agent chooses)."""
 
     state: AgentState
     head: Version
@@ -40,6 +42,8 @@ class Context(msgspec.Struct, frozen=True):
     failures: dict[str, Failure]  # trajectory id -> failure class
     levers: tuple[str, ...]
     iteration: int
+    recipe: str = "auto"
+    rft_top: float = 0.0
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -112,13 +116,16 @@ class RulePolicy:
         return options
 
     def _training_plan(self, ctx: Context, task: Task) -> TrainingPlan | None:
-        best = max((t.score or 0.0 for t in ctx.trajectories), default=0.0)
-        if best > 0:  # rejection sampling: keep the best-scoring outputs
-            keep = tuple(t.trajectory_id for t in ctx.trajectories if (t.score or 0.0) >= best)
-            return TrainingPlan(keep, "rejection_sampling")
-        golds = {e.id for e in task.episodes("train") if e.gold is not None}
-        chosen = tuple(t.trajectory_id for t in ctx.trajectories if t.episode_id in golds)
-        return TrainingPlan(chosen, "gold") if chosen else None
+        """A recipe from the trajectories (gold and content errors -> sft; many invalid outputs ->
+        rft on the valid ones; no gold and a dense reward -> grpo; else rft), or the forced one."""
+        gold = {e.id for e in task.episodes("train") if e.gold is not None}
+        if ctx.recipe != "auto":
+            recipe, why = ctx.recipe, f"the run forces --recipe {ctx.recipe}"
+        else:
+            recipe, why = choose_recipe(ctx.trajectories, ctx.failures, gold)
+        if recipe is None:
+            return None
+        return plan_for(recipe, ctx.trajectories, ctx.failures, gold, why=why, rft_top=ctx.rft_top)  # type: ignore[arg-type]
 
     def decide(self, ctx: Context, task: Task) -> Decision:
         n = max(len(ctx.trajectories), 1)
@@ -145,7 +152,8 @@ class RulePolicy:
             plan = self._training_plan(ctx, task)
             if plan is not None:
                 why = "scaffold gains plateaued" if _plateau(ctx.state, "scaffold") else "content errors persist"
-                v = FeedbackVerdict(version_id=ctx.head.version_id, lever="weights", rationale=f"{why}: {summary}", policy=self.name, evidence=evidence, training_plan=plan)
+                v = FeedbackVerdict(version_id=ctx.head.version_id, lever="weights", rationale=f"{why}: {summary}; {plan.recipe}: {plan.why}",
+                                    policy=self.name, evidence=evidence, training_plan=plan)
                 return Decision((v,))
         if can_scaffold and errors > 0:
             d = scaffold(self._example_ops(ctx, task), "errors remain; adding a worked example")
@@ -190,7 +198,7 @@ class LLMPolicy:
             lines.append(f"- id={t.trajectory_id} score={t.score} failure={ctx.failures.get(t.trajectory_id)} output={t.output[:200]!r}")
         return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
 
-    def _validate(self, text: str, ctx: Context) -> LLMVerdict:
+    def _validate(self, text: str, ctx: Context, gold: set[str] = frozenset()) -> LLMVerdict:  # type: ignore[assignment]
         m = _JSON.search(text)
         if m is None:
             raise ValueError("no JSON object in the answer")
@@ -206,7 +214,30 @@ class LLMPolicy:
             unknown = set(v.training_plan.trajectory_ids) - known
             if unknown:
                 raise ValueError(f"training_plan names trajectories not in this iteration: {sorted(unknown)[:3]}")
+            v = msgspec.structs.replace(v, training_plan=self._checked_recipe(v.training_plan, ctx, gold))
         return v
+
+    def _checked_recipe(self, plan: TrainingPlan, ctx: Context, gold: set[str]) -> TrainingPlan:
+        """The proposed recipe, checked against the run's setting and the trajectories (none
+        proposed: the rule policy's choice)."""
+        if plan.recipe and plan.recipe not in RECIPES:
+            raise ValueError(f"recipe {plan.recipe!r} is not one of {', '.join(RECIPES)}")
+        forced = ctx.recipe if ctx.recipe != "auto" else ""
+        if forced and plan.recipe and plan.recipe != forced:
+            raise ValueError(f"recipe {plan.recipe!r} proposed, but the run forces --recipe {forced}")
+        recipe = plan.recipe or forced
+        why = plan.why or "proposed by the Feedback Agent"
+        if not recipe:
+            auto, why = choose_recipe(ctx.trajectories, ctx.failures, gold)
+            if auto is None:
+                raise ValueError(f"no recipe proposed, and the rules find none: {why}")
+            recipe = auto
+        chosen = [t for t in ctx.trajectories if t.trajectory_id in set(plan.trajectory_ids)]
+        if recipe == "sft" and any(t.episode_id not in gold for t in chosen):
+            raise ValueError("sft needs gold answers, and some chosen episodes have none")
+        if recipe == "grpo" and len({t.episode_id for t in chosen}) * 2 > len(chosen):
+            raise ValueError("grpo needs k >= 2 samples of each chosen episode")
+        return msgspec.structs.replace(plan, recipe=recipe, why=why, method="gold" if recipe == "sft" else "rejection_sampling")
 
     def decide(self, ctx: Context, task: Task) -> Decision:
         request = Request(self._prompt(ctx), Decoding(temperature=0.0, max_new_tokens=self.max_new_tokens), seed=ctx.iteration)
@@ -217,7 +248,7 @@ class LLMPolicy:
             outputs={"text": gen.text, **({"raw": gen.raw} if gen.raw else {})},
         )
         try:
-            v = self._validate(gen.text, ctx)
+            v = self._validate(gen.text, ctx, {e.id for e in task.episodes("train") if e.gold is not None})
         except (ValueError, msgspec.ValidationError, msgspec.DecodeError) as e:
             invalid = FeedbackVerdict(
                 version_id=ctx.head.version_id, lever="none", rationale=f"invalid LLM verdict: {e}",

@@ -1,9 +1,12 @@
 """``HFModel``: a local Hugging Face causal LM with peft LoRA adapters (both levers).
 
 Generation is batched for greedy decoding and one request at a time, seeded, for sampling (so a
-request's output never depends on what it was batched with). Training builds a fresh LoRA
-adapter (from the parent adapter's weights when given), deterministic for a seed on CPU, and
-returns its tensors as safetensors bytes. Serving an adapter always goes through
+request's output never depends on what it was batched with; a request's ``n`` samples are drawn
+together from its seed). Training builds a fresh LoRA adapter (from the parent adapter's weights
+when given) with a recipe: ``sft`` and ``rft`` learn completions by cross-entropy (rft's are
+selected samples), ``grpo`` runs TRL's GRPO trainer on recorded sampled outputs and their
+rewards (``sia_engine.hf_grpo``). Deterministic for a seed on CPU; the tensors come back as
+safetensors bytes. Serving an adapter always goes through
 ``set_adapter`` from those bytes, so the live agent and an agent rebuilt from the log load the
 very same weights the same way: their logits are bit-identical.
 """
@@ -33,12 +36,13 @@ from sia_engine.model import (
     Generation,
     LoraSettings,
     Message,
+    Recipe,
     Request,
     TrainedAdapter,
     TrainExample,
 )
 
-__all__ = ["HFModel", "peft_config_dict", "export_adapter"]
+__all__ = ["HFModel", "peft_config_dict", "export_adapter", "resolve_device"]
 
 _MAX_LOADED = 8  # adapters kept in memory at once
 # peft calls a transformers method that transformers 5 deprecates; nothing for our users to act on
@@ -67,11 +71,23 @@ def _messages(msgs: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in msgs]
 
 
+def resolve_device(device: str = "auto") -> tuple[str, torch.dtype]:
+    """``auto`` -> CUDA when present, else CPU; bf16 weights on a GPU, fp32 on a CPU."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device here: use --device cpu or auto")
+    return device, (torch.bfloat16 if device == "cuda" else torch.float32)
+
+
 class HFModel:
     trains_weights = True
 
-    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, *, label: str = "") -> None:
-        self.base = model.eval()
+    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, *, label: str = "", device: str = "cpu") -> None:
+        self.device, self.dtype = resolve_device(device)
+        self.base = model.to(self.device, dtype=self.dtype).eval()
         self.tok = tokenizer
         self.ref = ref
         self.label = label  # e.g. "smoke-test model: random weights"
@@ -94,9 +110,13 @@ class HFModel:
 
     def logits(self, messages: Sequence[Message], prefix: str = "") -> torch.Tensor:
         """Next-token logits over the prompt, [seq, vocab], under the active adapter."""
-        ids = torch.tensor([self.prompt_ids(messages, prefix)])
+        ids = torch.tensor([self.prompt_ids(messages, prefix)], device=self.device)
         with torch.no_grad(), self._serving():
             return self.net(input_ids=ids).logits[0]
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
 
     # -- adapters -----------------------------------------------------------------------------
     def _serving(self) -> Any:
@@ -145,11 +165,12 @@ class HFModel:
         prompts = [self.prompt_ids(r.messages, r.prefix) for r in batch]
         width = max(map(len, prompts))
         pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": d.max_new_tokens, "pad_token_id": pad, "do_sample": d.temperature > 0}
         if d.temperature > 0:
-            kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k or None)
+            assert len(batch) == 1, "sampled requests are generated one at a time"
+            kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k or None, num_return_sequences=batch[0].n)
             torch.manual_seed(batch[0].seed)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -186,28 +207,22 @@ class HFModel:
     def _flush(self, greedy: list[Request]) -> list[Generation]:
         out: list[Generation] = []
         for i in range(0, len(greedy), 16):
-            out += self._generate(greedy[i : i + 16])
+            chunk = greedy[i : i + 16]
+            # greedy decoding gives one answer: its n samples are copies of it
+            out += [g for r, g in zip(chunk, self._generate(chunk), strict=True) for _ in range(r.n)]
         return out
 
     # -- training -----------------------------------------------------------------------------
-    def _encode_example(self, ex: TrainExample, max_length: int) -> tuple[list[int], list[int]]:
-        prompt = self.prompt_ids(ex.messages)
+    def encode_example(self, ex: TrainExample, max_length: int) -> tuple[list[int], list[int]]:
+        """Token ids and labels (-100 on the prompt) of a prompt + completion + end of turn."""
+        prompt = self.prompt_ids(ex.messages, ex.prefix)
         completion = list(self.tok(ex.completion, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
         ids = (prompt + completion)[-max_length:]
         labels = ([-100] * len(prompt) + completion)[-max_length:]
         return ids, labels
 
-    def train_adapter(
-        self,
-        examples: Sequence[TrainExample],
-        settings: LoraSettings,
-        *,
-        seed: int,
-        parent: Adapter | None = None,
-        on_step: Callable[[int, float], None] | None = None,
-    ) -> TrainedAdapter:
-        if not examples:
-            raise ValueError("no training examples: the training plan selected none")
+    def _training_adapter(self, settings: LoraSettings, seed: int, parent: Adapter | None) -> tuple[str, LoraConfig]:
+        """A fresh trainable adapter (the parent's weights when given), active, named for ``seed``."""
         config = LoraConfig(
             r=settings.r, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
             lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
@@ -224,42 +239,79 @@ class HFModel:
         if parent is not None:
             set_peft_model_state_dict(self.peft, safetensors.torch.load(parent.tensors), adapter_name=name)
         self.peft.set_adapter(name)
-        params = [p for n, p in self.peft.named_parameters() if f".{name}." in n]
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
-        data = [self._encode_example(e, settings.max_length) for e in examples]
-        order: list[int] = []
-        rng = random.Random(seed)
-        losses: list[float] = []
-        self.peft.train()
+        for n, p in self.peft.named_parameters():
+            p.requires_grad_(f".{name}." in n)
+        return name, config
+
+    def train_adapter(
+        self,
+        examples: Sequence[TrainExample],
+        settings: LoraSettings,
+        *,
+        seed: int,
+        parent: Adapter | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+        recipe: Recipe = "sft",
+    ) -> TrainedAdapter:
+        if not examples:
+            raise ValueError("no training examples: the training plan selected none")
+        if settings.steps < 1:
+            raise ValueError(f"steps must be at least 1, not {settings.steps}")
+        name, config = self._training_adapter(settings, seed, parent)
+        assert self.peft is not None
         try:
-            for step in range(settings.steps):
-                batch = []
-                for _ in range(min(settings.batch_size, len(data))):
-                    if not order:
-                        order = list(range(len(data)))
-                        rng.shuffle(order)
-                    batch.append(data[order.pop()])
-                width = max(len(i) for i, _ in batch)
-                pad = self.tok.pad_token_id
-                ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch])  # [b, t]
-                labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-                mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
-                loss = self.peft(input_ids=ids, attention_mask=mask, labels=labels).loss
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                if on_step:
-                    on_step(step + 1, losses[-1])
+            if recipe == "grpo":
+                from sia_engine.hf_grpo import train_grpo
+
+                curve = train_grpo(self, name, examples, settings, seed=seed, on_step=on_step)
+            else:
+                curve = self._train_ce(name, examples, settings, seed=seed, on_step=on_step)
         finally:
             self.peft.eval()
-        state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.peft, adapter_name=name).items()}
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in get_peft_model_state_dict(self.peft, adapter_name=name).items()}
         tensors = safetensors.torch.save(state)
         cfg = peft_config_dict(config)
+        cfg["base_model_name_or_path"] = self.ref.id  # the model's name, never a local path
         self.peft.set_adapter(self.active or _IDLE)
         self.peft.delete_adapter(name)
         self._loaded.remove(name)
         self.peft.eval()
-        return TrainedAdapter(tensors, cfg, {"loss_first": losses[0], "loss_last": losses[-1], "steps": float(len(losses))})
+        losses = [c["loss"] for c in curve]
+        metrics = {"loss_first": losses[0], "loss_last": losses[-1], "steps": float(len(curve)), "examples": float(len(examples))}
+        rewards = [c["reward"] for c in curve if "reward" in c]
+        if rewards:
+            metrics.update(reward_first=rewards[0], reward_last=rewards[-1])
+        return TrainedAdapter(tensors, cfg, metrics, tuple(curve), self.device, self.dtype_name)
+
+    def _train_ce(self, name: str, examples: Sequence[TrainExample], settings: LoraSettings, *, seed: int,
+                  on_step: Callable[[int, float], None] | None) -> list[dict[str, float]]:
+        """Cross-entropy on the completions (sft, rft): AdamW, shuffled batches, seeded."""
+        assert self.peft is not None
+        params = [p for p in self.peft.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+        data = [self.encode_example(e, settings.max_length) for e in examples]
+        order: list[int] = []
+        rng = random.Random(seed)
+        curve: list[dict[str, float]] = []
+        self.peft.train()
+        for step in range(settings.steps):
+            batch = []
+            for _ in range(min(settings.batch_size, len(data))):
+                if not order:
+                    order = list(range(len(data)))
+                    rng.shuffle(order)
+                batch.append(data[order.pop()])
+            width = max(len(i) for i, _ in batch)
+            pad = self.tok.pad_token_id
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=self.device)  # [b, t]
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=self.device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=self.device)
+            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
+                loss = self.peft(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            curve.append({"step": float(step + 1), "loss": float(loss.item())})
+            if on_step:
+                on_step(step + 1, curve[-1]["loss"])
+        return curve

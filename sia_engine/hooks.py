@@ -21,6 +21,9 @@ class Hooks:
     def advance(self, n: int = 1, *, loss: float | None = None) -> None:
         """``n`` units of the current step are done."""
 
+    def note(self, message: str) -> None:
+        """Something the user should know that changes nothing (an adapter served on another device)."""
+
     def decided(self, candidate: Version, score: float, head_score: float | None, accepted: bool) -> None:
         """The gate decided on a candidate."""
 

@@ -4,6 +4,11 @@ anywhere (crash, SIGKILL, Ctrl-C) resumes from the log without recording any ste
 
 All randomness comes from seeds recorded in the log: iteration ``i`` gets
 ``sha256(run seed, i)``, and every sampled request and training run derives from it.
+
+Exploration: training rollouts draw ``samples`` outputs per episode at ``temperature`` (whatever
+the scaffold's decoding says), each a trajectory. The gate scores versions on validation episodes
+with the run's ``EvalProtocol`` (greedy, or the mean or best of k samples at a temperature, with
+the same seeds for every version), recorded with every evaluation.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from sia_engine.errors import RunMismatch, SiaError
+from sia_engine.errors import InvalidSettings, RunMismatch, SiaError
 from sia_engine.events import (
     ActionTaken,
     AdapterCheckpointed,
@@ -34,36 +39,87 @@ from sia_engine.events import (
 from sia_engine.feedback import Context, FeedbackAgent
 from sia_engine.history import History
 from sia_engine.hooks import Hooks
-from sia_engine.model import Adapter, LoraSettings, Model, Request, TrainExample
-from sia_engine.scaffold import Scaffold, apply_patch, scaffold_hash
+from sia_engine.model import Adapter, LoraSettings, Model, Request
+from sia_engine.recipes import training_examples
+from sia_engine.scaffold import Decoding, Scaffold, apply_patch, scaffold_hash
 from sia_engine.state import AgentState, Version, version_id
 from sia_engine.task import Episode, Task
 from store import BlobStore, Store
 from store.blobs import safetensors_metadata
 
-__all__ = ["LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed"]
+__all__ = ["EvalProtocol", "LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed", "check_settings"]
+
+Count = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+
+
+class EvalProtocol(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the gate scores a version on validation episodes: ``greedy`` (one output at
+    temperature 0), or the ``mean`` / ``best`` of ``samples`` outputs per episode at
+    ``temperature`` (None: the scaffold's decoding temperature, so the scaffold lever may change
+    it; at temperature 0 one output stands for all). Seeds are the same for every version."""
+
+    mode: Literal["greedy", "mean", "best"] = "mean"
+    samples: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
+
+    def effective(self, decoding: Decoding) -> tuple[Decoding, int]:
+        """The decoding and number of samples per episode for a scaffold's ``decoding``."""
+        if self.mode == "greedy":
+            return msgspec.structs.replace(decoding, temperature=0.0), 1
+        t = decoding.temperature if self.temperature is None else self.temperature
+        return msgspec.structs.replace(decoding, temperature=t), (self.samples if t > 0 else 1)
 
 
 class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What defines a run. Budgets (``iterations``, ``wall_time_s``) may change on resume;
-    everything else must match the run recorded in the store."""
+    everything else must match the run recorded in the store.
+
+    ``samples`` outputs per training episode are drawn at ``temperature`` (exploration for the
+    weights lever); ``eval`` is the gate's protocol; ``recipe`` forces a training recipe
+    (``auto``: the Feedback Agent chooses)."""
 
     task: str
-    levers: tuple[Literal["scaffold", "weights"], ...] = ("scaffold", "weights")
-    seed: int = 0
-    train_episodes: int = 8
-    val_episodes: int = 8
-    margin: float = 0.0
+    levers: Annotated[tuple[Literal["scaffold", "weights"], ...], msgspec.Meta(min_length=1)] = ("scaffold", "weights")
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    train_episodes: Count = 8
+    val_episodes: Count = 8
+    margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
     lora: LoraSettings = LoraSettings()
-    feedback: str = "rule"
-    iterations: int = 3
-    wall_time_s: float | None = None
+    feedback: Literal["rule", "llm"] = "rule"
+    iterations: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 3
+    wall_time_s: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
+    samples: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    temperature: Annotated[float, msgspec.Meta(gt=0.0, le=2.0)] = 0.7
+    eval: EvalProtocol = EvalProtocol()
+    recipe: Literal["auto", "sft", "rft", "grpo"] = "auto"
 
     def recorded(self) -> dict[str, Any]:
         d = msgspec.to_builtins(self)
         d.pop("iterations")
         d.pop("wall_time_s")
         return d
+
+
+def check_settings(config: LoopConfig) -> LoopConfig:
+    """``config`` if every setting is in range, else ``InvalidSettings`` naming the first one.
+
+    msgspec checks the bounds when it converts, not when a Struct is built in code, so the
+    config goes through a conversion here, before a run records anything."""
+    try:
+        checked = msgspec.convert(msgspec.to_builtins(config), LoopConfig)
+    except msgspec.ValidationError as e:
+        msg = str(e)
+        path = msg.rsplit(" - at `$.", 1)[-1].rstrip("`") if " - at `$." in msg else "config"
+        value: Any = msgspec.to_builtins(config)
+        for part in path.replace("[", ".").replace("]", "").split("."):
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+        raise InvalidSettings(path, value, msg.split(" - at `")[0]) from None
+    if checked.recipe == "grpo" and checked.samples < 2:
+        raise InvalidSettings("samples", checked.samples, "the grpo recipe compares k >= 2 samples per episode; use --samples 2 or more")
+    return checked
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -93,8 +149,11 @@ class Loop:
         hooks: Hooks | None = None,
         engine_version: str = "0",
     ) -> None:
+        config = check_settings(config)
         if "weights" in config.levers and not model.trains_weights:
             raise SiaError(f"model {model.ref.id!r} cannot train weights: run it with --levers scaffold")
+        if config.recipe == "sft" and not any(e.gold is not None for e in task.episodes("train")):
+            raise InvalidSettings("recipe", "sft", f"task {task.name!r} has no gold answers to fine-tune on; use rft, grpo or auto")
         self.store = store
         self.task = task
         self.model = model
@@ -128,9 +187,24 @@ class Loop:
         if run.base_model != self.model.ref:
             raise RunMismatch("base model", msgspec.to_builtins(run.base_model), msgspec.to_builtins(self.model.ref))
         given = json.loads(json.dumps(self.config.recorded()))
+        defaults = json.loads(json.dumps(LoopConfig(task=self.config.task).recorded()))
         for key in sorted(set(given) | set(run.config)):
-            if run.config.get(key) != given.get(key):
+            # a setting added after the run was recorded ran at its default
+            if run.config.get(key, defaults.get(key)) != given.get(key):
                 raise RunMismatch(key, run.config.get(key), given.get(key))
+        self._report_devices()
+
+    def _report_devices(self) -> None:
+        """Adapters trained on another device are served here all the same; say so."""
+        here = getattr(self.model, "device", None)
+        if here is None:
+            return
+        from sia_engine.events import decode_envelope
+
+        trained = {getattr(decode_envelope(e), "device", "") for e in self.store.log.read(self.branch, kinds=["adapter_checkpointed"])}
+        other = sorted(d for d in trained if d and d != here)
+        if other:
+            self.hooks.note(f"adapters in this history were trained on {', '.join(other)}; serving them on {here}")
 
     def run(self) -> AgentState:
         """Run (or resume) until ``iterations`` iterations are done or the wall time is spent."""
@@ -165,41 +239,48 @@ class Loop:
     def _serve(self, version: Version) -> None:
         self.model.set_adapter(load_adapter(self.store.blobs, version.adapter))
 
-    def _episodes(self, version: Version, episodes: Sequence[Episode], split: Literal["train", "val"], seed: int, tag: str) -> list[Event]:
-        """Generate and score ``episodes`` under ``version``: an action and a trajectory each."""
+    def _episodes(self, version: Version, episodes: Sequence[Episode], split: Literal["train", "val"], seed: int, tag: str,
+                  decoding: Decoding, n: int) -> list[Event]:
+        """Generate ``n`` samples per episode under ``version`` and score each: an action and a
+        trajectory per sample (episode ``k`` draws its samples from seed ``seed + k``)."""
         self._serve(version)
         sc = version.scaffold
         prefix = self.task.answer_prefix
-        requests = [Request(self.task.messages(sc, ep), sc.decoding, seed=seed + k, prefix=prefix) for k, ep in enumerate(episodes)]
-        self.hooks.phase(f"{split} rollouts", len(requests))
+        requests = [Request(self.task.messages(sc, ep), decoding, seed=seed + k, prefix=prefix, n=n) for k, ep in enumerate(episodes)]
+        self.hooks.phase(f"{split} rollouts ({n} sample{'s' if n > 1 else ''} per episode)", len(requests) * n)
+        per_call = max(1, 8 // n)
         gens = []
-        for i in range(0, len(requests), 8):
-            gens += self.model.generate(requests[i : i + 8])
-            self.hooks.advance(min(8, len(requests) - i))
+        for i in range(0, len(requests), per_call):
+            chunk = requests[i : i + per_call]
+            gens += self.model.generate(chunk)
+            self.hooks.advance(len(chunk) * n)
+        if len(gens) != len(requests) * n:
+            raise SiaError(f"model {self.model.ref.id!r} answered {len(gens)} generations for {len(requests)} requests of {n}")
         events: list[Event] = []
-        for k, (ep, req, gen) in enumerate(zip(episodes, requests, gens, strict=True)):
-            answer = prefix + gen.text  # the whole answer, as the agent gave it
-            scored = self.task.score(ep, answer)
-            aid = f"{tag}-{k}"
-            outputs: dict[str, Any] = {"text": gen.text, "n_tokens": gen.n_tokens, "finish": gen.finish}
-            if gen.raw:
-                outputs["raw"] = gen.raw
-            events.append(
-                ActionTaken(action_id=aid, episode_id=ep.id, version_id=version.version_id, actor="model", name="generate",
-                            inputs={"messages": msgspec.to_builtins(req.messages), "decoding": msgspec.to_builtins(req.decoding),
-                                    "seed": req.seed, **({"prefix": prefix} if prefix else {})},
-                            outputs=outputs)
-            )
-            tool_ids = tuple(f"{aid}-tool{j}" for j in range(len(scored.tools)))
-            for tid, call in zip(tool_ids, scored.tools, strict=True):  # what scoring ran (a sandbox, say)
+        for k, (ep, req) in enumerate(zip(episodes, requests, strict=True)):
+            for j in range(n):
+                gen = gens[k * n + j]
+                answer = prefix + gen.text  # the whole answer, as the agent gave it
+                scored = self.task.score(ep, answer)
+                aid = f"{tag}-{k}" if n == 1 else f"{tag}-{k}.{j}"
+                outputs: dict[str, Any] = {"text": gen.text, "n_tokens": gen.n_tokens, "finish": gen.finish}
+                if gen.raw:
+                    outputs["raw"] = gen.raw
+                inputs: dict[str, Any] = {"messages": msgspec.to_builtins(req.messages), "decoding": msgspec.to_builtins(req.decoding),
+                                          "seed": req.seed, **({"prefix": prefix} if prefix else {}), **({"n": n, "sample": j} if n > 1 else {})}
+                events.append(ActionTaken(action_id=aid, episode_id=ep.id, version_id=version.version_id, actor="model", name="generate",
+                                          inputs=inputs, outputs=outputs))
+                tool_ids = tuple(f"{aid}-tool{i}" for i in range(len(scored.tools)))
+                for tid, call in zip(tool_ids, scored.tools, strict=True):  # what scoring ran (a sandbox, say)
+                    events.append(
+                        ActionTaken(action_id=tid, episode_id=ep.id, version_id=version.version_id, actor="tool",
+                                    name=str(call.get("name", "tool")), inputs=dict(call.get("inputs", {})), outputs=dict(call.get("outputs", {})))
+                    )
                 events.append(
-                    ActionTaken(action_id=tid, episode_id=ep.id, version_id=version.version_id, actor="tool",
-                                name=str(call.get("name", "tool")), inputs=dict(call.get("inputs", {})), outputs=dict(call.get("outputs", {})))
+                    TrajectoryRecorded(trajectory_id=aid, episode_id=ep.id, split=split, version_id=version.version_id,
+                                       output=answer, score=scored.score, metrics=dict(scored.metrics), action_ids=(aid, *tool_ids),
+                                       sample=j, failure=scored.failure)
                 )
-            events.append(
-                TrajectoryRecorded(trajectory_id=aid, episode_id=ep.id, split=split, version_id=version.version_id,
-                                   output=answer, score=scored.score, metrics=dict(scored.metrics), action_ids=(aid, *tool_ids))
-            )
         return events
 
     def _roll_out(self, head: Version, iteration: int) -> None:
@@ -207,7 +288,8 @@ class Loop:
         episodes = random.Random(seed).sample(self.train, min(self.config.train_episodes, len(self.train)))
         self.hooks.iteration(iteration, self.config.iterations)
         start = IterationStarted(iteration=iteration, head_version=head.version_id, seed=seed)
-        events = self._episodes(head, episodes, "train", seed, f"i{iteration}-train")
+        decoding = msgspec.structs.replace(head.scaffold.decoding, temperature=self.config.temperature)  # training rollouts sample
+        events = self._episodes(head, episodes, "train", seed, f"i{iteration}-train", decoding, self.config.samples)
         self.hist.record(start, *events)
         self._open = events
 
@@ -237,9 +319,10 @@ class Loop:
         assert head is not None
         trajs = tuple(e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded) and e.split == "train")
         episodes = {e.id: e for e in self.train}
-        failures = {t.trajectory_id: self.task.score(episodes[t.episode_id], t.output).failure for t in trajs}
+        # the failure class is recorded with each trajectory (older logs: re-scored)
+        failures = {t.trajectory_id: t.failure or self.task.score(episodes[t.episode_id], t.output).failure for t in trajs}
         levers = tuple(self.config.levers)
-        ctx = Context(s, head, trajs, failures, levers, s.iteration)
+        ctx = Context(s, head, trajs, failures, levers, s.iteration, recipe=self.config.recipe, rft_top=self.config.lora.rft_top)
         self.hooks.phase("feedback", None)
         decision = self.feedback.decide(ctx, self.task)
         stands = decision.verdicts[-1]
@@ -265,33 +348,48 @@ class Loop:
             return
         assert verdict.training_plan is not None
         plan = verdict.training_plan
-        wanted = set(plan.trajectory_ids)
+        recipe = plan.effective_recipe
+        trajs = [e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded)]
         episodes = {e.id: e for e in self.train}
-        examples = []
-        for t in (e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded)):
-            if t.trajectory_id in wanted:
-                ep = episodes[t.episode_id]
-                completion = ep.gold if plan.method == "gold" and ep.gold is not None else t.output
-                examples.append(TrainExample(self.task.messages(head.scaffold, ep), completion, source=t.trajectory_id))
+        used = {t.episode_id for t in trajs if t.trajectory_id in set(plan.trajectory_ids)}
+        messages = {eid: self.task.messages(head.scaffold, episodes[eid]) for eid in used}
+        examples = training_examples(plan, trajs, episodes, messages, self.task.answer_prefix)
         seed = iteration_seed(self.config.seed, s.iteration)
         parent = load_adapter(self.store.blobs, head.adapter)
-        self.hooks.phase("LoRA training steps", self.config.lora.steps)
-        trained = self.model.train_adapter(examples, self.config.lora, seed=seed, parent=parent, on_step=lambda i, loss: self.hooks.advance(1, loss=loss))
-        blob = self.store.blobs.put_safetensors(trained.tensors, metadata={"peft_config": json.dumps(trained.peft_config, sort_keys=True), "base_model": s.run.base_model.id})
-        vid = version_id(s.run.base_model, head.scaffold, blob)
+        self.hooks.phase(f"LoRA training steps ({recipe}, {len(examples)} examples)", self.config.lora.steps)
+        trained = self.model.train_adapter(examples, self.config.lora, seed=seed, parent=parent, recipe=recipe,
+                                           on_step=lambda i, loss: self.hooks.advance(1, loss=loss))
+        base = s.run.base_model
+        blob = self.store.blobs.put_safetensors(trained.tensors, metadata={
+            "peft_config": json.dumps(trained.peft_config, sort_keys=True), "base_model": base.id,
+            "base_model_weights_sha256": base.weights_hash, "recipe": recipe})
+        vid = version_id(base, head.scaffold, blob)
+        hyper = {**msgspec.to_builtins(self.config.lora), "samples": self.config.samples, "temperature": self.config.temperature}
         self.hist.record(
             AdapterCheckpointed(parent_version=head.version_id, version_id=vid, blob=blob, peft_config=trained.peft_config,
-                                training_data=tuple(e.source for e in examples), seed=seed, metrics=trained.metrics, parent_adapter=head.adapter)
+                                training_data=tuple(e.source for e in examples), seed=seed, metrics=trained.metrics,
+                                parent_adapter=head.adapter, recipe=recipe, hyper=hyper, curve=trained.curve, base_model=base,
+                                device=trained.device, dtype=trained.dtype)
         )
 
     def _evaluate(self, version: Version, *, decide: bool) -> None:
         tag = f"eval-{version.version_id[:12]}"
-        events = self._episodes(version, self.val, "val", self.config.seed, tag)
+        protocol = self.config.eval
+        decoding, n = protocol.effective(version.scaffold.decoding)
+        events = self._episodes(version, self.val, "val", self.config.seed, tag, decoding, n)
         trajs = [e for e in events if isinstance(e, TrajectoryRecorded)]
-        score = sum(t.score or 0.0 for t in trajs) / len(trajs)
+        per_episode: dict[str, list[float]] = {}
+        for t in trajs:
+            per_episode.setdefault(t.episode_id, []).append(t.score or 0.0)
+        means = [sum(v) / len(v) for v in per_episode.values()]
+        bests = [max(v) for v in per_episode.values()]
+        score = sum(bests if protocol.mode == "best" else means) / len(per_episode)
         keys = sorted({k for t in trajs for k in t.metrics})
         metrics = {k: sum(t.metrics.get(k, 0.0) for t in trajs) / len(trajs) for k in keys}
-        events.append(VersionEvaluated(version_id=version.version_id, split="val", score=score, n_episodes=len(trajs), metrics=metrics))
+        metrics.update(sample_mean=sum(means) / len(means), best_of_k=sum(bests) / len(bests),
+                       distinct_outputs=float(len({t.output for t in trajs})))
+        events.append(VersionEvaluated(version_id=version.version_id, split="val", score=score, n_episodes=len(per_episode), metrics=metrics,
+                                       protocol={"mode": protocol.mode, "samples": n, "temperature": decoding.temperature}))
         if decide:
             events.append(self._decision(version, score))
         self.hist.record(*events)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -22,6 +22,7 @@ __all__ = [
     "Request",
     "Generation",
     "TrainExample",
+    "Recipe",
     "LoraSettings",
     "TrainedAdapter",
     "Adapter",
@@ -36,12 +37,17 @@ class Message(msgspec.Struct, frozen=True):
 
 
 class Request(msgspec.Struct, frozen=True):
-    """One generation request; ``seed`` drives sampling when ``decoding.temperature > 0``."""
+    """One generation request; ``seed`` drives sampling when ``decoding.temperature > 0``.
+
+    ``n`` samples are drawn from one seed as one group (a backend answers ``n`` generations
+    for the request, in order): the group's outputs depend on the prompt, the decoding, the seed
+    and ``n`` only, never on what else was asked in the same call."""
 
     messages: tuple[Message, ...]
     decoding: Decoding
     seed: int
     prefix: str = ""  # text the engine puts at the start of the answer (e.g. a JSON opening)
+    n: int = 1
 
 
 class Generation(msgspec.Struct, frozen=True):
@@ -52,29 +58,53 @@ class Generation(msgspec.Struct, frozen=True):
 
 
 class TrainExample(msgspec.Struct, frozen=True):
-    """A prompt and the completion the adapter should learn; ``source`` names where it came from."""
+    """A prompt and a completion; ``source`` names where it came from (a trajectory id).
+
+    For ``sft`` and ``rft`` the adapter learns the completion. For ``grpo`` the completion is one
+    sampled output with its ``reward``, and ``group`` names the samples drawn for the same prompt
+    (advantages are relative to the group's mean)."""
 
     messages: tuple[Message, ...]
     completion: str
     source: str = ""
+    reward: float | None = None
+    group: str = ""
+    prefix: str = ""  # the answer's opening, written by the engine: part of the prompt, not learned
+
+
+Recipe = Literal["sft", "rft", "grpo"]
+Pos = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class LoraSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    r: int = 8
-    alpha: int = 16
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    lr: float = 3e-4
-    steps: int = 8
-    batch_size: int = 4
-    max_length: int = 256
+    """LoRA and optimiser settings of one update; the bounds are checked (``check_settings``)
+    before a run records anything."""
+
+    r: Annotated[int, msgspec.Meta(ge=1, le=512)] = 8
+    alpha: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
+    target_modules: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lr: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 3e-4
+    steps: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 8
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 4
+    max_length: Annotated[int, msgspec.Meta(ge=8, le=131_072)] = 256
+    # rft: keep samples above the head's mean score (0) or this top fraction of them
+    rft_top: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    # grpo: KL coefficient against the parent (0: none, as TRL's default) and PPO clip range
+    grpo_beta: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] = 0.0
+    grpo_epsilon: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.2
 
 
 class TrainedAdapter(msgspec.Struct, frozen=True):
-    """A LoRA adapter as safetensors bytes, its peft config, and training metrics."""
+    """A LoRA adapter as safetensors bytes, its peft config, training metrics, the curve (one
+    dict per optimiser step: ``step``, ``loss`` and, for grpo, ``reward``), and where it was
+    trained (``device``, ``dtype``)."""
 
     tensors: bytes
     peft_config: dict[str, Any]
     metrics: dict[str, float]
+    curve: tuple[dict[str, float], ...] = ()
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 class Adapter(msgspec.Struct, frozen=True):
@@ -106,8 +136,9 @@ class Model(Protocol):
         seed: int,
         parent: Adapter | None = None,
         on_step: Callable[[int, float], None] | None = None,
+        recipe: Recipe = "sft",
     ) -> TrainedAdapter:
-        """Train a LoRA adapter (from ``parent`` when given); deterministic for a seed."""
+        """Train a LoRA adapter (from ``parent`` when given) with ``recipe``; deterministic for a seed."""
         ...
 
 
@@ -127,8 +158,14 @@ class ScriptedModel:
         self.calls = 0
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        self.calls += len(requests)
-        return [Generation(self._respond(r, self.adapter)) for r in requests]
+        """``n`` answers per request; sample ``j`` sees the request with ``n=1`` and seed ``seed + j``."""
+        out = []
+        for r in requests:
+            for j in range(r.n):
+                self.calls += 1
+                one = r if r.n == 1 else msgspec.structs.replace(r, n=1, seed=r.seed + j)
+                out.append(Generation(self._respond(one, self.adapter)))
+        return out
 
     def set_adapter(self, adapter: Adapter | None) -> None:
         self.adapter = None if adapter is None else adapter.blob
@@ -141,19 +178,25 @@ class ScriptedModel:
         seed: int,
         parent: Adapter | None = None,
         on_step: Callable[[int, float], None] | None = None,
+        recipe: Recipe = "sft",
     ) -> TrainedAdapter:
         import numpy as np
         import safetensors.numpy
 
         digest = hashlib.sha256(
-            json.dumps([msgspec.to_builtins(e) for e in examples], sort_keys=True).encode() + str(seed).encode()
+            json.dumps([msgspec.to_builtins(e) for e in examples], sort_keys=True).encode() + f"{seed}:{recipe}".encode()
             + (parent.blob.encode() if parent else b"")
         ).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        if not examples:
+            raise ValueError("no training examples: the training plan selected none")
+        curve = []
         for step in range(settings.steps):
+            curve.append({"step": float(step + 1), "loss": 1.0 / (step + 1)})
             if on_step:
                 on_step(step + 1, 1.0 / (step + 1))
         tensors = {"lora_A": rng.standard_normal((settings.r, 4)).astype(np.float32)}
         return TrainedAdapter(
-            safetensors.numpy.save(tensors), {"peft_type": "LORA", "r": settings.r, "scripted": True}, {"loss": 0.0}
+            safetensors.numpy.save(tensors), {"peft_type": "LORA", "r": settings.r, "scripted": True, "base_model_name_or_path": self.ref.id},
+            {"loss": 0.0, "steps": float(settings.steps), "examples": float(len(examples))}, tuple(curve),
         )

@@ -76,8 +76,9 @@ class OpenAIChatModel(_WeightsUnsupported):
         return body
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """One call per sample: sample ``j`` of a request asks with seed ``seed + j``."""
         out = []
-        for r in requests:
+        for r in (msgspec.structs.replace(q, n=1, seed=q.seed + j) if q.n > 1 else q for q in requests for j in range(q.n)):
             body = self._body(r)
             try:
                 resp = self._client.post("/chat/completions", json=body)
@@ -107,15 +108,16 @@ class RecordedModel(_WeightsUnsupported):
         self._answers: dict[str, Generation] = {}
         for a in actions:
             if a.actor == "model" and a.name == "generate" and "messages" in a.inputs:
-                key = _inputs_key(a.inputs["messages"], a.inputs["decoding"], a.inputs["seed"])
+                key = _inputs_key(a.inputs["messages"], a.inputs["decoding"], a.inputs["seed"] + a.inputs.get("sample", 0))
                 o = a.outputs
                 self._answers[key] = Generation(o["text"], n_tokens=o.get("n_tokens", 0), finish=o.get("finish", "stop"), raw=o.get("raw", {}))
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         out = []
         for r in requests:
-            key = _inputs_key(msgspec.to_builtins(r.messages), msgspec.to_builtins(r.decoding), r.seed)
-            if key not in self._answers:
-                raise NoRecordedResponse(len(self._answers))
-            out.append(self._answers[key])
+            for j in range(r.n):  # sample j was asked with seed + j
+                key = _inputs_key(msgspec.to_builtins(r.messages), msgspec.to_builtins(r.decoding), r.seed + j)
+                if key not in self._answers:
+                    raise NoRecordedResponse(len(self._answers))
+                out.append(self._answers[key])
         return out

@@ -54,10 +54,12 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def tiny_model(seed: int = 0) -> Any:
+def tiny_model(seed: int = 0, *, device: str = "cpu", init_std: float = 0.02) -> Any:
     """A 2-layer, 64-wide Llama with random weights and a byte-level tokenizer built in code.
 
-    A smoke-test model: fast enough for unit tests (~15 ms per LoRA step), useless as an agent."""
+    A smoke-test model: fast enough for unit tests (~15 ms per LoRA step), useless as an agent.
+    With the default ``init_std`` its logits are nearly uniform and LoRA barely moves them; tests
+    of learning use a wider init (``init_std=0.5``), whose weights hash differs."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -76,7 +78,7 @@ def tiny_model(seed: int = 0) -> Any:
     )
     config = LlamaConfig(
         vocab_size=len(alphabet) + len(specials), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False, initializer_range=init_std,
         # the special tokens follow the 256 byte symbols: <|pad|>, <|im_start|>, <|im_end|>
         pad_token_id=len(alphabet), bos_token_id=len(alphabet) + 1, eos_token_id=len(alphabet) + 2,
     )
@@ -86,7 +88,7 @@ def tiny_model(seed: int = 0) -> Any:
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     wh = hashlib.sha256(safetensors.torch.save(dict(sorted(state.items())))).hexdigest()
-    return HFModel(model, tok, ModelRef(id="tiny", revision=f"seed{seed}", weights_hash=wh), label="smoke-test model: random weights")
+    return HFModel(model, tok, ModelRef(id="tiny", revision=f"seed{seed}" + (f"-std{init_std}" if init_std != 0.02 else ""), weights_hash=wh), label="smoke-test model: random weights", device=device)
 
 
 def smollm2_folder() -> Path:
@@ -130,16 +132,19 @@ def _hub_folder(repo_id: str) -> Path | None:
         return None
 
 
-def load_model(spec: str) -> Any:
-    """``tiny``, ``smollm2``, a folder, or a cached hub id -> an ``HFModel``."""
+def load_model(spec: str, *, device: str = "auto") -> Any:
+    """``tiny``, ``smollm2``, a folder, or a cached hub id -> an ``HFModel`` on ``device``
+    (auto: CUDA when present, with bf16 weights; else CPU, fp32)."""
     _quiet_transformers()
     if spec == "tiny":
-        return tiny_model()
+        return tiny_model(device=device)
     if spec == "smollm2":
         folder, ident = smollm2_folder(), "HuggingFaceTB/SmolLM2-135M-Instruct"
         revision = f"gguf-q4_1:{folder.name.rsplit('-', 1)[-1]}"
     elif Path(spec).is_dir():
-        folder, ident, revision = Path(spec).resolve(), str(Path(spec).resolve()), "local"
+        # a local folder is named by its folder name (with its weights hash), never by its path
+        folder = Path(spec).resolve()
+        ident, revision = f"local:{folder.name}", "local"
     else:
         found = _hub_folder(spec)
         if found is None:
@@ -152,4 +157,4 @@ def load_model(spec: str) -> Any:
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return HFModel(model, tok, ModelRef(id=ident, revision=revision, weights_hash=weights_hash(folder)))
+    return HFModel(model, tok, ModelRef(id=ident, revision=revision, weights_hash=weights_hash(folder)), device=device)

@@ -39,7 +39,9 @@ class Score(msgspec.Struct, frozen=True):
 class Task(Protocol):
     name: str
     description: str
-    format_hint: str  # what a well-formed answer looks like, for scaffold patches
+    # The shape of a well-formed answer (field names, types, ranges, placeholders), for scaffold
+    # patches; never an answer itself: ``parse_answer(format_hint)`` is None (tested per task).
+    format_hint: str
     answer_prefix: str  # text the engine writes at the start of every answer ("" for none)
 
     def episodes(self, split: Literal["train", "val", "test"]) -> list[Episode]:
@@ -51,6 +53,15 @@ class Task(Protocol):
         ...
 
     def score(self, episode: Episode, output: str) -> Score: ...
+
+    def parse_answer(self, output: str) -> Any | None:
+        """The answer in ``output`` as the scorer reads it, or None when it holds no valid answer."""
+        ...
+
+    def reference_baselines(self, split: Literal["train", "val", "test"]) -> dict[str, float]:
+        """Scores of the task's reference methods on ``split``, measured as versions are
+        (empty when the task has none)."""
+        ...
 
     def scaffold(self) -> Scaffold:
         """The scaffold a run starts from (prompt, decoding limits suited to the task)."""

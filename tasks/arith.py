@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from sia_engine.model import Message
 from sia_engine.scaffold import Decoding, Scaffold
@@ -31,7 +31,7 @@ def _splits(ids: list[str]) -> dict[str, Literal["train", "val", "test"]]:
 class Arith:
     name = "arith"
     description = "sum of two digits, answer is the number alone (built-in, 100 items)"
-    format_hint = "Answer with the number only, for example: 7"
+    format_hint = "Answer with the number only: its digits, no words, no punctuation."
     answer_prefix = ""
 
     def __init__(self) -> None:
@@ -59,6 +59,14 @@ class Arith:
         if found[0] == episode.gold:
             return Score(1.0 if well_formed else 0.5, "none" if well_formed else "format", {"well_formed": well_formed})
         return Score(0.0, "content" if well_formed else "format", {"well_formed": well_formed})
+
+    def parse_answer(self, output: str) -> Any | None:
+        """A bare integer (the only well-formed answer), or None."""
+        text = output.strip()
+        return int(text) if re.fullmatch(r"-?\d+", text) else None
+
+    def reference_baselines(self, split: Literal["train", "val", "test"]) -> dict[str, float]:
+        return {}
 
     def scaffold(self) -> Scaffold:
         return Scaffold(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sia_engine.model import Message
 from sia_engine.scaffold import Decoding, Scaffold
@@ -38,7 +38,7 @@ class LawBenchCharge:
         single = [(i, it) for i, it in enumerate(items) if it["answer"].startswith("罪名:") and ";" not in it["answer"]]
         counts = Counter(it["answer"][3:] for _, it in single)
         self.labels = tuple(c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
-        self.format_hint = "Answer with 罪名: followed by one of: " + "、".join(self.labels)
+        self.format_hint = "Answer with 罪名: followed by exactly one charge from this list: " + "、".join(self.labels)
         self._episodes: list[Episode] = []
         for label in self.labels:
             mine = sorted((i for i, it in single if it["answer"][3:] == label), key=lambda i: hashlib.sha256(str(i).encode()).hexdigest())
@@ -63,10 +63,27 @@ class LawBenchCharge:
     def messages(self, scaffold: Scaffold, episode: Episode) -> tuple[Message, ...]:
         return chat_messages(scaffold, episode.input)
 
-    def score(self, episode: Episode, output: str) -> Score:
+    def _named(self, output: str) -> set[str]:
         found = {c for c in CHARGES if c in output}
         # a charge inside a longer one that was named (诈骗 in 信用卡诈骗) was not named itself
-        found = {c for c in found if not any(c != d and c in d for d in found)}
+        return {c for c in found if not any(c != d and c in d for d in found)}
+
+    def parse_answer(self, output: str) -> Any | None:
+        """The one charge named, or None (none named, or several: strict accuracy counts neither)."""
+        found = self._named(output)
+        return next(iter(found)) if len(found) == 1 else None
+
+    def reference_baselines(self, split: Literal["train", "val", "test"]) -> dict[str, float]:
+        """Majority class: accuracy of always naming the most frequent training charge."""
+        train = [e.gold for e in self.episodes("train")]
+        eps = self.episodes(split)
+        if not train or not eps:
+            return {}
+        top = max(sorted(set(train)), key=train.count)
+        return {"majority-class": sum(e.gold == top for e in eps) / len(eps)}
+
+    def score(self, episode: Episode, output: str) -> Score:
+        found = self._named(output)
         if not found:
             return Score(0.0, "abstain", {"named": 0.0})
         if found == {episode.gold}:

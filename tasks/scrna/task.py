@@ -89,7 +89,10 @@ def solution_code(config: dict[str, Any], template: str = TEMPLATE) -> str:
 class ScrnaDenoise:
     name = "scrna-denoise"
     description = "scRNA-seq denoising (OpenProblems v1, molecular cross-validation); an .h5ad of raw counts, default scanpy's pbmc68k_reduced"
-    format_hint = 'Answer with one JSON object, for example {"n_pcs": 30, "k": 10, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 1.0}'
+    # the shape only: placeholders, no configuration (the engine never suggests an answer)
+    format_hint = ('Answer with one JSON object of this shape: {"n_pcs": <integer 2-100>, "k": <integer 2-50>, '
+                   '"t": <integer 0-8>, "transform": <"sqrt" | "log" | "none">, "normalize": <true | false>, '
+                   '"rescale": <true | false>, "clip": <number 0.0-5.0>}')
     answer_prefix = '{"n_pcs": '
 
     def __init__(self, data: str | Path = DEFAULT_DATA, *, n_train: int = 16, n_val: int = 4, protect: tuple[str, ...] = (),
@@ -135,6 +138,18 @@ class ScrnaDenoise:
 
     def messages(self, scaffold: Scaffold, episode: Episode) -> tuple[Message, ...]:
         return chat_messages(scaffold, episode.input)
+
+    def parse_answer(self, output: str) -> Any | None:
+        return parse_config(output)
+
+    def reference_baselines(self, split: Literal["train", "val", "test"]) -> dict[str, float]:
+        """The reference denoisers (``sia baseline``) scored on the split that ``split``'s
+        episodes are scored on: the numbers a configuration must beat."""
+        from tasks.scrna.baselines import BASELINES
+
+        seed = {"train": 0, "val": 1, "test": 2}[split]
+        sp, controls, _ = self._split(seed)
+        return {name: round(evaluate(sp, fn(sp.train, seed=seed), controls).score, 6) for name, fn in sorted(BASELINES.items())}
 
     def score(self, episode: Episode, output: str) -> Score:
         cfg = parse_config(output)

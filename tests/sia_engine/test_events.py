@@ -115,7 +115,7 @@ def test_payload_carries_the_kind_and_is_canonical() -> None:
     # struct fields in declaration order, dict keys sorted
     assert encode(ev).payload == (
         b'{"kind":"version_evaluated","version_id":"' + b"a" * 64
-        + b'","split":"val","score":0.5,"n_episodes":2,"metrics":{"a":2.0,"b":1.0}}'
+        + b'","split":"val","score":0.5,"n_episodes":2,"metrics":{"a":2.0,"b":1.0},"protocol":{}}'
     )
 
 

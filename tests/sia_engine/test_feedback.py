@@ -36,17 +36,19 @@ def test_format_failures_patch_the_scaffold() -> None:
     assert v.evidence == tuple(f"t{i}" for i in range(8))
 
 
-def test_content_errors_train_on_the_best_outputs() -> None:
+def test_content_errors_with_gold_answers_train_sft_on_the_wrong_ones() -> None:
     outs = golds(4) + [str(int(g) + 1) for g in golds(8)[4:]]
     [v] = RulePolicy().decide(ctx(outs), TASK).verdicts
     assert v.lever == "weights" and v.training_plan is not None
-    assert v.training_plan.method == "rejection_sampling" and v.training_plan.trajectory_ids == ("t0", "t1", "t2", "t3")
+    assert v.training_plan.recipe == "sft" and v.training_plan.trajectory_ids == ("t4", "t5", "t6", "t7")
+    assert "sft on the gold answers" in v.rationale
 
 
 def test_nothing_right_trains_on_gold_answers() -> None:
     outs = [str(int(g) + 1) for g in golds(6)]
     [v] = RulePolicy().decide(ctx(outs), TASK).verdicts
     assert v.lever == "weights" and v.training_plan is not None and v.training_plan.method == "gold"
+    assert v.training_plan.effective_recipe == "sft"
 
 
 def test_scaffold_only_adds_a_worked_example_for_content_errors() -> None:
