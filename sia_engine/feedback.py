@@ -87,24 +87,32 @@ class RulePolicy:
         self.threshold = threshold
 
     def _format_ops(self, ctx: Context, task: Task) -> list[tuple[PatchOp, ...]]:
-        options: list[tuple[PatchOp, ...]] = []
+        """In order: a worked example from the model's own best valid output (when a sample was
+        valid and scored: the surest fix of a small model's format, and never an answer the
+        engine made up), the task's format hint (a shape), greedy decoding, gold examples."""
+        own = self._example_ops(ctx, task, gold=False)[:1]
+        options: list[tuple[PatchOp, ...]] = list(own)
         if ctx.head.scaffold.output_format != task.format_hint:
             options.append((PatchOp("replace", "/output_format", task.format_hint),))
         if ctx.head.scaffold.decoding.temperature > 0:
             options.append((PatchOp("replace", "/decoding/temperature", 0.0),))
         return options + self._example_ops(ctx, task)
 
-    def _example_ops(self, ctx: Context, task: Task) -> list[tuple[PatchOp, ...]]:
-        """Few-shot examples from failed episodes' gold answers (or the best outputs)."""
+    def _example_ops(self, ctx: Context, task: Task, *, gold: bool = True) -> list[tuple[PatchOp, ...]]:
+        """Few-shot examples from failed training episodes' gold answers, then the model's own
+        best valid outputs (format failures are never shown as examples)."""
         episodes = {e.id: e for e in task.episodes("train")}
         failed = [t for t in ctx.trajectories if ctx.failures.get(t.trajectory_id, "none") != "none"]
-        good = sorted((t for t in ctx.trajectories if (t.score or 0) > 0), key=lambda t: -(t.score or 0))
+        valid = (t for t in ctx.trajectories if ctx.failures.get(t.trajectory_id, "none") in ("none", "content"))
+        good = sorted((t for t in valid if (t.score or 0) > 0), key=lambda t: -(t.score or 0))
         pairs: list[tuple[str, str]] = []
-        for t in failed:
+        for t in failed if gold else ():
             ep = episodes.get(t.episode_id)
-            if ep is not None and ep.gold is not None:
+            if ep is not None and ep.gold is not None and (ep.input, ep.gold) not in pairs:
                 pairs.append((ep.input, ep.gold))
-        pairs += [(episodes[t.episode_id].input, t.output) for t in good if t.episode_id in episodes]
+        for t in good:
+            if t.episode_id in episodes and (episodes[t.episode_id].input, t.output) not in pairs:
+                pairs.append((episodes[t.episode_id].input, t.output))
         n = len(ctx.head.scaffold.examples)
         options = []
         for inp, out in pairs:

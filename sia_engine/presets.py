@@ -108,7 +108,10 @@ def smollm2_folder() -> Path:
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    plain = LlamaForCausalLM(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights below are de-quantized: no GGUF marker
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
     plain.load_state_dict(loaded.state_dict(), strict=True)
     tmp = folder.with_name(folder.name + ".tmp")
     plain.save_pretrained(tmp)
@@ -155,6 +158,14 @@ def load_model(spec: str, *, device: str = "auto") -> Any:
 
     from sia_engine.hf import HFModel
 
+    from transformers import AutoConfig
+
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder)
+    quant = getattr(config, "quantization_config", None)
+    if isinstance(quant, dict) and quant.get("quant_method") == "gguf":
+        # a folder converted from a GGUF file by an earlier version kept the GGUF marker beside its
+        # de-quantized safetensors weights; the marker makes transformers refuse to train
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32)
     return HFModel(model, tok, ModelRef(id=ident, revision=revision, weights_hash=weights_hash(folder)), device=device)

@@ -27,7 +27,7 @@ from tasks.scrna.data import DEFAULT_DATA, load_counts
 from tasks.scrna.family import RANGES, TRANSFORMS
 from tasks.scrna.metrics import Split, control_scores, evaluate, mcv_split
 
-__all__ = ["ScrnaDenoise", "parse_config", "solution_code"]
+__all__ = ["ScrnaDenoise", "parse_config", "solution_code", "initial_scaffold", "episode_input"]
 
 _FAMILY = (Path(__file__).parent / "family.py").read_text()
 _JSON = re.compile(r"\{.*?\}", re.S)
@@ -86,6 +86,25 @@ def solution_code(config: dict[str, Any], template: str = TEMPLATE) -> str:
     return template.format(family=_FAMILY, config=repr(dict(sorted(config.items()))))
 
 
+def initial_scaffold() -> Scaffold:
+    """The scaffold a run starts from: what the family does and its ranges; no configuration."""
+    ranges = ", ".join(f"{k} in [{lo}, {hi}]" for k, (lo, hi) in RANGES.items())
+    return Scaffold(
+        system_prompt=(
+            "You tune a denoiser for single-cell RNA counts: library-size normalisation (normalize), a transform "
+            f"({' / '.join(TRANSFORMS)}), PCA to n_pcs components, a kNN graph with k neighbours, t diffusion steps, "
+            f"reversing the normalisation (rescale), and setting values below clip to zero. Ranges: {ranges}."
+        ),
+        output_format="Answer with one JSON object with the keys n_pcs, k, t, transform, normalize, rescale, clip.",
+        decoding=Decoding(temperature=0.7, max_new_tokens=48, stop=("}",)),
+        solution_template=TEMPLATE,
+    )
+
+
+def episode_input(cells: int, genes: int, k: int, n: int) -> str:
+    return f"Dataset: {cells} cells x {genes} genes of raw UMI counts. Propose denoiser configuration {k + 1} of {n}."
+
+
 class ScrnaDenoise:
     name = "scrna-denoise"
     description = "scRNA-seq denoising (OpenProblems v1, molecular cross-validation); an .h5ad of raw counts, default scanpy's pbmc68k_reduced"
@@ -117,24 +136,10 @@ class ScrnaDenoise:
         n = {"train": self.n_train, "val": self.n_val, "test": self.n_val}[split]
         seed = {"train": 0, "val": 1, "test": 2}[split]
         cells, genes = self.counts.shape
-        return [
-            Episode(id=f"{split}-{k}", split=split, meta={"split_seed": seed},
-                    input=f"Dataset: {cells} cells x {genes} genes of raw UMI counts. Propose denoiser configuration {k + 1} of {n}.")
-            for k in range(n)
-        ]
+        return [Episode(id=f"{split}-{k}", split=split, meta={"split_seed": seed}, input=episode_input(cells, genes, k, n)) for k in range(n)]
 
     def scaffold(self) -> Scaffold:
-        ranges = ", ".join(f"{k} in [{lo}, {hi}]" for k, (lo, hi) in RANGES.items())
-        return Scaffold(
-            system_prompt=(
-                "You tune a denoiser for single-cell RNA counts: library-size normalisation (normalize), a transform "
-                f"({' / '.join(TRANSFORMS)}), PCA to n_pcs components, a kNN graph with k neighbours, t diffusion steps, "
-                f"reversing the normalisation (rescale), and setting values below clip to zero. Ranges: {ranges}."
-            ),
-            output_format="Answer with one JSON object with the keys n_pcs, k, t, transform, normalize, rescale, clip.",
-            decoding=Decoding(temperature=0.7, max_new_tokens=48, stop=("}",)),
-            solution_template=TEMPLATE,
-        )
+        return initial_scaffold()
 
     def messages(self, scaffold: Scaffold, episode: Episode) -> tuple[Message, ...]:
         return chat_messages(scaffold, episode.input)

@@ -101,3 +101,25 @@ def test_two_rejected_weights_candidates_turn_back_to_the_scaffold() -> None:
     outs = golds(4) + [str(int(g) + 1) for g in golds(8)[4:]]
     [v] = RulePolicy().decide(ctx(outs, state=s), TASK).verdicts
     assert v.lever == "scaffold" and v.patch[0].path == "/examples/-"
+
+
+def test_llm_proposed_recipe_is_validated() -> None:
+    import msgspec
+
+    outs = golds(2) + ["0", "1"]
+
+    def propose(recipe: str, forced: str = "auto", ids: str = '["t2", "t3"]'):  # type: ignore[no-untyped-def]
+        answer = f'{{"lever": "weights", "rationale": "x", "training_plan": {{"trajectory_ids": {ids}, "recipe": "{recipe}"}}}}'
+        judge = ScriptedModel(lambda r, a: answer, name="judge")
+        return LLMPolicy(judge).decide(msgspec.structs.replace(ctx(outs), recipe=forced), TASK).verdicts
+
+    [ok] = propose("sft")
+    assert ok.valid and ok.training_plan is not None and ok.training_plan.recipe == "sft" and ok.training_plan.method == "gold"
+    bad, fallback = propose("rft", forced="sft")
+    assert not bad.valid and "the run forces --recipe sft" in bad.rationale and fallback.policy == "rule"
+    bad, _ = propose("grpo")
+    assert not bad.valid and "grpo needs k >= 2 samples of each chosen episode" in bad.rationale
+    bad, _ = propose("dpo")
+    assert not bad.valid and "Invalid enum value 'dpo'" in bad.rationale
+    [auto] = propose("")  # none proposed: the rules choose (gold answers and wrong outputs: sft)
+    assert auto.valid and auto.training_plan is not None and auto.training_plan.recipe == "sft"

@@ -67,3 +67,27 @@ def test_smollm2_converts_once_with_identical_logits(tmp_path: Path, monkeypatch
     ids = torch.tensor([model.prompt_ids((Message("user", "What is 2 + 3?"),))])
     with torch.no_grad():
         assert torch.equal(direct(input_ids=ids).logits, model.base(input_ids=ids).logits)
+    # de-quantized weights carry no GGUF marker: trainers (TRL's GRPO among them) accept the model
+    import json
+
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    validate_quantization_for_training(model.base)
+
+
+def test_a_cache_converted_with_the_gguf_marker_still_trains(tmp_path: Path) -> None:
+    """Folders converted by an earlier version kept quantization_config (gguf) in config.json."""
+    import json
+
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    m = tiny_model()
+    m.base.save_pretrained(tmp_path / "old")
+    m.tok.save_pretrained(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    cfg["quantization_config"] = {"dequantize": False, "gguf_file": "x.gguf", "quant_method": "gguf"}
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(str(tmp_path / "old"))
+    validate_quantization_for_training(loaded.base)
+    assert loaded.ref.id == "local:old"  # a folder's name, never its path

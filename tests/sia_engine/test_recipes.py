@@ -254,3 +254,82 @@ def test_summary_compares_the_head_with_the_initial_version_and_baselines(tmp_pa
     assert summary["initial_val_score"] == 0.5 and summary["head_val_score"] == 1.0 and summary["gain_over_initial"] == 0.5
     assert "head val 1.000 vs initial 0.500 (+0.500)" in summary_line(summary)
 
+
+
+KILL_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from store import Store
+from sia_engine.feedback import RulePolicy
+from sia_engine.hooks import Hooks
+from sia_engine.loop import Loop, LoopConfig
+from sia_engine.model import LoraSettings
+from sia_engine.presets import tiny_model
+from tests.loop_helpers import TASK
+
+class KillMidTraining(Hooks):
+    def phase(self, name, total):
+        self.training = name.startswith("LoRA training")
+    def advance(self, n=1, *, loss=None):
+        if getattr(self, "training", False) and os.environ.get("SIA_TEST_KILL") == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+with Store.create(sys.argv[1]) as s:
+    cfg = LoopConfig(task="arith", levers=("weights",), iterations=1, train_episodes=4, val_episodes=2, samples=4, temperature=1.0,
+                     recipe="sft", lora=LoraSettings(steps=3, lr=1e-2))
+    Loop(s, task=TASK, model=tiny_model(init_std=0.2), feedback=RulePolicy(), config=cfg, hooks=KillMidTraining()).run()
+print("done")
+"""
+
+
+def _adapter_blobs(path: Path) -> list[str]:
+    with Store.open(path) as s:
+        return [decode_envelope(e).blob for e in s.log.read("main", kinds=["adapter_checkpointed"])]  # type: ignore[attr-defined]
+
+
+def test_sigkill_during_training_resumes_to_a_byte_identical_adapter(tmp_path: Path) -> None:
+    import os
+
+    script = KILL_CHILD.format(root=str(ROOT))
+    clean = subprocess.run([sys.executable, "-c", script, str(tmp_path / "clean")], capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "crashy")], capture_output=True, text=True,
+                            env={**os.environ, "SIA_TEST_KILL": "1"})
+    assert killed.returncode == -9  # killed during the first training step
+    assert _adapter_blobs(tmp_path / "crashy") == []
+    resumed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "crashy")], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    want = _adapter_blobs(tmp_path / "clean")
+    assert len(want) == 1 and _adapter_blobs(tmp_path / "crashy") == want  # the same adapter bytes (blobs are content ids)
+
+
+def test_an_adapter_served_on_another_device_is_reported(tmp_path: Path) -> None:
+    from sia_engine.hooks import Hooks
+
+    notes: list[str] = []
+
+    class Notes(Hooks):
+        def note(self, message: str) -> None:
+            notes.append(message)
+
+    cfg = dict(task="arith", levers=("weights",), train_episodes=12, val_episodes=2, samples=2, recipe="sft", lora=LoraSettings(steps=1))
+    with Store.create(tmp_path) as s:
+        Loop(s, task=TASK, model=scripted(sometimes_wrong), feedback=RulePolicy(), config=LoopConfig(iterations=1, **cfg)).run()  # type: ignore[arg-type]
+        model = scripted(sometimes_wrong)
+        model.device = "cuda"  # type: ignore[attr-defined]
+        Loop(s, task=TASK, model=model, feedback=RulePolicy(), config=LoopConfig(iterations=2, **cfg), hooks=Notes()).run()  # type: ignore[arg-type]
+    assert notes == ["adapters in this history were trained on cpu; serving them on cuda"]
+
+
+def test_cli_refuses_out_of_range_settings_and_records_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sia_engine.cli import main
+
+    store = tmp_path / "s"
+    r = CliRunner().invoke(main, ["run", "--task", "arith", "--model", "tiny", "--lora-steps", "0", "--store", str(store)])
+    assert r.exit_code != 0
+    assert "invalid setting lora.steps = 0: Expected `int` >= 1. Nothing was recorded" in r.output
+    assert not (store / "log.duckdb").exists()
+    r = CliRunner().invoke(main, ["run", "--task", "arith", "--model", "tiny", "--recipe", "grpo", "--samples", "1", "--store", str(store)])
+    assert r.exit_code != 0 and "invalid setting samples = 1" in r.output and not (store / "log.duckdb").exists()
