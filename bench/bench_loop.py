@@ -102,7 +102,7 @@ def scripted_run(n: int, tmp: Path, memory: bool = False) -> tuple[float, int, f
     model = Timed(ScriptedModel(zero_cost, name="zero-cost"))
     with _store(tmp, "scripted-mem" if memory else "scripted", memory) as s:
         assert s.log.count() == 0
-        config = LoopConfig(task="arith", iterations=n, train_episodes=4, val_episodes=4, lora=LoraSettings(steps=1))
+        config = LoopConfig(task="arith", iterations=n, train_episodes=4, val_episodes=4, lora=LoraSettings(steps=1), samples=1)
         t = time.perf_counter()
         Loop(s, task=TASK, model=model, feedback=EveryIteration(weights_only=False), config=config).run()
         dt = time.perf_counter() - t
@@ -115,7 +115,7 @@ def tiny_run(n: int, tmp: Path, memory: bool = False) -> tuple[float, float, int
 
     model = Timed(tiny_model())
     with _store(tmp, "tiny-mem" if memory else "tiny", memory) as s:
-        config = LoopConfig(task="arith", iterations=n, levers=("weights",), train_episodes=8, val_episodes=8, lora=LoraSettings(steps=8, batch_size=4))
+        config = LoopConfig(task="arith", iterations=n, levers=("weights",), train_episodes=8, val_episodes=8, lora=LoraSettings(steps=8, batch_size=4), samples=1)
         t = time.perf_counter()
         Loop(s, task=TASK, model=model, feedback=EveryIteration(weights_only=True), config=config).run()
         dt = time.perf_counter() - t

@@ -76,10 +76,18 @@ def _plateau(state: AgentState, lever: str, k: int = 2) -> bool:
     return len(recent) == k and all(v.status == "rejected" for v in recent)
 
 
+def _streak(state: AgentState, lever: str, k: int = 2) -> bool:
+    """The last ``k`` candidates, of any lever, were all ``lever`` (accepted or not)."""
+    recent = [v.lever for v in state.ordered_versions() if v.lever != "initial"][-k:]
+    return len(recent) == k and all(x == lever for x in recent)
+
+
 class RulePolicy:
-    """Format and abstention failures -> scaffold; content errors that persist, or scaffold
-    gains that plateau -> LoRA on the best outputs (or gold answers), until two weights
-    candidates in a row are rejected -> a worked example in the scaffold; otherwise nothing."""
+    """Format and abstention failures -> scaffold, until two scaffold candidates in a row have
+    left them above the threshold (the weights lever's turn: rft on the valid samples, or sft on
+    gold answers); content errors that persist, or scaffold gains that plateau -> the weights
+    lever with the recipe the trajectories call for, until two weights candidates in a row are
+    rejected -> a worked example in the scaffold; otherwise nothing."""
 
     name = "rule"
 
@@ -141,7 +149,7 @@ class RulePolicy:
         form = (counts["format"] + counts["abstain"]) / n
         errors = sum(counts.values()) / n
         evidence = tuple(t for t, f in ctx.failures.items() if f != "none")[:8]
-        summary = f"{counts['format']} format, {counts['abstain']} abstention, {counts['content']} content errors in {n} episodes"
+        summary = f"{counts['format']} format, {counts['abstain']} abstention, {counts['content']} content errors in {n} outputs"
         can_scaffold = "scaffold" in ctx.levers
         can_train = "weights" in ctx.levers
 
@@ -152,17 +160,19 @@ class RulePolicy:
                     return Decision((v,))
             return None
 
-        if can_scaffold and form >= self.threshold and not _plateau(ctx.state, "scaffold"):
+        # two scaffold candidates in a row and format failures persist: the weights lever's turn
+        stuck = form >= self.threshold and _streak(ctx.state, "scaffold")
+        plan = self._training_plan(ctx, task) if can_train and errors >= self.threshold and not _plateau(ctx.state, "weights") else None
+        if can_scaffold and form >= self.threshold and not _plateau(ctx.state, "scaffold") and not (stuck and plan is not None):
             d = scaffold(self._format_ops(ctx, task), "format or abstention failures")
             if d:
                 return d
-        if can_train and errors >= self.threshold and not _plateau(ctx.state, "weights"):
-            plan = self._training_plan(ctx, task)
-            if plan is not None:
-                why = "scaffold gains plateaued" if _plateau(ctx.state, "scaffold") else "content errors persist"
-                v = FeedbackVerdict(version_id=ctx.head.version_id, lever="weights", rationale=f"{why}: {summary}; {plan.recipe}: {plan.why}",
-                                    policy=self.name, evidence=evidence, training_plan=plan)
-                return Decision((v,))
+        if plan is not None:
+            why = ("scaffold gains plateaued" if _plateau(ctx.state, "scaffold") else
+                   "format failures persist after two scaffold candidates in a row" if stuck else "content errors persist")
+            v = FeedbackVerdict(version_id=ctx.head.version_id, lever="weights", rationale=f"{why}: {summary}; {plan.recipe}: {plan.why}",
+                                policy=self.name, evidence=evidence, training_plan=plan)
+            return Decision((v,))
         if can_scaffold and errors > 0:
             d = scaffold(self._example_ops(ctx, task), "errors remain; adding a worked example")
             if d:

@@ -19,12 +19,9 @@ import os
 import warnings
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sia_engine.model import LoraSettings, TrainExample
-
-if TYPE_CHECKING:
-    from sia_engine.hf import HFModel
 
 __all__ = ["train_grpo", "groups_of"]
 
@@ -42,9 +39,11 @@ def groups_of(examples: Sequence[TrainExample]) -> dict[str, list[TrainExample]]
     return groups
 
 
-def train_grpo(model: HFModel, adapter: str, examples: Sequence[TrainExample], settings: LoraSettings, *, seed: int,
+def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], settings: LoraSettings, *, seed: int,
                on_step: Callable[[int, float], None] | None = None) -> list[dict[str, float]]:
-    """Train the active adapter ``adapter`` of ``model.peft`` with GRPO; the curve, one dict a step."""
+    """Train the active adapter ``adapter`` of ``model.peft`` (``model`` is the ``HFModel`` whose
+    ``train_adapter`` calls this; not imported here, which would make a cycle) with GRPO; the
+    curve, one dict a step."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback

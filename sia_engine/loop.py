@@ -187,10 +187,10 @@ class Loop:
         if run.base_model != self.model.ref:
             raise RunMismatch("base model", msgspec.to_builtins(run.base_model), msgspec.to_builtins(self.model.ref))
         given = json.loads(json.dumps(self.config.recorded()))
-        defaults = json.loads(json.dumps(LoopConfig(task=self.config.task).recorded()))
+        # a run recorded before a setting existed ran without it: resuming it with the setting is
+        # a mismatch (fork the branch, or use another store), never a silent change of behaviour
         for key in sorted(set(given) | set(run.config)):
-            # a setting added after the run was recorded ran at its default
-            if run.config.get(key, defaults.get(key)) != given.get(key):
+            if run.config.get(key) != given.get(key):
                 raise RunMismatch(key, run.config.get(key), given.get(key))
         self._report_devices()
 

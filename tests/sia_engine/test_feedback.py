@@ -32,7 +32,7 @@ def test_format_failures_patch_the_scaffold() -> None:
     outs = [f"It is {g}." for g in golds(8)]
     [v] = RulePolicy().decide(ctx(outs), TASK).verdicts
     assert v.lever == "scaffold" and v.patch[0].path == "/output_format" and v.patch[0].value == TASK.format_hint
-    assert v.rationale == "format or abstention failures: 8 format, 0 abstention, 0 content errors in 8 episodes"
+    assert v.rationale == "format or abstention failures: 8 format, 0 abstention, 0 content errors in 8 outputs"
     assert v.evidence == tuple(f"t{i}" for i in range(8))
 
 
