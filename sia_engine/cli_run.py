@@ -168,7 +168,6 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
             except KeyboardInterrupt:
                 err.print("[yellow]interrupted[/]: everything recorded so far is kept; run the same command to resume")
                 sys.exit(130)
-        head = state.head_version
         summary = {
             "store": str(s.root.resolve()), "branch": branch, "task": task_name, "model": model.ref.id,
             "iterations": state.iteration + 1, "events": s.log.count(), "head": state.head,

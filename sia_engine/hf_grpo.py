@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 

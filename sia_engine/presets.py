@@ -154,11 +154,9 @@ def load_model(spec: str, *, device: str = "auto") -> Any:
             raise ModelNotFound(spec, "not a folder, and not in the local Hugging Face cache (nothing is downloaded)")
         folder, ident, revision = found, spec, found.name
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from sia_engine.hf import HFModel
-
-    from transformers import AutoConfig
 
     tok = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder)
