@@ -129,7 +129,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
       sia run --task arith --model tiny --iterations 4 --store /tmp/arith
     """
     from sia_engine.feedback import LLMPolicy, RulePolicy
-    from sia_engine.loop import EvalProtocol, Loop, LoopConfig, check_settings
+    from sia_engine.loop import EvalProtocol, Loop, LoopConfig, check_run, check_settings
     from sia_engine.model import LoraSettings
     from sia_engine.summary import run_summary, summary_line
     from tasks import get_task
@@ -160,6 +160,10 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
         if getattr(model, "label", ""):
             err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
     agent = LLMPolicy(model) if feedback == "llm" else RulePolicy()
+    try:  # before the store is created: a refused run leaves nothing behind
+        config = check_run(config, task, model)
+    except SiaError as e:
+        _fail(str(e))
     with Store.create(store_path) as s:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=as_json) as bar:
             loop = Loop(s, task=task, model=model, feedback=agent, config=config, branch=branch, hooks=_RichHooks(bar), engine_version=__version__)

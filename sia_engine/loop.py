@@ -47,7 +47,7 @@ from sia_engine.task import Episode, Task
 from store import BlobStore, Store
 from store.blobs import safetensors_metadata
 
-__all__ = ["EvalProtocol", "LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed", "check_settings"]
+__all__ = ["EvalProtocol", "LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed", "check_settings", "check_run"]
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 
@@ -122,6 +122,16 @@ def check_settings(config: LoopConfig) -> LoopConfig:
     return checked
 
 
+def check_run(config: LoopConfig, task: Task, model: Model) -> LoopConfig:
+    """``check_settings``, then what the settings ask of the task and the model."""
+    config = check_settings(config)
+    if "weights" in config.levers and not model.trains_weights:
+        raise SiaError(f"model {model.ref.id!r} cannot train weights: run it with --levers scaffold")
+    if config.recipe == "sft" and not any(e.gold is not None for e in task.episodes("train")):
+        raise InvalidSettings("recipe", "sft", f"task {task.name!r} has no gold answers to fine-tune on; use rft, grpo or auto")
+    return config
+
+
 def iteration_seed(seed: int, iteration: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{iteration}".encode()).digest()[:4], "little")
 
@@ -149,11 +159,7 @@ class Loop:
         hooks: Hooks | None = None,
         engine_version: str = "0",
     ) -> None:
-        config = check_settings(config)
-        if "weights" in config.levers and not model.trains_weights:
-            raise SiaError(f"model {model.ref.id!r} cannot train weights: run it with --levers scaffold")
-        if config.recipe == "sft" and not any(e.gold is not None for e in task.episodes("train")):
-            raise InvalidSettings("recipe", "sft", f"task {task.name!r} has no gold answers to fine-tune on; use rft, grpo or auto")
+        config = check_run(config, task, model)
         self.store = store
         self.task = task
         self.model = model

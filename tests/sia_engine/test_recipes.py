@@ -333,3 +333,6 @@ def test_cli_refuses_out_of_range_settings_and_records_nothing(tmp_path: Path) -
     assert not (store / "log.duckdb").exists()
     r = CliRunner().invoke(main, ["run", "--task", "arith", "--model", "tiny", "--recipe", "grpo", "--samples", "1", "--store", str(store)])
     assert r.exit_code != 0 and "invalid setting samples = 1" in r.output and not (store / "log.duckdb").exists()
+    r = CliRunner().invoke(main, ["run", "--task", "scrna-denoise", "--model", "tiny", "--recipe", "sft", "--store", str(store)])
+    assert r.exit_code != 0 and "task 'scrna-denoise' has no gold answers to fine-tune on" in r.output
+    assert not store.exists()  # refused before the store was created
