@@ -176,8 +176,8 @@ class AdapterCheckpointed(Event, tag="adapter_checkpointed"):
     """A candidate version: the parent's scaffold with a new LoRA adapter (a safetensors blob).
 
     Everything the update used: the ``recipe``, its hyper-parameters (``hyper``), the data
-    (``training_data``: trajectory ids, one per sample), the ``seed``, the ``curve`` (loss, and
-    reward for grpo, per optimiser step), the base model by name and weights sha256
+    (``training_data``: trajectory ids, one per sample), the ``seed``, the ``curve`` (loss, and the
+    batch's mean recorded score for rft and grpo, per optimiser step), the base model by name and weights sha256
     (``base_model``; never a local path), and where it ran (``device``, ``dtype``)."""
 
     parent_version: Hex64

@@ -295,12 +295,14 @@ class HFModel:
         curve: list[dict[str, float]] = []
         self.peft.train()
         for step in range(settings.steps):
-            batch = []
+            batch, rewards = [], []
             for _ in range(min(settings.batch_size, len(data))):
                 if not order:
                     order = list(range(len(data)))
                     rng.shuffle(order)
-                batch.append(data[order.pop()])
+                k = order.pop()
+                batch.append(data[k])
+                rewards.append(examples[k].reward)
             width = max(len(i) for i, _ in batch)
             pad = self.tok.pad_token_id
             ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=self.device)  # [b, t]
@@ -311,7 +313,10 @@ class HFModel:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            curve.append({"step": float(step + 1), "loss": float(loss.item())})
+            point = {"step": float(step + 1), "loss": float(loss.item())}
+            if all(r is not None for r in rewards):  # rft: the batch's mean recorded score
+                point["reward"] = sum(r or 0.0 for r in rewards) / len(rewards)
+            curve.append(point)
             if on_step:
                 on_step(step + 1, curve[-1]["loss"])
         return curve

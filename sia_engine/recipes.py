@@ -105,7 +105,8 @@ def training_examples(plan: TrainingPlan, trajs: Sequence[TrajectoryRecorded], e
                       messages: Mapping[str, tuple[Message, ...]], prefix: str) -> list[TrainExample]:
     """The examples ``plan`` names: prompts (with the answer's ``prefix``) and completions.
 
-    sft learns the gold answer, rft the chosen samples, grpo scores every sample of a group."""
+    sft learns the gold answer, rft the chosen samples (their scores travel along for the curve),
+    grpo every sample of a group with its score as the reward."""
     recipe = plan.effective_recipe
     by_id = {t.trajectory_id: t for t in trajs}
     out = []
@@ -117,6 +118,6 @@ def training_examples(plan: TrainingPlan, trajs: Sequence[TrajectoryRecorded], e
             completion = ep.gold.removeprefix(prefix)
         else:
             completion = t.output.removeprefix(prefix)
-        reward = (t.score or 0.0) if recipe == "grpo" else None
+        reward = None if recipe == "sft" else (t.score or 0.0)  # the sample's recorded score
         out.append(TrainExample(messages[ep.id], completion, source=tid, reward=reward, group=ep.id, prefix=prefix))
     return out

@@ -91,6 +91,8 @@ def test_training_examples_put_the_prefix_in_the_prompt() -> None:
     assert grpo is not None
     exs = training_examples(grpo, ts, eps, msgs, prefix='{"a": ')
     assert [(e.completion, e.reward, e.group, e.prefix) for e in exs] == [("1", 0.5, "e0", '{"a": '), ("2", 0.1, "e0", '{"a": ')]
+    rft = plan_for("rft", ts, {}, set())
+    assert rft is not None and [(e.completion, e.reward) for e in training_examples(rft, ts, eps, msgs, prefix='{"a": ')] == [("1", 0.5)]
     sft = plan_for("sft", ts, {}, {"e0"})
     assert sft is not None and [e.completion for e in training_examples(sft, ts, eps, msgs, prefix="")] == ["Gold"]
 
@@ -154,6 +156,7 @@ def test_each_recipe_moves_behaviour_toward_the_toy_reward(recipe: str) -> None:
     assert trained.peft_config["base_model_name_or_path"] == "tiny"
     if recipe == "grpo":
         assert all("reward" in c and c["grad_norm"] > 0 for c in trained.curve)
+    assert all(("reward" in c) == (recipe != "sft") for c in trained.curve)  # the curve: loss, and reward where there is one
 
 
 GRPO_CHILD = """
