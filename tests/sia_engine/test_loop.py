@@ -183,3 +183,61 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_run(tmp_path: Path)
         assert got_head == want_head  # the very same events, down to their ids
         starts = [decode_envelope(e) for e in s.log.read("main", kinds=["iteration_started"])]
         assert [x.iteration for x in starts if isinstance(x, IterationStarted)] == [0, 1, 2, 3, 4]
+
+
+COUNTING_CHILD = """
+import json, os, signal, sys
+sys.path.insert(0, {root!r})
+from store import Store
+from sia_engine.feedback import RulePolicy
+from sia_engine.hooks import Hooks
+from sia_engine.loop import Loop, LoopConfig
+from tests.loop_helpers import TASK, scripted, sometimes_wrong
+
+calls = []
+
+class Counting:
+    def __getattr__(self, k):
+        return getattr(TASK, k)
+    def score(self, ep, output):
+        calls.append(ep.id)
+        return TASK.score(ep, output)
+
+class KillAt(Hooks):
+    seen = 0
+    def phase(self, name, total):
+        at, nth = (os.environ.get("SIA_TEST_KILL_AT", "") + "#1").split("#")[:2]
+        if at and name.startswith(at):
+            KillAt.seen += 1
+            if KillAt.seen == int(nth):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+try:
+    with Store.create(sys.argv[1]) as s:
+        Loop(s, task=Counting(), model=scripted(sometimes_wrong), feedback=RulePolicy(), hooks=KillAt(),
+             config=LoopConfig(task="arith", iterations=2, train_episodes=6, val_episodes=4, samples=2)).run()
+finally:
+    with open(sys.argv[2], "w") as f:
+        json.dump(calls, f)
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["feedback", "LoRA training", "val rollouts#2", "train rollouts#2"])
+def test_a_resumed_iteration_never_rescores_a_recorded_trajectory(tmp_path: Path, kill_at: str) -> None:
+    """Everything the Feedback Agent and the gate read is in the log: after a SIGKILL between steps,
+    the resumed process scores only outputs it generates itself."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = COUNTING_CHILD.format(root=str(ROOT))
+    store = tmp_path / "s"
+    first = subprocess.run([sys.executable, "-c", script, str(store), str(tmp_path / "a.json")], env={**env, "SIA_TEST_KILL_AT": kill_at})
+    assert first.returncode == -signal.SIGKILL
+    with Store.open(store) as s:
+        before = len(s.log.read("main", kinds=["trajectory_recorded"]))
+    assert before > 0
+    second = subprocess.run([sys.executable, "-c", script, str(store), str(tmp_path / "b.json")], env=env)
+    assert second.returncode == 0
+    with Store.open(store) as s:
+        after = len(s.log.read("main", kinds=["trajectory_recorded"]))
+    assert len(json.loads((tmp_path / "b.json").read_text())) == after - before  # one call per new trajectory, none for old ones
