@@ -96,6 +96,41 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
 
 @main.command()
 @store_options
+@click.argument("version")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the agent into.")
+@click.option("--branch", default="main", show_default=True, help="Branch whose state resolves the version.")
+@click.option("--model", "model_spec", default=None, help="The base model at hand (tiny | smollm2 | a folder | a cached hub id): its weights sha256 must be the recorded one.")
+def rebuild(store_path: str, as_json: bool, version: str, out_dir: str, branch: str, model_spec: str | None) -> None:
+    """Rebuild a runnable agent version: scaffold.json, the adapter in peft's layout, agent.json.
+
+    Every blob is re-hashed, the version id recomputed, and with --model the base model's
+    weights hash compared with the log's; a mismatch names what differs.
+
+    \b
+    Example:
+      sia rebuild 1a2b3c4d --out ./agent --model smollm2
+    """
+    from replay.agent import rebuild_agent
+
+    weights = None
+    if model_spec is not None:
+        from sia_engine.presets import model_weights_hash
+
+        weights = model_weights_hash(model_spec)
+    with _open(store_path, read_only=True) as s:
+        agent = rebuild_agent(s, version, out_dir, branch=branch, base_weights_hash=weights)
+    if as_json:
+        out.print_json(_to_json(agent))
+        return
+    bm = agent["base_model"]
+    out.print(f"version {agent['version']} ({agent['lever']}, {agent['status']}) written to {out_dir}: scaffold.json"
+              + (", adapter/ (peft layout)" if agent["adapter"] else "") + ", agent.json", highlight=False)
+    out.print(f"base model {bm['id']} ({bm['revision']}), weights sha256 {bm['weights_hash'] or '-'}"
+              + (" - checked against the model at hand" if weights else " - not checked (give --model to check it)"), highlight=False)
+
+
+@main.command()
+@store_options
 @click.argument("ref")
 @click.option("--branch", default="main", show_default=True, help="Branch whose state resolves version ids.")
 def show(store_path: str, as_json: bool, ref: str, branch: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from sia_engine.errors import ModelNotFound
 from sia_engine.events import ModelRef
 
-__all__ = ["ModelNotFound", "load_model", "tiny_model", "smollm2_folder", "cache_dir", "weights_hash", "CHATML"]
+__all__ = ["ModelNotFound", "load_model", "model_weights_hash", "tiny_model", "smollm2_folder", "cache_dir", "weights_hash", "CHATML"]
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -133,6 +133,20 @@ def _hub_folder(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
         return None
+
+
+def model_weights_hash(spec: str) -> str:
+    """The weights sha256 of the model ``spec`` names, without loading it (``tiny`` is built)."""
+    if spec == "tiny":
+        return str(tiny_model().ref.weights_hash)
+    if spec == "smollm2":
+        return weights_hash(smollm2_folder())
+    if Path(spec).is_dir():
+        return weights_hash(Path(spec).resolve())
+    found = _hub_folder(spec)
+    if found is None:
+        raise ModelNotFound(spec, "not a folder, and not in the local Hugging Face cache (nothing is downloaded)")
+    return weights_hash(found)
 
 
 def load_model(spec: str, *, device: str = "auto") -> Any:

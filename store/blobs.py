@@ -21,7 +21,7 @@ import safetensors.numpy
 
 from store.errors import BlobCorrupt, BlobNotFound, InvalidBlobId, InvalidName
 
-__all__ = ["BlobStore", "SUFFIXES", "canonical_safetensors", "safetensors_metadata"]
+__all__ = ["BlobStore", "SUFFIXES", "atomic_write", "canonical_safetensors", "safetensors_metadata"]
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 SUFFIXES = ("safetensors", "json", "bin")
@@ -39,6 +39,26 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` durably and whole: a temp file in the same folder, fsync, rename,
+    folder fsync; on any error the temp file is removed and ``path`` is untouched. Every writer
+    of a durable file (blobs, rebuilt agents, exports) goes through here."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
 
 
 def canonical_safetensors(data: bytes, *, metadata: Mapping[str, str] | None = None) -> bytes:
@@ -92,20 +112,7 @@ class BlobStore:
         blob_id = hashlib.sha256(data).hexdigest()
         if self.exists(blob_id):
             return blob_id
-        folder = self.root / blob_id[:2]
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=f".{suffix}")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, folder / f"{blob_id}.{suffix}")
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(folder)
+        atomic_write(self.root / blob_id[:2] / f"{blob_id}.{suffix}", bytes(data))
         return blob_id
 
     def get(self, blob_id: str) -> bytes:

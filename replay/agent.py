@@ -1,0 +1,89 @@
+"""Rebuild a runnable agent version from the log into a folder, every part checked.
+
+The folder holds ``scaffold.json`` (the scaffold document), ``adapter/`` in peft's own layout
+(``adapter_model.safetensors`` + ``adapter_config.json``, loadable with
+``PeftModel.from_pretrained(base, folder / "adapter")``) when the version has an adapter, and
+``agent.json``: the version id, the base model's name, revision and weights sha256, the adapter's
+blob hash and provenance (recipe, seed, training data, device), and the branch and event it was
+rebuilt at. Checks: the version id recomputes from (base model, scaffold, adapter); every blob
+re-hashes to its id (``BlobCorrupt`` otherwise); the adapter's recorded base model matches the
+run's; and, when the caller gives the weights hash of the base model at hand, that it is the one
+the log names. A mismatch is ``RebuildMismatch`` naming the part.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from replay.errors import RebuildMismatch
+from replay.rebuild import locate
+from sia_engine.events import AdapterCheckpointed, decode_envelope
+from sia_engine.state import Version, version_id
+from store import Store
+from store.blobs import atomic_write, safetensors_metadata
+
+__all__ = ["rebuild_agent"]
+
+
+def _provenance(store: Store, branch: str, version: Version) -> dict[str, Any]:
+    if version.adapter is None:
+        return {}
+    for env in store.log.read(branch, kinds=["adapter_checkpointed"]):
+        e = decode_envelope(env)
+        if isinstance(e, AdapterCheckpointed) and e.version_id == version.version_id:
+            return {"event": env.id, "recipe": e.recipe or "rft", "seed": e.seed, "training_data": list(e.training_data),
+                    "hyper": e.hyper, "device": e.device, "dtype": e.dtype, "parent_adapter": e.parent_adapter}
+    for env in store.log.read(branch, kinds=["adapter_checkpointed"]):  # an ancestor version's adapter
+        e = decode_envelope(env)
+        if isinstance(e, AdapterCheckpointed) and e.blob == version.adapter:
+            return {"event": env.id, "recipe": e.recipe or "rft", "seed": e.seed, "training_data": list(e.training_data),
+                    "hyper": e.hyper, "device": e.device, "dtype": e.dtype, "parent_adapter": e.parent_adapter}
+    return {}
+
+
+def rebuild_agent(store: Store, ref: str, out: str | Path, *, branch: str = "main", base_weights_hash: str | None = None) -> dict[str, Any]:
+    """Write the agent version ``ref`` (a version id or prefix in ``branch``) to ``out``; returns
+    what ``agent.json`` holds."""
+    found = locate(store.log, ref, branch=branch)
+    if found.version is None:
+        raise RebuildMismatch("reference", "an agent version", f"an event ({ref}); give a version id or prefix")
+    v = found.version
+    from replay.rebuild import state_at
+
+    state = state_at(store.log, branch)
+    assert state.run is not None
+    base = state.run.base_model
+    vid = version_id(base, v.scaffold, v.adapter)
+    if vid != v.version_id:
+        raise RebuildMismatch("version id", v.version_id, vid, "the base model, scaffold and adapter hash to another id")
+    if base_weights_hash is not None and base_weights_hash != base.weights_hash:
+        raise RebuildMismatch(f"base model {base.id!r} weights sha256", base.weights_hash, base_weights_hash,
+                              "the model at hand is not the one this history was recorded with")
+    agent: dict[str, Any] = {
+        "version": v.version_id, "branch": branch, "lever": v.lever, "status": v.status,
+        "base_model": msgspec.to_builtins(base), "adapter": v.adapter, "scores": {e.split: e.score for e in v.evaluations},
+    }
+    files: dict[str, bytes] = {"scaffold.json": msgspec.json.format(msgspec.json.encode(v.scaffold), indent=2) + b"\n"}
+    if v.adapter is not None:  # every check before anything is written
+        data = store.blobs.get(v.adapter)  # re-hashed on read: BlobCorrupt names the blob
+        meta = safetensors_metadata(data)
+        recorded_base = meta.get("base_model")
+        if recorded_base is not None and recorded_base != base.id:
+            raise RebuildMismatch("adapter's base model", base.id, recorded_base)
+        weights = meta.get("base_model_weights_sha256")
+        if weights is not None and weights != base.weights_hash:
+            raise RebuildMismatch("adapter's base model weights sha256", base.weights_hash, weights)
+        peft_config = json.loads(meta["peft_config"])
+        peft_config["base_model_name_or_path"] = base.id  # a name, never a local path
+        files["adapter/adapter_model.safetensors"] = data
+        files["adapter/adapter_config.json"] = (json.dumps(peft_config, indent=2, sort_keys=True) + "\n").encode()
+        agent["provenance"] = _provenance(store, branch, v)
+    files["agent.json"] = (json.dumps(agent, indent=2, sort_keys=True) + "\n").encode()
+    folder = Path(out)
+    for name, content in files.items():
+        atomic_write(folder / name, content)
+    return agent
