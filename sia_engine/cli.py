@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sia_engine import __version__
-from sia_engine.cli_common import _envelope_dict, _to_json, err, out, store_options
+from sia_engine.cli_common import _envelope_dict, _fail, _to_json, err, out, store_options
 from store import Store
 
 
@@ -92,6 +92,74 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
         summary = ", ".join(f"{k}={str(v)[:24]}" for k, v in p.items() if k != "kind" and not isinstance(v, (dict, list)))
         t.add_row(e.ref, e.id[:12], e.kind, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), summary[:80])
     out.print(t)
+
+
+@main.command()
+@store_options
+@click.argument("at", metavar="BRANCH@SEQ")
+@click.argument("new")
+@click.option("--reason", default="", help="Why the fork (recorded in its branch_forked event).")
+def fork(store_path: str, as_json: bool, at: str, new: str, reason: str) -> None:
+    """Fork a new branch at an event of a branch (no events are copied).
+
+    Continue it with other settings: its first `sia run --branch NEW ...` records them on the fork.
+
+    \b
+    Example:
+      sia fork main@12 scaffold-only --reason "what if only the scaffold moved"
+      sia run --task scrna-denoise --branch scaffold-only --levers scaffold
+    """
+    from sia_engine.history import fork as fork_branch
+
+    source, sep, seq = at.rpartition("@")
+    if not sep or not seq.isdigit() or not source:
+        _fail(f"{at!r} is not BRANCH@SEQ (for example main@12; `sia log` shows the seqs)")
+    with _open(store_path) as s:
+        hist = fork_branch(s.log, new, source=source, at_seq=int(seq), reason=reason or f"forked from {at}", blobs=s.blobs)
+        info = {"branch": new, "source": source, "seq": int(seq), "head": hist.state.head, "event": hist.head}
+    if as_json:
+        out.print_json(_to_json(info))
+        return
+    out.print(f"branch {new} forked from {source}#{seq}; head version {str(info['head'])[:12]}. "
+              f"Continue it with: sia run --branch {new} ... (other settings are recorded on the fork)", highlight=False)
+
+
+@main.command()
+@store_options
+@click.argument("branch")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why (recorded in the rolled_back event).")
+def rollback(store_path: str, as_json: bool, branch: str, version: str, reason: str) -> None:
+    """Move a branch's head back to an earlier accepted version of its lineage (a new event).
+
+    \b
+    Example:
+      sia rollback main 1a2b3c4d --reason "the adapter overfits"
+    """
+    from replay import locate
+    from sia_engine.events import RolledBack
+    from sia_engine.history import History
+
+    with _open(store_path) as s:
+        found = locate(s.log, version, branch=branch)
+        if found.version is None:
+            _fail(f"{version!r} names an event, not an agent version of branch {branch!r}")
+        assert found.version is not None
+        hist = History.open(s.log, branch, blobs=s.blobs)
+        head = hist.state.head
+        v = found.version
+        if v.status != "accepted" or v.version_id == head:
+            _fail(f"version {v.version_id[:12]} is {'the head' if v.version_id == head else v.status}: "
+                  f"roll back to an earlier accepted version of {branch!r} (its accepted versions: "
+                  + ", ".join(x[:12] for x in dict.fromkeys(hist.state.head_history) if x != head) + ")")
+        if hist.state.phase != "idle":
+            _fail(f"branch {branch!r} is inside iteration {hist.state.iteration} ({hist.state.phase}): finish it with sia run first")
+        hist.record(RolledBack(to_version=v.version_id, from_version=str(head), reason=reason))
+        info = {"branch": branch, "head": v.version_id, "previous": head, "event": hist.head}
+    if as_json:
+        out.print_json(_to_json(info))
+        return
+    out.print(f"branch {branch}: head {str(head)[:12]} -> {v.version_id[:12]} (recorded; nothing deleted)", highlight=False)
 
 
 @main.command()

@@ -146,7 +146,7 @@ class RunMismatch(SiaError):
         self.what = what
         super().__init__(
             f"this branch holds a run with {what} {recorded!r}, not {given!r}; resume with the recorded "
-            f"settings, or fork the branch (or use another store) to change them"
+            f"settings, or fork the branch (sia fork BRANCH@SEQ NEW) and run the fork with the new ones"
         )
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "VersionRejected",
     "RolledBack",
     "BranchForked",
+    "RunConfigured",
     "EVENT_TYPES",
     "encode",
     "roundtrip",
@@ -243,6 +244,15 @@ class BranchForked(Event, tag="branch_forked"):
     source_event: Hex64
     reason: str
     overrides: dict[str, Any] = {}
+
+
+class RunConfigured(Event, tag="run_configured"):
+    """A fork continues with other run settings (``config`` replaces the run's, ``levers`` its
+    levers); recorded by the fork's first run, before its first iteration."""
+
+    config: dict[str, Any]
+    levers: tuple[Literal["scaffold", "weights"], ...]
+    reason: str
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind(): cls for cls in Event.__subclasses__()}

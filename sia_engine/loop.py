@@ -29,6 +29,7 @@ from sia_engine.events import (
     Event,
     FeedbackVerdict,
     IterationStarted,
+    RunConfigured,
     RunStarted,
     ScaffoldPatched,
     TrajectoryRecorded,
@@ -197,8 +198,18 @@ class Loop:
         # a mismatch (fork the branch, or use another store), never a silent change of behaviour
         for key in sorted(set(given) | set(run.config)):
             if run.config.get(key) != given.get(key):
+                if self._fresh_fork():  # a fork's first run may change the settings: recorded on the fork
+                    self.hist.record(RunConfigured(config=self.config.recorded(), levers=tuple(self.config.levers),
+                                                   reason=f"settings of branch {self.branch!r}, first changed: {key}"))
+                    break
                 raise RunMismatch(key, run.config.get(key), given.get(key))
         self._report_devices()
+
+    def _fresh_fork(self) -> bool:
+        """This branch is a fork with nothing recorded on it since its ``branch_forked`` event."""
+        info = self.store.log.branch(self.branch)
+        return info.base_branch is not None and info.head_seq == 0 and self.store.log.at(self.branch, 0).kind == "branch_forked" \
+            and self.hist.state.phase == "idle"
 
     def _report_devices(self) -> None:
         """Adapters trained on another device are served here all the same; say so."""

@@ -28,6 +28,7 @@ from sia_engine.events import (
     IterationStarted,
     ModelRef,
     RolledBack,
+    RunConfigured,
     RunStarted,
     ScaffoldPatched,
     TrajectoryRecorded,
@@ -246,12 +247,21 @@ def _close(state: AgentState, v: Version) -> dict[str, Any]:
 
 def _rolled_back(state: AgentState, e: RolledBack) -> AgentState:
     _started(state, e.kind())
+    if state.phase != "idle":
+        raise ReducerError(e.kind(), f"iteration {state.iteration} is open (phase {state.phase!r}): roll back between iterations")
     if e.from_version != state.head:
         raise ReducerError(e.kind(), f"from_version is {e.from_version}, the head is {state.head}")
     to = _version(state, e.to_version, e.kind())
     if to.status != "accepted" or to.version_id == state.head:
         raise ReducerError(e.kind(), f"version {e.to_version} is not an earlier accepted version")
     return msgspec.structs.replace(state, head=to.version_id, head_history=(*state.head_history, to.version_id))
+
+
+def _configured(state: AgentState, e: RunConfigured) -> AgentState:
+    run = _started(state, e.kind())
+    if state.phase != "idle":
+        raise ReducerError(e.kind(), f"iteration {state.iteration} is open (phase {state.phase!r}): settings change between iterations")
+    return msgspec.structs.replace(state, run=msgspec.structs.replace(run, config=dict(e.config), levers=tuple(e.levers)))
 
 
 def _forked(state: AgentState, e: BranchForked) -> AgentState:
@@ -272,6 +282,7 @@ _HANDLERS: dict[type[Event], Callable[[AgentState, Any], AgentState]] = {
     VersionRejected: _rejected,
     RolledBack: _rolled_back,
     BranchForked: _forked,
+    RunConfigured: _configured,
 }
 
 
