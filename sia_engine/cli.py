@@ -8,8 +8,6 @@ when the store does not verify.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +22,8 @@ from rich.progress import (
 from rich.table import Table
 
 from sia_engine import __version__
-from sia_engine.cli_common import _envelope_dict, _fail, _to_json, err, out, store_options
+from sia_engine.cli_common import _envelope_dict, _open, _to_json, err, out, store_options
 from store import Store
-
-
-@contextmanager
-def _open(path: str, *, read_only: bool = False) -> Iterator[Store]:
-    with Store.open(path, read_only=read_only) as s:
-        yield s
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,109 +84,6 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
         summary = ", ".join(f"{k}={str(v)[:24]}" for k, v in p.items() if k != "kind" and not isinstance(v, (dict, list)))
         t.add_row(e.ref, e.id[:12], e.kind, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), summary[:80])
     out.print(t)
-
-
-@main.command()
-@store_options
-@click.argument("at", metavar="BRANCH@SEQ")
-@click.argument("new")
-@click.option("--reason", default="", help="Why the fork (recorded in its branch_forked event).")
-def fork(store_path: str, as_json: bool, at: str, new: str, reason: str) -> None:
-    """Fork a new branch at an event of a branch (no events are copied).
-
-    Continue it with other settings: its first `sia run --branch NEW ...` records them on the fork.
-
-    \b
-    Example:
-      sia fork main@12 scaffold-only --reason "what if only the scaffold moved"
-      sia run --task scrna-denoise --branch scaffold-only --levers scaffold
-    """
-    from sia_engine.history import fork as fork_branch
-
-    source, sep, seq = at.rpartition("@")
-    if not sep or not seq.isdigit() or not source:
-        _fail(f"{at!r} is not BRANCH@SEQ (for example main@12; `sia log` shows the seqs)")
-    with _open(store_path) as s:
-        hist = fork_branch(s.log, new, source=source, at_seq=int(seq), reason=reason or f"forked from {at}", blobs=s.blobs)
-        info = {"branch": new, "source": source, "seq": int(seq), "head": hist.state.head, "event": hist.head}
-    if as_json:
-        out.print_json(_to_json(info))
-        return
-    out.print(f"branch {new} forked from {source}#{seq}; head version {str(info['head'])[:12]}. "
-              f"Continue it with: sia run --branch {new} ... (other settings are recorded on the fork)", highlight=False)
-
-
-@main.command()
-@store_options
-@click.argument("branch")
-@click.argument("version")
-@click.option("--reason", required=True, help="Why (recorded in the rolled_back event).")
-def rollback(store_path: str, as_json: bool, branch: str, version: str, reason: str) -> None:
-    """Move a branch's head back to an earlier accepted version of its lineage (a new event).
-
-    \b
-    Example:
-      sia rollback main 1a2b3c4d --reason "the adapter overfits"
-    """
-    from replay import locate
-    from sia_engine.events import RolledBack
-    from sia_engine.history import History
-
-    with _open(store_path) as s:
-        found = locate(s.log, version, branch=branch)
-        if found.version is None:
-            _fail(f"{version!r} names an event, not an agent version of branch {branch!r}")
-        assert found.version is not None
-        hist = History.open(s.log, branch, blobs=s.blobs)
-        head = hist.state.head
-        v = found.version
-        if v.status != "accepted" or v.version_id == head:
-            _fail(f"version {v.version_id[:12]} is {'the head' if v.version_id == head else v.status}: "
-                  f"roll back to an earlier accepted version of {branch!r} (its accepted versions: "
-                  + ", ".join(x[:12] for x in dict.fromkeys(hist.state.head_history) if x != head) + ")")
-        if hist.state.phase != "idle":
-            _fail(f"branch {branch!r} is inside iteration {hist.state.iteration} ({hist.state.phase}): finish it with sia run first")
-        hist.record(RolledBack(to_version=v.version_id, from_version=str(head), reason=reason))
-        info = {"branch": branch, "head": v.version_id, "previous": head, "event": hist.head}
-    if as_json:
-        out.print_json(_to_json(info))
-        return
-    out.print(f"branch {branch}: head {str(head)[:12]} -> {v.version_id[:12]} (recorded; nothing deleted)", highlight=False)
-
-
-@main.command()
-@store_options
-@click.argument("version")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the agent into.")
-@click.option("--branch", default="main", show_default=True, help="Branch whose state resolves the version.")
-@click.option("--model", "model_spec", default=None, help="The base model at hand (tiny | smollm2 | a folder | a cached hub id): its weights sha256 must be the recorded one.")
-def rebuild(store_path: str, as_json: bool, version: str, out_dir: str, branch: str, model_spec: str | None) -> None:
-    """Rebuild a runnable agent version: scaffold.json, the adapter in peft's layout, agent.json.
-
-    Every blob is re-hashed, the version id recomputed, and with --model the base model's
-    weights hash compared with the log's; a mismatch names what differs.
-
-    \b
-    Example:
-      sia rebuild 1a2b3c4d --out ./agent --model smollm2
-    """
-    from replay.agent import rebuild_agent
-
-    weights = None
-    if model_spec is not None:
-        from sia_engine.presets import model_weights_hash
-
-        weights = model_weights_hash(model_spec)
-    with _open(store_path, read_only=True) as s:
-        agent = rebuild_agent(s, version, out_dir, branch=branch, base_weights_hash=weights)
-    if as_json:
-        out.print_json(_to_json(agent))
-        return
-    bm = agent["base_model"]
-    out.print(f"version {agent['version']} ({agent['lever']}, {agent['status']}) written to {out_dir}: scaffold.json"
-              + (", adapter/ (peft layout)" if agent["adapter"] else "") + ", agent.json", highlight=False)
-    out.print(f"base model {bm['id']} ({bm['revision']}), weights sha256 {bm['weights_hash'] or '-'}"
-              + (" - checked against the model at hand" if weights else " - not checked (give --model to check it)"), highlight=False)
 
 
 @main.command()
@@ -378,9 +267,10 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
         sys.exit(1)
 
 
+from sia_engine.cli_replay import compare, diff, export, fork, rebuild, rollback  # noqa: E402
 from sia_engine.cli_run import baseline, run, score, tasks  # noqa: E402 - the loop's commands live there
 
-for _cmd in (run, tasks, baseline, score):
+for _cmd in (run, tasks, baseline, score, fork, rollback, rebuild, diff, compare, export):
     main.add_command(_cmd)
 
 

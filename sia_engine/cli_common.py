@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -12,9 +13,9 @@ import msgspec
 from rich.console import Console
 
 from sia_engine.errors import SiaError
-from store import Envelope, StoreError
+from store import Envelope, Store, StoreError
 
-__all__ = ["out", "err", "store_options", "_to_json", "_envelope_dict", "_fail"]
+__all__ = ["out", "err", "store_options", "_to_json", "_envelope_dict", "_fail", "_open"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console()
@@ -35,6 +36,12 @@ def _envelope_dict(e: Envelope) -> dict[str, Any]:
         "id": e.id, "parent": e.parent, "branch": e.branch, "seq": e.seq, "kind": e.kind,
         "schema": e.schema, "recorded_at": e.recorded_at.isoformat(), "payload": msgspec.json.decode(e.payload),
     }
+
+
+@contextmanager
+def _open(path: str, *, read_only: bool = False) -> Iterator[Store]:
+    with Store.open(path, read_only=read_only) as s:
+        yield s
 
 
 def _fail(msg: str, code: int = 2) -> None:

@@ -1,0 +1,199 @@
+"""`sia fork`, `rollback`, `rebuild`, `diff`, `compare` and `export`: branching a history and
+reading agents and results out of it (the library calls live in ``replay``)."""
+
+from __future__ import annotations
+
+import click
+
+from sia_engine.cli_common import _fail, _open, _to_json, out, store_options
+
+__all__ = ["fork", "rollback", "rebuild", "diff", "compare", "export"]
+
+
+@click.command()
+@store_options
+@click.argument("at", metavar="BRANCH@SEQ")
+@click.argument("new")
+@click.option("--reason", default="", help="Why the fork (recorded in its branch_forked event).")
+def fork(store_path: str, as_json: bool, at: str, new: str, reason: str) -> None:
+    """Fork a new branch at an event of a branch (no events are copied).
+
+    Continue it with other settings: its first `sia run --branch NEW ...` records them on the fork.
+
+    \b
+    Example:
+      sia fork main@12 scaffold-only --reason "what if only the scaffold moved"
+      sia run --task scrna-denoise --branch scaffold-only --levers scaffold
+    """
+    from sia_engine.history import fork as fork_branch
+
+    source, sep, seq = at.rpartition("@")
+    if not sep or not seq.isdigit() or not source:
+        _fail(f"{at!r} is not BRANCH@SEQ (for example main@12; `sia log` shows the seqs)")
+    with _open(store_path) as s:
+        hist = fork_branch(s.log, new, source=source, at_seq=int(seq), reason=reason or f"forked from {at}", blobs=s.blobs)
+        info = {"branch": new, "source": source, "seq": int(seq), "head": hist.state.head, "event": hist.head}
+    if as_json:
+        out.print_json(_to_json(info))
+        return
+    out.print(f"branch {new} forked from {source}#{seq}; head version {str(info['head'])[:12]}. "
+              f"Continue it with: sia run --branch {new} ... (other settings are recorded on the fork)", highlight=False)
+
+
+@click.command()
+@store_options
+@click.argument("branch")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why (recorded in the rolled_back event).")
+def rollback(store_path: str, as_json: bool, branch: str, version: str, reason: str) -> None:
+    """Move a branch's head back to an earlier accepted version of its lineage (a new event).
+
+    \b
+    Example:
+      sia rollback main 1a2b3c4d --reason "the adapter overfits"
+    """
+    from replay import locate
+    from sia_engine.events import RolledBack
+    from sia_engine.history import History
+
+    with _open(store_path) as s:
+        found = locate(s.log, version, branch=branch)
+        if found.version is None:
+            _fail(f"{version!r} names an event, not an agent version of branch {branch!r}")
+        assert found.version is not None
+        hist = History.open(s.log, branch, blobs=s.blobs)
+        head = hist.state.head
+        v = found.version
+        if v.status != "accepted" or v.version_id == head:
+            _fail(f"version {v.version_id[:12]} is {'the head' if v.version_id == head else v.status}: "
+                  f"roll back to an earlier accepted version of {branch!r} (its accepted versions: "
+                  + ", ".join(x[:12] for x in dict.fromkeys(hist.state.head_history) if x != head) + ")")
+        if hist.state.phase != "idle":
+            _fail(f"branch {branch!r} is inside iteration {hist.state.iteration} ({hist.state.phase}): finish it with sia run first")
+        hist.record(RolledBack(to_version=v.version_id, from_version=str(head), reason=reason))
+        info = {"branch": branch, "head": v.version_id, "previous": head, "event": hist.head}
+    if as_json:
+        out.print_json(_to_json(info))
+        return
+    out.print(f"branch {branch}: head {str(head)[:12]} -> {v.version_id[:12]} (recorded; nothing deleted)", highlight=False)
+
+
+@click.command()
+@store_options
+@click.argument("version")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the agent into.")
+@click.option("--branch", default="main", show_default=True, help="Branch whose state resolves the version.")
+@click.option("--model", "model_spec", default=None, help="The base model at hand (tiny | smollm2 | a folder | a cached hub id): its weights sha256 must be the recorded one.")
+def rebuild(store_path: str, as_json: bool, version: str, out_dir: str, branch: str, model_spec: str | None) -> None:
+    """Rebuild a runnable agent version: scaffold.json, the adapter in peft's layout, agent.json.
+
+    Every blob is re-hashed, the version id recomputed, and with --model the base model's
+    weights hash compared with the log's; a mismatch names what differs.
+
+    \b
+    Example:
+      sia rebuild 1a2b3c4d --out ./agent --model smollm2
+    """
+    from replay.agent import rebuild_agent
+
+    weights = None
+    if model_spec is not None:
+        from sia_engine.presets import model_weights_hash
+
+        weights = model_weights_hash(model_spec)
+    with _open(store_path, read_only=True) as s:
+        agent = rebuild_agent(s, version, out_dir, branch=branch, base_weights_hash=weights)
+    if as_json:
+        out.print_json(_to_json(agent))
+        return
+    bm = agent["base_model"]
+    out.print(f"version {agent['version']} ({agent['lever']}, {agent['status']}) written to {out_dir}: scaffold.json"
+              + (", adapter/ (peft layout)" if agent["adapter"] else "") + ", agent.json", highlight=False)
+    out.print(f"base model {bm['id']} ({bm['revision']}), weights sha256 {bm['weights_hash'] or '-'}"
+              + (" - checked against the model at hand" if weights else " - not checked (give --model to check it)"), highlight=False)
+
+
+@click.command()
+@store_options
+@click.argument("a")
+@click.argument("b")
+@click.option("--branch", default="main", show_default=True, help="Branch whose state resolves the versions.")
+def diff(store_path: str, as_json: bool, a: str, b: str, branch: str) -> None:
+    """Two agent versions side by side: scaffold text diff, adapter update norms per module, scores.
+
+    \b
+    Example:
+      sia diff 1a2b3c4d 5e6f7a8b
+    """
+    from replay.diff import diff_versions
+
+    with _open(store_path, read_only=True) as s:
+        d = diff_versions(s, a, b, branch=branch)
+    if as_json:
+        out.print_json(_to_json(d))
+        return
+    from rich.table import Table
+
+    for side in ("a", "b"):
+        x = d[side]
+        out.print(f"{side}: {x['version'][:12]} {x['lever']} {x['status']} scores {x['scores']} adapter {str(x['adapter'])[:12]}", highlight=False)
+    out.print(d["scaffold_diff"] or "scaffolds are identical", highlight=False, markup=False)
+    if d["adapter_modules"]:
+        t = Table(title="adapter updates (Frobenius norm of B @ A * alpha / r)")
+        for col in ("module", "a", "b", "a - b"):
+            t.add_column(col)
+        for m in d["adapter_modules"]:
+            t.add_row(m["module"], f"{m['norm_a']:.4g}", f"{m['norm_b']:.4g}", f"{m['norm_diff']:.4g}")
+        out.print(t)
+    else:
+        out.print("neither version has an adapter", highlight=False)
+
+
+@click.command()
+@store_options
+@click.argument("branches", nargs=-1, required=True)
+def compare(store_path: str, as_json: bool, branches: tuple[str, ...]) -> None:
+    """Branches side by side: per iteration the lever, the candidate's score, the decision, the head.
+
+    \b
+    Example:
+      sia compare main scaffold-only
+    """
+    from replay.diff import compare_branches
+
+    with _open(store_path, read_only=True) as s:
+        rows = compare_branches(s, list(branches))
+    if as_json:
+        out.print_json(_to_json(rows))
+        return
+    from rich.table import Table
+
+    t = Table(title="branches per iteration")
+    for col in ("branch", "iteration", "recorded on", "lever", "candidate", "decision", "head after"):
+        t.add_column(col)
+    for r in rows:
+        lever = r["lever"] + (f" ({r['recipe']})" if r["recipe"] else "")
+        cand = "-" if r["candidate_score"] is None else f"{r['candidate_score']:.3f}"
+        head = "-" if r["head_score"] is None else f"{r['head_score']:.3f}"
+        t.add_row(r["branch"], str(r["iteration"]), r["from"], lever, cand, r["decision"], head)
+    out.print(t)
+
+
+@click.command()
+@store_options
+@click.option("--parquet", "folder", required=True, type=click.Path(file_okay=False), help="Folder for events, versions and trajectories .parquet.")
+def export(store_path: str, as_json: bool, folder: str) -> None:
+    """Export the store to Parquet: events, versions and trajectories (the store is only read).
+
+    \b
+    Example:
+      sia export --parquet ./export && python -c "import pyarrow.parquet as pq; print(pq.read_table('export/versions.parquet'))"
+    """
+    from replay.export import export_parquet
+
+    with _open(store_path, read_only=True) as s:
+        counts = export_parquet(s, folder)
+    if as_json:
+        out.print_json(_to_json(counts))
+        return
+    out.print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" written to {folder}", highlight=False)
