@@ -152,9 +152,17 @@ def verify(store_path: str, as_json: bool) -> None:
 
     with _open(store_path, read_only=True) as s:
         report = verify_store(s.log, s.blobs)
+        journal = s.journal_events
     if as_json:
-        out.print_json(_to_json({**msgspec.to_builtins(report), "ok": report.ok}))
-    elif report.ok:
+        out.print_json(_to_json({**msgspec.to_builtins(report), "ok": report.ok, "journal_events": journal}))
+        if not report.ok:
+            sys.exit(1)
+        return
+    if journal:
+        out.print(f"[yellow]note[/]: {journal} events are in the journal, not yet in log.duckdb (a writer stopped without "
+                  "closing the store); they were verified from a private copy and the store was left as it is. The next "
+                  "read-write open (sia run, sia fork, ...) moves them in.", highlight=False)
+    if report.ok:
         out.print(
             f"[green]OK[/]: {report.n_events} events on {report.n_branches} branches, "
             f"{report.n_blobs} blobs, {report.n_snapshots} snapshots verified", highlight=False,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -23,10 +25,14 @@ class Store:
     """A store directory. ``Store.open(path)`` opens an existing one, ``Store.create(path)`` makes
     (or opens) one. Use as a context manager: DuckDB lets one process hold the file at a time."""
 
-    def __init__(self, root: Path, log: EventLog, blobs: BlobStore) -> None:
+    def __init__(self, root: Path, log: EventLog, blobs: BlobStore, *, scratch: Path | None = None, journal_events: int = 0) -> None:
         self.root = root
         self.log = log
         self.blobs = blobs
+        self._scratch = scratch  # a read-only open's private copy of the log (removed on close)
+        # events a writer journalled but never moved into log.duckdb (read-only opens see them
+        # through a private copy; the next read-write open moves them in)
+        self.journal_events = journal_events
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, clock: Callable[[], datetime] = _utcnow) -> Store:
@@ -44,13 +50,36 @@ class Store:
             raise StoreNotFound(str(root))
         journal = root / (LOG_FILE + JOURNAL_SUFFIX)
         if read_only and journal.is_file() and journal.stat().st_size:
-            # a writer stopped without closing: recover its journalled events first
-            DuckEventLog(root / LOG_FILE, create=False, clock=clock).close()
+            return cls._open_copy(root, clock)
         log = DuckEventLog(root / LOG_FILE, create=False, read_only=read_only, clock=clock)
         return cls(root, log, BlobStore(root / BLOB_DIR))
 
+    @classmethod
+    def _open_copy(cls, root: Path, clock: Callable[[], datetime]) -> Store:
+        """A writer stopped without closing and left journalled events. Read-only means read-only:
+        the log, its WAL and the journal are copied to a private folder, the journal is replayed
+        (checked as a read-write open would) into the copy, and the copy is opened read-only. The
+        store's own files stay byte-identical."""
+        from store.journal import Journal
+
+        scratch = Path(tempfile.mkdtemp(prefix="sia-readonly-"))
+        try:
+            for name in (LOG_FILE, LOG_FILE + ".wal", LOG_FILE + JOURNAL_SUFFIX):
+                if (root / name).is_file():
+                    shutil.copy2(root / name, scratch / name)
+            pending = sum(len(b.ids) for b in Journal(str(scratch / (LOG_FILE + JOURNAL_SUFFIX))).read())
+            DuckEventLog(scratch / LOG_FILE, create=False, clock=clock).close()
+            log = DuckEventLog(scratch / LOG_FILE, create=False, read_only=True, clock=clock)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return cls(root, log, BlobStore(root / BLOB_DIR), scratch=scratch, journal_events=pending)
+
     def close(self) -> None:
         self.log.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def __enter__(self) -> Store:
         return self

@@ -235,12 +235,23 @@ def test_journal_is_replayed_on_open(tmp_path: Path) -> None:
         assert [e.id for e in log.read("main")] == ids and log.verify().ok
 
 
-def test_read_only_store_open_recovers_the_journal(tmp_path: Path) -> None:
+def test_read_only_store_open_sees_the_journal_and_writes_nothing(tmp_path: Path) -> None:
+    import hashlib
+
     p, ids = _journalled(tmp_path)
     with pytest.raises(StoreError, match="has journalled events not yet in the log"):
         DuckEventLog(p, read_only=True)
+
+    def files() -> dict[str, str]:
+        return {str(f.relative_to(tmp_path)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp_path.rglob("*")) if f.is_file()}
+
+    before = files()
     with Store.open(tmp_path, read_only=True) as s:
-        assert [e.id for e in s.log.read("main")] == ids
+        assert [e.id for e in s.log.read("main")] == ids and s.journal_events == len(ids)
+    assert files() == before  # the journal is still there, log.duckdb untouched
+    with Store.open(tmp_path) as s:  # a read-write open moves the journal in
+        assert [e.id for e in s.log.read("main")] == ids and s.journal_events == 0
+    assert (tmp_path / "log.duckdb.journal").stat().st_size == 0
 
 
 def test_torn_last_line_is_dropped_and_damage_is_refused(tmp_path: Path) -> None:
