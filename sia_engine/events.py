@@ -7,11 +7,17 @@ defaults, a field never changes type; anything else is a new schema version.
 ``encode`` turns an event into the store's ``NewEvent`` (canonical bytes, checked to decode back
 to the same event); ``decode`` turns kind + schema + payload bytes back into an event, raising
 ``UnknownEventKind``, ``UnknownSchema`` or ``InvalidPayload`` with the offending path.
+
+Schema evolution, as pyeventsourcing does it: an event stored at an older schema is upcast on
+read, one step at a time (``UPCASTERS[(kind, n)]`` turns a schema-n payload into schema n+1), and
+then decoded as today's class. Stored bytes are never rewritten (their ids hash them); a schema
+newer than this engine's, or an older one without a path of upcasters, is ``UnknownSchema``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -44,6 +50,7 @@ __all__ = [
     "BranchForked",
     "RunConfigured",
     "EVENT_TYPES",
+    "UPCASTERS",
     "encode",
     "roundtrip",
     "decode",
@@ -151,7 +158,11 @@ class TrajectoryRecorded(Event, tag="trajectory_recorded"):
 
 class FeedbackVerdict(Event, tag="feedback_verdict"):
     """The Feedback Agent's decision for the head version. ``valid`` is False for an LLM verdict
-    that failed validation (``raw`` keeps what it said); such a verdict is never acted on."""
+    that failed validation (``raw`` keeps what it said); such a verdict is never acted on.
+
+    Schema 2: a training plan always names its ``recipe`` (schema 1 plans only said ``method``)."""
+
+    SCHEMA: ClassVar[int] = 2
 
     version_id: Hex64
     lever: Lever
@@ -256,6 +267,22 @@ class RunConfigured(Event, tag="run_configured"):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind(): cls for cls in Event.__subclasses__()}
+
+
+def upcast_feedback_verdict_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: the training plan's recipe, from the method schema 1 recorded (gold answers
+    were sft; rejection sampling was rft)."""
+    plan = payload.get("training_plan")
+    if isinstance(plan, dict) and not plan.get("recipe"):
+        plan = {**plan, "recipe": "sft" if plan.get("method") == "gold" else "rft"}
+        return {**payload, "training_plan": plan}
+    return payload
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("feedback_verdict", 1): upcast_feedback_verdict_v1_v2,
+}
 _DECODERS = {k: msgspec.json.Decoder(cls) for k, cls in EVENT_TYPES.items()}
 _PATH_RE = re.compile(r" - at `(.*)`$")
 
@@ -265,10 +292,17 @@ def decode(kind: str, schema: int, payload: bytes, *, where: str | None = None) 
     cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise UnknownEventKind(kind, sorted(EVENT_TYPES), where)
-    if schema != cls.SCHEMA:
+    if schema > cls.SCHEMA or not all((kind, n) in UPCASTERS for n in range(schema, cls.SCHEMA)):
         raise UnknownSchema(kind, schema, cls.SCHEMA, where)
     try:
-        return _DECODERS[kind].decode(payload)
+        if schema == cls.SCHEMA:
+            return _DECODERS[kind].decode(payload)
+        data = msgspec.json.decode(payload)
+        if not isinstance(data, dict):
+            raise InvalidPayload(kind, "$", "not a JSON object", where)
+        for n in range(schema, cls.SCHEMA):  # one step at a time: n -> n+1
+            data = UPCASTERS[(kind, n)](data)
+        return msgspec.convert(data, cls)
     except msgspec.ValidationError as e:
         msg = str(e)
         m = _PATH_RE.search(msg)

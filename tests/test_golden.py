@@ -42,6 +42,18 @@ def test_golden_log_keeps_its_ids_and_state() -> None:
         assert state_hash(rebuild(log, name)[0]) == h
 
 
+def test_golden_log_written_before_a_schema_change_is_upcast() -> None:
+    """feedback_verdict went to schema 2 after the golden log was written: its schema-1 events are
+    upcast on read (ids unchanged, since the stored bytes are), and the history still verifies."""
+    from sia_engine.events import FeedbackVerdict, decode_envelope
+
+    log, _, _ = replay(FIXTURES / "golden_v1.jsonl")
+    old = [e for e in log.read("main") if e.kind == "feedback_verdict"]
+    assert old and all(e.schema == 1 for e in old) and FeedbackVerdict.SCHEMA == 2
+    plans = [v.training_plan for v in map(decode_envelope, old) if isinstance(v, FeedbackVerdict) and v.training_plan]
+    assert plans and all(p.recipe in ("sft", "rft") for p in plans)
+
+
 def test_tampered_twin_fails() -> None:
     log, mismatched, _ = replay(FIXTURES / "golden_v1_tampered.jsonl")
     # one changed byte in main#2: that id and every id chained after it differ

@@ -28,7 +28,25 @@ def test_every_kind_has_a_stable_tag() -> None:
             "rolled_back", "branch_forked", "run_configured",
         ]
     )
-    assert all(cls.SCHEMA == 1 for cls in EVENT_TYPES.values())
+    assert {k: cls.SCHEMA for k, cls in EVENT_TYPES.items() if cls.SCHEMA != 1} == {"feedback_verdict": 2}
+
+
+def test_old_schemas_are_upcast_on_read() -> None:
+    from sia_engine.errors import UnknownSchema
+    from sia_engine.events import FeedbackVerdict, decode
+
+    v1 = (b'{"kind":"feedback_verdict","version_id":"' + b"a" * 64 + b'","lever":"weights","rationale":"r","policy":"rule",'
+          b'"training_plan":{"trajectory_ids":["t1"],"method":"gold"}}')
+    ev = decode("feedback_verdict", 1, v1)
+    assert isinstance(ev, FeedbackVerdict) and ev.training_plan is not None and ev.training_plan.recipe == "sft"
+    rs = decode("feedback_verdict", 1, v1.replace(b'"gold"', b'"rejection_sampling"'))
+    assert rs.training_plan.recipe == "rft"  # type: ignore[attr-defined]
+    none = decode("feedback_verdict", 1, v1.replace(b',"training_plan":{"trajectory_ids":["t1"],"method":"gold"}', b""))
+    assert none.training_plan is None  # type: ignore[attr-defined]
+    with pytest.raises(UnknownSchema, match="has schema 3"):
+        decode("feedback_verdict", 3, v1)
+    with pytest.raises(UnknownSchema, match="has schema 0"):
+        decode("feedback_verdict", 0, v1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -36,7 +54,7 @@ def test_every_kind_has_a_stable_tag() -> None:
 def test_round_trip(kind: str, data: st.DataObject) -> None:
     event = data.draw(events_of(EVENT_TYPES[kind]))
     new = encode(event)
-    assert new.kind == kind and new.schema == 1
+    assert new.kind == kind and new.schema == EVENT_TYPES[kind].SCHEMA
     back = decode(new.kind, new.schema, new.payload)
     assert back == event
     assert encode(back).payload == new.payload  # canonical: one byte string per event
