@@ -94,7 +94,7 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
             run_loop(s, scripted(), iterations=2, seed=5)
         assert str(exc.value) == (
             "this branch holds a run with seed 0, not 5; resume with the recorded settings, "
-            "or fork the branch (or use another store) to change them"
+            "or fork the branch (sia fork BRANCH@SEQ NEW) and run the fork with the new ones"
         )
         with pytest.raises(RunMismatch, match="base model"):
             run_loop(s, ScriptedModel(answers_in_sentences_until_told, name="other"), iterations=2)
