@@ -275,10 +275,10 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
         sys.exit(1)
 
 
-from sia_engine.cli_replay import compare, diff, export, fork, rebuild, rollback  # noqa: E402
+from sia_engine.cli_replay import compare, diff, export, fork, rebuild, replay, rollback  # noqa: E402
 from sia_engine.cli_run import baseline, run, score, tasks  # noqa: E402 - the loop's commands live there
 
-for _cmd in (run, tasks, baseline, score, fork, rollback, rebuild, diff, compare, export):
+for _cmd in (run, tasks, baseline, score, fork, rollback, rebuild, diff, compare, export, replay):
     main.add_command(_cmd)
 
 

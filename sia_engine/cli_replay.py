@@ -4,10 +4,11 @@ reading agents and results out of it (the library calls live in ``replay``)."""
 from __future__ import annotations
 
 import click
+import msgspec
 
 from sia_engine.cli_common import _fail, _open, _to_json, out, store_options
 
-__all__ = ["fork", "rollback", "rebuild", "diff", "compare", "export"]
+__all__ = ["fork", "rollback", "rebuild", "diff", "compare", "export", "replay"]
 
 
 @click.command()
@@ -197,3 +198,87 @@ def export(store_path: str, as_json: bool, folder: str) -> None:
         out.print_json(_to_json(counts))
         return
     out.print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" written to {folder}", highlight=False)
+
+
+@click.command()
+@store_options
+@click.argument("branch")
+@click.option("--mode", type=click.Choice(["recorded", "reexecute"]), default="recorded", show_default=True,
+              help="recorded: recompute from recorded outputs; reexecute: re-run the recorded model calls.")
+@click.option("--data", default=None, help="The task's data, for tasks that take it (as given to sia run).")
+@click.option("--model", "model_spec", default=None, help="reexecute: the base model (tiny | smollm2 | a folder) [default: the run's].")
+@click.option("--limit", default=None, type=int, help="reexecute: at most this many recorded outputs.")
+def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | None, model_spec: str | None, limit: int | None) -> None:
+    """Replay a branch: recompute everything from recorded outputs, or re-execute its model calls.
+
+    recorded: re-reduce, re-score every output with the task's scorer, recompute evaluation
+    scores, rule verdicts and gate decisions; exit 1 at the first divergence. reexecute: rebuild
+    each version and re-run its recorded generations; prints the share identical.
+
+    \b
+    Example:
+      sia replay main --mode recorded
+      sia replay main --mode reexecute --limit 50
+    """
+    from replay.rebuild import state_at
+
+    with _open(store_path, read_only=True) as s:
+        state = state_at(s.log, branch)
+        if state.run is None:
+            _fail(f"branch {branch!r} holds no run")
+        assert state.run is not None
+        if mode == "recorded":
+            from replay.recorded import ReplayDivergence, replay_recorded
+
+            task = _task_or_none(state.run.task, data)
+            try:
+                report: object = replay_recorded(s, branch, task)
+            except ReplayDivergence as e:
+                if as_json:
+                    out.print_json(_to_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got}))
+                else:
+                    out.print(f"[bold red]DIVERGES[/]: {e}", highlight=False, soft_wrap=True)
+                raise SystemExit(1) from None
+        else:
+            from replay.errors import RebuildMismatch
+            from replay.reexecute import reexecute
+            from sia_engine.presets import load_model
+
+            base = state.run.base_model
+            spec = model_spec or {"tiny": "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}.get(base.id)
+            if spec is None:
+                _fail(f"the run's base model is {base.id!r}: give it with --model (a folder or a cached hub id)")
+            assert spec is not None
+            model = load_model(spec, device="cpu")
+            if model.ref.weights_hash != base.weights_hash:
+                raise RebuildMismatch(f"base model {base.id!r} weights sha256", base.weights_hash, model.ref.weights_hash)
+            report = reexecute(s, branch, model, limit=limit)
+    data_out = msgspec.to_builtins(report)
+    if mode == "reexecute":
+        data_out["share_identical"] = report.share_identical  # type: ignore[attr-defined]
+    if as_json:
+        out.print_json(_to_json({"ok": True, **data_out}))
+        return
+    if mode == "recorded":
+        out.print(f"[green]REPLAYS[/]: {data_out['n_events']} events of {branch}; {data_out['rescored']} outputs re-scored, "
+                  f"{data_out['evaluations']} evaluations, {data_out['verdicts']} rule verdicts and {data_out['decisions']} gate "
+                  f"decisions recomputed, all as recorded; state {data_out['state_hash'][:16]}", highlight=False)
+        for why in data_out["skipped"]:
+            out.print(f"[yellow]not recomputed[/]: {why}", highlight=False)
+    else:
+        out.print(f"{data_out['identical']} of {data_out['outputs']} outputs identical ({data_out['share_identical']:.1%})", highlight=False)
+        if data_out["first_divergence"]:
+            d = data_out["first_divergence"]
+            out.print(f"first divergence at {d['at']} (sample {d['sample']}): recorded {d['recorded']!r}, re-executed {d['reexecuted']!r}",
+                      highlight=False, markup=False)
+
+
+def _task_or_none(name: str, data: str | None) -> object | None:
+    """The run's task, or None when it cannot be built here (replay then says what it skipped)."""
+    from sia_engine.errors import SiaError
+    from tasks import get_task
+
+    try:
+        return get_task(name, data=data) if name != "arith" else get_task(name)
+    except SiaError:
+        return None

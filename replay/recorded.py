@@ -1,0 +1,143 @@
+"""Recorded replay: recompute everything that follows from a branch's recorded outputs.
+
+Hashes catch a changed byte; they cannot catch a history rewritten with every hash recomputed.
+Recorded replay does: it re-reduces the branch (version ids and scaffold hashes are recomputed by
+the reducer), re-scores every recorded output with the task's own scorer (score and failure
+class), recomputes every evaluation's score from its trajectories under the recorded protocol,
+re-runs the rule policy on each iteration's recorded trajectories and compares its verdict, and
+re-applies the gate to every decision. The first disagreement is ``ReplayDivergence(seq, field,
+expected, got)``: ``expected`` is what the recomputation gives, ``got`` what the log says.
+
+Nothing is generated and no model is loaded; re-scoring runs the task's scorer (for
+scrna-denoise, the sandboxed denoiser, once per distinct configuration).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from replay.errors import ReplayError
+from sia_engine.errors import ReducerError
+from sia_engine.events import (
+    Event,
+    FeedbackVerdict,
+    IterationStarted,
+    TrajectoryRecorded,
+    VersionAccepted,
+    VersionEvaluated,
+    VersionRejected,
+    decode_envelope,
+)
+from sia_engine.feedback import Context, RulePolicy
+from sia_engine.state import AgentState, apply, state_hash
+from sia_engine.task import Task
+from store import Store
+
+__all__ = ["ReplayDivergence", "ReplayReport", "replay_recorded"]
+
+TOLERANCE = 1e-9
+
+
+class ReplayDivergence(ReplayError):
+    def __init__(self, seq: str, field: str, expected: Any, got: Any) -> None:
+        self.seq = seq
+        self.field = field
+        self.expected = expected
+        self.got = got
+        super().__init__(f"replay diverges at {seq}: {field} recomputes to {expected!r}, the log says {got!r}")
+
+
+class ReplayReport(msgspec.Struct, frozen=True):
+    branch: str
+    n_events: int
+    rescored: int  # trajectories re-scored by the task's scorer
+    evaluations: int  # evaluation scores recomputed from their trajectories
+    verdicts: int  # rule-policy verdicts recomputed
+    decisions: int  # gate decisions recomputed
+    state_hash: str
+    skipped: tuple[str, ...] = ()  # what could not be recomputed, and why
+
+
+def _differs(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is not b
+    return abs(a - b) > TOLERANCE
+
+
+def _verdict_key(v: FeedbackVerdict) -> dict[str, Any]:
+    plan = v.training_plan
+    return {"lever": v.lever, "patch": msgspec.to_builtins(v.patch),
+            "training_plan": None if plan is None else {"trajectory_ids": list(plan.trajectory_ids), "recipe": plan.effective_recipe}}
+
+
+def replay_recorded(store: Store, branch: str, task: Task | None) -> ReplayReport:
+    """Recompute ``branch`` from its recorded outputs; raises ``ReplayDivergence`` at the first
+    disagreement. Without a ``task``, only what needs no scorer is recomputed (said in ``skipped``)."""
+    state = AgentState()
+    episodes = {e.id: e for split in ("train", "val", "test") for e in task.episodes(split)} if task else {}
+    train_trajs: list[TrajectoryRecorded] = []
+    val_trajs: list[TrajectoryRecorded] = []
+    counts = {"rescored": 0, "evaluations": 0, "verdicts": 0, "decisions": 0}
+    skipped: set[str] = set()
+    if task is None:
+        skipped.add("scores, failure classes and rule verdicts: the task is not available here")
+    n = 0
+    for env in store.log.read(branch):
+        where = f"{env.branch}#{env.seq}"
+        e: Event = decode_envelope(env)
+        if isinstance(e, IterationStarted):
+            train_trajs = []
+        elif isinstance(e, TrajectoryRecorded):
+            (train_trajs if e.split == "train" else val_trajs).append(e)
+            if task is not None:
+                ep = episodes.get(e.episode_id)
+                if ep is None:
+                    raise ReplayDivergence(where, "episode_id", "an episode of the task", e.episode_id)
+                s = task.score(ep, e.output)
+                if _differs(s.score, e.score):
+                    raise ReplayDivergence(where, "score", s.score, e.score)
+                if e.failure and s.failure != e.failure:
+                    raise ReplayDivergence(where, "failure", s.failure, e.failure)
+                counts["rescored"] += 1
+        elif isinstance(e, VersionEvaluated):
+            mine = [t for t in val_trajs if t.version_id == e.version_id]
+            val_trajs = []
+            if mine:
+                per: dict[str, list[float]] = {}
+                for t in mine:
+                    per.setdefault(t.episode_id, []).append(t.score or 0.0)
+                agg = [max(v) for v in per.values()] if e.protocol.get("mode") == "best" else [sum(v) / len(v) for v in per.values()]
+                if _differs(sum(agg) / len(agg), e.score):
+                    raise ReplayDivergence(where, "evaluation score", sum(agg) / len(agg), e.score)
+                counts["evaluations"] += 1
+        elif isinstance(e, FeedbackVerdict) and e.policy == "rule" and e.valid:
+            if task is not None and state.run is not None and state.head_version is not None and state.phase == "started":
+                failures = {t.trajectory_id: t.failure or task.score(episodes[t.episode_id], t.output).failure for t in train_trajs}
+                cfg = state.run.config
+                lora = cfg.get("lora") or {}
+                ctx = Context(state, state.head_version, tuple(train_trajs), failures, state.run.levers, state.iteration,  # type: ignore[arg-type]
+                              recipe=str(cfg.get("recipe", "auto")), rft_top=float(lora.get("rft_top", 0.0)))
+                [again] = RulePolicy().decide(ctx, task).verdicts[-1:]
+                if _verdict_key(again) != _verdict_key(e):
+                    raise ReplayDivergence(where, "rule verdict", _verdict_key(again), _verdict_key(e))
+                counts["verdicts"] += 1
+        elif isinstance(e, (VersionAccepted, VersionRejected)):
+            head = state.head_version
+            cand = state.versions.get(e.version_id)
+            margin = float((state.run.config if state.run else {}).get("margin", 0.0))
+            head_score = head.score("val") if head else None
+            score = cand.score("val") if cand else None
+            if score is not None:
+                accept = head_score is not None and score > head_score + margin
+                if accept != isinstance(e, VersionAccepted):
+                    raise ReplayDivergence(where, "gate decision", "accepted" if accept else "rejected",
+                                           "accepted" if isinstance(e, VersionAccepted) else "rejected")
+                counts["decisions"] += 1
+        try:
+            state = apply(state, e)
+        except ReducerError as err:
+            raise ReplayDivergence(where, "reducer", "an event consistent with the history", str(err)) from None
+        n += 1
+    return ReplayReport(branch, n, state_hash=state_hash(state), skipped=tuple(sorted(skipped)), **counts)

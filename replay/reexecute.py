@@ -1,0 +1,69 @@
+"""Re-execution: rebuild each version of a branch, re-run its recorded model calls, and measure
+how many outputs come back identical (reproducibility measured, not claimed).
+
+Every recorded ``generate`` action names its version, prompt, decoding, seed, sample index and
+group size; the requests of one group are asked again as one request (the backend draws a
+group's samples together), under the version's adapter loaded from its blob. The report gives
+the share identical and the first output that differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from sia_engine.events import ActionTaken, decode_envelope
+from sia_engine.loop import load_adapter
+from sia_engine.model import Message, Model, Request
+from sia_engine.scaffold import Decoding
+from sia_engine.state import AgentState, apply
+from store import Store
+
+__all__ = ["ReexecuteReport", "reexecute"]
+
+
+class ReexecuteReport(msgspec.Struct, frozen=True):
+    branch: str
+    outputs: int
+    identical: int
+    first_divergence: dict[str, Any] | None = None
+
+    @property
+    def share_identical(self) -> float:
+        return self.identical / self.outputs if self.outputs else 1.0
+
+
+def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = None) -> ReexecuteReport:
+    """Re-run up to ``limit`` recorded outputs of ``branch`` (all when None) with ``model``."""
+    groups: dict[tuple[str, str, int, int], list[tuple[str, ActionTaken]]] = {}
+    state = AgentState()
+    adapters: dict[str, str | None] = {}
+    for env in store.log.read(branch):
+        e = decode_envelope(env)
+        state = apply(state, e)
+        if isinstance(e, ActionTaken) and e.actor == "model" and e.name == "generate" and "messages" in e.inputs:
+            adapters[e.version_id] = state.versions[e.version_id].adapter
+            inp = e.inputs
+            key = (e.version_id, msgspec.json.encode([inp["messages"], inp["decoding"], inp.get("prefix", "")]).decode(),
+                   int(inp["seed"]), int(inp.get("n", 1)))
+            groups.setdefault(key, []).append((f"{env.branch}#{env.seq}", e))
+    done = same = 0
+    first: dict[str, Any] | None = None
+    for (vid, _, seed, n), actions in groups.items():
+        if limit is not None and done >= limit:
+            break
+        inp = actions[0][1].inputs
+        req = Request(tuple(msgspec.convert(m, Message) for m in inp["messages"]), msgspec.convert(inp["decoding"], Decoding),
+                      seed=seed, prefix=inp.get("prefix", ""), n=n)
+        model.set_adapter(load_adapter(store.blobs, adapters[vid]))
+        gens = model.generate([req])
+        for where, a in actions:
+            j = int(a.inputs.get("sample", 0))
+            got, want = gens[j].text, a.outputs.get("text", "")
+            done += 1
+            if got == want:
+                same += 1
+            elif first is None:
+                first = {"at": where, "version": vid, "sample": j, "recorded": want, "reexecuted": got}
+    return ReexecuteReport(branch, done, same, first)
