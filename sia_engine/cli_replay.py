@@ -276,9 +276,9 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
 def _task_or_none(name: str, data: str | None) -> object | None:
     """The run's task, or None when it cannot be built here (replay then says what it skipped)."""
     from sia_engine.errors import SiaError
-    from tasks import get_task
+    from sia_engine.registry import get_task
 
     try:
-        return get_task(name, data=data) if name != "arith" else get_task(name)
+        return get_task(name, data=data)
     except SiaError:
         return None

@@ -132,7 +132,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     from sia_engine.loop import EvalProtocol, Loop, LoopConfig, check_run, check_settings
     from sia_engine.model import LoraSettings
     from sia_engine.summary import run_summary, summary_line
-    from tasks import get_task
+    from sia_engine.registry import get_task
 
     chosen = ("scaffold", "weights") if (levers or ("scaffold" if openai_url else "both")) == "both" else (levers or "scaffold",)
     try:  # every setting checked before a model loads or anything is recorded
@@ -144,7 +144,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
         ))
     except SiaError as e:
         _fail(str(e))
-    task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),)) if task_name != "arith" else get_task(task_name)
+    task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),))
     if openai_url:
         from sia_engine.openai_compat import OpenAIChatModel
 
@@ -235,9 +235,9 @@ def tasks(as_json: bool) -> None:
     Example:
       sia tasks --json
     """
-    from tasks import DATA, DESCRIPTIONS, TASKS
+    from sia_engine.registry import task_info
 
-    rows = [{"name": n, "description": DESCRIPTIONS[n], "data": DATA[n]} for n in sorted(TASKS)]
+    rows = [{k: r[k] for k in ("name", "description", "data")} for r in task_info()]
     if as_json:
         out.print_json(_to_json(rows))
         return

@@ -7,49 +7,26 @@ sandboxed kernel checks live in ``tasks.trimul``; LawBench's 20 scorers in ``tas
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from sia_engine.errors import SiaError
+from sia_engine.registry import UnknownTask, task_info, task_names
+from sia_engine.registry import get_task as _get_task
 from sia_engine.task import Task
-from tasks.arith import Arith
 
 __all__ = ["TASKS", "DATA", "DESCRIPTIONS", "get_task", "UnknownTask"]
 
 
-def _scrna(**options: Any) -> Task:
-    from tasks.scrna import ScrnaDenoise
-
-    return ScrnaDenoise(**options)
-
-
-def _charge(**options: Any) -> Task:
-    from tasks.lawbench.charge import LawBenchCharge
-
-    return LawBenchCharge(**options)
-
-
-TASKS: dict[str, Callable[..., Task]] = {"arith": lambda **_: Arith(), "lawbench-charge": _charge, "scrna-denoise": _scrna}
-DATA = {
-    "arith": "built in",
-    "lawbench-charge": "--data LAWBENCH_FOLDER with zero_shot/3-3.json (the LawBench layout)",
-    "scrna-denoise": "--data FILE.h5ad of raw integer counts; default scanpy's bundled pbmc68k_reduced (pip install --no-deps scanpy==1.11.5)",
-}
-DESCRIPTIONS = {
-    "arith": "sum of two digits, answer is the number alone (built-in, 100 items)",
-    "lawbench-charge": "LawBench 3-3 single-label charge classification, strict accuracy",
-    "scrna-denoise": "scRNA-seq denoising (OpenProblems v1 metrics, molecular cross-validation), agent-configured denoiser run in the sandbox",
-}
-
-
-class UnknownTask(SiaError):
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))} (list them with `sia tasks`)")
-
-
 def get_task(name: str, **options: Any) -> Task:
-    """The task ``name``; ``options`` (data=..., protect=...) go to tasks that take them."""
-    if name not in TASKS:
-        raise UnknownTask(name)
-    return TASKS[name](**{k: v for k, v in options.items() if v is not None})
+    """The task ``name`` (found through the ``sia_engine.tasks`` entry points); ``options``
+    (data=..., protect=...) go to tasks that take them."""
+    return _get_task(name, **options)
+
+
+def __getattr__(name: str) -> Any:
+    """``TASKS``, ``DATA`` and ``DESCRIPTIONS``, read from the registered tasks."""
+    if name == "TASKS":
+        return task_names()
+    if name in ("DATA", "DESCRIPTIONS"):
+        key = "data" if name == "DATA" else "description"
+        return {row["name"]: row[key] for row in task_info()}
+    raise AttributeError(f"module 'tasks' has no attribute {name!r}")

@@ -31,6 +31,7 @@ def _splits(ids: list[str]) -> dict[str, Literal["train", "val", "test"]]:
 class Arith:
     name = "arith"
     description = "sum of two digits, answer is the number alone (built-in, 100 items)"
+    data_help = "built in"
     format_hint = "Answer with the number only: its digits, no words, no punctuation."
     answer_prefix = ""
 

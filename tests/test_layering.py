@@ -83,6 +83,15 @@ def test_domain_imports_do_not_pull_torch(mod: str) -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.parametrize("mod", ["sia_engine.events", "sia_engine.state", "sia_engine.scaffold", "store"])
+def test_the_domain_loads_no_database(mod: str) -> None:
+    """Events and the reducer import no DuckDB, pyarrow, safetensors or numpy (replay and audit
+    tools, or a regulated pipeline, can read events without the storage backends)."""
+    code = f"import sys, {mod}; print([m for m in ('duckdb', 'pyarrow', 'safetensors', 'numpy') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_modules_stay_small() -> None:
     big = [f"{p.relative_to(ROOT)} ({n})" for p in modules() if (n := len(p.read_text().splitlines())) > 450]
     assert not big, f"one concept per module: split {big}"

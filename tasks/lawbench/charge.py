@@ -29,6 +29,7 @@ __all__ = ["LawBenchCharge"]
 class LawBenchCharge:
     name = "lawbench-charge"
     description = "LawBench 3-3 single-label charge classification, strict accuracy (needs --data LAWBENCH_FOLDER)"
+    data_help = "--data LAWBENCH_FOLDER with zero_shot/3-3.json (the LawBench layout)"
     answer_prefix = "罪名:"
 
     def __init__(self, data: str | Path | None = None, *, top_k: int = 8, max_chars: int = 200, protect: tuple[str, ...] = ()) -> None:

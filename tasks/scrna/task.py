@@ -108,6 +108,7 @@ def episode_input(cells: int, genes: int, k: int, n: int) -> str:
 class ScrnaDenoise:
     name = "scrna-denoise"
     description = "scRNA-seq denoising (OpenProblems v1, molecular cross-validation); an .h5ad of raw counts, default scanpy's pbmc68k_reduced"
+    data_help = "--data FILE.h5ad of raw integer counts; default scanpy's bundled pbmc68k_reduced (pip install --no-deps scanpy==1.11.5)"
     # the shape only: placeholders, no configuration (the engine never suggests an answer)
     format_hint = ('Answer with one JSON object of this shape: {"n_pcs": <integer 2-100>, "k": <integer 2-50>, '
                    '"t": <integer 0-8>, "transform": <"sqrt" | "log" | "none">, "normalize": <true | false>, '
