@@ -8,8 +8,6 @@ when the store does not verify.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Any
 
 import click
 import msgspec
@@ -88,36 +86,6 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
 
 @main.command()
 @store_options
-@click.argument("ref")
-@click.option("--branch", default="main", show_default=True, help="Branch whose state resolves version ids.")
-def show(store_path: str, as_json: bool, ref: str, branch: str) -> None:
-    """Show one event (id, id prefix or BRANCH#SEQ) or one agent version (id or prefix).
-
-    \b
-    Example:
-      sia show main#3
-      sia show 1a2b3c4d --branch main
-    """
-    from replay import locate
-
-    with _open(store_path, read_only=True) as s:
-        found = locate(s.log, ref, branch=branch)
-    if found.event is not None:
-        data: dict[str, Any] = _envelope_dict(found.event)
-        title = f"event {found.event.ref}"
-    else:
-        assert found.version is not None
-        data = msgspec.to_builtins(found.version)
-        title = f"version {found.version.version_id} (branch {found.branch})"
-    if as_json:
-        out.print_json(_to_json(data))
-    else:
-        out.rule(title)
-        out.print_json(_to_json(data))
-
-
-@main.command()
-@store_options
 def branches(store_path: str, as_json: bool) -> None:
     """List branches with their fork points and heads.
 
@@ -171,32 +139,6 @@ def verify(store_path: str, as_json: bool) -> None:
         out.print(f"[bold red]FAILED[/]: {len(report.problems)} problem(s); first: {report.first}", highlight=False, soft_wrap=True)
         for p in report.problems[1:20]:
             out.print(f"  {p}", highlight=False, soft_wrap=True)
-    if not report.ok:
-        sys.exit(1)
-
-
-@main.command()
-@store_options
-@click.option("--out", "out_path", default="sia-audit.html", show_default=True, type=click.Path(dir_okay=False), help="Where to write the HTML report.")
-def audit(store_path: str, as_json: bool, out_path: str) -> None:
-    """Write a self-contained HTML audit report: lineage, scores per version and lever, integrity.
-
-    Exits 1 (after writing the report) when the store does not verify.
-
-    \b
-    Example:
-      sia audit --store ./.sia --out audit.html
-    """
-    from replay import audit_report
-
-    with _open(store_path, read_only=True) as s:
-        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}")
-    Path(out_path).write_text(page, encoding="utf-8")
-    info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems)}
-    if as_json:
-        out.print_json(_to_json(info))
-    else:
-        out.print(f"audit report written to [bold]{info['report']}[/] ({'verified' if report.ok else 'NOT verified'})", highlight=False)
     if not report.ok:
         sys.exit(1)
 
@@ -275,11 +217,25 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
         sys.exit(1)
 
 
-from sia_engine.cli_replay import compare, diff, export, fork, rebuild, replay, rollback  # noqa: E402
-from sia_engine.cli_run import baseline, run, score, tasks  # noqa: E402 - the loop's commands live there
+from sia_engine.cli_run import run, tasks  # noqa: E402 - the loop's commands live there
 
-for _cmd in (run, tasks, baseline, score, fork, rollback, rebuild, diff, compare, export, replay):
+for _cmd in (run, tasks):
     main.add_command(_cmd)
+CORE = dict(main.commands)
+
+
+def build_cli() -> click.Group:
+    """The core commands plus every command a package registers under the ``sia_engine.commands``
+    entry points (replay's and the tasks' own come that way): the engine imports none of them."""
+    from importlib.metadata import entry_points
+
+    main.commands = dict(CORE)
+    for ep in sorted(entry_points(group="sia_engine.commands"), key=lambda e: e.name):
+        main.add_command(ep.load(), ep.name)
+    return main
+
+
+build_cli()
 
 
 if __name__ == "__main__":

@@ -1,14 +1,75 @@
-"""`sia fork`, `rollback`, `rebuild`, `diff`, `compare` and `export`: branching a history and
-reading agents and results out of it (the library calls live in ``replay``)."""
+"""The replay commands of ``sia`` (registered as ``sia_engine.commands`` entry points): show,
+audit, fork, rollback, rebuild, diff, compare, export and replay, each a thin face over a library
+call of ``replay`` or ``sia_engine.history``."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
 
-from sia_engine.cli_common import _fail, _open, _to_json, out, store_options
+from sia_engine.cli_common import _envelope_dict, _fail, _open, _to_json, out, store_options
 
-__all__ = ["fork", "rollback", "rebuild", "diff", "compare", "export", "replay"]
+__all__ = ["show", "audit", "fork", "rollback", "rebuild", "diff", "compare", "export", "replay"]
+
+
+@click.command()
+@store_options
+@click.argument("ref")
+@click.option("--branch", default="main", show_default=True, help="Branch whose state resolves version ids.")
+def show(store_path: str, as_json: bool, ref: str, branch: str) -> None:
+    """Show one event (id, id prefix or BRANCH#SEQ) or one agent version (id or prefix).
+
+    \b
+    Example:
+      sia show main#3
+      sia show 1a2b3c4d --branch main
+    """
+    from replay import locate
+
+    with _open(store_path, read_only=True) as s:
+        found = locate(s.log, ref, branch=branch)
+    if found.event is not None:
+        data: dict[str, Any] = _envelope_dict(found.event)
+        title = f"event {found.event.ref}"
+    else:
+        assert found.version is not None
+        data = msgspec.to_builtins(found.version)
+        title = f"version {found.version.version_id} (branch {found.branch})"
+    if as_json:
+        out.print_json(_to_json(data))
+    else:
+        out.rule(title)
+        out.print_json(_to_json(data))
+
+
+@click.command()
+@store_options
+@click.option("--out", "out_path", default="sia-audit.html", show_default=True, type=click.Path(dir_okay=False), help="Where to write the HTML report.")
+def audit(store_path: str, as_json: bool, out_path: str) -> None:
+    """Write a self-contained HTML audit report: lineage, scores per version and lever, integrity.
+
+    Exits 1 (after writing the report) when the store does not verify.
+
+    \b
+    Example:
+      sia audit --store ./.sia --out audit.html
+    """
+    from replay import audit_report
+
+    with _open(store_path, read_only=True) as s:
+        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}")
+    Path(out_path).write_text(page, encoding="utf-8")
+    info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems)}
+    if as_json:
+        out.print_json(_to_json(info))
+    else:
+        out.print(f"audit report written to [bold]{info['report']}[/] ({'verified' if report.ok else 'NOT verified'})", highlight=False)
+    if not report.ok:
+        sys.exit(1)
 
 
 @click.command()
