@@ -48,11 +48,12 @@ def init(store_path: str, as_json: bool, branch: str) -> None:
     with Store.create(store_path) as s:
         if branch not in {b.name for b in s.log.branches()}:
             s.log.init_branch(branch)
-        info = {"store": str(s.root.resolve()), "branches": [b.name for b in s.log.branches()], "events": s.log.count()}
+        names = [b.name for b in s.log.branches()]
+        info = {"store": str(s.root.resolve()), "branches": names, "events": s.log.count()}
     if as_json:
         out.print_json(_to_json(info))
     else:
-        out.print(f"store ready at [bold]{info['store']}[/] (branches: {', '.join(info['branches'])})", highlight=False)
+        out.print(f"store ready at [bold]{info['store']}[/] (branches: {', '.join(names)})", highlight=False)
 
 
 @main.command()
@@ -155,7 +156,9 @@ def sql(store_path: str, as_json: bool, query: str) -> None:
       sia sql "SELECT payload->>'score' AS score FROM events WHERE kind = 'version_evaluated'"
     """
     with _open(store_path, read_only=True) as s:
-        cols, rows = s.log.sql(query)
+        sql = getattr(s.log, "sql", None)  # the DuckDB log's; a store is always one
+        assert sql is not None
+        cols, rows = sql(query)
     if as_json:
         out.print_json(_to_json([dict(zip(cols, (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for v in r))) for r in rows]))
         return
@@ -211,7 +214,7 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
             t.add_row(str(v.index), v.version_id[:12], v.lever, "-" if sc is None else f"{sc:.3f}", v.status)
         out.print(t)
         verdict = "[green]verified[/]" if report.ok else f"[red]NOT verified: {report.first}[/]"
-        out.print(f"{summary['events']} events on {len(summary['branches'])} branches, {verdict}. "
+        out.print(f"{summary['events']} events on {len(list(summary['branches']))} branches, {verdict}. "  # type: ignore[call-overload]
                   f"Next: sia log --store {store_path} / sia branches / sia sql", highlight=False)
     if not report.ok:
         sys.exit(1)

@@ -20,12 +20,13 @@ from rich.table import Table
 from sia_engine import __version__
 from sia_engine.cli_common import _fail, _to_json, err, out, store_options
 from sia_engine.errors import SiaError
+from sia_engine.hooks import Hooks
 from store import Store
 
 __all__ = ["run", "tasks"]
 
 
-class _RichHooks:
+class _RichHooks(Hooks):
     """Progress bars for `sia run`: one bar per step, a line per decision."""
 
     def __init__(self, progress: Progress) -> None:
@@ -78,7 +79,7 @@ def _recipes(store: Store, branch: str) -> dict[str, str]:
     """version id -> the recipe that trained its adapter."""
     from sia_engine.events import AdapterCheckpointed, decode_envelope
 
-    out = {}
+    out: dict[str, str] = {}
     for env in store.log.read(branch, kinds=["adapter_checkpointed"]):
         e = decode_envelope(env)
         assert isinstance(e, AdapterCheckpointed)

@@ -109,7 +109,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return ()
 
 
-class RunStarted(Event, tag="run_started"):
+class RunStarted(Event, tag="run_started", frozen=True):
     run_id: str
     task: str
     seed: int
@@ -120,7 +120,7 @@ class RunStarted(Event, tag="run_started"):
     config: dict[str, Any] = {}
 
 
-class IterationStarted(Event, tag="iteration_started"):
+class IterationStarted(Event, tag="iteration_started", frozen=True):
     """An improvement iteration begins on the head version; ``seed`` drives all of its randomness."""
 
     iteration: NonNeg
@@ -128,7 +128,7 @@ class IterationStarted(Event, tag="iteration_started"):
     seed: int
 
 
-class ActionTaken(Event, tag="action_taken"):
+class ActionTaken(Event, tag="action_taken", frozen=True):
     """A model call or a tool call, with its inputs and outputs."""
 
     action_id: str
@@ -140,7 +140,7 @@ class ActionTaken(Event, tag="action_taken"):
     outputs: dict[str, Any] = {}
 
 
-class TrajectoryRecorded(Event, tag="trajectory_recorded"):
+class TrajectoryRecorded(Event, tag="trajectory_recorded", frozen=True):
     """One output for an episode (sample ``sample`` of the k drawn for it), its score and the
     task's failure class (``failure``: none, format, abstain or content; empty in older logs)."""
 
@@ -156,7 +156,7 @@ class TrajectoryRecorded(Event, tag="trajectory_recorded"):
     failure: Literal["none", "format", "abstain", "content", ""] = ""
 
 
-class FeedbackVerdict(Event, tag="feedback_verdict"):
+class FeedbackVerdict(Event, tag="feedback_verdict", frozen=True):
     """The Feedback Agent's decision for the head version. ``valid`` is False for an LLM verdict
     that failed validation (``raw`` keeps what it said); such a verdict is never acted on.
 
@@ -175,7 +175,7 @@ class FeedbackVerdict(Event, tag="feedback_verdict"):
     raw: str | None = None
 
 
-class ScaffoldPatched(Event, tag="scaffold_patched"):
+class ScaffoldPatched(Event, tag="scaffold_patched", frozen=True):
     """A candidate version: the parent's scaffold with ``ops`` applied, same adapter."""
 
     parent_version: Hex64
@@ -184,7 +184,7 @@ class ScaffoldPatched(Event, tag="scaffold_patched"):
     scaffold_hash: Hex64
 
 
-class AdapterCheckpointed(Event, tag="adapter_checkpointed"):
+class AdapterCheckpointed(Event, tag="adapter_checkpointed", frozen=True):
     """A candidate version: the parent's scaffold with a new LoRA adapter (a safetensors blob).
 
     Everything the update used: the ``recipe``, its hyper-parameters (``hyper``), the data
@@ -211,7 +211,7 @@ class AdapterCheckpointed(Event, tag="adapter_checkpointed"):
         return (self.blob,)
 
 
-class VersionEvaluated(Event, tag="version_evaluated"):
+class VersionEvaluated(Event, tag="version_evaluated", frozen=True):
     """A version's score on ``split`` under the run's evaluation ``protocol`` (mode greedy, mean
     or best of ``samples`` at ``temperature``; empty in older logs)."""
 
@@ -223,7 +223,7 @@ class VersionEvaluated(Event, tag="version_evaluated"):
     protocol: dict[str, Any] = {}
 
 
-class VersionAccepted(Event, tag="version_accepted"):
+class VersionAccepted(Event, tag="version_accepted", frozen=True):
     version_id: Hex64
     previous: Hex64
     score: float
@@ -231,7 +231,7 @@ class VersionAccepted(Event, tag="version_accepted"):
     margin: float
 
 
-class VersionRejected(Event, tag="version_rejected"):
+class VersionRejected(Event, tag="version_rejected", frozen=True):
     version_id: Hex64
     head: Hex64
     score: float | None
@@ -239,7 +239,7 @@ class VersionRejected(Event, tag="version_rejected"):
     reason: str
 
 
-class RolledBack(Event, tag="rolled_back"):
+class RolledBack(Event, tag="rolled_back", frozen=True):
     """The head moves back to an earlier accepted version (nothing is deleted)."""
 
     to_version: Hex64
@@ -247,7 +247,7 @@ class RolledBack(Event, tag="rolled_back"):
     reason: str
 
 
-class BranchForked(Event, tag="branch_forked"):
+class BranchForked(Event, tag="branch_forked", frozen=True):
     """First event of a fork: where it grew from and what it changes."""
 
     source_branch: str
@@ -257,7 +257,7 @@ class BranchForked(Event, tag="branch_forked"):
     overrides: dict[str, Any] = {}
 
 
-class RunConfigured(Event, tag="run_configured"):
+class RunConfigured(Event, tag="run_configured", frozen=True):
     """A fork continues with other run settings (``config`` replaces the run's, ``levers`` its
     levers); recorded by the fork's first run, before its first iteration."""
 

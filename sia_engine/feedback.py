@@ -20,7 +20,7 @@ from sia_engine.events import (
     TrainingPlan,
     TrajectoryRecorded,
 )
-from sia_engine.model import Message, Model, Request
+from sia_engine.model import Message, Model, Recipe, Request
 from sia_engine.recipes import RECIPES, choose_recipe, plan_for
 from sia_engine.scaffold import Decoding, PatchOp, apply_patch
 from sia_engine.state import AgentState, Version, version_id
@@ -122,7 +122,7 @@ class RulePolicy:
             if t.episode_id in episodes and (episodes[t.episode_id].input, t.output) not in pairs:
                 pairs.append((episodes[t.episode_id].input, t.output))
         n = len(ctx.head.scaffold.examples)
-        options = []
+        options: list[tuple[PatchOp, ...]] = []
         for inp, out in pairs:
             value = {"input": inp, "output": out}
             if n < MAX_EXAMPLES:
@@ -135,13 +135,14 @@ class RulePolicy:
         """A recipe from the trajectories (gold and content errors -> sft; many invalid outputs ->
         rft on the valid ones; no gold and a dense reward -> grpo; else rft), or the forced one."""
         gold = {e.id for e in task.episodes("train") if e.gold is not None}
-        if ctx.recipe != "auto":
+        recipe: Recipe | None
+        if ctx.recipe in RECIPES:
             recipe, why = ctx.recipe, f"the run forces --recipe {ctx.recipe}"
         else:
             recipe, why = choose_recipe(ctx.trajectories, ctx.failures, gold)
         if recipe is None:
             return None
-        return plan_for(recipe, ctx.trajectories, ctx.failures, gold, why=why, rft_top=ctx.rft_top)  # type: ignore[arg-type]
+        return plan_for(recipe, ctx.trajectories, ctx.failures, gold, why=why, rft_top=ctx.rft_top)
 
     def decide(self, ctx: Context, task: Task) -> Decision:
         n = max(len(ctx.trajectories), 1)

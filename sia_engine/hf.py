@@ -138,7 +138,7 @@ class HFModel:
         self._loaded.append(name)
         while len(self._loaded) > _MAX_LOADED:
             old = self._loaded.pop(0)
-            if old != self.active:
+            if old != self.active and self.peft is not None:
                 self.peft.delete_adapter(old)
 
     def set_adapter(self, adapter: Adapter | None) -> None:
@@ -150,6 +150,7 @@ class HFModel:
         name = f"a{adapter.blob[:16]}"
         if name not in self._loaded:
             config = get_peft_config(dict(adapter.peft_config))
+            assert isinstance(config, LoraConfig), f"adapter {adapter.blob} is not a LoRA adapter"
             self._add(name, config)
             assert self.peft is not None
             state = safetensors.torch.load(adapter.tensors)

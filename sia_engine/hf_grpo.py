@@ -48,7 +48,8 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from transformers.utils import logging as hf_logging
-    from trl import GRPOConfig, GRPOTrainer
+    from trl.trainer.grpo_config import GRPOConfig
+    from trl.trainer.grpo_trainer import GRPOTrainer
 
     groups = groups_of(examples)
     k = len(next(iter(groups.values())))
@@ -83,7 +84,7 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
 
     curve: list[dict[str, float]] = []
 
-    class _Curve(TrainerCallback):  # type: ignore[misc]
+    class _Curve(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if logs and "loss" in logs and "reward" in logs:
                 point = {"step": float(state.global_step), "loss": float(logs["loss"]), "reward": float(logs["reward"]),
@@ -108,7 +109,8 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
             save_strategy="no", use_cpu=model.device == "cpu", bf16=model.device == "cuda", disable_tqdm=True,
             dataloader_num_workers=0, gradient_checkpointing=False, remove_unused_columns=False,
         )
-        trainer = GRPOTrainer(model=model.peft, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,
+        reward_funcs: Any = reward  # TRL types reward functions as Callable[..., list[float | None]]
+        trainer = GRPOTrainer(model=model.peft, reward_funcs=reward_funcs, args=args, train_dataset=ds, processing_class=tok,
                               rollout_func=rollout, callbacks=[_Curve()])
         trainer.remove_callback(PrinterCallback)  # the curve is recorded; nothing is printed
         try:

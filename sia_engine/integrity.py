@@ -51,12 +51,12 @@ def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Probl
         for env in log.read(info.name, after_seq=-1):
             try:
                 ev = decode_envelope(env)
-                state = apply(state, ev)
+                state = apply(state if state is not None else AgentState(), ev)
             except (EventError, ReducerError) as e:
                 problems.append(Problem(env.branch, env.seq, env.id, str(e)))
                 break
             for blob_id in ev.blob_refs() if blobs is not None else ():
-                if not blobs.exists(blob_id):
+                if blobs is not None and not blobs.exists(blob_id):
                     problems.append(Problem(env.branch, env.seq, env.id, f"references blob {blob_id}, which is not in the store"))
             key = (env.branch, env.seq)
             if key in at_fork:

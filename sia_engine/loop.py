@@ -95,7 +95,7 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     recipe: Literal["auto", "sft", "rft", "grpo"] = "auto"
 
     def recorded(self) -> dict[str, Any]:
-        d = msgspec.to_builtins(self)
+        d: dict[str, Any] = msgspec.to_builtins(self)
         d.pop("iterations")
         d.pop("wall_time_s")
         return d

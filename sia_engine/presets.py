@@ -111,7 +111,7 @@ def smollm2_folder() -> Path:
     config = loaded.config
     if hasattr(config, "quantization_config"):  # the weights below are de-quantized: no GGUF marker
         del config.quantization_config
-    plain = LlamaForCausalLM(config)
+    plain = LlamaForCausalLM(config)  # type: ignore[arg-type]  # a LlamaConfig at run time
     plain.load_state_dict(loaded.state_dict(), strict=True)
     tmp = folder.with_name(folder.name + ".tmp")
     plain.save_pretrained(tmp)
