@@ -1,14 +1,23 @@
-"""``audit_report``: a self-contained HTML report of a store: for each branch its lineage of agent
-versions (an inline SVG graph), the scores per version and lever, and the integrity check."""
+"""``audit_report``: a self-contained HTML report of a store (no script, no external asset).
+
+First the integrity check and the recorded replay of every branch; then the score per iteration of
+every branch as a plot; then, per branch, the run, its forks and rollbacks, the lineage of agent
+versions (an inline SVG graph), scores per lever, and every version collapsed (``<details>``) with
+what made it: the verdict's rationale and evidence (trajectories and outputs), the patch as a text
+diff, or the adapter's provenance (blob, base model hash, recipe, data, hyper-parameters, loss
+curve). Collapsed versions keep a 1,000-iteration history readable; the newest ``max_versions``
+of a branch are listed, the rest counted."""
 
 from __future__ import annotations
 
 import html
 from collections import Counter
 
+from replay.audit_parts import collect, iteration_plot, version_details
 from sia_engine.history import rebuild
 from sia_engine.integrity import IntegrityReport, verify_store
 from sia_engine.state import AgentState, Version
+from sia_engine.task import Task
 from store import BlobStore, EventLog
 
 __all__ = ["audit_report"]
@@ -16,7 +25,9 @@ __all__ = ["audit_report"]
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em} th{background:#f3f3f3}
-.ok{color:#176917;font-weight:bold} .bad{color:#b00020;font-weight:bold} code{font-size:.85em}
+.ok{color:#176917;font-weight:bold} .bad{color:#b00020;font-weight:bold} .warn{color:#8a5a00} code{font-size:.85em}
+details.version{border:1px solid #ddd;margin:.3em 0;padding:.3em .6em} details.version summary{cursor:pointer}
+pre.diff{background:#f7f7f7;padding:.5em;font-size:.8em;overflow-x:auto} .small,.legend{font-size:.85em;color:#555}
 """
 _COLOURS = {"initial": "#555", "scaffold": "#1f77b4", "weights": "#d62728"}
 _LEGEND = (
@@ -84,32 +95,62 @@ def _by_lever(versions: list[Version]) -> str:
     return "<table><tr><th>lever</th><th>candidates</th><th>accepted</th><th>best val score</th></tr>" + "".join(rows) + "</table>"
 
 
-def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = "sia-engine audit") -> tuple[str, IntegrityReport]:
-    """The HTML report and the integrity report it shows."""
+def _replay_line(log: EventLog, branch: str, task: Task | None) -> str:
+    from replay.recorded import ReplayDivergence, replay_recorded
+
+    try:
+        r = replay_recorded(log, branch, task)
+    except ReplayDivergence as e:
+        return f'<li class="bad">{html.escape(branch)}: DIVERGES: {html.escape(str(e))}</li>'
+    skipped = "".join(f' <span class="warn">(not recomputed: {html.escape(x)})</span>' for x in r.skipped)
+    return (f'<li class="ok">{html.escape(branch)}: REPLAYS: {r.rescored} outputs re-scored, {r.evaluations} evaluations, '
+            f"{r.verdicts} rule verdicts, {r.decisions} gate decisions recomputed as recorded{skipped}</li>")
+
+
+def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = "sia-engine audit", task: Task | None = None,
+                 max_versions: int = 1000) -> tuple[str, IntegrityReport]:
+    """The HTML report and the integrity report it shows (``task``: re-score and re-run the rule
+    policy in the replay; None replays what needs no task)."""
     report = verify_store(log, blobs)
+
     def n(k: int, word: str) -> str:
         return f"{k} {word}{'' if k == 1 else ('es' if word.endswith('ch') else 's')}"
 
-    verdict = (f'<p class="ok">VERIFIED: {n(report.n_events, "event")}, {n(report.n_branches, "branch")}, '
+    verdict = (f'<p class="ok" id="integrity">VERIFIED: {n(report.n_events, "event")}, {n(report.n_branches, "branch")}, '
                f'{n(report.n_blobs, "blob")}, {n(report.n_snapshots, "snapshot")}</p>') if report.ok else (
-        f'<p class="bad">NOT VERIFIED: {len(report.problems)} problem(s)</p><ul>'
+        f'<p class="bad" id="integrity">NOT VERIFIED: {len(report.problems)} problem(s)</p><ul>'
         + "".join(f"<li><code>{html.escape(str(p))}</code></li>" for p in report.problems[:50]) + "</ul>")
     body = [f"<h1>{html.escape(title)}</h1>", "<h2>Integrity</h2>", verdict]
-    for b in log.branches():
+    branches = log.branches()
+    if not report.ok:
+        body.append("<p>A history that does not verify is not replayed or reduced into claims.</p>")
+    else:
+        body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(log, b.name, task) for b in branches) + "</ul>"]
+        collected = {b.name: collect(log.read(b.name)) for b in branches}
+        body += ["<h2>Score per iteration</h2>", iteration_plot({name: c[1] for name, c in collected.items()})]
+    for b in branches:
         events = log.read(b.name)
         kinds = Counter(e.kind for e in events)
         origin = f" (forked from {b.base_branch}#{b.base_seq})" if b.base_branch else ""
-        body.append(f"<h2>Branch {html.escape(b.name)}{html.escape(origin)}</h2>")
+        body.append(f"<h2 class='branch'>Branch {html.escape(b.name)}{html.escape(origin)}</h2>")
         body.append(f"<p>head <code>{b.head_id or '-'}</code>; events: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "</p>")
         if not report.ok:
             continue  # a history that does not verify is not reduced into claims
         state, _ = rebuild(log, b.name)
+        prov, _, rollbacks = collected[b.name]
         if state.run is not None:
             body.append(f"<p>run <code>{html.escape(state.run.run_id)}</code>, task {html.escape(state.run.task)}, base model "
-                        f"<code>{html.escape(state.run.base_model.id)}</code>, levers {', '.join(state.run.levers)}, "
-                        f"{state.iteration + 1} iteration(s)</p>")
-        body += ["<h3>Lineage</h3>", _lineage_svg(state), _LEGEND, "<h3>Scores per lever</h3>", _by_lever(state.ordered_versions()),
-                 "<h3>Versions</h3>", _versions_table(state)]
+                        f"<code>{html.escape(state.run.base_model.id)}</code> (weights sha256 <code>{state.run.base_model.weights_hash or '-'}</code>), "
+                        f"levers {', '.join(state.run.levers)}, {state.iteration + 1} iteration(s)</p>")
+        if state.forks or rollbacks:
+            body.append("<ul>" + "".join(f"<li>fork point {html.escape(f)}</li>" for f in state.forks)
+                        + "".join(f"<li>rollback {html.escape(r)}</li>" for r in rollbacks) + "</ul>")
+        versions = state.ordered_versions()
+        shown = versions[-max_versions:]
+        omitted = f"<p class='small'>{len(versions) - len(shown)} older versions not listed (see <code>sia show</code>)</p>" if len(shown) < len(versions) else ""
+        body += ["<h3>Lineage</h3>", _lineage_svg(state), _LEGEND, "<h3>Scores per lever</h3>", _by_lever(versions),
+                 "<h3>Versions</h3>", _versions_table(state), omitted,
+                 "<div class='versions'>" + "".join(version_details(state, v, prov.get(v.version_id)) for v in shown) + "</div>"]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"</head><body>{''.join(body)}</body></html>")
     return page, report

@@ -49,7 +49,8 @@ def show(store_path: str, as_json: bool, ref: str, branch: str) -> None:
 @click.command()
 @store_options
 @click.option("--out", "out_path", default="sia-audit.html", show_default=True, type=click.Path(dir_okay=False), help="Where to write the HTML report.")
-def audit(store_path: str, as_json: bool, out_path: str) -> None:
+@click.option("--data", default=None, help="The task's data, for tasks that take it (the replay re-scores with it).")
+def audit(store_path: str, as_json: bool, out_path: str, data: str | None) -> None:
     """Write a self-contained HTML audit report: lineage, scores per version and lever, integrity.
 
     Exits 1 (after writing the report) when the store does not verify.
@@ -59,9 +60,12 @@ def audit(store_path: str, as_json: bool, out_path: str) -> None:
       sia audit --store ./.sia --out audit.html
     """
     from replay import audit_report
+    from replay.rebuild import state_at
 
     with _open(store_path, read_only=True) as s:
-        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}")
+        names = {run.task for b in s.log.branches() if (run := state_at(s.log, b.name).run) is not None}
+        task = _task_or_none(next(iter(names)), data) if len(names) == 1 else None  # one task per store, re-scored by it
+        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}", task=task)  # type: ignore[arg-type]
     Path(out_path).write_text(page, encoding="utf-8")
     info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems)}
     if as_json:

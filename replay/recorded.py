@@ -33,7 +33,7 @@ from sia_engine.events import (
 from sia_engine.feedback import Context, RulePolicy
 from sia_engine.state import AgentState, apply, state_hash
 from sia_engine.task import Task
-from store import Store
+from store import EventLog, Store
 
 __all__ = ["ReplayDivergence", "ReplayReport", "replay_recorded"]
 
@@ -72,9 +72,11 @@ def _verdict_key(v: FeedbackVerdict) -> dict[str, Any]:
             "training_plan": None if plan is None else {"trajectory_ids": list(plan.trajectory_ids), "recipe": plan.effective_recipe}}
 
 
-def replay_recorded(store: Store, branch: str, task: Task | None) -> ReplayReport:
-    """Recompute ``branch`` from its recorded outputs; raises ``ReplayDivergence`` at the first
-    disagreement. Without a ``task``, only what needs no scorer is recomputed (said in ``skipped``)."""
+def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> ReplayReport:
+    """Recompute ``branch`` of a store (or an event log) from its recorded outputs; raises
+    ``ReplayDivergence`` at the first disagreement. Without a ``task``, only what needs no scorer
+    is recomputed (said in ``skipped``)."""
+    log: EventLog = store.log if isinstance(store, Store) else store
     state = AgentState()
     episodes = {e.id: e for split in ("train", "val", "test") for e in task.episodes(split)} if task else {}
     train_trajs: list[TrajectoryRecorded] = []
@@ -84,7 +86,7 @@ def replay_recorded(store: Store, branch: str, task: Task | None) -> ReplayRepor
     if task is None:
         skipped.add("scores, failure classes and rule verdicts: the task is not available here")
     n = 0
-    for env in store.log.read(branch):
+    for env in log.read(branch):
         where = f"{env.branch}#{env.seq}"
         e: Event = decode_envelope(env)
         if isinstance(e, IterationStarted):

@@ -1,0 +1,79 @@
+"""The audit report in a real browser (Debian's chromium, headless): no console errors, and the key
+elements are there: integrity and replay first, the iteration plot, lineage, each version with its
+provenance (verdict and evidence, patch diff, adapter provenance with its loss curve)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sia_engine.cli import main
+from sia_engine.feedback import RulePolicy
+from sia_engine.history import fork, rebuild
+from sia_engine.loop import Loop, LoopConfig
+from sia_engine.model import LoraSettings
+from sia_engine.presets import tiny_model
+from store import Store
+from tests.loop_helpers import TASK
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("audit")
+    store = root / "store"
+    with Store.create(store) as s:
+        cfg = LoopConfig(task="arith", iterations=4, train_episodes=4, val_episodes=2, samples=2, lora=LoraSettings(steps=2, lr=1e-2))
+        Loop(s, task=TASK, model=tiny_model(), feedback=RulePolicy(), config=cfg).run()
+        fork(s.log, "what-if", source="main", at_seq=5, reason="audit test", blobs=s.blobs)
+        state, _ = rebuild(s.log, "main")
+    accepted = [v for v in state.head_history if v != state.head]
+    if accepted:
+        r = CliRunner().invoke(main, ["rollback", "main", accepted[0], "--reason", "audit test", "--store", str(store)])
+        assert r.exit_code == 0, r.output
+    out = root / "audit.html"
+    r = CliRunner().invoke(main, ["audit", "--store", str(store), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return store, out
+
+
+def test_the_report_has_its_parts_in_order(report: tuple[Path, Path]) -> None:
+    store, out = report
+    page = out.read_text()
+    order = [page.index(x) for x in ('id="integrity"', 'id="replay"', 'class="plot"', "Branch main", "Lineage", "details class='version'")]
+    assert order == sorted(order)
+    assert "VERIFIED" in page and "REPLAYS" in page and "DIVERGES" not in page
+    with Store.open(store, read_only=True) as s:
+        state, _ = rebuild(s.log, "main")
+    assert page.count("<details class='version' id='v-") >= len(state.versions)
+    if any(v.adapter for v in state.versions.values()):
+        assert "class='adapter'" in page and "recipe" in page and 'class="curve"' in page
+    if any(v.lever == "scaffold" for v in state.versions.values()):
+        assert "<pre class='diff'>" in page and "class='verdict'" in page
+    assert not re.search(r"""(src|href)=["']https?://""", page)  # self-contained
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium; .ci/run installs it)")
+def test_the_report_renders_in_chromium_without_console_errors(report: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = report
+    assert CHROMIUM is not None
+    run = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+                          "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dom = run.stdout
+    assert 'id="integrity"' in dom and "VERIFIED" in dom and 'id="replay"' in dom
+    assert dom.count('class="version"') >= 2 and "<svg" in dom
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []
+    shot = tmp_path / "audit.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1280,1600", f"--screenshot={shot}",
+                    out.as_uri()], capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
