@@ -47,7 +47,8 @@ def _lineage_svg(state: AgentState) -> str:
     known = [s for s in scores if s is not None]
     lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
     span = (hi - lo) or 1.0
-    w, h, pad = max(300, 70 * len(versions)), 220, 30
+    w, h, pad = min(max(300, 70 * len(versions)), 1600), 220, 30  # long histories are squeezed, not scrolled
+    labels = len(versions) <= 60
     pos: dict[str, tuple[float, float]] = {}
     for i, (v, s) in enumerate(zip(versions, scores, strict=True)):
         x = pad + i * (w - 2 * pad) / max(1, len(versions) - 1)
@@ -63,15 +64,17 @@ def _lineage_svg(state: AgentState) -> str:
         fill = _COLOURS.get(v.lever, "#555") if v.status != "rejected" else "#fff"
         ring = "#000" if v.version_id == state.head else _COLOURS.get(v.lever, "#555")
         label = html.escape(f"{v.index}: {v.lever} {v.status} val={'-' if s is None else f'{s:.3f}'} {v.version_id[:12]}")
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{fill}" stroke="{ring}" stroke-width="2"><title>{label}</title></circle>')
-        parts.append(f'<text x="{x:.1f}" y="{y - 11:.1f}" font-size="10" text-anchor="middle">{v.index}</text>')
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{7 if labels else 3}" fill="{fill}" stroke="{ring}" stroke-width="2"><title>{label}</title></circle>')
+        if labels:
+            parts.append(f'<text x="{x:.1f}" y="{y - 11:.1f}" font-size="10" text-anchor="middle">{v.index}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _versions_table(state: AgentState) -> str:
+def _versions_table(state: AgentState, limit: int = 200) -> str:
     rows = []
-    for v in state.ordered_versions():
+    versions = state.ordered_versions()
+    for v in versions[-limit:]:
         s = v.score("val")
         head = " (head)" if v.version_id == state.head else ""
         adapter = v.adapter[:12] if v.adapter else "-"
@@ -80,7 +83,8 @@ def _versions_table(state: AgentState) -> str:
             f"<td><code>{(v.parent or '-')[:12]}</code></td><td>{'-' if s is None else f'{s:.4f}'}</td>"
             f"<td>{v.status}{head}</td><td><code>{adapter}</code></td><td>{len(v.scaffold.examples)}</td></tr>"
         )
-    return ("<table><tr><th>#</th><th>version</th><th>lever</th><th>parent</th><th>val score</th><th>status</th>"
+    older = f"<p class='small'>the newest {limit} of {len(versions)} versions; all are listed below</p>" if len(versions) > limit else ""
+    return (older + "<table><tr><th>#</th><th>version</th><th>lever</th><th>parent</th><th>val score</th><th>status</th>"
             "<th>adapter</th><th>few-shot examples</th></tr>" + "".join(rows) + "</table>")
 
 
