@@ -11,7 +11,7 @@ from typing import Any
 import click
 import msgspec
 
-from sia_engine.cli_common import _envelope_dict, _fail, _open, _to_json, out, store_options
+from sia_engine.cli_common import _envelope_dict, _fail, _open, emit_json, out, store_options
 
 __all__ = ["show", "audit", "fork", "rollback", "rebuild", "diff", "compare", "export", "replay"]
 
@@ -40,10 +40,10 @@ def show(store_path: str, as_json: bool, ref: str, branch: str) -> None:
         data = msgspec.to_builtins(found.version)
         title = f"version {found.version.version_id} (branch {found.branch})"
     if as_json:
-        out.print_json(_to_json(data))
+        emit_json(data)
     else:
         out.rule(title)
-        out.print_json(_to_json(data))
+        emit_json(data)
 
 
 @click.command()
@@ -69,7 +69,7 @@ def audit(store_path: str, as_json: bool, out_path: str, data: str | None) -> No
     Path(out_path).write_text(page, encoding="utf-8")
     info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems)}
     if as_json:
-        out.print_json(_to_json(info))
+        emit_json(info)
     else:
         out.print(f"audit report written to [bold]{info['report']}[/] ({'verified' if report.ok else 'NOT verified'})", highlight=False)
     if not report.ok:
@@ -100,7 +100,7 @@ def fork(store_path: str, as_json: bool, at: str, new: str, reason: str) -> None
         hist = fork_branch(s.log, new, source=source, at_seq=int(seq), reason=reason or f"forked from {at}", blobs=s.blobs)
         info = {"branch": new, "source": source, "seq": int(seq), "head": hist.state.head, "event": hist.head}
     if as_json:
-        out.print_json(_to_json(info))
+        emit_json(info)
         return
     out.print(f"branch {new} forked from {source}#{seq}; head version {str(info['head'])[:12]}. "
               f"Continue it with: sia run --branch {new} ... (other settings are recorded on the fork)", highlight=False)
@@ -139,7 +139,7 @@ def rollback(store_path: str, as_json: bool, branch: str, version: str, reason: 
         hist.record(RolledBack(to_version=v.version_id, from_version=str(head), reason=reason))
         info = {"branch": branch, "head": v.version_id, "previous": head, "event": hist.head}
     if as_json:
-        out.print_json(_to_json(info))
+        emit_json(info)
         return
     out.print(f"branch {branch}: head {str(head)[:12]} -> {v.version_id[:12]} (recorded; nothing deleted)", highlight=False)
 
@@ -170,7 +170,7 @@ def rebuild(store_path: str, as_json: bool, version: str, out_dir: str, branch: 
     with _open(store_path, read_only=True) as s:
         agent = rebuild_agent(s, version, out_dir, branch=branch, base_weights_hash=weights)
     if as_json:
-        out.print_json(_to_json(agent))
+        emit_json(agent)
         return
     bm = agent["base_model"]
     out.print(f"version {agent['version']} ({agent['lever']}, {agent['status']}) written to {out_dir}: scaffold.json"
@@ -196,7 +196,7 @@ def diff(store_path: str, as_json: bool, a: str, b: str, branch: str) -> None:
     with _open(store_path, read_only=True) as s:
         d = diff_versions(s, a, b, branch=branch)
     if as_json:
-        out.print_json(_to_json(d))
+        emit_json(d)
         return
     from rich.table import Table
 
@@ -230,7 +230,7 @@ def compare(store_path: str, as_json: bool, branches: tuple[str, ...]) -> None:
     with _open(store_path, read_only=True) as s:
         rows = compare_branches(s, list(branches))
     if as_json:
-        out.print_json(_to_json(rows))
+        emit_json(rows)
         return
     from rich.table import Table
 
@@ -260,7 +260,7 @@ def export(store_path: str, as_json: bool, folder: str) -> None:
     with _open(store_path, read_only=True) as s:
         counts = export_parquet(s, folder)
     if as_json:
-        out.print_json(_to_json(counts))
+        emit_json(counts)
         return
     out.print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" written to {folder}", highlight=False)
 
@@ -300,7 +300,7 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
                 report: object = replay_recorded(s, branch, task)
             except ReplayDivergence as e:
                 if as_json:
-                    out.print_json(_to_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got}))
+                    emit_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got})
                 else:
                     out.print(f"[bold red]DIVERGES[/]: {e}", highlight=False, soft_wrap=True)
                 raise SystemExit(1) from None
@@ -322,7 +322,7 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
     if mode == "reexecute":
         data_out["share_identical"] = report.share_identical  # type: ignore[attr-defined]
     if as_json:
-        out.print_json(_to_json({"ok": True, **data_out}))
+        emit_json({"ok": True, **data_out})
         return
     if mode == "recorded":
         out.print(f"[green]REPLAYS[/]: {data_out['n_events']} events of {branch}; {data_out['rescored']} outputs re-scored, "

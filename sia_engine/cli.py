@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sia_engine import __version__
-from sia_engine.cli_common import _envelope_dict, _open, _to_json, err, out, store_options
+from sia_engine.cli_common import _envelope_dict, _open, emit_json, err, out, store_options
 from store import Store
 
 
@@ -51,7 +51,7 @@ def init(store_path: str, as_json: bool, branch: str) -> None:
         names = [b.name for b in s.log.branches()]
         info = {"store": str(s.root.resolve()), "branches": names, "events": s.log.count()}
     if as_json:
-        out.print_json(_to_json(info))
+        emit_json(info)
     else:
         out.print(f"store ready at [bold]{info['store']}[/] (branches: {', '.join(names)})", highlight=False)
 
@@ -73,7 +73,7 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
     if limit > 0:
         events = events[-limit:]
     if as_json:
-        out.print_json(_to_json([_envelope_dict(e) for e in events]))
+        emit_json([_envelope_dict(e) for e in events])
         return
     t = Table(title=f"history of {branch}")
     for col in ("ref", "id", "kind", "recorded", "summary"):
@@ -97,7 +97,7 @@ def branches(store_path: str, as_json: bool) -> None:
     with _open(store_path, read_only=True) as s:
         infos = s.log.branches()
     if as_json:
-        out.print_json(_to_json([msgspec.to_builtins(b) for b in infos]))
+        emit_json([msgspec.to_builtins(b) for b in infos])
         return
     t = Table(title="branches")
     for col in ("name", "forked from", "own events", "head"):
@@ -123,7 +123,7 @@ def verify(store_path: str, as_json: bool) -> None:
         report = verify_store(s.log, s.blobs)
         journal = s.journal_events
     if as_json:
-        out.print_json(_to_json({**msgspec.to_builtins(report), "ok": report.ok, "journal_events": journal}))
+        emit_json({**msgspec.to_builtins(report), "ok": report.ok, "journal_events": journal})
         if not report.ok:
             sys.exit(1)
         return
@@ -160,7 +160,7 @@ def sql(store_path: str, as_json: bool, query: str) -> None:
         assert sql is not None
         cols, rows = sql(query)
     if as_json:
-        out.print_json(_to_json([dict(zip(cols, (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for v in r))) for r in rows]))
+        emit_json([dict(zip(cols, (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for v in r))) for r in rows])
         return
     t = Table()
     for c in cols:
@@ -204,7 +204,7 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
             ],
         }
     if as_json:
-        out.print_json(_to_json(summary))
+        emit_json(summary)
     else:
         t = Table(title="versions on main (synthetic scores)")
         for col in ("#", "version", "lever", "val score", "status"):

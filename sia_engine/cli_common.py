@@ -15,7 +15,7 @@ from rich.console import Console
 from sia_engine.errors import SiaError
 from store import Envelope, Store, StoreError
 
-__all__ = ["out", "err", "store_options", "_to_json", "_envelope_dict", "_fail", "_open"]
+__all__ = ["out", "err", "store_options", "_to_json", "_envelope_dict", "_fail", "_open", "emit_json"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console()
@@ -29,6 +29,17 @@ def _to_json(obj: Any) -> str:
         raise NotImplementedError
 
     return msgspec.json.encode(obj, enc_hook=enc).decode()
+
+
+def emit_json(obj: Any) -> None:
+    """``--json`` output: indented and highlighted when small, plain when large (rich's JSON
+    pretty-printer takes minutes over a 100,000-event log)."""
+    text = _to_json(obj)
+    if len(text) <= 65_536:
+        out.print_json(text)
+    else:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def _envelope_dict(e: Envelope) -> dict[str, Any]:

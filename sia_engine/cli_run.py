@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sia_engine import __version__
-from sia_engine.cli_common import _fail, _to_json, err, out, store_options
+from sia_engine.cli_common import _fail, emit_json, err, out, store_options
 from sia_engine.errors import SiaError
 from sia_engine.hooks import Hooks
 from store import Store
@@ -180,7 +180,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
             "recipes": _recipes(s, branch),
         }
     if as_json:
-        out.print_json(_to_json(summary))
+        emit_json(summary)
         return
     out.print(_versions_table(state, summary["recipes"]))
     out.print(summary_line(summary), highlight=False)
@@ -201,7 +201,7 @@ def tasks(as_json: bool) -> None:
 
     rows = [{k: r[k] for k in ("name", "description", "data")} for r in task_info()]
     if as_json:
-        out.print_json(_to_json(rows))
+        emit_json(rows)
         return
     t = Table(title="tasks")
     for col in ("name", "description", "data"):

@@ -7,7 +7,7 @@ import click
 import msgspec
 from rich.table import Table
 
-from sia_engine.cli_common import _fail, _to_json, err, out
+from sia_engine.cli_common import _fail, emit_json, err, out
 from sia_engine.errors import SiaError
 
 __all__ = ["baseline", "score"]
@@ -40,7 +40,7 @@ def baseline(task_name: str, data: str | None, method: str, seed: int, as_json: 
     result = {"task": task_name, "data": data or DEFAULT_DATA, "method": method, "seed": seed,
               "cells": int(split.train.shape[0]), "genes": int(split.train.shape[1]), **msgspec.to_builtins(scores)}
     if as_json:
-        out.print_json(_to_json(result))
+        emit_json(result)
         return
     t = Table(title=f"{task_name}: {method} (split seed {seed})")
     for col in ("metric", "raw", "normalised"):
@@ -80,7 +80,7 @@ def score(benchmark: str, predictions: str, as_json: bool) -> None:
     if not rows:
         _fail(f"no LawBench prediction files (<task>.json) under {predictions}")
     if as_json:
-        out.print_json(_to_json(rows))
+        emit_json(rows)
         return
     t = Table(title=f"{benchmark}: {predictions}")
     for col in ("model", "task", "score", "abstention", "note"):

@@ -183,3 +183,15 @@ def test_audit_report(demo_store: Path, tmp_path: Path) -> None:
     r = run("audit", "--store", str(bad), "--out", str(tmp_path / "bad.html"))
     assert r.exit_code == 1 and "NOT verified" in r.output
     assert "NOT VERIFIED: " in (tmp_path / "bad.html").read_text()
+
+
+def test_large_json_output_is_written_plain(capsys) -> None:  # type: ignore[no-untyped-def]
+    """rich pretty-prints small JSON; a large answer (a whole log) goes out as one plain line."""
+    import json as _json
+
+    from sia_engine.cli_common import emit_json
+
+    big = [{"i": i, "text": "x" * 50} for i in range(5000)]
+    emit_json(big)
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and _json.loads(printed) == big
