@@ -9,7 +9,8 @@
 2. For each size: a synthetic history (bench_log's generator) recorded through ``History``
    (snapshots every 5,000 events); engine fork at the head plus its first append (median of 5);
    rebuild of the state at random seqs (p50, p95 of 20); and at 100k events or more, ``sia log``
-   (the last 50 events) and ``sia log --limit 0 --json`` (all of them).
+   (the last 50 events), and at 100k ``sia log --limit 0 --json`` (all of them, one JSON document
+   built in memory: at 1M events that ran this 24 GiB machine out of memory).
 
 Targets (issue 8): recorded replay >= 50x faster than the run; fork <= 5 ms and flat from 10 to 1M
 events; rebuild at any seq of a 1M-event log p95 <= 10 ms; ``sia log`` of 100k events < 0.5 s.
@@ -107,9 +108,10 @@ def sizes_bench(sizes: list[int], tmp: Path) -> None:
             t0 = time.perf_counter()
             CliRunner().invoke(main, ["log", "--store", root])
             log_ms = f"{(time.perf_counter() - t0) * 1000:.0f}"
-            t0 = time.perf_counter()
-            CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--store", root])
-            log_all = f"{(time.perf_counter() - t0) * 1000:.0f}"
+            if n <= 100_000:  # the whole log as one JSON document: held in memory (see the README)
+                t0 = time.perf_counter()
+                CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--store", root])
+                log_all = f"{(time.perf_counter() - t0) * 1000:.0f}"
         print(f"{n:>9,} {statistics.median(forks) * 1000:>15.1f} {statistics.median(rebuilds) * 1000:>15.1f} "
               f"{rebuilds[int(0.95 * (len(rebuilds) - 1))] * 1000:>8.1f} {log_ms:>11} {log_all:>11}   (built in {build:.0f} s)", flush=True)
 
