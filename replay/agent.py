@@ -30,19 +30,19 @@ __all__ = ["rebuild_agent"]
 
 
 def _provenance(store: Store, branch: str, version: Version) -> dict[str, Any]:
+    """The update that trained the version's adapter (its own, or an ancestor's it inherited)."""
     if version.adapter is None:
         return {}
+    found: tuple[str, AdapterCheckpointed] | None = None
     for env in store.log.read(branch, kinds=["adapter_checkpointed"]):
         e = decode_envelope(env)
-        if isinstance(e, AdapterCheckpointed) and e.version_id == version.version_id:
-            return {"event": env.id, "recipe": e.recipe or "rft", "seed": e.seed, "training_data": list(e.training_data),
-                    "hyper": e.hyper, "device": e.device, "dtype": e.dtype, "parent_adapter": e.parent_adapter}
-    for env in store.log.read(branch, kinds=["adapter_checkpointed"]):  # an ancestor version's adapter
-        e = decode_envelope(env)
-        if isinstance(e, AdapterCheckpointed) and e.blob == version.adapter:
-            return {"event": env.id, "recipe": e.recipe or "rft", "seed": e.seed, "training_data": list(e.training_data),
-                    "hyper": e.hyper, "device": e.device, "dtype": e.dtype, "parent_adapter": e.parent_adapter}
-    return {}
+        if isinstance(e, AdapterCheckpointed) and (e.version_id == version.version_id or (e.blob == version.adapter and found is None)):
+            found = (env.id, e)
+    if found is None:
+        return {}
+    event_id, e = found
+    return {"event": event_id, "recipe": e.recipe or "rft", "seed": e.seed, "training_data": list(e.training_data),
+            "hyper": e.hyper, "device": e.device, "dtype": e.dtype, "parent_adapter": e.parent_adapter}
 
 
 def rebuild_agent(store: Store, ref: str, out: str | Path, *, branch: str = "main", base_weights_hash: str | None = None) -> dict[str, Any]:
