@@ -69,7 +69,11 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
       sia log --branch main --kind version_accepted --kind version_rejected
     """
     with _open(store_path, read_only=True) as s:
-        events = s.log.read(branch, kinds=list(kinds) or None)
+        head = s.log.branch(branch).head_seq
+        if limit > 0 and not kinds and head + 1 >= limit:  # the branch's own last events: no full read
+            events = s.log.read(branch, after_seq=head - limit)
+        else:
+            events = s.log.read(branch, kinds=list(kinds) or None)
     if limit > 0:
         events = events[-limit:]
     if as_json:

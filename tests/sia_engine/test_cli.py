@@ -195,3 +195,11 @@ def test_large_json_output_is_written_plain(capsys) -> None:  # type: ignore[no-
     emit_json(big)
     printed = capsys.readouterr().out
     assert printed.count("\n") == 1 and _json.loads(printed) == big
+
+
+def test_log_tail_reads_only_the_last_events(demo_store: Path) -> None:
+    import json as _json
+
+    full = _json.loads(CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--store", str(demo_store)]).output)
+    tail = _json.loads(CliRunner().invoke(main, ["log", "--limit", "3", "--json", "--store", str(demo_store)]).output)
+    assert [e["id"] for e in tail] == [e["id"] for e in full[-3:]]
