@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+import msgspec
 
 from store.duck_verify import verify_connection
 from store.duck_write import _COLS, JOURNAL_SUFFIX, DuckWriter
@@ -93,6 +94,8 @@ class DuckEventLog(DuckWriter):
         self.flush_every = flush_every
         # branch -> (head seq, head id) of the logical history, journal included (a write cache)
         self._heads: dict[str, tuple[int, str | None]] = {}
+        # branch -> its ref as first read (name, base and creation never change; heads come from _heads)
+        self._branch_meta: dict[str, BranchInfo] = {}
         self._pending: list[Batch] = []  # journalled, not yet in DuckDB
         self._pending_n = 0
         self._clock = clock
@@ -191,11 +194,16 @@ class DuckEventLog(DuckWriter):
         return [r[0] for r in self._con.execute("SELECT name FROM branches ORDER BY name").fetchall()]
 
     def branch(self, name: str) -> BranchInfo:
+        meta = self._branch_meta.get(name)
+        if meta is not None:  # refs never change but for their heads, which the write cache knows
+            seq, head = self._logical_head(name)
+            return msgspec.structs.replace(meta, head_seq=seq, head_id=head)
         self.flush()
         row = self._one(f"SELECT {_BRANCH_COLS} FROM branches WHERE name = ?", [name])
         if row is None:
             raise BranchNotFound(name, self._all_branch_names())
-        return BranchInfo(*row)
+        info = self._branch_meta[name] = BranchInfo(*row)
+        return info
 
     def branches(self) -> list[BranchInfo]:
         self.flush()
