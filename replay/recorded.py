@@ -31,6 +31,7 @@ from sia_engine.events import (
     decode_envelope,
 )
 from sia_engine.feedback import Context, RulePolicy
+from sia_engine.loop import evaluation_score, failure_classes, gate_accepts
 from sia_engine.state import AgentState, apply, state_hash
 from sia_engine.task import Task
 from store import EventLog, Store
@@ -107,16 +108,13 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
             mine = [t for t in val_trajs if t.version_id == e.version_id]
             val_trajs = []
             if mine:
-                per: dict[str, list[float]] = {}
-                for t in mine:
-                    per.setdefault(t.episode_id, []).append(t.score or 0.0)
-                agg = [max(v) for v in per.values()] if e.protocol.get("mode") == "best" else [sum(v) / len(v) for v in per.values()]
-                if _differs(sum(agg) / len(agg), e.score):
-                    raise ReplayDivergence(where, "evaluation score", sum(agg) / len(agg), e.score)
+                again = evaluation_score(mine, str(e.protocol.get("mode", "mean")))[0]
+                if _differs(again, e.score):
+                    raise ReplayDivergence(where, "evaluation score", again, e.score)
                 counts["evaluations"] += 1
         elif isinstance(e, FeedbackVerdict) and e.policy == "rule" and e.valid:
             if task is not None and state.run is not None and state.head_version is not None and state.phase == "started":
-                failures = {t.trajectory_id: t.failure or task.score(episodes[t.episode_id], t.output).failure for t in train_trajs}
+                failures = failure_classes(train_trajs, task, episodes)
                 cfg = state.run.config
                 lora = cfg.get("lora") or {}
                 ctx = Context(state, state.head_version, tuple(train_trajs), failures, state.run.levers, state.iteration,  # type: ignore[arg-type]
@@ -132,7 +130,7 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
             head_score = head.score("val") if head else None
             score = cand.score("val") if cand else None
             if score is not None:
-                accept = head_score is not None and score > head_score + margin
+                accept = gate_accepts(score, head_score, margin)
                 if accept != isinstance(e, VersionAccepted):
                     raise ReplayDivergence(where, "gate decision", "accepted" if accept else "rejected",
                                            "accepted" if isinstance(e, VersionAccepted) else "rejected")

@@ -44,11 +44,12 @@ from sia_engine.model import Adapter, LoraSettings, Model, Request
 from sia_engine.recipes import training_examples
 from sia_engine.scaffold import Decoding, Scaffold, apply_patch, scaffold_hash
 from sia_engine.state import AgentState, Version, version_id
-from sia_engine.task import Episode, Task
+from sia_engine.task import Episode, Failure, Task
 from store import BlobStore, Store
 from store.blobs import safetensors_metadata
 
-__all__ = ["EvalProtocol", "LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed", "check_settings", "check_run"]
+__all__ = ["EvalProtocol", "LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed", "check_settings", "check_run",
+           "evaluation_score", "gate_accepts", "failure_classes"]
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 
@@ -131,6 +132,27 @@ def check_run(config: LoopConfig, task: Task, model: Model) -> LoopConfig:
     if config.recipe == "sft" and not any(e.gold is not None for e in task.episodes("train")):
         raise InvalidSettings("recipe", "sft", f"task {task.name!r} has no gold answers to fine-tune on; use rft, grpo or auto")
     return config
+
+
+def evaluation_score(trajs: Sequence[TrajectoryRecorded], mode: str) -> tuple[float, list[float], list[float]]:
+    """A version's score under the protocol's ``mode`` (the mean over episodes of each episode's
+    mean sample score, or of its best for ``best``), with the per-episode means and bests."""
+    per_episode: dict[str, list[float]] = {}
+    for t in trajs:
+        per_episode.setdefault(t.episode_id, []).append(t.score or 0.0)
+    means = [sum(v) / len(v) for v in per_episode.values()]
+    bests = [max(v) for v in per_episode.values()]
+    return sum(bests if mode == "best" else means) / len(per_episode), means, bests
+
+
+def gate_accepts(score: float, head_score: float | None, margin: float) -> bool:
+    """The gate: a candidate is accepted when it beats the head's score by more than ``margin``."""
+    return head_score is not None and score > head_score + margin
+
+
+def failure_classes(trajs: Sequence[TrajectoryRecorded], task: Task, episodes: dict[str, Episode]) -> dict[str, Failure]:
+    """Each trajectory's failure class as recorded (logs from before it was recorded: re-scored)."""
+    return {t.trajectory_id: t.failure or task.score(episodes[t.episode_id], t.output).failure for t in trajs}
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -336,8 +358,7 @@ class Loop:
         assert head is not None
         trajs = tuple(e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded) and e.split == "train")
         episodes = {e.id: e for e in self.train}
-        # the failure class is recorded with each trajectory (older logs: re-scored)
-        failures = {t.trajectory_id: t.failure or self.task.score(episodes[t.episode_id], t.output).failure for t in trajs}
+        failures = failure_classes(trajs, self.task, episodes)
         levers = tuple(self.config.levers)
         ctx = Context(s, head, trajs, failures, levers, s.iteration, recipe=self.config.recipe, rft_top=self.config.lora.rft_top)
         self.hooks.phase("feedback", None)
@@ -395,17 +416,12 @@ class Loop:
         decoding, n = protocol.effective(version.scaffold.decoding)
         events = self._episodes(version, self.val, "val", self.config.seed, tag, decoding, n)
         trajs = [e for e in events if isinstance(e, TrajectoryRecorded)]
-        per_episode: dict[str, list[float]] = {}
-        for t in trajs:
-            per_episode.setdefault(t.episode_id, []).append(t.score or 0.0)
-        means = [sum(v) / len(v) for v in per_episode.values()]
-        bests = [max(v) for v in per_episode.values()]
-        score = sum(bests if protocol.mode == "best" else means) / len(per_episode)
+        score, means, bests = evaluation_score(trajs, protocol.mode)
         keys = sorted({k for t in trajs for k in t.metrics})
         metrics = {k: sum(t.metrics.get(k, 0.0) for t in trajs) / len(trajs) for k in keys}
         metrics.update(sample_mean=sum(means) / len(means), best_of_k=sum(bests) / len(bests),
                        distinct_outputs=float(len({t.output for t in trajs})))
-        events.append(VersionEvaluated(version_id=version.version_id, split="val", score=score, n_episodes=len(per_episode), metrics=metrics,
+        events.append(VersionEvaluated(version_id=version.version_id, split="val", score=score, n_episodes=len(means), metrics=metrics,
                                        protocol={"mode": protocol.mode, "samples": n, "temperature": decoding.temperature}))
         if decide:
             events.append(self._decision(version, score))
@@ -415,7 +431,7 @@ class Loop:
         head = self.hist.state.head_version
         assert head is not None
         head_score = head.score("val")
-        if head_score is not None and score > head_score + self.config.margin:
+        if gate_accepts(score, head_score, self.config.margin):
             ev: Event = VersionAccepted(version_id=cand.version_id, previous=head.version_id, score=score, previous_score=head_score, margin=self.config.margin)
         else:
             ev = VersionRejected(version_id=cand.version_id, head=head.version_id, score=score, head_score=head_score,
