@@ -14,6 +14,7 @@ import html
 from collections import Counter
 
 from replay.audit_parts import collect, iteration_plot, version_details
+from replay.diff import compare_branches
 from sia_engine.history import rebuild
 from sia_engine.integrity import IntegrityReport, verify_store
 from sia_engine.state import AgentState, Version
@@ -131,7 +132,7 @@ def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = 
     else:
         body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(log, b.name, task) for b in branches) + "</ul>"]
         collected = {b.name: collect(log.read(b.name)) for b in branches}
-        body += ["<h2>Score per iteration</h2>", iteration_plot({name: c[1] for name, c in collected.items()})]
+        body += ["<h2>Score per iteration</h2>", iteration_plot(compare_branches(log, [b.name for b in branches]))]
     for b in branches:
         events = log.read(b.name)
         kinds = Counter(e.kind for e in events)
@@ -141,7 +142,7 @@ def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = 
         if not report.ok:
             continue  # a history that does not verify is not reduced into claims
         state, _ = rebuild(log, b.name)
-        prov, _, rollbacks = collected[b.name]
+        prov, rollbacks = collected[b.name]
         if state.run is not None:
             body.append(f"<p>run <code>{html.escape(state.run.run_id)}</code>, task {html.escape(state.run.task)}, base model "
                         f"<code>{html.escape(state.run.base_model.id)}</code> (weights sha256 <code>{state.run.base_model.weights_hash or '-'}</code>), "

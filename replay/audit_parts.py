@@ -37,49 +37,37 @@ class Provenance(msgspec.Struct):
     evidence: list[TrajectoryRecorded] = []
 
 
-def collect(envelopes: list[Envelope]) -> tuple[dict[str, Provenance], list[tuple[int, float | None, float | None, str]], list[str]]:
-    """Per version its provenance; per iteration (number, candidate score, head score after, lever);
-    and the rollbacks, as text."""
+def collect(envelopes: list[Envelope]) -> tuple[dict[str, Provenance], list[str]]:
+    """Per version its provenance, and the rollbacks, as text."""
     prov: dict[str, Provenance] = {}
-    iterations: list[tuple[int, float | None, float | None, str]] = []
     rollbacks: list[str] = []
     verdict: FeedbackVerdict | None = None
     trajs: dict[str, TrajectoryRecorded] = {}
-    head_score: float | None = None
-    current: list[Any] | None = None
     for env in envelopes:
         e = decode_envelope(env)
-        kind = e.kind()
         if isinstance(e, IterationStarted):
             trajs, verdict = {}, None
-            current = [e.iteration, None, head_score, "none"]
-            iterations.append(current)  # type: ignore[arg-type]
         elif isinstance(e, TrajectoryRecorded) and e.split == "train":
             trajs[e.trajectory_id] = e
         elif isinstance(e, FeedbackVerdict) and e.valid:
             verdict = e
-            if current is not None:
-                current[3] = e.lever
         elif isinstance(e, (ScaffoldPatched, AdapterCheckpointed)):
             ids = verdict.evidence if verdict else ()
             if verdict is not None and verdict.training_plan is not None:
                 ids = tuple(verdict.training_plan.trajectory_ids)
             prov[e.version_id] = Provenance(e, f"{env.branch}#{env.seq}", verdict, [trajs[i] for i in ids if i in trajs])
-        elif kind == "version_evaluated" and current is None and head_score is None:
-            head_score = getattr(e, "score", None)
-        elif kind in ("version_accepted", "version_rejected") and current is not None:
-            current[1] = getattr(e, "score", None)
-            if kind == "version_accepted":
-                head_score = current[1]
-            current[2] = head_score
         elif isinstance(e, RolledBack):
             rollbacks.append(f"{env.branch}#{env.seq}: head {e.from_version[:12]} -> {e.to_version[:12]} ({e.reason})")
-    return prov, [tuple(x) for x in iterations], rollbacks  # type: ignore[misc]
+    return prov, rollbacks
 
 
-def iteration_plot(series: dict[str, list[tuple[int, float | None, float | None, str]]]) -> str:
-    """Head score after each iteration, one line per branch; dots for candidates (hollow: rejected)."""
-    points = [(i, s) for rows in series.values() for (i, c, h, _) in rows for s in (c, h) if s is not None]
+def iteration_plot(rows: list[dict[str, Any]]) -> str:
+    """Head score after each iteration, one line per branch; dots for candidates (hollow: rejected).
+    ``rows`` are ``replay.diff.compare_branches`` rows."""
+    series: dict[str, list[tuple[int, float | None, float | None, str]]] = {}
+    for r in rows:
+        series.setdefault(r["branch"], []).append((r["iteration"], r["candidate_score"], r["head_score"], r["lever"]))
+    points = [(i, s) for rs in series.values() for (i, c, h, _) in rs for s in (c, h) if s is not None]
     if not points:
         return "<p>no iterations recorded</p>"
     n = max(i for i, _ in points) + 1
@@ -95,13 +83,13 @@ def iteration_plot(series: dict[str, list[tuple[int, float | None, float | None,
              f'<text x="{w - pad}" y="{h - 8}" font-size="11" text-anchor="end">iteration (0..{n - 1})</text>',
              f'<text x="4" y="{pad}" font-size="10">{hi:.3f}</text><text x="4" y="{h - pad}" font-size="10">{lo:.3f}</text>']
     legend = []
-    for k, (branch, rows) in enumerate(series.items()):
+    for k, (branch, branch_rows) in enumerate(series.items()):
         colour = PALETTE[k % len(PALETTE)]
-        line = [xy(i, hs) for (i, _, hs, _) in rows if hs is not None]
+        line = [xy(i, hs) for (i, _, hs, _) in branch_rows if hs is not None]
         if line:
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
                          + " ".join(f"{x:.1f},{y:.1f}" for x, y in line) + '"/>')
-        for i, c, hs, lever in rows:
+        for i, c, hs, lever in branch_rows:
             if c is None:
                 continue
             x, y = xy(i, c)

@@ -27,7 +27,7 @@ from sia_engine.events import (
     decode_envelope,
 )
 from sia_engine.state import Version
-from store import Store
+from store import EventLog, Store
 from store.blobs import safetensors_metadata
 
 __all__ = ["diff_versions", "compare_branches", "adapter_deltas"]
@@ -85,15 +85,16 @@ def diff_versions(store: Store, a: str, b: str, *, branch: str = "main") -> dict
     }
 
 
-def compare_branches(store: Store, branches: list[str]) -> list[dict[str, Any]]:
+def compare_branches(store: Store | EventLog, branches: list[str]) -> list[dict[str, Any]]:
     """One row per (branch, iteration): lever, recipe, candidate score, decision, head score after."""
+    log: EventLog = store.log if isinstance(store, Store) else store
     rows = []
     for branch in branches:
-        state = state_at(store.log, branch)  # refuses an unknown branch with the store's own error
+        state = state_at(log, branch)  # refuses an unknown branch with the store's own error
         initial = state.ordered_versions()[0] if state.versions else None
         head_score = initial.score("val") if initial else None
         row: dict[str, Any] | None = None
-        for env in store.log.read(branch):
+        for env in log.read(branch):
             e = decode_envelope(env)
             if isinstance(e, IterationStarted):
                 row = {"branch": branch, "iteration": e.iteration, "from": env.branch, "lever": "none", "recipe": "",
