@@ -217,7 +217,7 @@ class LLMPolicy:
             lines.append(f"- id={t.trajectory_id} score={t.score} failure={ctx.failures.get(t.trajectory_id)} output={t.output[:200]!r}")
         return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
 
-    def _validate(self, text: str, ctx: Context, gold: set[str] = frozenset()) -> LLMVerdict:  # type: ignore[assignment]
+    def _validate(self, text: str, ctx: Context, gold: set[str]) -> LLMVerdict:
         m = _JSON.search(text)
         if m is None:
             raise ValueError("no JSON object in the answer")

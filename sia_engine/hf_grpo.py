@@ -60,7 +60,13 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
     by_prompt = {t: g for g, t in prompt_text.items()}
     if len(by_prompt) != len(groups):
         raise ValueError("two groups share one prompt: grpo groups must be distinct prompts")
-    encoded = {g: [model.encode_example(ex, settings.max_length) for ex in exs] for g, exs in groups.items()}
+    # per group, each sample's token ids split into prompt | completion (labels are -100 on the prompt)
+    encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
+    for g, exs in groups.items():
+        for ex in exs:
+            ids, labels = model.encode_example(ex, settings.max_length)
+            cut = next(i for i, lab in enumerate(labels) if lab != -100)
+            encoded.setdefault(g, []).append((ids[:cut], ids[cut:]))
     rewards = {(g, j): float(ex.reward or 0.0) for g, exs in groups.items() for j, ex in enumerate(exs)}
 
     def rollout(prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
@@ -71,11 +77,10 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
             g = by_prompt[p]
             j = seen.get(g, 0) % k
             seen[g] = seen.get(g, 0) + 1
-            ids, labels = encoded[g][j]
-            cut = next(i for i, lab in enumerate(labels) if lab != -100)  # prompt | completion
-            out["prompt_ids"].append(ids[:cut])
-            out["completion_ids"].append(ids[cut:])
-            out["logprobs"].append([0.0] * (len(ids) - cut))  # unused: no vLLM importance correction
+            prompt, completion = encoded[g][j]
+            out["prompt_ids"].append(prompt)
+            out["completion_ids"].append(completion)
+            out["logprobs"].append([0.0] * len(completion))  # unused: no vLLM importance correction
             out["sample"].append(f"{g}\x00{j}")
         return out
 
@@ -94,8 +99,7 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
                     on_step(state.global_step, point["loss"])
 
     per_step = k * max(1, min(len(groups), settings.batch_size // k or 1))
-    max_completion = max(len(ids) - next(i for i, lab in enumerate(labels) if lab != -100)
-                         for enc in encoded.values() for ids, labels in enc)
+    max_completion = max(len(completion) for enc in encoded.values() for _, completion in enc)
     ds = Dataset.from_list([{"prompt": prompt_text[g]} for g in groups])
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()

@@ -36,6 +36,7 @@ from sia_engine.events import (
     VersionAccepted,
     VersionEvaluated,
     VersionRejected,
+    decode_envelope,
 )
 from sia_engine.feedback import Context, FeedbackAgent
 from sia_engine.history import History
@@ -238,8 +239,6 @@ class Loop:
         here = getattr(self.model, "device", None)
         if here is None:
             return
-        from sia_engine.events import decode_envelope
-
         trained = {getattr(decode_envelope(e), "device", "") for e in self.store.log.read(self.branch, kinds=["adapter_checkpointed"])}
         other = sorted(d for d in trained if d and d != here)
         if other:
@@ -337,8 +336,6 @@ class Loop:
         ancestry included, when the run resumes mid-iteration)."""
         if self._open is not None:
             return self._open
-        from sia_engine.events import decode_envelope
-
         log = self.store.log
         starts = log.read(self.branch, kinds=["iteration_started"])
         if not starts:
@@ -389,7 +386,8 @@ class Loop:
         recipe = plan.effective_recipe
         trajs = [e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded)]
         episodes = {e.id: e for e in self.train}
-        used = {t.episode_id for t in trajs if t.trajectory_id in set(plan.trajectory_ids)}
+        chosen = set(plan.trajectory_ids)
+        used = {t.episode_id for t in trajs if t.trajectory_id in chosen}
         messages = {eid: self.task.messages(head.scaffold, episodes[eid]) for eid in used}
         examples = training_examples(plan, trajs, episodes, messages, self.task.answer_prefix)
         seed = iteration_seed(self.config.seed, s.iteration)

@@ -37,7 +37,7 @@ def _valid(t: TrajectoryRecorded, failures: Mapping[str, str]) -> bool:
     return _failure(t, failures) in ("none", "content")
 
 
-def _spread_groups(trajs: Sequence[TrajectoryRecorded], failures: Mapping[str, str]) -> dict[str, list[TrajectoryRecorded]]:
+def _spread_groups(trajs: Sequence[TrajectoryRecorded]) -> dict[str, list[TrajectoryRecorded]]:
     """Episodes with at least two samples whose scores differ (the groups GRPO learns from)."""
     groups: dict[str, list[TrajectoryRecorded]] = {}
     for t in trajs:
@@ -57,7 +57,7 @@ def choose_recipe(trajs: Sequence[TrajectoryRecorded], failures: Mapping[str, st
     if wrong:
         kinds = sorted({_failure(t, failures) for t in wrong})
         return "sft", f"{len(wrong)} outputs wrong ({', '.join(kinds)}) on episodes with gold answers: sft on the gold answers"
-    groups = _spread_groups(trajs, failures)
+    groups = _spread_groups(trajs)
     distinct = len({round(t.score or 0.0, 6) for t in valid})
     if groups and distinct > 2:
         return "grpo", (f"no gold answers, a dense reward ({distinct} distinct scores) and {len(groups)} episodes whose "
@@ -93,7 +93,7 @@ def plan_for(recipe: Recipe, trajs: Sequence[TrajectoryRecorded], failures: Mapp
                     outputs.add(t.output)
                     ids.append(t.trajectory_id)
     else:
-        groups = _spread_groups(trajs, failures)
+        groups = _spread_groups(trajs)
         ids = [t.trajectory_id for t in trajs if t.episode_id in groups]
     if not ids:
         return None
