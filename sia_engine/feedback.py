@@ -21,7 +21,7 @@ from sia_engine.events import (
     TrajectoryRecorded,
 )
 from sia_engine.model import Message, Model, Recipe, Request
-from sia_engine.recipes import RECIPES, choose_recipe, plan_for
+from sia_engine.recipes import RECIPES, choose_recipe, gold_episodes, plan_for
 from sia_engine.scaffold import Decoding, PatchOp, apply_patch
 from sia_engine.state import AgentState, Version, version_id
 from sia_engine.task import Failure, Task
@@ -134,7 +134,7 @@ class RulePolicy:
     def _training_plan(self, ctx: Context, task: Task) -> TrainingPlan | None:
         """A recipe from the trajectories (gold and content errors -> sft; many invalid outputs ->
         rft on the valid ones; no gold and a dense reward -> grpo; else rft), or the forced one."""
-        gold = {e.id for e in task.episodes("train") if e.gold is not None}
+        gold = gold_episodes(task)
         recipe: Recipe | None
         if ctx.recipe in RECIPES:
             recipe, why = ctx.recipe, f"the run forces --recipe {ctx.recipe}"
@@ -267,7 +267,7 @@ class LLMPolicy:
             outputs={"text": gen.text, **({"raw": gen.raw} if gen.raw else {})},
         )
         try:
-            v = self._validate(gen.text, ctx, {e.id for e in task.episodes("train") if e.gold is not None})
+            v = self._validate(gen.text, ctx, gold_episodes(task))
         except (ValueError, msgspec.ValidationError, msgspec.DecodeError) as e:
             invalid = FeedbackVerdict(
                 version_id=ctx.head.version_id, lever="none", rationale=f"invalid LLM verdict: {e}",

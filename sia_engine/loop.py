@@ -42,7 +42,7 @@ from sia_engine.feedback import Context, FeedbackAgent
 from sia_engine.history import History
 from sia_engine.hooks import Hooks
 from sia_engine.model import Adapter, LoraSettings, Model, Request
-from sia_engine.recipes import training_examples
+from sia_engine.recipes import gold_episodes, training_examples
 from sia_engine.scaffold import Decoding, Scaffold, apply_patch, scaffold_hash
 from sia_engine.state import AgentState, Version, version_id
 from sia_engine.task import Episode, Failure, Task
@@ -130,7 +130,7 @@ def check_run(config: LoopConfig, task: Task, model: Model) -> LoopConfig:
     config = check_settings(config)
     if "weights" in config.levers and not model.trains_weights:
         raise SiaError(f"model {model.ref.id!r} cannot train weights: run it with --levers scaffold")
-    if config.recipe == "sft" and not any(e.gold is not None for e in task.episodes("train")):
+    if config.recipe == "sft" and not gold_episodes(task):
         raise InvalidSettings("recipe", "sft", f"task {task.name!r} has no gold answers to fine-tune on; use rft, grpo or auto")
     return config
 

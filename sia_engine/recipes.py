@@ -21,12 +21,17 @@ from typing import Literal
 
 from sia_engine.events import TrainingPlan, TrajectoryRecorded
 from sia_engine.model import Message, Recipe, TrainExample
-from sia_engine.task import Episode
+from sia_engine.task import Episode, Task
 
-__all__ = ["RECIPES", "choose_recipe", "plan_for", "training_examples"]
+__all__ = ["RECIPES", "gold_episodes", "choose_recipe", "plan_for", "training_examples"]
 
 RECIPES: tuple[Recipe, ...] = ("sft", "rft", "grpo")
 INVALID_SHARE = 0.5  # at least this share of invalid outputs: learn the valid ones first (rft)
+
+
+def gold_episodes(task: Task) -> set[str]:
+    """Ids of the training episodes that have a gold answer (what sft can learn from)."""
+    return {e.id for e in task.episodes("train") if e.gold is not None}
 
 
 def _failure(t: TrajectoryRecorded, failures: Mapping[str, str]) -> str:
