@@ -36,7 +36,7 @@ def export_parquet(store: Store, out: str | Path) -> dict[str, int]:
                                                    "output", "score", "failure")}
     versions: dict[str, list[Any]] = {k: [] for k in ("branch", "version_id", "index", "parent", "lever", "adapter", "status", "val_score")}
     for info in store.log.branches():
-        own = [e for e in store.log.read(info.name) if e.branch == info.name]
+        own = store.log.read(info.name, after_seq=-1)  # the branch's own events, no ancestry
         for e in own:
             for k, v in (("id", e.id), ("parent", e.parent), ("branch", e.branch), ("seq", e.seq), ("kind", e.kind),
                          ("schema", e.schema), ("recorded_at", e.recorded_at), ("payload", e.payload.decode())):
