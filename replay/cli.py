@@ -91,13 +91,13 @@ def fork(store_path: str, as_json: bool, at: str, new: str, reason: str) -> None
       sia fork main@12 scaffold-only --reason "what if only the scaffold moved"
       sia run --task scrna-denoise --branch scaffold-only --levers scaffold
     """
-    from sia_engine.history import fork as fork_branch
+    from replay.branching import fork_branch
 
     source, sep, seq = at.rpartition("@")
     if not sep or not seq.isdigit() or not source:
         _fail(f"{at!r} is not BRANCH@SEQ (for example main@12; `sia log` shows the seqs)")
     with _open(store_path) as s:
-        hist = fork_branch(s.log, new, source=source, at_seq=int(seq), reason=reason or f"forked from {at}", blobs=s.blobs)
+        hist = fork_branch(s, new, source=source, at_seq=int(seq), reason=reason)
         info = {"branch": new, "source": source, "seq": int(seq), "head": hist.state.head, "event": hist.head}
     if as_json:
         emit_json(info)
@@ -118,30 +118,23 @@ def rollback(store_path: str, as_json: bool, branch: str, version: str, reason: 
     Example:
       sia rollback main 1a2b3c4d --reason "the adapter overfits"
     """
-    from replay import locate
-    from sia_engine.events import RolledBack
-    from sia_engine.history import History
+    from replay.branching import RollbackRefused
+    from replay.branching import rollback as roll_back
 
     with _open(store_path) as s:
-        found = locate(s.log, version, branch=branch)
-        if found.version is None:
-            _fail(f"{version!r} names an event, not an agent version of branch {branch!r}")
-        assert found.version is not None
-        hist = History.open(s.log, branch, blobs=s.blobs)
-        head = hist.state.head
-        v = found.version
-        if v.status != "accepted" or v.version_id == head:
-            _fail(f"version {v.version_id[:12]} is {'the head' if v.version_id == head else v.status}: "
-                  f"roll back to an earlier accepted version of {branch!r} (its accepted versions: "
-                  + ", ".join(x[:12] for x in dict.fromkeys(hist.state.head_history) if x != head) + ")")
-        if hist.state.phase != "idle":
-            _fail(f"branch {branch!r} is inside iteration {hist.state.iteration} ({hist.state.phase}): finish it with sia run first")
-        hist.record(RolledBack(to_version=v.version_id, from_version=str(head), reason=reason))
-        info = {"branch": branch, "head": v.version_id, "previous": head, "event": hist.head}
+        previous = s.log.branch(branch).head_id
+        try:
+            hist = roll_back(s, branch, version, reason=reason)
+        except RollbackRefused as e:
+            _fail(e.reason)
+            raise
+        head = hist.state.head_history[-2] if len(hist.state.head_history) > 1 else None
+        v_id = str(hist.state.head)
+        info = {"branch": branch, "head": v_id, "previous": head, "event": hist.head, "previous_event": previous}
     if as_json:
         emit_json(info)
         return
-    out.print(f"branch {branch}: head {str(head)[:12]} -> {v.version_id[:12]} (recorded; nothing deleted)", highlight=False)
+    out.print(f"branch {branch}: head {str(head)[:12]} -> {v_id[:12]} (recorded; nothing deleted)", highlight=False)
 
 
 @click.command()

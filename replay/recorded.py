@@ -14,6 +14,8 @@ scrna-denoise, the sandboxed denoiser, once per distinct configuration).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -21,7 +23,6 @@ import msgspec
 from replay.errors import ReplayError
 from sia_engine.errors import ReducerError
 from sia_engine.events import (
-    Event,
     FeedbackVerdict,
     IterationStarted,
     TrajectoryRecorded,
@@ -33,7 +34,7 @@ from sia_engine.events import (
 from sia_engine.feedback import Context, RulePolicy
 from sia_engine.loop import evaluation_score, failure_classes, gate_accepts
 from sia_engine.state import AgentState, apply, state_hash
-from sia_engine.task import Task
+from sia_engine.task import Episode, Score, Task
 from store import EventLog, Store
 
 __all__ = ["ReplayDivergence", "ReplayReport", "replay_recorded"]
@@ -73,6 +74,22 @@ def _verdict_key(v: FeedbackVerdict) -> dict[str, Any]:
             "training_plan": None if plan is None else {"trajectory_ids": list(plan.trajectory_ids), "recipe": plan.effective_recipe}}
 
 
+def _prescore(task: Task, episodes: dict[str, Episode], trajs: list[TrajectoryRecorded]) -> dict[tuple[str, str], Score]:
+    """Each distinct (episode, output) scored once. A task whose scorer says it may run
+    concurrently (``concurrent_scoring``: scrna-denoise's runs each configuration in a sandboxed
+    process) is scored on every core; the comparison with the log stays in log order."""
+    todo = list(dict.fromkeys((t.episode_id, t.output) for t in trajs if t.episode_id in episodes))
+
+    def one(pair: tuple[str, str]) -> Score:
+        return task.score(episodes[pair[0]], pair[1])
+
+    workers = min(os.cpu_count() or 1, 8) if getattr(task, "concurrent_scoring", False) else 1
+    if workers > 1 and len(todo) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            return dict(zip(todo, pool.map(one, todo), strict=True))
+    return {pair: one(pair) for pair in todo}
+
+
 def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> ReplayReport:
     """Recompute ``branch`` of a store (or an event log) from its recorded outputs; raises
     ``ReplayDivergence`` at the first disagreement. Without a ``task``, only what needs no scorer
@@ -87,9 +104,10 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
     if task is None:
         skipped.add("scores, failure classes and rule verdicts: the task is not available here")
     n = 0
-    for env in log.read(branch):
+    decoded = [(env, decode_envelope(env)) for env in log.read(branch)]
+    scores = _prescore(task, episodes, [e for _, e in decoded if isinstance(e, TrajectoryRecorded)]) if task else {}
+    for env, e in decoded:
         where = f"{env.branch}#{env.seq}"
-        e: Event = decode_envelope(env)
         if isinstance(e, IterationStarted):
             train_trajs = []
         elif isinstance(e, TrajectoryRecorded):
@@ -98,7 +116,7 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
                 ep = episodes.get(e.episode_id)
                 if ep is None:
                     raise ReplayDivergence(where, "episode_id", "an episode of the task", e.episode_id)
-                s = task.score(ep, e.output)
+                s = scores[(e.episode_id, e.output)]
                 if _differs(s.score, e.score):
                     raise ReplayDivergence(where, "score", s.score, e.score)
                 if e.failure and s.failure != e.failure:

@@ -8,6 +8,7 @@ when the store does not verify.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import click
 import msgspec
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from sia_engine import __version__
 from sia_engine.cli_common import _envelope_dict, _open, emit_json, err, out, store_options
-from store import Store
+from store import Envelope, Store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,6 +71,9 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
     """
     with _open(store_path, read_only=True) as s:
         head = s.log.branch(branch).head_seq
+        if limit == 0 and as_json:  # the whole history: streamed, one event at a time, never all in memory
+            _stream_json(s.log.iter_read(branch, kinds=list(kinds) or None))
+            return
         if limit > 0 and not kinds and head + 1 >= limit:  # the branch's own last events: no full read
             events = s.log.read(branch, after_seq=head - limit)
         else:
@@ -87,6 +91,20 @@ def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], lim
         summary = ", ".join(f"{k}={str(v)[:24]}" for k, v in p.items() if k != "kind" and not isinstance(v, (dict, list)))
         t.add_row(e.ref, e.id[:12], e.kind, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), summary[:80])
     out.print(t)
+
+
+def _stream_json(events: Iterator[Envelope]) -> None:
+    """A JSON array written as it is read: the same document ``emit_json`` prints for a large
+    list, in memory one event at a time (1M events took more than this machine's 24 GiB whole)."""
+    enc = msgspec.json.Encoder()
+    w = sys.stdout.write
+    first = True
+    for e in events:
+        w("[" if first else ",")
+        w(enc.encode(_envelope_dict(e)).decode())
+        first = False
+    w("[]\n" if first else "]\n")
+    sys.stdout.flush()
 
 
 @main.command()
@@ -146,6 +164,30 @@ def verify(store_path: str, as_json: bool) -> None:
             out.print(f"  {p}", highlight=False, soft_wrap=True)
     if not report.ok:
         sys.exit(1)
+
+
+@main.command()
+@store_options
+@click.option("--clear", is_flag=True, help="drop the cache (rows and files); rebuilds then reduce from the events")
+def snapshots(store_path: str, as_json: bool, clear: bool) -> None:
+    """Count the cached states (full and delta snapshots), or drop them with --clear.
+
+    Snapshots are a cache derived from the events, never a source of truth: dropping them loses
+    nothing, and the next run writes new ones. Use it when `sia verify` reports a damaged snapshot.
+
+    \b
+    Example:
+      sia snapshots --store ./runs/exp1 --clear
+    """
+    from sia_engine.history import DELTA_KEY, SNAPSHOT_KEY
+
+    with _open(store_path, read_only=not clear) as s:
+        counts = {"full": len(s.log.list_snapshots(SNAPSHOT_KEY)), "delta": len(s.log.list_snapshots(DELTA_KEY))}
+        dropped = s.log.clear_snapshots() if clear else 0
+    if as_json:
+        emit_json({**counts, "dropped": dropped})
+        return
+    out.print(f"{counts['full']} full and {counts['delta']} delta snapshots" + (f"; dropped {dropped}" if clear else ""), highlight=False)
 
 
 @main.command()

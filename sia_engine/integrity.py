@@ -7,7 +7,7 @@ import msgspec
 
 from sia_engine.errors import EventError, ReducerError
 from sia_engine.events import decode_envelope
-from sia_engine.history import SNAPSHOT_KEY, decode_state
+from sia_engine.history import DELTA_KEY, SNAPSHOT_KEY, load_cached_state
 from sia_engine.state import AgentState, apply, state_hash
 from store import BlobStore, EventLog, Problem, VerifyReport
 
@@ -34,7 +34,10 @@ class IntegrityReport(msgspec.Struct, frozen=True):
 def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Problem], int]:
     """Decode and reduce every branch from its fork point; check blob refs and snapshots."""
     problems: list[Problem] = []
-    snaps = {(b, s): eid for b, s, eid in log.list_snapshots(SNAPSHOT_KEY)}
+    snaps: dict[tuple[str, int], list[str]] = {}
+    for cache_key in (SNAPSHOT_KEY, DELTA_KEY):
+        for b, s, _ in log.list_snapshots(cache_key):
+            snaps.setdefault((b, s), []).append(cache_key)
     at_fork: dict[tuple[str, int], AgentState | None] = {}
     branches = log.branches()
     for info in branches:
@@ -61,19 +64,22 @@ def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Probl
             key = (env.branch, env.seq)
             if key in at_fork:
                 at_fork[key] = state
-            if key in snaps:
-                found = log.load_snapshot(env.branch, env.seq, SNAPSHOT_KEY)
-                assert found is not None
+            for snap_key in snaps.get(key, []):
+                what = "cached snapshot" if snap_key == SNAPSHOT_KEY else "cached delta snapshot"
                 try:
-                    cached = state_hash(decode_state(found[3]))
+                    found = load_cached_state(log, env.branch, env.seq, snap_key)
                 except msgspec.MsgspecError:
-                    cached = "an undecodable snapshot"
-                fresh = state_hash(state)
+                    found = None
+                if found is None:
+                    problems.append(Problem(env.branch, env.seq, env.id, f"{what} is unreadable (its file is missing or altered, "
+                                            "or its base is gone): drop the cache with `sia snapshots --clear`"))
+                    continue
+                cached, fresh = state_hash(found), state_hash(state)
                 if cached != fresh:
                     problems.append(
-                        Problem(env.branch, env.seq, env.id, f"cached snapshot has state hash {cached}, a fresh reduce gives {fresh}")
+                        Problem(env.branch, env.seq, env.id, f"{what} has state hash {cached}, a fresh reduce gives {fresh}")
                     )
-    return problems, len(snaps)
+    return problems, sum(len(v) for v in snaps.values())
 
 
 def verify_store(log: EventLog, blobs: BlobStore | None = None) -> IntegrityReport:

@@ -1,13 +1,13 @@
 """An OpenAI-compatible chat endpoint (vLLM, Ollama, hosted APIs): the scaffold lever only.
 
 Every exchange comes back in ``Generation.raw`` (request body and response JSON), which the
-loop records in the ``action_taken`` event, so a replay needs no network: ``RecordedModel``
+loop records in the ``action_taken`` event, so a replay needs no network: ``replay.model.RecordedModel``
 serves the same answers from the log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -15,7 +15,7 @@ import msgspec
 
 from sia_engine.canonical import digest
 from sia_engine.errors import ModelUnavailable, NoRecordedResponse, SiaError
-from sia_engine.events import ActionTaken, ModelRef
+from sia_engine.events import ModelRef
 from sia_engine.model import (
     Adapter,
     Generation,
@@ -25,10 +25,12 @@ from sia_engine.model import (
     TrainExample,
 )
 
-__all__ = ["OpenAIChatModel", "RecordedModel", "ModelUnavailable", "NoRecordedResponse"]
+__all__ = ["OpenAIChatModel", "ModelUnavailable", "NoRecordedResponse", "WeightsUnsupported", "inputs_key"]
 
 
-class _WeightsUnsupported:
+class WeightsUnsupported:
+    """A model that serves the scaffold lever only: no adapters, no training."""
+
     trains_weights = False
 
     def set_adapter(self, adapter: Adapter | None) -> None:
@@ -47,11 +49,11 @@ class _WeightsUnsupported:
         raise SiaError(f"{self.ref.id} cannot train weights: run it with --levers scaffold")  # type: ignore[attr-defined]
 
 
-def _inputs_key(messages: Any, decoding: Any, seed: int) -> str:
+def inputs_key(messages: Any, decoding: Any, seed: int) -> str:
     return digest({"messages": messages, "decoding": decoding, "seed": seed})
 
 
-class OpenAIChatModel(_WeightsUnsupported):
+class OpenAIChatModel(WeightsUnsupported):
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -98,26 +100,3 @@ class OpenAIChatModel(_WeightsUnsupported):
 
     def close(self) -> None:
         self._client.close()
-
-
-class RecordedModel(_WeightsUnsupported):
-    """Serves the answers a run recorded, keyed by (messages, decoding, seed): replay offline."""
-
-    def __init__(self, ref: ModelRef, actions: Iterable[ActionTaken]) -> None:
-        self.ref = ref
-        self._answers: dict[str, Generation] = {}
-        for a in actions:
-            if a.actor == "model" and a.name == "generate" and "messages" in a.inputs:
-                key = _inputs_key(a.inputs["messages"], a.inputs["decoding"], a.inputs["seed"] + a.inputs.get("sample", 0))
-                o = a.outputs
-                self._answers[key] = Generation(o["text"], n_tokens=o.get("n_tokens", 0), finish=o.get("finish", "stop"), raw=o.get("raw", {}))
-
-    def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        out = []
-        for r in requests:
-            for j in range(r.n):  # sample j was asked with seed + j
-                key = _inputs_key(msgspec.to_builtins(r.messages), msgspec.to_builtins(r.decoding), r.seed + j)
-                if key not in self._answers:
-                    raise NoRecordedResponse(len(self._answers))
-                out.append(self._answers[key])
-        return out

@@ -2,8 +2,8 @@
 
 Tables: ``events`` (one row per event, keyed by ``(branch, seq)``, payload as DuckDB JSON so that
 ``json_extract`` works on it), ``branches`` (refs: fork point and head, moved by compare-and-swap
-inside the append transaction) and ``snapshots`` (a droppable cache of reduced state). Appends are
-one transaction per batch, ingested from Arrow. Verification runs in SQL: DuckDB recomputes every
+inside the append transaction) and ``snapshots`` (a droppable cache of reduced state, its bytes
+in files beside the database: see ``store.duck_snapshots``). Appends are one transaction per batch, ingested from Arrow. Verification runs in SQL: DuckDB recomputes every
 id with its own ``sha256`` and checks the chain with window functions.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import msgspec
 
+from store.duck_snapshots import SNAPSHOT_SUFFIX, DuckSnapshots
 from store.duck_verify import verify_connection
 from store.duck_write import _COLS, JOURNAL_SUFFIX, DuckWriter
 from store.envelope import (
@@ -38,7 +39,7 @@ from store.errors import (
 )
 from store.journal import Batch, Journal
 
-__all__ = ["DuckEventLog", "FORMAT_VERSION"]
+__all__ = ["DuckEventLog", "FORMAT_VERSION", "SNAPSHOT_SUFFIX"]
 
 FORMAT_VERSION = "1"
 
@@ -76,7 +77,7 @@ def _translate_open_error(path: str, e: duckdb.Error) -> StoreError:
     return StoreError(f"could not open store {path}: {msg}")
 
 
-class DuckEventLog(DuckWriter):
+class DuckEventLog(DuckSnapshots, DuckWriter):
     """Event log on a DuckDB file (``:memory:`` for a throwaway in-process database)."""
 
     def __init__(
@@ -88,8 +89,13 @@ class DuckEventLog(DuckWriter):
         clock: Callable[[], datetime] = _utcnow,
         journal: bool = True,
         flush_every: int = 1000,
+        snapshot_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = str(path)
+        # where snapshot bytes live (a read-only private copy reads the original's)
+        self._snap_dir: str | None = None
+        if self.path != ":memory:":
+            self._snap_dir = str(snapshot_dir) if snapshot_dir is not None else self.path + SNAPSHOT_SUFFIX
         self.read_only = read_only
         self.flush_every = flush_every
         # branch -> (head seq, head id) of the logical history, journal included (a write cache)
@@ -97,6 +103,8 @@ class DuckEventLog(DuckWriter):
         # branch -> its ref as first read (name, base and creation never change; heads come from _heads)
         self._branch_meta: dict[str, BranchInfo] = {}
         self._pending: list[Batch] = []  # journalled, not yet in DuckDB
+        # (branch, snapshot key) -> (seqs, [(event id, data when small)]): where snapshots are
+        self._snap_index: dict[tuple[str, str], tuple[list[int], list[tuple[str, bytes | None]]]] = {}
         self._pending_n = 0
         self._clock = clock
         self._journal: Journal | None = None
@@ -163,7 +171,8 @@ class DuckEventLog(DuckWriter):
             raise StoreError(f"store {self.path} is open read-only; open it without read_only to write")
 
     def _insert_branch(self, info: BranchInfo) -> BranchInfo:
-        self.flush()
+        # No flush first: a ref may name a base event still in the journal, which is durable and
+        # moves in before anything reads the log (every read flushes; a crash replays it on open).
         self._check_writable()
         self._con.begin()
         try:
@@ -177,6 +186,8 @@ class DuckEventLog(DuckWriter):
         except BaseException:
             self._con.rollback()
             raise
+        self._branch_meta[info.name] = info
+        self._heads[info.name] = (info.head_seq, info.head_id)
         return info
 
     def init_branch(self, name: str) -> BranchInfo:
@@ -185,10 +196,14 @@ class DuckEventLog(DuckWriter):
 
     def fork(self, name: str, *, source: str, at_seq: int) -> BranchInfo:
         check_branch_name(name)
-        if self._one("SELECT 1 FROM branches WHERE name = ?", [name]):
+        if name in self._branch_meta:
             raise BranchExists(name)
-        base = self.at(source, at_seq)
-        return self._insert_branch(BranchInfo(name, source, at_seq, base.id, -1, base.id, self._clock()))
+        head_seq, head_id = self._logical_head(source)
+        if at_seq == head_seq >= 0 and head_id is not None:  # the usual fork, at the head: known without a read
+            base_id = head_id
+        else:
+            base_id = self.at(source, at_seq).id
+        return self._insert_branch(BranchInfo(name, source, at_seq, base_id, -1, base_id, self._clock()))
 
     def _all_branch_names(self) -> list[str]:
         return [r[0] for r in self._con.execute("SELECT name FROM branches ORDER BY name").fetchall()]
@@ -255,15 +270,30 @@ class DuckEventLog(DuckWriter):
         env = self._env
         return [env(r) for r in self._query(branch, until_seq, after_seq, kinds).fetchall()]
 
-    def iter_read(self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000) -> Iterator[Envelope]:
-        # A cursor of its own: the stream may stay open while the caller uses the log.
+    def iter_read(
+        self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000, kinds: Sequence[str] | None = None
+    ) -> Iterator[Envelope]:
+        # Paged by seq, one segment of the history at a time: each page is a small sorted query,
+        # so memory stays bounded by a page whatever the log's size (one ORDER BY over the whole
+        # history made DuckDB hold it all: 840 MB for 100k events). A cursor of its own: the
+        # stream may stay open while the caller uses the log.
+        self.flush()
+        segs = self.segments(branch, until_seq)
+        kind_sql = " AND list_contains(?, kind)" if kinds is not None else ""
         cur = self._con.cursor()
         try:
-            res = self._query(branch, until_seq, None, None, cur)
             env = self._env
-            while rows := res.fetchmany(batch_size):
-                for r in rows:
-                    yield env(r)
+            for b, hi in segs:
+                lo = -1
+                while lo < hi:
+                    top = min(hi, lo + batch_size)
+                    params: list[Any] = [b, lo, top] + ([list(kinds)] if kinds is not None else [])
+                    rows = cur.execute(
+                        f"SELECT {_COLS} FROM events WHERE branch = ? AND seq > ? AND seq <= ?{kind_sql} ORDER BY seq", params
+                    ).fetchall()
+                    for r in rows:
+                        yield env(r)
+                    lo = top
         finally:
             cur.close()
 
@@ -302,42 +332,6 @@ class DuckEventLog(DuckWriter):
     def verify(self) -> VerifyReport:
         self.flush()
         return verify_connection(self._con)
-
-    # -- snapshots (a cache of derived state, never a source of truth) -------------------------
-    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes) -> None:
-        self.flush()
-        self._check_writable()
-        ev = self.at(branch, seq)
-        self._con.execute(
-            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)", [branch, seq, ev.id, key, data]
-        )
-
-    def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
-        """Latest snapshot on the history of ``branch#until_seq``: (branch, seq, event id, data)."""
-        self.flush()
-        for b, hi in reversed(self.segments(branch, until_seq)):
-            row = self._one(
-                "SELECT branch, seq, event_id, data FROM snapshots WHERE branch = ? AND seq <= ? AND key = ? "
-                "ORDER BY seq DESC LIMIT 1",
-                [b, hi, key],
-            )
-            if row is not None:
-                return row[0], row[1], row[2], bytes(row[3])
-        return None
-
-    def list_snapshots(self, key: str) -> list[tuple[str, int, str]]:
-        self.flush()
-        rows = self._con.execute(
-            "SELECT branch, seq, event_id FROM snapshots WHERE key = ? ORDER BY branch, seq", [key]
-        ).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
-
-    def clear_snapshots(self) -> int:
-        self.flush()
-        self._check_writable()
-        row = self._one("SELECT count(*) FROM snapshots")
-        self._con.execute("DELETE FROM snapshots")
-        return int(row[0]) if row else 0
 
     # -- ad-hoc SQL ---------------------------------------------------------------------------
     def sql(self, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from store.blobs import BlobStore
-from store.duck import DuckEventLog, _utcnow
+from store.duck import SNAPSHOT_SUFFIX, DuckEventLog, _utcnow
 from store.duck_write import JOURNAL_SUFFIX
 from store.errors import StoreNotFound
 from store.protocol import EventLog
@@ -69,7 +69,9 @@ class Store:
                     shutil.copy2(root / name, scratch / name)
             pending = sum(len(b.ids) for b in Journal(str(scratch / (LOG_FILE + JOURNAL_SUFFIX))).read())
             DuckEventLog(scratch / LOG_FILE, create=False, clock=clock).close()
-            log = DuckEventLog(scratch / LOG_FILE, create=False, read_only=True, clock=clock)
+            log = DuckEventLog(
+                scratch / LOG_FILE, create=False, read_only=True, clock=clock, snapshot_dir=root / (LOG_FILE + SNAPSHOT_SUFFIX)
+            )
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

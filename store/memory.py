@@ -112,8 +112,10 @@ class MemoryEventLog:
                     out.append(e)
         return out
 
-    def iter_read(self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000) -> Iterator[Envelope]:
-        yield from self.read(branch, until_seq=until_seq)
+    def iter_read(
+        self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000, kinds: Sequence[str] | None = None
+    ) -> Iterator[Envelope]:
+        yield from self.read(branch, until_seq=until_seq, kinds=kinds)
 
     def get(self, event_id: str) -> Envelope:
         try:
@@ -154,6 +156,12 @@ class MemoryEventLog:
                 eid, data = self._snapshots[(b, key)][seq]
                 return b, seq, eid, data
         return None
+
+    def load_snapshots(
+        self, branch: str, until_seq: int | None, keys: Sequence[str]
+    ) -> dict[str, tuple[str, int, str, bytes]]:
+        found = {k: self.load_snapshot(branch, until_seq, k) for k in keys}
+        return {k: v for k, v in found.items() if v is not None}
 
     def list_snapshots(self, key: str) -> list[tuple[str, int, str]]:
         out = [(b, seq, v[0]) for (b, k), snaps in self._snapshots.items() if k == key for seq, v in snaps.items()]

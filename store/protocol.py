@@ -46,8 +46,10 @@ class EventLog(Protocol):
         ``after_seq`` keeps only the branch's own events after that seq (ancestry dropped)."""
         ...
 
-    def iter_read(self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000) -> Iterator[Envelope]:
-        """Like ``read`` without ``kinds``/``after_seq``, streamed in batches."""
+    def iter_read(
+        self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000, kinds: Sequence[str] | None = None
+    ) -> Iterator[Envelope]:
+        """Like ``read`` without ``after_seq``, streamed in batches."""
         ...
 
     def get(self, event_id: str) -> Envelope: ...
@@ -71,6 +73,12 @@ class EventLog(Protocol):
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
         """The latest cached state on the history up to ``branch#until_seq``:
         (branch, seq, event id, data), or None."""
+        ...
+
+    def load_snapshots(
+        self, branch: str, until_seq: int | None, keys: Sequence[str]
+    ) -> dict[str, tuple[str, int, str, bytes]]:
+        """``load_snapshot`` for several keys at once (keys with nothing cached are absent)."""
         ...
 
     def list_snapshots(self, key: str) -> list[tuple[str, int, str]]:

@@ -125,6 +125,10 @@ class ScrnaDenoise:
         self._splits: dict[int, tuple[Split, tuple[float, float, float, float], bytes]] = {}
         self._cache: dict[tuple[int, str], Score] = {}
 
+    # Scoring runs each configuration in its own sandboxed process and touches shared state only
+    # through dict assignments: callers (recorded replay) may score on several threads at once.
+    concurrent_scoring = True
+
     def _split(self, seed: int) -> tuple[Split, tuple[float, float, float, float], bytes]:
         if seed not in self._splits:
             split = mcv_split(self.counts, seed)

@@ -83,3 +83,27 @@ def test_rollback_to_an_earlier_accepted_version(tmp_path: Path) -> None:
         last = decode_envelope(s.log.read("main")[-1])
         assert last.kind() == "rolled_back" and last.reason == "the patch overfits"  # type: ignore[attr-defined]
         assert verify_store(s.log, s.blobs).ok
+    out = json.loads(output)
+    assert out["head"] == first and out["previous"] == head
+
+
+def test_library_rollback_refuses_with_a_typed_error_and_writes_nothing(tmp_path: Path) -> None:
+    from replay.branching import RollbackRefused, fork_branch, rollback
+    from tests.loop_helpers import answers_in_sentences_until_told
+
+    with Store.create(tmp_path) as s:
+        config = LoopConfig(task="arith", iterations=1, levers=("scaffold",), samples=1)
+        state = Loop(s, task=TASK, model=scripted(answers_in_sentences_until_told), feedback=RulePolicy(), config=config).run()
+        first, head = state.head_history[0], state.head
+        assert head is not None
+        n = s.log.count()
+        for version, reason, why in [(head, "x", "is the head"), (first, " ", "needs a reason"),
+                                     (s.log.at("main", 0).id, "x", "names an event")]:
+            with pytest.raises(RollbackRefused, match=why):
+                rollback(s, "main", version, reason=reason)
+        assert s.log.count() == n
+        alt = fork_branch(s, "alt", source="main", at_seq=s.log.branch("main").head_seq)
+        assert alt.state.head == head and alt.state.forks[-1].startswith("main#")
+        assert rollback(s, "alt", first[:10], reason="back").state.head == first
+        assert rebuild(s.log, "main")[0].head == head  # the source's head did not move
+        assert verify_store(s.log, s.blobs).ok

@@ -203,3 +203,22 @@ def test_log_tail_reads_only_the_last_events(demo_store: Path) -> None:
     full = _json.loads(CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--store", str(demo_store)]).output)
     tail = _json.loads(CliRunner().invoke(main, ["log", "--limit", "3", "--json", "--store", str(demo_store)]).output)
     assert [e["id"] for e in tail] == [e["id"] for e in full[-3:]]
+
+
+def test_log_of_everything_is_streamed_and_equals_the_log(demo_store: Path) -> None:
+    """`sia log --limit 0 --json` writes the array as it reads (it never holds the list): same
+    document as the events read whole, also with --kind, also for an empty selection."""
+    import json as _json
+
+    from sia_engine.cli_common import _envelope_dict
+    from store import Store as _Store
+
+    with _Store.open(demo_store, read_only=True) as s:
+        expected = [_json.loads(_json.dumps(_envelope_dict(e))) for e in s.log.read("main")]
+        accepted = [e.id for e in s.log.read("main", kinds=["version_accepted"])]
+    r = CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--store", str(demo_store)])
+    assert r.exit_code == 0 and _json.loads(r.output) == expected and len(expected) > 3
+    r = CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--kind", "version_accepted", "--store", str(demo_store)])
+    assert [e["id"] for e in _json.loads(r.output)] == accepted
+    r = CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--kind", "no_such_kind", "--store", str(demo_store)])
+    assert _json.loads(r.output) == []

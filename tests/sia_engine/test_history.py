@@ -16,7 +16,7 @@ from sia_engine.events import (
     TrajectoryRecorded,
     VersionEvaluated,
 )
-from sia_engine.history import SNAPSHOT_KEY, History, fork, rebuild
+from sia_engine.history import DELTA_KEY, SNAPSHOT_KEY, History, fork, rebuild
 from sia_engine.integrity import verify_store
 from sia_engine.scaffold import Scaffold
 from sia_engine.state import AgentState, state_hash, version_id
@@ -45,12 +45,13 @@ def log(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-unty
 
 
 def test_recorded_state_equals_rebuilt_state(log) -> None:  # type: ignore[no-untyped-def]
-    h = start(log, snapshot_every=7)
+    h = start(log, snapshot_every=7, full_every=14)
     for i in range(0, 40, 4):
         h.record(*(traj(h, j) for j in range(i, i + 4)))
     rebuilt, head = rebuild(log, "main")
     assert head == h.head and state_hash(rebuilt) == state_hash(h.state)
-    assert [s[1] for s in log.list_snapshots(SNAPSHOT_KEY)] == [6, 13, 20, 27, 34]
+    assert [s[1] for s in log.list_snapshots(SNAPSHOT_KEY)] == [6, 20, 34]
+    assert [s[1] for s in log.list_snapshots(DELTA_KEY)] == [13, 27]
     for seq in range(41):
         with_snap, _ = rebuild(log, "main", until_seq=seq, check=True)
         without, _ = rebuild(log, "main", until_seq=seq, use_snapshots=False)
@@ -138,10 +139,13 @@ def test_stale_snapshot_is_caught(tmp_path: Path) -> None:
             rebuild(log, "main", until_seq=6, check=True)
         assert str(exc.value).startswith("snapshot at main#4 has state hash ")
         report = verify_store(log)
-        assert [str(x) for x in report.problems] == [
+        problems = [str(x) for x in report.problems]
+        assert problems[0] == (
             f"main#4 ({log.at('main', 4).id}): cached snapshot has state hash {state_hash(AgentState(n_events=5))}, "
             f"a fresh reduce gives {state_hash(rebuild(log, 'main', until_seq=4, use_snapshots=False)[0])}"
-        ]
+        )
+        # the delta at main#9 was written against the (then true) state at main#4: on the forged base it is wrong too
+        assert len(problems) == 2 and problems[1].startswith(f"main#9 ({log.at('main', 9).id}): cached delta snapshot has state hash ")
         assert log.clear_snapshots() == 2
         assert state_hash(rebuild(log, "main")[0]) == good and verify_store(log).ok
 
@@ -176,3 +180,74 @@ def test_verify_store_finds_an_undecodable_event(tmp_path: Path) -> None:
         [eid] = s.log.append("main", [NewEvent("trajectory_recorded", 1, b'{"kind":"trajectory_recorded","oops":1}')], expected_head=h.head)
         report = verify_store(s.log, s.blobs)
         assert str(report.first).startswith(f"main#1 ({eid}): invalid 'trajectory_recorded' payload at main#1 ({eid}): ")
+
+
+def test_delta_snapshots_hold_only_what_changed(tmp_path: Path) -> None:
+    """A delta carries the versions new or changed since its base and the tails of the
+    append-only tuples; applied to the base it is the full state, byte for byte."""
+    from sia_engine.canonical import canonical
+    from sia_engine.history import StateDelta, load_cached_state
+
+    with DuckEventLog(tmp_path / "log.duckdb", clock=FakeClock()) as log:
+        h = start(log, snapshot_every=4, full_every=100)
+        for i in range(30):
+            h.record(traj(h, i))
+            if i % 6 == 5:  # a new scaffold version every few events: versions change between snapshots
+                head = h.state.head_version
+                assert head is not None
+                sc = Scaffold(system_prompt=f"v{i}")
+                vid = version_id(BASE, sc, None)
+                from sia_engine.events import ScaffoldPatched, VersionAccepted
+                from sia_engine.scaffold import PatchOp, scaffold_hash
+                h.record(ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=(PatchOp("replace", "/system_prompt", f"v{i}"),),
+                                         scaffold_hash=scaffold_hash(sc)),
+                         VersionEvaluated(version_id=vid, split="val", score=0.5, n_episodes=1),
+                         VersionAccepted(version_id=vid, previous=head.version_id, score=0.5, previous_score=None, margin=0.0))
+        deltas = log.list_snapshots(DELTA_KEY)
+        assert deltas and len(log.list_snapshots(SNAPSHOT_KEY)) == 1
+        for b, seq, _ in deltas:
+            found = log.load_snapshot(b, seq, DELTA_KEY)
+            assert found is not None
+            d = msgspec.json.decode(found[3], type=StateDelta)
+            full = rebuild(log, "main", until_seq=seq, use_snapshots=False)[0]
+            assert len(d.state.versions) < len(full.versions)
+            cached = load_cached_state(log, b, seq, DELTA_KEY)
+            assert cached is not None and canonical(cached) == canonical(full)
+        assert verify_store(log).ok
+
+
+def test_damaged_snapshot_file_is_reported_and_ignored(tmp_path: Path) -> None:
+    """Snapshot bytes live in files beside the database; one altered or removed is no snapshot
+    (rebuild reduces from the events instead) and verify names it."""
+    p = tmp_path / "log.duckdb"
+    with DuckEventLog(p, clock=FakeClock()) as log:
+        h = start(log, snapshot_every=5)
+        h.record(*(traj(h, i) for i in range(12)))
+        good = state_hash(h.state)
+    assert len(list((tmp_path / "log.duckdb.snapshots").iterdir())) == 2
+    con = duckdb.connect(str(p), read_only=True)
+    [(ref,)] = con.execute("SELECT data FROM snapshots WHERE seq = 4").fetchall()
+    con.close()
+    assert ref.startswith(b"sha256:")  # the row names the file; the bytes are not in DuckDB
+    full = tmp_path / "log.duckdb.snapshots" / ref[7:].decode()
+    full.write_bytes(full.read_bytes().replace(b'"n_events":', b'"n_events": '))
+    with DuckEventLog(p, clock=FakeClock()) as log:
+        assert state_hash(rebuild(log, "main", check=True)[0]) == good
+        report = verify_store(log)
+        assert not report.ok and all("unreadable" in x.reason for x in report.problems)
+        assert {x.seq for x in report.problems} == {4, 9}  # the full one, and the delta written on it
+        assert log.clear_snapshots() == 2 and not any((tmp_path / "log.duckdb.snapshots").iterdir())
+        assert verify_store(log).ok
+
+
+def test_history_fork_uses_the_state_in_memory(log) -> None:  # type: ignore[no-untyped-def]
+    h = start(log, snapshot_every=3)
+    h.record(*(traj(h, i) for i in range(7)))
+    alt = h.fork("alt", reason="arm", overrides={"levers": ["scaffold"]})
+    assert alt.state.forks == (f"main#{h.head_seq}",) and alt.state.n_events == h.state.n_events + 1
+    alt.record(traj(alt, 50))
+    assert state_hash(rebuild(log, "alt")[0]) == state_hash(alt.state)
+    assert state_hash(rebuild(log, "alt", use_snapshots=False)[0]) == state_hash(alt.state)
+    with pytest.raises(ReducerError):
+        History(log, "main", AgentState(), None).fork("never", reason="empty")
+    assert "never" not in [b.name for b in log.branches()]

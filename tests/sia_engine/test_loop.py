@@ -101,8 +101,8 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
 
 
 def test_weights_lever_needs_a_trainable_model(tmp_path: Path) -> None:
+    from replay.model import RecordedModel
     from sia_engine.errors import SiaError
-    from sia_engine.openai_compat import RecordedModel
 
     with Store.create(tmp_path) as s, pytest.raises(SiaError, match="cannot train weights: run it with --levers scaffold"):
         run_loop(s, RecordedModel(scripted().ref, []), iterations=1)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from replay.model import RecordedModel
 from sia_engine.errors import SiaError
 from sia_engine.events import ActionTaken, decode_envelope
 from sia_engine.feedback import RulePolicy
@@ -19,7 +20,6 @@ from sia_engine.openai_compat import (
     ModelUnavailable,
     NoRecordedResponse,
     OpenAIChatModel,
-    RecordedModel,
 )
 from sia_engine.scaffold import Decoding
 from sia_engine.state import state_hash

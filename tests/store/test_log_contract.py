@@ -235,8 +235,16 @@ class LogContract:
         log.append("x", [ev(9)], expected_head=ids[3])
         assert log.load_snapshot("x", None, "k") == ("main", 2, ids[2], b"two")
         assert log.list_snapshots("k") == [("main", 2, ids[2]), ("main", 4, ids[4])]
-        assert log.clear_snapshots() == 2
-        assert log.load_snapshot("main", None, "k") is None
+        # several keys at once, each found on its own segment of the history; a key with none is absent
+        log.save_snapshot("x", 0, "d", b"delta-x")
+        log.save_snapshot("main", 1, "d", b"delta-main")
+        got = log.load_snapshots("x", None, ["k", "d", "none"])
+        assert got == {"k": ("main", 2, ids[2], b"two"), "d": ("x", 0, log.at("x", 0).id, b"delta-x")}
+        assert log.load_snapshots("main", 1, ["k", "d"]) == {"d": ("main", 1, ids[1], b"delta-main")}
+        log.save_snapshot("main", 5, "k", b"five")  # a later save is seen by the next lookup
+        assert log.load_snapshots("main", None, ["k"]) == {"k": ("main", 5, ids[5], b"five")}
+        assert log.clear_snapshots() == 5
+        assert log.load_snapshot("main", None, "k") is None and log.load_snapshots("x", None, ["k", "d"]) == {}
 
 
 class TestMemoryLog(LogContract):
