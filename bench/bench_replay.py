@@ -79,13 +79,15 @@ def replay_vs_run(tmp: Path, store_path: str | None) -> None:
 
 
 # `sia log` in a process of its own that prints its peak RSS (KiB) on stderr as it exits
+# (VmHWM, not getrusage: Linux carries ru_maxrss across exec from the forking parent, this one)
 _LOG_ALL = """
-import resource, sys
+import sys
 from sia_engine.cli import main
 try:
     main()
 finally:
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+    print(hwm, file=sys.stderr)
 """
 
 

@@ -265,7 +265,7 @@ def export(store_path: str, as_json: bool, folder: str) -> None:
               help="recorded: recompute from recorded outputs; reexecute: re-run the recorded model calls.")
 @click.option("--data", default=None, help="The task's data, for tasks that take it (as given to sia run).")
 @click.option("--model", "model_spec", default=None, help="reexecute: the base model (tiny | smollm2 | a folder) [default: the run's].")
-@click.option("--limit", default=None, type=int, help="reexecute: at most this many recorded outputs.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="reexecute: at most this many recorded outputs.")
 def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | None, model_spec: str | None, limit: int | None) -> None:
     """Replay a branch: recompute everything from recorded outputs, or re-execute its model calls.
 

@@ -25,7 +25,23 @@ from sia_engine.cli_common import _envelope_dict, _open, emit_json, err, out, st
 from store import Envelope, Store
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Sia(click.Group):
+    """The command group: every typed error (the engine's ``SiaError``, the store's
+    ``StoreError``) that reaches it is printed as one ``error:`` line with exit code 2, never as
+    a traceback (a damaged store says it is damaged and what to do)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from sia_engine.errors import SiaError
+        from store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except (SiaError, StoreError) as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Sia, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sia")
 def main() -> None:
     """sia-engine: self-improving agents on an append-only, hash-chained event log.
@@ -61,7 +77,7 @@ def init(store_path: str, as_json: bool, branch: str) -> None:
 @store_options
 @click.option("--branch", default="main", show_default=True, help="Branch whose history to show.")
 @click.option("--kind", "kinds", multiple=True, help="Only these event kinds (repeatable).")
-@click.option("--limit", default=50, show_default=True, help="Show the last N events (0: all).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=0), help="Show the last N events (0: all).")
 def log(store_path: str, as_json: bool, branch: str, kinds: tuple[str, ...], limit: int) -> None:
     """Show a branch's history, fork ancestry included.
 
@@ -193,8 +209,14 @@ def snapshots(store_path: str, as_json: bool, clear: bool) -> None:
 @main.command()
 @store_options
 @click.argument("query")
-def sql(store_path: str, as_json: bool, query: str) -> None:
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--max-bytes", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="At most about this many bytes of values (longer text is cut, and said).")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=click.FloatRange(min=0.1), help="Stop the query after this many seconds.")
+def sql(store_path: str, as_json: bool, query: str, limit: int, max_bytes: int, timeout_s: float) -> None:
     """Run one read-only SELECT over the log (tables: events, branches, snapshots).
+
+    DuckDB's access to files and the network is off for the query (read_text, read_csv, httpfs
+    ... are refused), and what comes back is bounded (--limit rows, --max-bytes, --timeout).
 
     \b
     Example:
@@ -204,16 +226,18 @@ def sql(store_path: str, as_json: bool, query: str) -> None:
     with _open(store_path, read_only=True) as s:
         sql = getattr(s.log, "sql", None)  # the DuckDB log's; a store is always one
         assert sql is not None
-        cols, rows = sql(query)
+        cols, rows, truncated = sql(query, max_rows=limit, max_bytes=max_bytes, timeout_s=timeout_s)
     if as_json:
         emit_json([dict(zip(cols, (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for v in r))) for r in rows])
-        return
-    t = Table()
-    for c in cols:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*("NULL" if v is None else str(v) for v in r))
-    out.print(t)
+    else:
+        t = Table()
+        for c in cols:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*("NULL" if v is None else str(v) for v in r))
+        out.print(t)
+    if truncated:  # on stderr, so that --json stays one document
+        err.print(f"[yellow]note[/]: {truncated}", highlight=False)
 
 
 @main.command()

@@ -9,18 +9,22 @@ id with its own ``sha256`` and checks the chain with window functions.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import duckdb
 import msgspec
 
 from store.duck_snapshots import SNAPSHOT_SUFFIX, DuckSnapshots
 from store.duck_verify import verify_connection
-from store.duck_write import _COLS, JOURNAL_SUFFIX, DuckWriter
+from store.duck_write import _COLS, HEADS_SUFFIX, JOURNAL_SUFFIX, DuckWriter
 from store.envelope import (
     BranchInfo,
     Envelope,
@@ -33,13 +37,14 @@ from store.errors import (
     BranchNotFound,
     EventNotFound,
     ReadOnlyQuery,
+    StoreDamaged,
     StoreError,
     StoreLocked,
     StoreNotFound,
 )
-from store.journal import Batch, Journal
+from store.journal import Batch, Journal, check_batch
 
-__all__ = ["DuckEventLog", "FORMAT_VERSION", "SNAPSHOT_SUFFIX"]
+__all__ = ["DuckEventLog", "FORMAT_VERSION", "SNAPSHOT_SUFFIX", "SqlResult"]
 
 FORMAT_VERSION = "1"
 
@@ -60,6 +65,7 @@ CREATE TABLE snapshots (
 _BRANCH_COLS = "name, base_branch, base_seq, base_id, head_seq, head_id, created_at"
 
 
+T = TypeVar("T")
 _OPEN_WRITERS: set[str] = set()  # stores this process holds open for writing
 _LOCK_RE = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
 
@@ -74,9 +80,107 @@ def _translate_open_error(path: str, e: duckdb.Error) -> StoreError:
         return StoreLocked(path, f"{m.group(1)}, PID {m.group(2)}")
     if "Could not set lock" in msg:
         return StoreLocked(path, "unknown process")
-    return StoreError(f"could not open store {path}: {msg}")
+    return StoreDamaged(path, "DuckDB could not open log.duckdb", msg) if _is_damage(msg) else StoreError(
+        f"could not open store {path}: {msg}"
+    )
 
 
+# every column of every table, so that every block is read (and its checksum checked)
+_READ_ALL = (
+    "SELECT bit_xor(hash(id, parent, branch, seq, kind, schema, recorded_at, payload)) FROM events",
+    "SELECT bit_xor(hash(name, ord, base_branch, base_seq, base_id, head_seq, head_id, created_at)) FROM branches",
+    "SELECT bit_xor(hash(branch, seq, event_id, key, data)) FROM snapshots",
+    "SELECT bit_xor(hash(key, value)) FROM meta",
+)
+
+_DAMAGE = ("Corrupt", "corrupt", "checksum", "replaying WAL", "not a valid DuckDB database", "Serialization Error",
+           "Could not read enough bytes", "INTERNAL Error", "Invalid Input Error: Invalid block")
+
+
+def _is_damage(msg: str) -> bool:
+    return any(m in msg for m in _DAMAGE)
+
+
+def translate_duckdb_errors(cls: type[T]) -> type[T]:
+    """Every public method of the log (and every generator it returns) raises a typed error
+    where DuckDB raises its own: ``StoreDamaged`` for a damaged file (a failed checksum, an
+    unreadable block or WAL), ``StoreError`` naming the store for anything else. Errors the log
+    already translates are ``StoreError``s and pass through."""
+
+    def wrap_error(self: Any, e: duckdb.Error) -> StoreError:
+        msg = str(e)
+        if _is_damage(msg):
+            return StoreDamaged(self.path, "DuckDB could not read log.duckdb", msg)
+        return StoreError(f"DuckDB failed on store {self.path} ({type(e).__name__}): {msg}")
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        translate = wrap_error
+
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen(self: Any, *a: Any, **kw: Any) -> Any:
+                try:
+                    yield from fn(self, *a, **kw)
+                except duckdb.Error as e:
+                    raise translate(self, e) from e
+
+            return gen
+
+        @functools.wraps(fn)
+        def method(self: Any, *a: Any, **kw: Any) -> Any:
+            try:
+                return fn(self, *a, **kw)
+            except duckdb.Error as e:
+                raise translate(self, e) from e
+
+        return method
+
+    init = vars(cls)["__init__"]
+
+    @functools.wraps(init)
+    def opening(self: Any, *a: Any, **kw: Any) -> None:
+        try:
+            init(self, *a, **kw)
+        except duckdb.Error as e:
+            con = getattr(self, "_con", None)
+            if con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+            _OPEN_WRITERS.discard(getattr(self, "_key", ""))
+            raise wrap_error(self, e) from e
+
+    setattr(cls, "__init__", opening)
+    for klass in cls.__mro__:  # the class's own methods first, then what it inherits
+        for name, fn in list(vars(klass).items()):
+            if not name.startswith("_") and inspect.isfunction(fn) and (klass is cls or name not in vars(cls)):
+                setattr(cls, name, wrap(fn))
+    return cls
+
+
+class SqlResult(NamedTuple):
+    """What ``sql`` returns: column names, rows, and what was left out (None: nothing)."""
+
+    cols: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: str | None
+
+
+def _cap_row(row: tuple[Any, ...], budget: int) -> tuple[tuple[Any, ...], int]:
+    """The row with text values cut to fit ``budget`` bytes, and the bytes it takes (-1: cut)."""
+    out, used, cut = [], 0, False
+    for v in row:
+        n = len(v) if isinstance(v, (str, bytes)) else len(str(v))
+        if used + n > budget and isinstance(v, (str, bytes)):
+            keep = max(0, budget - used)
+            v = v[:keep] + f"... [cut: {n - keep:,} more]" if isinstance(v, str) else v[:keep]
+            cut, n = True, keep
+        used += n
+        out.append(v)
+    return tuple(out), -1 if cut else used
+
+
+@translate_duckdb_errors
 class DuckEventLog(DuckSnapshots, DuckWriter):
     """Event log on a DuckDB file (``:memory:`` for a throwaway in-process database)."""
 
@@ -114,13 +218,31 @@ class DuckEventLog(DuckSnapshots, DuckWriter):
         key = os.path.realpath(self.path) if self.path != ":memory:" else None
         if key is not None and key in _OPEN_WRITERS and not read_only:
             raise StoreLocked(self.path, f"PID {os.getpid()}", same_process=True)
+        existed = self.path != ":memory:" and exists
+        wal = self.path + ".wal"
+        if existed and not read_only and journal:
+            # Check every journal line before DuckDB opens read-write (which folds its WAL into
+            # the file): a journal refused as damaged leaves every file of the store as it was.
+            jpath = self.path + JOURNAL_SUFFIX
+            if os.path.exists(jpath) and os.path.getsize(jpath):
+                for i, b in enumerate(Journal(jpath).read()):
+                    check_batch(b, jpath, i + 1)
+        if existed and not read_only and os.path.exists(wal) and os.path.getsize(wal):
+            # A WAL left behind means a writer stopped without closing. DuckDB replays it on open
+            # and folds it into the file: one it cannot read would be dropped, and a damaged block
+            # found only after that fold leaves the files changed. So read everything first,
+            # read-only (once per unclean stop: a clean close leaves no WAL).
+            self._probe(wal)
         try:
             self._con = duckdb.connect(self.path, read_only=read_only)
+            self._con.execute("SET TimeZone = 'UTC'")
+            tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         except duckdb.Error as e:
             raise _translate_open_error(self.path, e) from e
-        self._con.execute("SET TimeZone = 'UTC'")
-        tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         if "events" not in tables:
+            if existed and os.path.exists(wal) and os.path.getsize(wal):  # a log that did not replay: damaged, not absent
+                self._con.close()
+                raise StoreDamaged(self.path, "log.duckdb holds no event log", self._missing_tables_detail(wal))
             if read_only or not create:
                 self._con.close()
                 raise StoreNotFound(self.path)
@@ -137,8 +259,11 @@ class DuckEventLog(DuckSnapshots, DuckWriter):
                     f"store {self.path} has log format {found!r}, this engine reads format "
                     f"{FORMAT_VERSION!r}: upgrade sia-engine or open the store with the version that wrote it"
                 )
+        self._heads_path = None if key is None else self.path + HEADS_SUFFIX
+        self._committed = {r[0]: (r[1], r[2]) for r in self._con.execute("SELECT name, head_seq, head_id FROM branches").fetchall()}
         if key is None:
             return
+        self._check_heads()
         j = Journal(self.path + JOURNAL_SUFFIX)
         if read_only:
             if j.size():
@@ -159,6 +284,59 @@ class DuckEventLog(DuckSnapshots, DuckWriter):
                 _OPEN_WRITERS.discard(key)
                 self._con.close()
                 raise
+
+    def _probe(self, wal: str) -> None:
+        """Open read-only and check the log is there (its WAL replayed); raise if not."""
+        try:
+            con = duckdb.connect(self.path, read_only=True)
+        except duckdb.Error as e:
+            raise _translate_open_error(self.path, e) from e
+        try:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            if "events" in tables:
+                # Read every block once: a damaged one must be found before DuckDB writes the file.
+                for sql in _READ_ALL:
+                    con.execute(sql).fetchall()
+        except duckdb.Error as e:
+            raise StoreDamaged(self.path, "DuckDB could not read log.duckdb", str(e)) from e
+        finally:
+            con.close()
+        if "events" not in tables:
+            raise StoreDamaged(self.path, "log.duckdb holds no event log", self._missing_tables_detail(wal))
+
+    def _check_heads(self) -> None:
+        """DuckDB must hold at least what ``<log>.heads`` says it committed (see ``_write_heads``)."""
+        assert self._heads_path is not None
+        try:
+            with open(self._heads_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return  # a store written before the file existed
+        try:
+            recorded = msgspec.json.decode(raw, type=dict[str, tuple[int, str | None]])
+        except msgspec.MsgspecError as e:
+            self._con.close()
+            raise StoreDamaged(self.path, os.path.basename(self._heads_path), f"not the heads this engine writes ({e})") from None
+        for branch, (seq, head) in recorded.items():
+            have = self._committed.get(branch)
+            ok = have is not None and (have == (seq, head) or (have[0] > seq and self._id_at(branch, seq) == head))
+            if not ok:
+                self._con.close()
+                found = "no such branch" if have is None else f"its head is {branch}#{have[0]} ({str(have[1])[:12]})"
+                raise StoreDamaged(
+                    self.path, "log.duckdb lost committed events",
+                    f"{branch}#{seq} ({str(head)[:12]}) was committed, but {found}: DuckDB skipped (part of) its write-ahead "
+                    f"log {os.path.basename(self.path)}.wal, or the file was replaced by an older copy",
+                )
+
+    def _id_at(self, branch: str, seq: int) -> str | None:
+        row = self._one("SELECT id FROM events WHERE branch = ? AND seq = ?", [branch, seq])
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _missing_tables_detail(wal: str) -> str:
+        return (f"its write-ahead log {os.path.basename(wal)} ({os.path.getsize(wal)} bytes) did not replay into "
+                "tables: DuckDB ignores a WAL whose header is damaged")
 
     def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
         # DuckDB 2 keeps a result open until it is fully fetched: fetch all, keep the first.
@@ -187,7 +365,8 @@ class DuckEventLog(DuckSnapshots, DuckWriter):
             self._con.rollback()
             raise
         self._branch_meta[info.name] = info
-        self._heads[info.name] = (info.head_seq, info.head_id)
+        self._heads[info.name] = self._committed[info.name] = (info.head_seq, info.head_id)
+        self._write_heads()
         return info
 
     def init_branch(self, name: str) -> BranchInfo:
@@ -334,8 +513,20 @@ class DuckEventLog(DuckSnapshots, DuckWriter):
         return verify_connection(self._con)
 
     # -- ad-hoc SQL ---------------------------------------------------------------------------
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run one read-only SELECT; returns (column names, rows)."""
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        max_rows: int = 10_000,
+        max_bytes: int = 8_000_000,
+        timeout_s: float = 60.0,
+    ) -> SqlResult:
+        """Run one read-only SELECT with DuckDB's access to files and the network disabled (for
+        this database instance, for good: DuckDB cannot turn it back on while it runs; the
+        engine itself needs neither). At most ``max_rows`` rows and about ``max_bytes`` bytes of
+        values come back (a longer text value is cut, and ``truncated`` says what was left out);
+        a query still running after ``timeout_s`` is interrupted (``StoreError``)."""
         self.flush()
         try:
             statements = self._con.extract_statements(query)
@@ -346,12 +537,39 @@ class DuckEventLog(DuckSnapshots, DuckWriter):
         st = statements[0]
         if st.type != duckdb.StatementType.SELECT:
             raise ReadOnlyQuery(query, st.type.name)
+        self._con.execute("SET enable_external_access = false")
+        cur = self._con.cursor()
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.start()
         try:
-            cur = self._con.execute(query, list(params or []))
+            cur.execute(query, list(params or []))
+            cols = [d[0] for d in cur.description or []]
+            rows: list[tuple[Any, ...]] = []
+            size, truncated = 0, None
+            while batch := cur.fetchmany(256):
+                for r in batch:
+                    if len(rows) >= max_rows:
+                        truncated = f"more than {max_rows} rows: showing the first {max_rows} (raise the row limit to see more)"
+                        break
+                    r, n = _cap_row(r, max_bytes - size)
+                    if n < 0:
+                        truncated = f"values over {max_bytes:,} bytes in all: cut there (raise the byte limit to see more)"
+                        rows.append(r)
+                        break
+                    size += n
+                    rows.append(r)
+                if truncated:
+                    break
+        except duckdb.InterruptException as e:
+            raise StoreError(f"query stopped after {timeout_s:g} s (the time limit); narrow it, or raise the limit") from e
         except duckdb.Error as e:
+            if _is_damage(str(e)):
+                raise StoreDamaged(self.path, "DuckDB could not read log.duckdb", str(e)) from e
             raise StoreError(f"query failed: {e}") from e
-        cols = [d[0] for d in cur.description or []]
-        return cols, cur.fetchall()
+        finally:
+            timer.cancel()
+            cur.close()
+        return SqlResult(cols, rows, truncated)
 
     def close(self) -> None:
         try:

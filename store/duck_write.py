@@ -6,20 +6,23 @@ A mixin of ``DuckEventLog``; see ``store.journal`` for why small batches take th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
 from store.envelope import NewEvent, seal
 from store.errors import BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError
-from store.journal import Batch, Journal
+from store.journal import Batch, Journal, check_batch
 
-__all__ = ["DuckWriter", "JOURNAL_SUFFIX"]
+__all__ = ["DuckWriter", "JOURNAL_SUFFIX", "HEADS_SUFFIX"]
 
 JOURNAL_SUFFIX = ".journal"
+HEADS_SUFFIX = ".heads"
 _SMALL_BATCH = 16  # up to this many rows, a statement of literals beats an Arrow round trip
 _DIRECT = 256  # batches at least this big go straight to DuckDB, past the journal
 _COLS = "id, parent, branch, seq, kind, schema, recorded_at, payload"
@@ -45,6 +48,8 @@ class DuckWriter:
     _pending_n: int
     _clock: Callable[[], datetime]
     flush_every: int
+    _committed: dict[str, tuple[int, str | None]]  # branch -> head as committed to DuckDB
+    _heads_path: str | None
 
     def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
         raise NotImplementedError
@@ -137,12 +142,34 @@ class DuckWriter:
                 try:
                     self._insert(f"INSERT INTO events SELECT {_COLS} FROM _sia_batch", [])
                 finally:
-                    con.unregister("_sia_batch")
+                    try:
+                        con.unregister("_sia_batch")
+                    except duckdb.Error:  # an aborted transaction refuses it; the error that aborted it is the one to see
+                        pass
             con.commit()
         except BaseException:
             con.rollback()
             self._heads.clear()  # re-read from the refs, which the rollback restored
             raise
+        for b in batches:
+            self._committed[b.branch] = (self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1]))
+        self._write_heads()
+
+    def _write_heads(self) -> None:
+        """Record the heads DuckDB has committed in ``<log>.heads`` (fsynced, renamed into place):
+        an open that finds DuckDB behind them knows committed events were lost (a WAL that DuckDB
+        skipped without a word because its header was damaged) and says so."""
+        if self._heads_path is None:
+            return
+        tmp = f"{self._heads_path}.{os.getpid()}.tmp"
+        data = msgspec.json.encode({b: [seq, head] for b, (seq, head) in sorted(self._committed.items())})
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._heads_path)
 
     def _cas(self, branch: str, seq: int, head: str | None, new_seq: int, new_head: str) -> bool:
         """Move the ref from (seq, head) to (new_seq, new_head); False if it is not at (seq, head)."""
@@ -166,7 +193,10 @@ class DuckWriter:
         assert self._journal is not None
         if not self._journal.size():
             return
-        for b in self._journal.read():
+        batches = self._journal.read()
+        for i, b in enumerate(batches):  # every line checked before any reaches DuckDB
+            check_batch(b, self._journal.path, i + 1)
+        for b in batches:
             seq, head = self._logical_head(b.branch)
             if b.first_seq <= seq:  # committed to DuckDB before the journal was emptied
                 stored = self._one("SELECT id FROM events WHERE branch = ? AND seq = ?", [b.branch, b.first_seq])

@@ -186,6 +186,8 @@ def seal(branch: str, parent: str | None, events: Sequence[NewEvent]) -> Sealed:
             _RAW.decode(payload)
         except (UnicodeDecodeError, msgspec.DecodeError) as e:
             raise InvalidEnvelope(i, f"payload is not UTF-8 JSON ({e})") from None
+        except RecursionError:
+            raise InvalidEnvelope(i, "payload is nested too deeply to decode (more than about 1,000 levels)") from None
         h = sha(f"{parent or ''}{prefix}{kind}\n{schema}\n".encode())
         h.update(payload)
         parent = h.hexdigest()

@@ -5,6 +5,8 @@ Tree::
     StoreError
     ├── StoreLocked          another process holds the DuckDB file
     ├── StoreNotFound        no store at the given path
+    ├── StoreDamaged         the store's files are there but damaged (never treated as absent)
+    │   └── JournalDamaged   a journal line that is not a batch this engine wrote (left as it is)
     ├── InvalidName          a branch name or event kind that the log does not accept
     ├── InvalidEnvelope      an event handed to append() is malformed (schema, payload)
     ├── BranchNotFound
@@ -28,6 +30,8 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "StoreNotFound",
+    "StoreDamaged",
+    "JournalDamaged",
     "InvalidName",
     "InvalidEnvelope",
     "BranchNotFound",
@@ -68,6 +72,29 @@ class StoreNotFound(StoreError):
     def __init__(self, path: str) -> None:
         self.path = path
         super().__init__(f"no store at {path}: create one with `sia init --store {path}`")
+
+
+class StoreDamaged(StoreError):
+    """A file of the store is there but cannot be read as it should: ``what`` names the file,
+    ``detail`` what was found. Nothing is repaired, truncated or recreated: the bytes are kept."""
+
+    def __init__(self, path: str, what: str, detail: str) -> None:
+        self.path = path
+        self.what = what
+        self.detail = detail
+        super().__init__(
+            f"store {path} is damaged: {what}: {detail}. Nothing was changed; keep its files as they are "
+            f"(copy the folder aside for inspection) and restore the store from a backup"
+        )
+
+
+class JournalDamaged(StoreDamaged):
+    """Line ``line`` of the journal at ``path`` is not a batch this engine wrote: ``detail`` says
+    what is wrong with it. Nothing of the journal reached DuckDB and the file is left as it is."""
+
+    def __init__(self, path: str, line: int, detail: str) -> None:
+        self.line = line
+        super().__init__(path, f"journal line {line}", f"{detail}; no line of the journal was moved into log.duckdb")
 
 
 class InvalidName(StoreError):

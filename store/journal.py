@@ -4,22 +4,27 @@ A DuckDB commit costs about 2 ms on a small machine whatever its size (statement
 the WAL fsync), which would dominate a loop that records every step before the next. Small
 batches are therefore made durable by appending one line to ``log.duckdb.journal`` and fsyncing
 it (well under a millisecond); they reach DuckDB in one transaction per ~thousand events, before
-any read, and when the log closes. After a crash the next read-write open replays the journal's
-complete lines into DuckDB (a torn last line was never acknowledged, so it is dropped) and
-empties it. The journal is a buffer, never a second source of truth: every line it holds is
+any read, and when the log closes. After a crash the next read-write open checks every line (a
+batch whose ids, recomputed from its contents, are not the ids it names is damage, not a torn
+write) and only then replays them into DuckDB and empties the journal. The one line that may be
+dropped is a last line cut short by the crash: a strict prefix of a batch, which was never
+acknowledged (``append`` returns after the newline is fsynced). A last line that holds a whole
+batch is kept, whatever follows it; anything else is damage, and the journal is left as it is. The journal is a buffer, never a second source of truth: every line it holds is
 either already in DuckDB (checked by id) or follows the branch's head there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import datetime
 
 import msgspec
 
-from store.errors import StoreError
+from store.envelope import NewEvent, seal
+from store.errors import InvalidEnvelope, JournalDamaged
 
-__all__ = ["Batch", "Journal"]
+__all__ = ["Batch", "Journal", "check_batch"]
 
 
 class Batch(msgspec.Struct):
@@ -33,10 +38,49 @@ class Batch(msgspec.Struct):
     kinds: list[str]
     schemas: list[int]
     payloads: list[str]
+    # sha256 of the line's bytes before this field (written last): any changed byte, the unhashed
+    # ``at`` and ``first_seq`` included, is seen (lines written before it have none)
+    sum: str = ""
 
 
 _ENC = msgspec.json.Encoder()
 _DEC = msgspec.json.Decoder(Batch)
+
+
+def _truncated(e: msgspec.DecodeError) -> bool:
+    """msgspec's error for input that ends before the document does (a strict prefix)."""
+    return "truncated" in str(e)
+
+
+_EMPTY_SUM = b',"sum":""}'
+_SUM_LEN = len(b',"sum":""}') + 64
+
+
+def _sum_ok(line: bytes) -> bool | None:
+    """Whether the line's bytes before its sum hash to it (None: a line written without one)."""
+    if line.endswith(b"]}"):  # an older engine's line ends with its payloads
+        return None
+    if not line.endswith(b'"}') or line[-_SUM_LEN:-66] != b',"sum":"':
+        return False
+    return hashlib.sha256(line[:-_SUM_LEN]).hexdigest().encode() == line[-66:-2]
+
+
+def check_batch(b: Batch, path: str, line: int) -> None:
+    """Recompute the batch's ids from its branch, parent, kinds, schemas and payloads; a batch
+    whose ids differ was altered after it was written (``JournalDamaged``). (``Journal.read``
+    has checked each line's bytes against its sum.)"""
+    n = len(b.ids)
+    if not n or not (len(b.kinds) == len(b.schemas) == len(b.payloads) == n) or b.first_seq < 0:
+        raise JournalDamaged(path, line, f"its columns disagree ({n} ids, {len(b.kinds)} kinds, {len(b.schemas)} schemas, "
+                                         f"{len(b.payloads)} payloads, first seq {b.first_seq})")
+    try:
+        sealed = seal(b.branch, b.parent, [NewEvent(k, s, p.encode()) for k, s, p in zip(b.kinds, b.schemas, b.payloads, strict=True)])
+    except InvalidEnvelope as e:
+        raise JournalDamaged(path, line, f"an event in it is invalid ({e})") from None
+    if sealed.ids != b.ids:
+        bad = next(i for i, (x, y) in enumerate(zip(sealed.ids, b.ids, strict=True)) if x != y)
+        raise JournalDamaged(path, line, f"event {bad} of the batch hashes to {sealed.ids[bad]}, but the line names "
+                                         f"{b.ids[bad]}: its contents were altered after it was written")
 
 
 class Journal:
@@ -52,32 +96,49 @@ class Journal:
     def append(self, batch: Batch) -> None:
         """Write one batch as one line; durable on return."""
         fd = self._open()
-        data = _ENC.encode(batch) + b"\n"
+        body = _ENC.encode(msgspec.structs.replace(batch, sum=""))[: -len(_EMPTY_SUM)]
+        data = body + b',"sum":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
 
     def read(self) -> list[Batch]:
-        """Every complete batch, in order. Only the last line may be torn (each line is fsynced
-        before the next is written); a bad line before the last is corruption."""
+        """Every batch, in order, each as decoded (``check_batch`` checks its ids). Only the last
+        line may be torn, and only as a strict prefix of a batch: each line is fsynced, newline
+        included, before ``append`` returns. Anything else raises ``JournalDamaged``."""
         try:
             with open(self.path, "rb") as f:
                 lines = f.read().split(b"\n")
         except FileNotFoundError:
             return []
-        tail = lines.pop()  # b"" when the file ends with a newline, else a torn write
-        out = []
-        for i, line in enumerate(lines):
+        tail = lines.pop()  # b"" when the file ends with a newline
+        out = [self._decode(line, i + 1) for i, line in enumerate(lines)]
+        if tail:
             try:
-                out.append(_DEC.decode(line))
-            except msgspec.MsgspecError as e:
-                raise StoreError(
-                    f"journal {self.path} line {i + 1} is damaged ({e}); it is not the last line, so it is not a "
-                    f"torn write: keep the file for inspection and restore the store from a backup"
-                ) from None
-        del tail
+                out.append(self._decode_whole(tail, len(lines) + 1))  # a whole batch whose newline did not make it: kept
+            except msgspec.DecodeError as e:
+                if not _truncated(e):
+                    raise JournalDamaged(self.path, len(lines) + 1, f"the unterminated last line is not a cut-short batch ({e})") from None
+                # else: cut short by a crash mid-write, never acknowledged: dropped
+            except (msgspec.ValidationError, UnicodeDecodeError, ValueError) as e:
+                raise JournalDamaged(self.path, len(lines) + 1, f"the unterminated last line is not a batch ({e})") from None
         return out
+
+    def _decode_whole(self, tail: bytes, n: int) -> Batch:
+        b = _DEC.decode(tail)
+        if _sum_ok(tail) is False:
+            raise JournalDamaged(self.path, n, "its bytes do not hash to the sum written with it: it was altered after it was written")
+        return b
+
+    def _decode(self, line: bytes, n: int) -> Batch:
+        try:
+            b = _DEC.decode(line)
+        except (msgspec.MsgspecError, UnicodeDecodeError, ValueError) as e:
+            raise JournalDamaged(self.path, n, f"it is not a batch ({e}); a complete line is never a torn write") from None
+        if _sum_ok(line) is False:
+            raise JournalDamaged(self.path, n, "its bytes do not hash to the sum written with it: it was altered after it was written")
+        return b
 
     def clear(self) -> None:
         """Empty the journal (after its batches are committed to DuckDB)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from store.blobs import BlobStore
 from store.duck import SNAPSHOT_SUFFIX, DuckEventLog, _utcnow
-from store.duck_write import JOURNAL_SUFFIX
+from store.duck_write import HEADS_SUFFIX, JOURNAL_SUFFIX
 from store.errors import StoreNotFound
 from store.protocol import EventLog
 
@@ -64,7 +64,7 @@ class Store:
 
         scratch = Path(tempfile.mkdtemp(prefix="sia-readonly-"))
         try:
-            for name in (LOG_FILE, LOG_FILE + ".wal", LOG_FILE + JOURNAL_SUFFIX):
+            for name in (LOG_FILE, LOG_FILE + ".wal", LOG_FILE + JOURNAL_SUFFIX, LOG_FILE + HEADS_SUFFIX):
                 if (root / name).is_file():
                     shutil.copy2(root / name, scratch / name)
             pending = sum(len(b.ids) for b in Journal(str(scratch / (LOG_FILE + JOURNAL_SUFFIX))).read())

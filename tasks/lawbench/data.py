@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,24 @@ def load_predictions(path: str | Path) -> list[tuple[str, str, str]]:
     data = _read(Path(path))
     if not isinstance(data, dict):
         raise LawBenchDataError(str(path), 'expected {"0": {"origin_prompt", "prediction", "refr"}, ...}')
+    if not data:
+        raise LawBenchDataError(str(path), "the file holds no items: there is nothing to score")
     out = []
     for i in range(len(data)):
         item = data.get(str(i))
         if not isinstance(item, dict) or not {"prediction", "refr"} <= set(item):
             raise LawBenchDataError(str(path), f'item "{i}" is missing or lacks prediction/refr')
+        for field in ("prediction", "refr"):
+            if not isinstance(item[field], (str, int, float)) or isinstance(item[field], bool):
+                raise LawBenchDataError(str(path), f'item "{i}" has {field} = {item[field]!r}; expected text')
         prompt = item.get("origin_prompt", "")
         if isinstance(prompt, list):  # OpenCompass chat format: [{"role", "prompt"}]
             prompt = "\n".join(str(p.get("prompt", "")) for p in prompt if isinstance(p, dict))
         out.append((str(prompt), str(item["prediction"]), str(item["refr"])))
     return out
+
+
+_TASK_NAME = re.compile(r"[0-9]+-[0-9]+")
 
 
 def prediction_sets(folder: str | Path) -> dict[str, dict[str, Path]]:
@@ -59,8 +68,8 @@ def prediction_sets(folder: str | Path) -> dict[str, dict[str, Path]]:
     root = Path(folder)
     if not root.is_dir():
         raise LawBenchDataError(str(root), "not a folder of prediction files")
-    def tasks_in(d: Path) -> dict[str, Path]:
-        return {p.stem: p for p in sorted(d.glob("*.json")) if p.stem[:1].isdigit() and "-" in p.stem}
+    def tasks_in(d: Path) -> dict[str, Path]:  # LawBench's files are named <level>-<n>.json
+        return {p.stem: p for p in sorted(d.glob("*.json")) if _TASK_NAME.fullmatch(p.stem)}
     here = tasks_in(root)
     if here:
         return {root.name: here}

@@ -56,7 +56,15 @@ def load_counts(path: str | Path) -> np.ndarray:
     if len(frac):
         i, j = frac[0]
         raise InvalidCounts(str(p), f".X holds non-integer values ({x[i, j]:.4g} at cell {i}, gene {j}): it looks normalised")
+    if x.max() > _MAX_COUNT:
+        i, j = np.unravel_index(int(np.argmax(x)), x.shape)
+        raise InvalidCounts(str(p), f".X holds a count of {x[i, j]:.4g} (cell {i}, gene {j}), above {_MAX_COUNT:,}: no UMI count is that large")
+    if not x.any():
+        raise InvalidCounts(str(p), ".X holds no counts (every entry is 0): there is nothing to denoise or score")
     return x.astype(np.int64)
+
+
+_MAX_COUNT = 2**31 - 1  # numpy's binomial draws (the cross-validation split) take counts up to this
 
 
 def default_counts() -> np.ndarray:

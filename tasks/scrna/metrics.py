@@ -16,6 +16,8 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from sia_engine.errors import SiaError
+
 __all__ = ["Split", "mcv_split", "mse", "poisson", "Scores", "evaluate", "control_scores"]
 
 
@@ -60,6 +62,18 @@ class Scores(msgspec.Struct, frozen=True):
     score: float  # mean of the two normalised scores
 
 
+class DegenerateSplit(SiaError):
+    """The split's controls do not span a range to normalise against: no denoising scores as well
+    as perfect denoising (too few cells or counts), so every normalised score would divide by 0."""
+
+    def __init__(self, mw: float, mb: float, pw: float, pb: float) -> None:
+        super().__init__(
+            f"the cross-validation split cannot rank denoisers: no denoising scores MSE {mw:.4g} / Poisson {pw:.4g}, "
+            f"perfect denoising {mb:.4g} / {pb:.4g} (worst must exceed best); the matrix has too few cells or counts "
+            f"for molecular cross-validation: use real count data with more cells and genes"
+        )
+
+
 def evaluate(split: Split, denoised: np.ndarray, controls: tuple[float, float, float, float] | None = None) -> Scores:
     """Raw and normalised metrics of ``denoised`` against the split's test counts.
 
@@ -72,6 +86,8 @@ def evaluate(split: Split, denoised: np.ndarray, controls: tuple[float, float, f
         controls = control_scores(split)
         # perfect denoising scores itself exactly: no rounding slack to worry about
     mw, mb, pw, pb = controls
+    if not (mw > mb and pw > pb):
+        raise DegenerateSplit(mw, mb, pw, pb)
     m, p = mse(split.test, denoised), poisson(split.train, split.test, denoised)
     mn = (mw - m) / (mw - mb)
     pn = (pw - p) / (pw - pb)

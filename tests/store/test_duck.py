@@ -16,6 +16,7 @@ import pytest
 
 from store import (
     DuckEventLog,
+    JournalDamaged,
     NewEvent,
     ReadOnlyQuery,
     Store,
@@ -88,9 +89,9 @@ def test_sql_is_read_only(tmp_path: Path) -> None:
     with DuckEventLog(tmp_path / "log.duckdb") as log:
         log.init_branch("main")
         log.append("main", [NewEvent("k", 1, b'{"score":0.5}')], expected_head=None)
-        cols, rows = log.sql("SELECT kind, payload->>'score' AS score FROM events")
-        assert cols == ["kind", "score"] and rows == [("k", "0.5")]
-        cols, rows = log.sql("SELECT json_extract(payload, '$.score')::DOUBLE FROM events WHERE seq = ?", [0])
+        cols, rows, truncated = log.sql("SELECT kind, payload->>'score' AS score FROM events")
+        assert cols == ["kind", "score"] and rows == [("k", "0.5")] and truncated is None
+        cols, rows, _ = log.sql("SELECT json_extract(payload, '$.score')::DOUBLE FROM events WHERE seq = ?", [0])
         assert rows == [(0.5,)]
         for bad, kind in [
             ("DELETE FROM events", "DELETE"),
@@ -105,6 +106,29 @@ def test_sql_is_read_only(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="SQL does not parse"):
             log.sql("SELEC 1")
         assert log.count() == 1
+
+
+def test_sql_cannot_reach_files_and_its_output_is_bounded(tmp_path: Path) -> None:
+    """D10: no file or network access from a query, and rows, bytes and time are bounded."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("held-out labels")
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        log.init_branch("main")
+        log.append("main", [NewEvent("k", 1, b'{"i":1}')], expected_head=None)
+        for q in (f"SELECT * FROM read_text('{secret}')", f"SELECT * FROM read_csv('{secret}')", "SELECT * FROM read_text('/etc/passwd')"):
+            with pytest.raises(StoreError, match="disabled by configuration"):
+                log.sql(q)
+        cols, rows, truncated = log.sql("SELECT range FROM range(50)", max_rows=10)
+        assert len(rows) == 10 and truncated is not None and "more than 10 rows" in truncated
+        _, rows, truncated = log.sql("SELECT repeat('x', 100000000) AS big", max_bytes=1000)
+        assert len(rows) == 1 and rows[0][0].startswith("x" * 1000) and len(rows[0][0]) < 1100
+        assert truncated is not None and "1,000 bytes" in truncated
+        with pytest.raises(StoreError, match="stopped after 0.2 s"):
+            log.sql("SELECT count(*) FROM range(10000000000) a", timeout_s=0.2)
+        # the engine's own writes still work afterwards
+        log.append("main", [NewEvent("k", 1, b'{"i":2}')], expected_head=log.branch("main").head_id)
+        log.flush()
+        assert log.count() == 2
 
 
 def test_read_only_store_refuses_writes(tmp_path: Path) -> None:
@@ -268,8 +292,90 @@ def test_torn_last_line_is_dropped_and_damage_is_refused(tmp_path: Path) -> None
     lines[1] = b'{"garbage'
     j2.write_bytes(b"\n".join(lines))
     for _ in range(2):  # a refused open leaves nothing behind: the same error again, not a lock
-        with pytest.raises(StoreError, match="line 2 is damaged"):
+        with pytest.raises(JournalDamaged, match="journal line 2: it is not a batch"):
             DuckEventLog(p2, create=False)
+
+
+def _outcome(p: Path) -> tuple[str, object]:
+    """Open after a crash: ('ok', ids of main) or ('damaged', line) with the files untouched."""
+    j = p.parent / "log.duckdb.journal"
+    before = {f.name: f.read_bytes() for f in p.parent.iterdir() if f.is_file()}
+    try:
+        with DuckEventLog(p, create=False) as log:
+            return "ok", [e.id for e in log.read("main")]
+    except JournalDamaged as e:
+        after = {f.name: f.read_bytes() for f in p.parent.iterdir() if f.is_file()}
+        assert after[j.name] == before[j.name], "a refused journal must be left as it was"
+        with duckdb.connect(str(p), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM events").fetchone() == (0,), "nothing may reach DuckDB"
+        return "damaged", e.line
+
+
+def test_every_cut_of_the_last_line(tmp_path: Path) -> None:
+    """The torn-write rule at every byte: a strict prefix of the last batch is dropped (never
+    acknowledged), the whole batch without its newline is kept, and nothing else is lost."""
+    (tmp_path / "orig").mkdir()
+    _, ids = _journalled(tmp_path / "orig")
+    saved = (tmp_path / "orig" / "log.duckdb.journal").read_bytes()
+    db = (tmp_path / "orig" / "log.duckdb").read_bytes()
+    assert not (tmp_path / "orig" / "log.duckdb.wal").exists()
+    last = saved.rstrip(b"\n").rsplit(b"\n", 1)[1]
+    head = saved[: len(saved) - len(last) - 1]
+    for k in range(len(last) + 1):
+        d = tmp_path / f"cut{k}"
+        d.mkdir()
+        (d / "log.duckdb").write_bytes(db)
+        (d / "log.duckdb.journal").write_bytes(head + last[:k])
+        kind, got = _outcome(d / "log.duckdb")
+        assert kind == "ok", (k, got)
+        assert got == (ids if k == len(last) else ids[:3]), k
+
+
+def test_every_flipped_byte_of_the_last_line_is_refused(tmp_path: Path) -> None:
+    """An acknowledged (newline-terminated) batch is never dropped or taken altered: a flipped
+    byte anywhere in it, its newline included, is ``JournalDamaged`` and the journal stays."""
+    (tmp_path / "orig").mkdir()
+    _journalled(tmp_path / "orig")
+    saved = (tmp_path / "orig" / "log.duckdb.journal").read_bytes()
+    db = (tmp_path / "orig" / "log.duckdb").read_bytes()
+    assert not (tmp_path / "orig" / "log.duckdb.wal").exists()
+    start = saved.rstrip(b"\n").rfind(b"\n") + 1
+    for pos in range(start, len(saved)):
+        for bit in ((0x01, 0x20)[pos % 2],):  # the low bit or the case bit, alternately
+            d = tmp_path / f"flip{pos}-{bit}"
+            d.mkdir()
+            (d / "log.duckdb").write_bytes(db)
+            data = bytearray(saved)
+            data[pos] ^= bit
+            (d / "log.duckdb.journal").write_bytes(bytes(data))
+            kind, got = _outcome(d / "log.duckdb")
+            assert (kind, got) == ("damaged", 4), (pos, bit, kind, got)
+
+
+def test_an_altered_but_well_formed_line_never_reaches_duckdb(tmp_path: Path) -> None:
+    """D5: a journal line whose payload was changed (valid JSON, old sum and ids) is refused
+    before anything is moved in; so is one with invalid UTF-8 (D2)."""
+    import msgspec as _m
+
+    for case in ("payload", "resummed", "utf8"):
+        d = tmp_path / case
+        d.mkdir()
+        p, _ = _journalled(d)
+        j = d / "log.duckdb.journal"
+        lines = j.read_bytes().split(b"\n")
+        if case == "utf8":
+            lines[1] = lines[1].replace(b'"k"', b'"\xff"', 1)
+        else:
+            b = _m.json.decode(lines[1])
+            b["payloads"][0] = '{"i":99}'
+            lines[1] = _m.json.encode(b)
+            if case == "resummed":  # a forger who recomputes the line's sum: the ids still disagree
+                import hashlib
+                body = lines[1][: -len(b',"sum":"') - 66]
+                lines[1] = body + b',"sum":"' + hashlib.sha256(body).hexdigest().encode() + b'"}'
+        j.write_bytes(b"\n".join(lines))
+        kind, line = _outcome(p)
+        assert (kind, line) == ("damaged", 2), case
 
 
 def test_batches_already_committed_are_skipped_on_replay(tmp_path: Path) -> None:

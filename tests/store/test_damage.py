@@ -1,0 +1,138 @@
+"""A damaged store is reported as damaged, with a typed error, and never rewritten (issue 9:
+D1 damaged DuckDB blocks, D3 a masked error, D4 a damaged WAL, lost committed events)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from sia_engine.cli import main
+from store import DuckEventLog, InvalidEnvelope, NewEvent, Store, StoreDamaged, StoreError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+KILLED_WRITER = """
+import os, sys
+sys.path.insert(0, {root!r})
+from store import DuckEventLog, NewEvent
+log = DuckEventLog(sys.argv[1])
+if {init}:
+    log.init_branch("main")
+head = log.branch("main").head_id
+log.append("main", [NewEvent("k", 1, ('{{"i":%d}}' % i).encode()) for i in range(300)], expected_head=head)  # straight into DuckDB
+os._exit(0)  # no close, no checkpoint: the commit is in log.duckdb.wal only
+"""
+
+
+def killed_writer(path: Path, *, init: bool) -> None:
+    subprocess.run([sys.executable, "-c", KILLED_WRITER.format(root=str(ROOT), init=init), str(path)], check=True)
+    assert (path.parent / "log.duckdb.wal").stat().st_size > 0
+
+
+def test_a_wal_duckdb_skips_is_reported_never_a_missing_store_and_never_recreated(tmp_path: Path) -> None:
+    """D4: the branch, its ref and 300 events only in the WAL; a flipped header byte makes DuckDB
+    skip the WAL without a word. Before: 'no store', and `sia run` wrote a fresh schema."""
+    p = tmp_path / "log.duckdb"
+    killed_writer(p, init=True)
+    wal = tmp_path / "log.duckdb.wal"
+    data = bytearray(wal.read_bytes())
+    data[0] ^= 0x01
+    wal.write_bytes(bytes(data))
+    before = files(tmp_path)
+    for read_only in (True, False):
+        with pytest.raises(StoreDamaged) as exc:
+            DuckEventLog(p, read_only=read_only)
+        assert "did not replay" in str(exc.value) or "lost committed events" in str(exc.value)
+    with pytest.raises(StoreDamaged):
+        Store.create(tmp_path)  # `sia init` / `sia run` on it: refused, not a new store
+    r = CliRunner().invoke(main, ["log", "--store", str(tmp_path)])
+    assert r.exit_code == 2 and "is damaged" in r.output, r.output
+    assert files(tmp_path) == before  # nothing deleted, truncated or recreated
+
+
+def test_committed_events_lost_with_a_skipped_wal_are_reported(tmp_path: Path) -> None:
+    """A store checkpointed once, then 300 events committed to its WAL; DuckDB skips the WAL
+    (header flipped): the tables are there, the events are not. The heads file says they were
+    committed, so every open says the store is damaged instead of showing the shorter history."""
+    p = tmp_path / "log.duckdb"
+    with DuckEventLog(p) as log:
+        log.init_branch("main")
+        log.append("main", [NewEvent("k", 1, b'{"first":1}')], expected_head=None)
+    killed_writer(p, init=False)
+    wal = tmp_path / "log.duckdb.wal"
+    data = bytearray(wal.read_bytes())
+    data[0] ^= 0x01
+    wal.write_bytes(bytes(data))
+    before = files(tmp_path)
+    for read_only in (True, False):
+        with pytest.raises(StoreDamaged, match=r"lost committed events: main#300 .* was committed, but its head is main#0"):
+            DuckEventLog(p, read_only=read_only)
+    assert files(tmp_path) == before
+
+
+def test_a_damaged_block_is_a_typed_error_in_every_command(tmp_path: Path) -> None:
+    """D1: a flipped byte inside a DuckDB data block: verify, log and sql say the store is
+    damaged (exit 2, one line), never a traceback; a read-write open refuses and leaves it."""
+    r = CliRunner().invoke(main, ["demo", "--store", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    db = tmp_path / "s" / "log.duckdb"
+    con = duckdb.connect(str(db), read_only=True)
+    blocks = con.execute("SELECT block_id FROM pragma_storage_info('events') WHERE block_id IS NOT NULL AND block_id >= 0").fetchall()
+    con.close()
+    assert blocks
+    raw = bytearray(db.read_bytes())
+    # block b starts after the 3 header blocks of 4 KiB; its first 8 bytes are its checksum
+    start = 3 * 4096 + min(b for (b,) in blocks) * 262144 + 8 + 100
+    raw[start] ^= 0x10
+    db.write_bytes(bytes(raw))
+    before = files(tmp_path / "s")
+    for args in (["verify"], ["log", "--limit", "0"], ["sql", "SELECT count(*), max(payload::VARCHAR) FROM events"]):
+        r = CliRunner().invoke(main, [*args, "--store", str(tmp_path / "s")])
+        assert r.exit_code in (1, 2), (args, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
+        assert "damaged" in r.output or "FAILED" in r.output, (args, r.output)
+    assert files(tmp_path / "s") == before
+
+
+def test_an_error_inside_the_arrow_insert_is_not_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D3: the typed error of a failed insert reaches the caller (the aborted transaction made
+    DuckDB refuse the Arrow view's unregister, and that error used to replace it)."""
+    log = DuckEventLog(tmp_path / "log.duckdb", journal=False)
+    log.init_branch("main")
+
+    def failing_insert(sql: str, params: list[object]) -> None:
+        try:
+            log._con.execute("SELECT 'x'::INTEGER")  # aborts the transaction, as DuckDB's own refusal did
+        except duckdb.ConversionException as e:
+            raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
+
+    monkeypatch.setattr(log, "_insert", failing_insert)
+    with pytest.raises(InvalidEnvelope):
+        log.append("main", [NewEvent("k", 1, b'{"i":1}')] * 40, expected_head=None)
+    monkeypatch.undo()
+    ids = log.append("main", [NewEvent("k", 1, b'{"i":2}')] * 20, expected_head=None)  # nothing half-written
+    assert log.count() == 20 and log.branch("main").head_id == ids[-1]
+    log.close()
+
+
+def test_a_deeply_nested_payload_is_refused_with_a_typed_error(tmp_path: Path) -> None:
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        log.init_branch("main")
+        with pytest.raises(InvalidEnvelope, match="nested too deeply"):
+            log.append("main", [NewEvent("k", 1, b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}")], expected_head=None)
+        assert log.count() == 0
+
+
+def test_store_error_is_the_root_of_damage(tmp_path: Path) -> None:
+    assert issubclass(StoreDamaged, StoreError)
