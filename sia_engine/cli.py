@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sia_engine import __version__
-from sia_engine.cli_common import _envelope_dict, _open, emit_json, err, out, store_options
+from sia_engine.cli_common import _envelope_dict, _fail, _open, emit_json, err, out, store_options
 from store import Envelope, Store
 
 
@@ -148,20 +148,32 @@ def branches(store_path: str, as_json: bool) -> None:
 
 @main.command()
 @store_options
-def verify(store_path: str, as_json: bool) -> None:
+@click.option("--checkpoint", "checkpoint", default=None, type=click.Path(dir_okay=False), help="Also prove the log extends this signed checkpoint (sia checkpoint).")
+@click.option("--public-key", "public_key", default=None, type=click.Path(dir_okay=False), help="The .pub key that must have signed --checkpoint.")
+def verify(store_path: str, as_json: bool, checkpoint: str | None, public_key: str | None) -> None:
     """Check the hash chain, every event, every blob and every snapshot; exit 1 on failure.
+
+    With --checkpoint and --public-key, also prove that the log still extends a signed
+    checkpoint: that catches a history rewritten with every hash recomputed.
 
     \b
     Example:
       sia verify --store ./runs/exp1 || echo "tampered"
+      sia verify --checkpoint cp.json --public-key audit.key.pub
     """
-    from sia_engine.integrity import verify_store
+    from sia_engine.integrity import Problem, verify_store
+    from store.checkpoint import check_checkpoint
 
+    if (checkpoint is None) != (public_key is None):
+        _fail("--checkpoint and --public-key go together: the checkpoint is only as good as the key that must have signed it")
     with _open(store_path, read_only=True) as s:
         report = verify_store(s.log, s.blobs)
+        if checkpoint is not None and public_key is not None:
+            extra = tuple(Problem("checkpoint", None, "", p) for p in check_checkpoint(s.log, checkpoint, public_key))
+            report = msgspec.structs.replace(report, problems=report.problems + extra)
         journal = s.journal_events
     if as_json:
-        emit_json({**msgspec.to_builtins(report), "ok": report.ok, "journal_events": journal})
+        emit_json({**msgspec.to_builtins(report), "ok": report.ok, "journal_events": journal, "checkpoint": checkpoint})
         if not report.ok:
             sys.exit(1)
         return
@@ -172,7 +184,8 @@ def verify(store_path: str, as_json: bool) -> None:
     if report.ok:
         out.print(
             f"[green]OK[/]: {report.n_events} events on {report.n_branches} branches, "
-            f"{report.n_blobs} blobs, {report.n_snapshots} snapshots verified", highlight=False,
+            f"{report.n_blobs} blobs, {report.n_snapshots} snapshots verified"
+            + (f"; the log extends the signed checkpoint {checkpoint}" if checkpoint else ""), highlight=False, soft_wrap=True,
         )
     else:
         out.print(f"[bold red]FAILED[/]: {len(report.problems)} problem(s); first: {report.first}", highlight=False, soft_wrap=True)
@@ -180,6 +193,54 @@ def verify(store_path: str, as_json: bool) -> None:
             out.print(f"  {p}", highlight=False, soft_wrap=True)
     if not report.ok:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Private key file to write (its public key goes to OUT.pub).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def keygen(out_path: str, as_json: bool) -> None:
+    """Make an Ed25519 key pair for signing checkpoints (never overwrites a file).
+
+    Keep the private key away from the store: whoever can write the store must not hold it.
+
+    \b
+    Example:
+      sia keygen --out ~/keys/audit.key
+    """
+    from store.checkpoint import generate_key
+
+    priv, pub = generate_key(out_path)
+    if as_json:
+        emit_json({"private_key": str(priv), "public_key": str(pub)})
+        return
+    out.print(f"wrote {priv} (private, mode 600) and {pub} (public)", highlight=False)
+
+
+@main.command()
+@store_options
+@click.option("--sign", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key (sia keygen).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write (never overwritten).")
+def checkpoint(store_path: str, as_json: bool, key_path: str, out_path: str) -> None:
+    """Sign the store's branch heads and event count: a head anchored outside the database.
+
+    \b
+    Example:
+      sia checkpoint --sign ~/keys/audit.key --out ./checkpoints/2026-11-26.json
+      sia verify --checkpoint ./checkpoints/2026-11-26.json --public-key ~/keys/audit.key.pub
+    """
+    from sia_engine.integrity import verify_store
+    from store.checkpoint import sign_checkpoint
+
+    with _open(store_path, read_only=True) as s:
+        report = verify_store(s.log, s.blobs)
+        if not report.ok:  # never sign a damaged history
+            _fail(f"the store does not verify ({report.first}); nothing was signed")
+        doc = sign_checkpoint(s.log, key_path, out_path, store=str(s.root.resolve()))
+    st = doc["statement"]
+    if as_json:
+        emit_json(doc)
+        return
+    out.print(f"signed {st['events']} events on {len(st['branches'])} branches into {out_path}", highlight=False)
 
 
 @main.command()

@@ -8,6 +8,8 @@ the latest snapshot when one is cached; snapshots are checked against a fresh re
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from sia_engine.canonical import canonical
@@ -47,7 +49,63 @@ class _Snap(msgspec.Struct, frozen=True):
 
 def decode_state(data: bytes) -> AgentState:
     """A snapshot's bytes back into the state they cache."""
+    if data[:1] == _SHARED:
+        return msgspec.convert(_unshare(data), AgentState)
     return _STATE_DECODER.decode(data)
+
+
+def _decode_delta(data: bytes) -> StateDelta:
+    if data[:1] == _SHARED:
+        return msgspec.convert(_unshare(data), StateDelta)
+    return _DELTA_DECODER.decode(data)
+
+
+# A state holds every version's whole scaffold. When scaffolds grow (a few-shot example added per
+# iteration) that is quadratic: 500 versions of a scaffold gaining one example each held 125k
+# example copies, 31 MB of JSON per snapshot. Such states are cached in a shared form: each
+# distinct example and each distinct scaffold once, versions naming them by index.
+_SHARED = b"S"
+_SHARE_ABOVE = 256  # example copies in the state before the shared form is used
+
+
+def encode_cached(obj: AgentState | StateDelta) -> bytes:
+    """The bytes a snapshot stores for ``obj``: canonical JSON, or the shared form (see above)."""
+    state = obj.state if isinstance(obj, StateDelta) else obj
+    if sum(len(v.scaffold.examples) for v in state.versions.values()) <= _SHARE_ABOVE:
+        return canonical(obj)
+    tree = msgspec.to_builtins(obj)
+    versions = (tree["state"] if isinstance(obj, StateDelta) else tree)["versions"]
+    examples: dict[bytes, int] = {}
+    scaffolds: dict[bytes, int] = {}
+    ex_list: list[Any] = []
+    sc_list: list[Any] = []
+    for v in versions.values():
+        sc = dict(v["scaffold"])
+        refs = []
+        for ex in sc.get("examples", ()):
+            key = canonical(ex)
+            if key not in examples:
+                examples[key] = len(ex_list)
+                ex_list.append(ex)
+            refs.append(examples[key])
+        sc["examples"] = refs
+        key = canonical(sc)
+        if key not in scaffolds:
+            scaffolds[key] = len(sc_list)
+            sc_list.append(sc)
+        v["scaffold"] = scaffolds[key]
+    return _SHARED + canonical({"examples": ex_list, "scaffolds": sc_list, "obj": tree})
+
+
+def _unshare(data: bytes) -> Any:
+    doc = msgspec.json.decode(data[1:])
+    ex_list = doc["examples"]
+    scaffolds = [{**sc, "examples": [ex_list[i] for i in sc["examples"]]} for sc in doc["scaffolds"]]
+    tree = doc["obj"]
+    versions = (tree["state"] if "base_branch" in tree else tree)["versions"]
+    for v in versions.values():
+        v["scaffold"] = scaffolds[v["scaffold"]]
+    return tree
 
 
 def _make_delta(base: _Snap, state: AgentState) -> StateDelta | None:
@@ -81,7 +139,7 @@ def _load(log: EventLog, branch: str, until_seq: int) -> tuple[_Snap | None, _Sn
     order = {b: i for i, (b, _) in enumerate(log.segments(branch, until_seq))}
     if (order[delta[0]], delta[1]) <= (order[base.branch], base.seq):
         return base, base
-    d = _DELTA_DECODER.decode(delta[3])
+    d = _decode_delta(delta[3])
     if (d.base_branch, d.base_seq, d.base_event) != (base.branch, base.seq, base.event):
         return base, base  # a delta on an older base than the latest full one: the full one is nearer
     return base, _Snap(delta[0], delta[1], delta[2], _apply_delta(base.state, d))
@@ -95,7 +153,7 @@ def load_cached_state(log: EventLog, branch: str, seq: int, key: str) -> AgentSt
         return None
     if key == SNAPSHOT_KEY:
         return decode_state(found[3])
-    d = _DELTA_DECODER.decode(found[3])
+    d = _decode_delta(found[3])
     base = log.load_snapshot(d.base_branch, d.base_seq, SNAPSHOT_KEY)
     if base is None or base[:3] != (d.base_branch, d.base_seq, d.base_event):
         return None
@@ -227,10 +285,10 @@ class History:
         if base is not None and state.n_events - base.state.n_events < self.full_every:
             delta = _make_delta(base, state)
         if delta is None:
-            self.log.save_snapshot(self.branch, seq, SNAPSHOT_KEY, canonical(state))
+            self.log.save_snapshot(self.branch, seq, SNAPSHOT_KEY, encode_cached(state))
             self._base = _Snap(self.branch, seq, event_id, state)
         else:
-            self.log.save_snapshot(self.branch, seq, DELTA_KEY, canonical(delta))
+            self.log.save_snapshot(self.branch, seq, DELTA_KEY, encode_cached(delta))
 
     def fork(self, name: str, *, reason: str, overrides: dict[str, object] | None = None) -> History:
         """A new branch growing from this history's head, from the state held in memory: no

@@ -11,7 +11,7 @@ from sia_engine.history import DELTA_KEY, SNAPSHOT_KEY, load_cached_state
 from sia_engine.state import AgentState, apply, state_hash
 from store import BlobStore, EventLog, Problem, VerifyReport
 
-__all__ = ["IntegrityReport", "verify_store"]
+__all__ = ["IntegrityReport", "verify_store", "Problem"]
 
 
 

@@ -9,20 +9,17 @@ id with its own ``sha256`` and checks the chain with window functions.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 import os
-import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any
 
 import duckdb
 import msgspec
 
+from store.duck_errors import _OPEN_WRITERS, _READ_ALL, _translate_open_error, translate_duckdb_errors
 from store.duck_snapshots import SNAPSHOT_SUFFIX, DuckSnapshots
+from store.duck_sql import DuckSql, SqlResult
 from store.duck_verify import verify_connection
 from store.duck_write import _COLS, HEADS_SUFFIX, JOURNAL_SUFFIX, DuckWriter
 from store.envelope import (
@@ -36,7 +33,6 @@ from store.errors import (
     BranchExists,
     BranchNotFound,
     EventNotFound,
-    ReadOnlyQuery,
     StoreDamaged,
     StoreError,
     StoreLocked,
@@ -65,123 +61,12 @@ CREATE TABLE snapshots (
 _BRANCH_COLS = "name, base_branch, base_seq, base_id, head_seq, head_id, created_at"
 
 
-T = TypeVar("T")
-_OPEN_WRITERS: set[str] = set()  # stores this process holds open for writing
-_LOCK_RE = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _translate_open_error(path: str, e: duckdb.Error) -> StoreError:
-    msg = str(e)
-    m = _LOCK_RE.search(msg)
-    if m:
-        return StoreLocked(path, f"{m.group(1)}, PID {m.group(2)}")
-    if "Could not set lock" in msg:
-        return StoreLocked(path, "unknown process")
-    return StoreDamaged(path, "DuckDB could not open log.duckdb", msg) if _is_damage(msg) else StoreError(
-        f"could not open store {path}: {msg}"
-    )
-
-
-# every column of every table, so that every block is read (and its checksum checked)
-_READ_ALL = (
-    "SELECT bit_xor(hash(id, parent, branch, seq, kind, schema, recorded_at, payload)) FROM events",
-    "SELECT bit_xor(hash(name, ord, base_branch, base_seq, base_id, head_seq, head_id, created_at)) FROM branches",
-    "SELECT bit_xor(hash(branch, seq, event_id, key, data)) FROM snapshots",
-    "SELECT bit_xor(hash(key, value)) FROM meta",
-)
-
-_DAMAGE = ("Corrupt", "corrupt", "checksum", "replaying WAL", "not a valid DuckDB database", "Serialization Error",
-           "Could not read enough bytes", "INTERNAL Error", "Invalid Input Error: Invalid block")
-
-
-def _is_damage(msg: str) -> bool:
-    return any(m in msg for m in _DAMAGE)
-
-
-def translate_duckdb_errors(cls: type[T]) -> type[T]:
-    """Every public method of the log (and every generator it returns) raises a typed error
-    where DuckDB raises its own: ``StoreDamaged`` for a damaged file (a failed checksum, an
-    unreadable block or WAL), ``StoreError`` naming the store for anything else. Errors the log
-    already translates are ``StoreError``s and pass through."""
-
-    def wrap_error(self: Any, e: duckdb.Error) -> StoreError:
-        msg = str(e)
-        if _is_damage(msg):
-            return StoreDamaged(self.path, "DuckDB could not read log.duckdb", msg)
-        return StoreError(f"DuckDB failed on store {self.path} ({type(e).__name__}): {msg}")
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        translate = wrap_error
-
-        if inspect.isgeneratorfunction(fn):
-
-            @functools.wraps(fn)
-            def gen(self: Any, *a: Any, **kw: Any) -> Any:
-                try:
-                    yield from fn(self, *a, **kw)
-                except duckdb.Error as e:
-                    raise translate(self, e) from e
-
-            return gen
-
-        @functools.wraps(fn)
-        def method(self: Any, *a: Any, **kw: Any) -> Any:
-            try:
-                return fn(self, *a, **kw)
-            except duckdb.Error as e:
-                raise translate(self, e) from e
-
-        return method
-
-    init = vars(cls)["__init__"]
-
-    @functools.wraps(init)
-    def opening(self: Any, *a: Any, **kw: Any) -> None:
-        try:
-            init(self, *a, **kw)
-        except duckdb.Error as e:
-            con = getattr(self, "_con", None)
-            if con is not None:
-                with contextlib.suppress(duckdb.Error):
-                    con.close()
-            _OPEN_WRITERS.discard(getattr(self, "_key", ""))
-            raise wrap_error(self, e) from e
-
-    setattr(cls, "__init__", opening)
-    for klass in cls.__mro__:  # the class's own methods first, then what it inherits
-        for name, fn in list(vars(klass).items()):
-            if not name.startswith("_") and inspect.isfunction(fn) and (klass is cls or name not in vars(cls)):
-                setattr(cls, name, wrap(fn))
-    return cls
-
-
-class SqlResult(NamedTuple):
-    """What ``sql`` returns: column names, rows, and what was left out (None: nothing)."""
-
-    cols: list[str]
-    rows: list[tuple[Any, ...]]
-    truncated: str | None
-
-
-def _cap_row(row: tuple[Any, ...], budget: int) -> tuple[tuple[Any, ...], int]:
-    """The row with text values cut to fit ``budget`` bytes, and the bytes it takes (-1: cut)."""
-    out, used, cut = [], 0, False
-    for v in row:
-        n = len(v) if isinstance(v, (str, bytes)) else len(str(v))
-        if used + n > budget and isinstance(v, (str, bytes)):
-            keep = max(0, budget - used)
-            v = v[:keep] + f"... [cut: {n - keep:,} more]" if isinstance(v, str) else v[:keep]
-            cut, n = True, keep
-        used += n
-        out.append(v)
-    return tuple(out), -1 if cut else used
-
-
 @translate_duckdb_errors
-class DuckEventLog(DuckSnapshots, DuckWriter):
+class DuckEventLog(DuckSql, DuckSnapshots, DuckWriter):
     """Event log on a DuckDB file (``:memory:`` for a throwaway in-process database)."""
 
     def __init__(
@@ -513,64 +398,6 @@ class DuckEventLog(DuckSnapshots, DuckWriter):
         return verify_connection(self._con)
 
     # -- ad-hoc SQL ---------------------------------------------------------------------------
-    def sql(
-        self,
-        query: str,
-        params: Sequence[Any] | None = None,
-        *,
-        max_rows: int = 10_000,
-        max_bytes: int = 8_000_000,
-        timeout_s: float = 60.0,
-    ) -> SqlResult:
-        """Run one read-only SELECT with DuckDB's access to files and the network disabled (for
-        this database instance, for good: DuckDB cannot turn it back on while it runs; the
-        engine itself needs neither). At most ``max_rows`` rows and about ``max_bytes`` bytes of
-        values come back (a longer text value is cut, and ``truncated`` says what was left out);
-        a query still running after ``timeout_s`` is interrupted (``StoreError``)."""
-        self.flush()
-        try:
-            statements = self._con.extract_statements(query)
-        except duckdb.Error as e:
-            raise StoreError(f"SQL does not parse: {e}") from e
-        if len(statements) != 1:
-            raise ReadOnlyQuery(query, f"{len(statements)}-statement")
-        st = statements[0]
-        if st.type != duckdb.StatementType.SELECT:
-            raise ReadOnlyQuery(query, st.type.name)
-        self._con.execute("SET enable_external_access = false")
-        cur = self._con.cursor()
-        timer = threading.Timer(timeout_s, cur.interrupt)
-        timer.start()
-        try:
-            cur.execute(query, list(params or []))
-            cols = [d[0] for d in cur.description or []]
-            rows: list[tuple[Any, ...]] = []
-            size, truncated = 0, None
-            while batch := cur.fetchmany(256):
-                for r in batch:
-                    if len(rows) >= max_rows:
-                        truncated = f"more than {max_rows} rows: showing the first {max_rows} (raise the row limit to see more)"
-                        break
-                    r, n = _cap_row(r, max_bytes - size)
-                    if n < 0:
-                        truncated = f"values over {max_bytes:,} bytes in all: cut there (raise the byte limit to see more)"
-                        rows.append(r)
-                        break
-                    size += n
-                    rows.append(r)
-                if truncated:
-                    break
-        except duckdb.InterruptException as e:
-            raise StoreError(f"query stopped after {timeout_s:g} s (the time limit); narrow it, or raise the limit") from e
-        except duckdb.Error as e:
-            if _is_damage(str(e)):
-                raise StoreDamaged(self.path, "DuckDB could not read log.duckdb", str(e)) from e
-            raise StoreError(f"query failed: {e}") from e
-        finally:
-            timer.cancel()
-            cur.close()
-        return SqlResult(cols, rows, truncated)
-
     def close(self) -> None:
         try:
             if not self.read_only:

@@ -23,7 +23,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
-STORELESS = {"tasks", "baseline", "score"}  # commands that read no store
+STORELESS = {"tasks", "baseline", "score", "keygen"}  # commands that read no store
 
 
 def run(*args: str) -> click.testing.Result:

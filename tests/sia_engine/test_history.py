@@ -251,3 +251,35 @@ def test_history_fork_uses_the_state_in_memory(log) -> None:  # type: ignore[no-
     with pytest.raises(ReducerError):
         History(log, "main", AgentState(), None).fork("never", reason="empty")
     assert "never" not in [b.name for b in log.branches()]
+
+
+def test_growing_scaffolds_are_cached_in_a_shared_form(tmp_path: Path) -> None:
+    """A scaffold gaining one example per version: the state holds every version's scaffold
+    (quadratic); the cached form holds each example once and rebuilds the same state."""
+    from sia_engine.events import ScaffoldPatched, VersionAccepted
+    from sia_engine.history import decode_state, encode_cached
+    from sia_engine.scaffold import PatchOp, apply_patch, scaffold_hash
+
+    with DuckEventLog(tmp_path / "log.duckdb", clock=FakeClock()) as log:
+        h = start(log, snapshot_every=60, full_every=180)
+        for i in range(120):
+            head = h.state.head_version
+            assert head is not None
+            ops = (PatchOp("add", "/examples/-", {"input": f"question {i} " + "x" * 200, "output": "theft"}),)
+            sc = apply_patch(head.scaffold, ops)
+            vid = version_id(BASE, sc, None)
+            h.record(ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=ops, scaffold_hash=scaffold_hash(sc)),
+                     VersionEvaluated(version_id=vid, split="val", score=0.5, n_episodes=1),
+                     VersionAccepted(version_id=vid, previous=head.version_id, score=0.5, previous_score=None, margin=0.0))
+        plain, shared = canonical_len(h.state), len(encode_cached(h.state))
+        assert shared * 10 < plain, (shared, plain)
+        assert state_hash(decode_state(encode_cached(h.state))) == state_hash(h.state)
+        for seq in (59, 179, 239, 359):
+            assert state_hash(rebuild(log, "main", until_seq=seq, check=True)[0]) == state_hash(rebuild(log, "main", until_seq=seq, use_snapshots=False)[0])
+        assert verify_store(log).ok
+
+
+def canonical_len(state: AgentState) -> int:
+    from sia_engine.canonical import canonical
+
+    return len(canonical(state))
