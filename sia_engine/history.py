@@ -285,10 +285,10 @@ class History:
         if base is not None and state.n_events - base.state.n_events < self.full_every:
             delta = _make_delta(base, state)
         if delta is None:
-            self.log.save_snapshot(self.branch, seq, SNAPSHOT_KEY, encode_cached(state))
+            self.log.save_snapshot(self.branch, seq, SNAPSHOT_KEY, encode_cached(state), event_id=event_id)
             self._base = _Snap(self.branch, seq, event_id, state)
         else:
-            self.log.save_snapshot(self.branch, seq, DELTA_KEY, encode_cached(delta))
+            self.log.save_snapshot(self.branch, seq, DELTA_KEY, encode_cached(delta), event_id=event_id)
 
     def fork(self, name: str, *, reason: str, overrides: dict[str, object] | None = None) -> History:
         """A new branch growing from this history's head, from the state held in memory: no

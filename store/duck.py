@@ -92,6 +92,7 @@ class DuckEventLog(DuckSql, DuckSnapshots, DuckWriter):
         # branch -> its ref as first read (name, base and creation never change; heads come from _heads)
         self._branch_meta: dict[str, BranchInfo] = {}
         self._pending: list[Batch] = []  # journalled, not yet in DuckDB
+        self._pending_snaps: list[list[Any]] = []  # snapshot rows that go in with them
         # (branch, snapshot key) -> (seqs, [(event id, data when small)]): where snapshots are
         self._snap_index: dict[tuple[str, str], tuple[list[int], list[tuple[str, bytes | None]]]] = {}
         self._pending_n = 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from store.envelope import Envelope
+from store.errors import StoreError
 
 __all__ = ["DuckSnapshots", "SNAPSHOT_SUFFIX"]
 
@@ -29,6 +30,8 @@ class DuckSnapshots:
     _snap_dir: str | None
     # (branch, snapshot key) -> (seqs, [(event id, data when small)]): where snapshots are
     _snap_index: dict[tuple[str, str], tuple[list[int], list[tuple[str, bytes | None]]]]
+    _pending: list[Any]  # journalled batches not yet in DuckDB (DuckWriter's)
+    _pending_snaps: list[list[Any]]  # snapshot rows waiting for those batches' transaction
 
     if TYPE_CHECKING:  # provided by DuckEventLog and DuckWriter
 
@@ -42,10 +45,14 @@ class DuckSnapshots:
 
         def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]: ...
 
-    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes) -> None:
-        self.flush()
+        def _logical_head(self, branch: str) -> tuple[int, str | None]: ...
+
+    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes, *, event_id: str | None = None) -> None:
         self._check_writable()
-        ev = self.at(branch, seq)
+        if event_id is None:
+            event_id = self.at(branch, seq).id
+        elif seq > self._logical_head(branch)[0]:
+            raise StoreError(f"no event {branch}#{seq} to attach a snapshot to (the branch ends at #{self._logical_head(branch)[0]})")
         if self._snap_dir is not None:  # the bytes go to a file named by their hash; the row names it
             digest = hashlib.sha256(data).hexdigest()
             os.makedirs(self._snap_dir, exist_ok=True)
@@ -56,9 +63,11 @@ class DuckSnapshots:
                     f.write(data)
                 os.replace(tmp, target)  # a cache: no fsync; a torn or lost file is read as no snapshot
             data = _SNAP_REF + digest.encode()
-        self._con.execute(
-            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)", [branch, seq, ev.id, key, data]
-        )
+        row = [branch, seq, event_id, key, data]
+        if self._pending:  # its event is still in the journal: the row goes in with the next flush's transaction
+            self._pending_snaps.append(row)
+        else:
+            self._con.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)", row)
         self._snap_index.pop((branch, key), None)  # re-read on the next lookup
 
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:

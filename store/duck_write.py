@@ -45,6 +45,7 @@ class DuckWriter:
     _journal: Journal | None
     _heads: dict[str, tuple[int, str | None]]
     _pending: list[Batch]
+    _pending_snaps: list[list[Any]]
     _pending_n: int
     _clock: Callable[[], datetime]
     flush_every: int
@@ -96,12 +97,12 @@ class DuckWriter:
         """Move journalled batches into DuckDB (one transaction) and empty the journal."""
         if not self._pending:
             return
-        self._commit(self._pending)
-        self._pending, self._pending_n = [], 0
+        self._commit(self._pending, self._pending_snaps)
+        self._pending, self._pending_n, self._pending_snaps = [], 0, []
         assert self._journal is not None
         self._journal.clear()
 
-    def _commit(self, batches: list[Batch]) -> None:
+    def _commit(self, batches: list[Batch], snaps: Sequence[list[Any]] = ()) -> None:
         """Insert ``batches`` in one transaction, moving each branch's ref once. A batch with
         ``first_seq == -1`` takes its seqs from the ref; others must follow it exactly."""
         con = self._con
@@ -146,6 +147,9 @@ class DuckWriter:
                         con.unregister("_sia_batch")
                     except duckdb.Error:  # an aborted transaction refuses it; the error that aborted it is the one to see
                         pass
+            if snaps:  # snapshot rows whose events are in this transaction
+                con.execute("INSERT OR REPLACE INTO snapshots VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(snaps)),
+                            [v for row in snaps for v in row])
             con.commit()
         except BaseException:
             con.rollback()

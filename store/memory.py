@@ -18,7 +18,7 @@ from store.envelope import (
     history_segments,
     seal,
 )
-from store.errors import BranchExists, BranchNotFound, ConcurrencyError, EventNotFound
+from store.errors import BranchExists, BranchNotFound, ConcurrencyError, EventNotFound, StoreError
 from store.verify import verify_rows
 
 __all__ = ["MemoryEventLog"]
@@ -144,8 +144,10 @@ class MemoryEventLog:
         return VerifyReport(self.count(), len(self._refs), tuple(problems))
 
     # -- snapshots (a cache of derived state, never a source of truth) -------------------------
-    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes) -> None:
+    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes, *, event_id: str | None = None) -> None:
         ev = self.at(branch, seq)
+        if event_id is not None and event_id != ev.id:
+            raise StoreError(f"snapshot for {branch}#{seq} names event {event_id}, the log has {ev.id} there")
         self._snapshots.setdefault((branch, key), {})[seq] = (ev.id, bytes(data))
 
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:

@@ -66,8 +66,9 @@ class EventLog(Protocol):
 
     def verify(self) -> VerifyReport: ...
 
-    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes) -> None:
-        """Cache derived state computed at ``branch#seq`` under ``key`` (a reducer version)."""
+    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes, *, event_id: str | None = None) -> None:
+        """Cache derived state computed at ``branch#seq`` under ``key`` (a reducer version).
+        ``event_id``: the id of that event where the caller knows it (saves a read)."""
         ...
 
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
