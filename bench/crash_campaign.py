@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from store import Store  # noqa: E402
+from store import Store, StoreNotFound  # noqa: E402
 
 CHILD = """
 import sys
@@ -42,8 +42,7 @@ from sia_engine.presets import tiny_model
 from tasks import get_task
 task, model = get_task("arith"), tiny_model()
 print("go", flush=True)
-opener = Store.open if (__import__("pathlib").Path(sys.argv[1]) / "log.duckdb").exists() else Store.create
-with opener(sys.argv[1]) as s:
+with Store.create(sys.argv[1]) as s:  # as `sia run` does: creates the store, or opens it to resume
     Loop(s, task=task, model=model, feedback=RulePolicy(),
          config=LoopConfig(task="arith", iterations=3, train_episodes=6, val_episodes=6, samples=2,
                            lora=LoraSettings(steps=6))).run()
@@ -110,10 +109,11 @@ def campaign(kills: int, seed: int, work: Path, *, quiet: bool = False) -> dict[
 
             shutil.rmtree(crashy)  # finished before the kills were spent: a new run, killed again
             continue
-        if not (crashy / "log.duckdb").exists():
+        try:
+            _, _, ok, last = snapshot_of(crashy)
+        except StoreNotFound:  # killed before the store's first commit: there is no store yet
             landed["before the store existed"] += 1
             continue
-        _, _, ok, last = snapshot_of(crashy)
         landed[last] += 1
         if not ok:
             problems.append(f"kill {done_kills}: the store does not verify (last event {last})")
