@@ -30,6 +30,12 @@ class _Sia(click.Group):
     ``StoreError``) that reaches it is printed as one ``error:`` line with exit code 2, never as
     a traceback (a damaged store says it is damaged and what to do)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        bad = next((a for a in args if "\x00" in a), None)
+        if bad is not None:  # no file name, branch or query may hold one (click's path check would crash on it)
+            raise click.UsageError(f"argument {bad!r} holds a NUL byte", ctx)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> object:
         from sia_engine.errors import SiaError
         from store import StoreError

@@ -68,6 +68,8 @@ def _read(path: str | Path, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise CheckpointError(str(path), f"cannot read the {what} ({e.strerror or e})") from None
+    except ValueError as e:  # a name with a NUL byte
+        raise CheckpointError(repr(str(path)), f"not a usable file name ({e})") from None
 
 
 def _private_key(path: str | Path) -> Any:

@@ -23,7 +23,7 @@ from sia_engine.model import Message
 from sia_engine.sandbox import run_python
 from sia_engine.scaffold import Decoding, Scaffold
 from sia_engine.task import Episode, Score, chat_messages
-from tasks.scrna.data import DEFAULT_DATA, load_counts
+from tasks.scrna.data import DEFAULT_DATA, data_file, load_counts
 from tasks.scrna.family import RANGES, TRANSFORMS
 from tasks.scrna.metrics import Split, control_scores, evaluate, mcv_split
 
@@ -174,10 +174,11 @@ class ScrnaDenoise:
         split, controls, train_bytes = self._split(seed)
         code = solution_code(cfg)
         res = run_python(code, files={"train.npy": train_bytes}, outputs=["denoised.npy"], timeout_s=self.timeout_s,
-                         memory_mb=self.memory_mb, protect=self.protect)
+                         memory_mb=self.memory_mb, protect=self.protect, hidden=(str(data_file(self.data)),))
         call = {"name": "sandbox", "inputs": {"config": cfg, "split_seed": seed},
                 "outputs": {"status": res.status, "exit_code": res.exit_code, "stdout": res.stdout[-2000:],
-                            "stderr": res.stderr[-2000:], "wall_s": res.wall_s, "blocked": list(res.blocked), "landlock": res.landlock}}
+                            "stderr": res.stderr[-2000:], "wall_s": res.wall_s, "blocked": list(res.blocked), "landlock": res.landlock,
+                            "isolation": list(res.isolation)}}
         if res.status != "ok" or "denoised.npy" not in res.outputs:
             scored = Score(0.0, "content", {"valid": 1.0, "ran": 0.0}, (call,))
         else:
