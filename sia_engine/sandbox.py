@@ -26,7 +26,7 @@ from typing import Literal
 
 import msgspec
 
-from sia_engine.sandbox_confine import RUNNER, Cgroup, devices_for, list_roots, namespace_launcher, read_roots
+from sia_engine.sandbox_confine import GPU_PROGRAMS, RUNNER, Cgroup, devices_for, libcuda_dir, list_roots, namespace_launcher, read_roots
 
 __all__ = ["SandboxResult", "run_python", "landlock_available"]
 
@@ -34,6 +34,8 @@ Status = Literal["ok", "error", "timeout", "memory", "blocked"]
 _MEMORY_EXIT = 86
 _BLOCKED_EXIT = 87
 _MAX_TEXT = 20_000
+_RELAX: tuple[str, ...] = ()  # Landlock parts left off, for diagnosis only ("ioctl", "net", "unix", "signal", "read")
+_WRITE_EXTRA: tuple[str, ...] = ()  # more writable places, for diagnosis only
 _GRACE_S = 5.0  # after the time limit: how long the killed tree may take to let go of its pipes
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -99,21 +101,28 @@ def run_python(
         blocked_log = os.path.join(scratch, ".blocked")
         Path(blocked_log).touch()
         cfg = {"scratch": scratch, "read": list(read_roots(hidden_all)), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
-               "blocked_log": blocked_log, "landlock": abi, "devices": devices_for(devices)}
+               "blocked_log": blocked_log, "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
+               "programs": list(GPU_PROGRAMS) if "gpu" in devices else []}
         runner = RUNNER.format(cfg=json.dumps(cfg), memory_exit=_MEMORY_EXIT, blocked_exit=_BLOCKED_EXIT)
         child_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch, "TMPDIR": scratch,
             "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MPLCONFIGDIR": scratch,
             "TRITON_CACHE_DIR": os.path.join(scratch, ".triton"),
+            **({"TRITON_LIBCUDA_PATH": lib} if "gpu" in devices and (lib := libcuda_dir()) else {}),
             **(env or {}),
         }
         cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
         nproc = None if cgroup.path is not None or os.geteuid() == 0 else _user_processes() + max_procs + 4
 
+        # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
+        # with the GPU, the memory limit is not applied (said in ``isolation``)
+        address_limit = "gpu" not in devices
+
         def setup() -> None:  # runs in the child between fork and exec
             os.setsid()
-            limit = memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            if address_limit:
+                limit = memory_mb * 1024 * 1024
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             if nproc is not None:
                 resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
@@ -157,7 +166,8 @@ def run_python(
             status = "error"
         got = {n: Path(scratch, n).read_bytes() for n in outputs if Path(scratch, n).is_file()}
         isolation = tuple(x for x, on in (("landlock", bool(abi)), ("namespaces", launcher is not None),
-                                          ("pids-cgroup", cgroup.path is not None), ("rlimit-nproc", nproc is not None)) if on)
+                                          ("pids-cgroup", cgroup.path is not None), ("rlimit-nproc", nproc is not None),
+                                          ("rlimit-as", address_limit)) if on)
         return SandboxResult(status, None if timed_out else code_, _text(out), _text(err), round(wall, 3), blocked, bool(abi), got, isolation)
 
 

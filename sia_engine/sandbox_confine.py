@@ -1,8 +1,8 @@
 """How the sandbox confines a process: namespaces, a process limit, and Landlock rules.
 
 The sandboxed Python starts through ``unshare``: a new network namespace (loopback only, down: no
-TCP, no UDP, nothing leaves the machine) and a new PID namespace whose first process is the
-sandbox's Python. When it ends, or is killed at the time limit, the kernel kills every process
+TCP, no UDP, nothing leaves the machine), a new PID namespace whose first process is the
+sandbox's Python, and a mount namespace with that PID namespace's own ``/proc``. When it ends, or is killed at the time limit, the kernel kills every process
 left in that namespace, whatever session or group it moved to. As root the namespaces are
 created directly; as an ordinary user inside a user namespace first (``--user --map-root-user``)
 where the kernel allows it. A pids cgroup (root) or ``RLIMIT_NPROC`` (an ordinary user) bounds the
@@ -28,7 +28,7 @@ import sys
 import sysconfig
 from collections.abc import Sequence
 
-__all__ = ["namespace_launcher", "read_roots", "list_roots", "RUNNER", "Cgroup", "devices_for"]
+__all__ = ["namespace_launcher", "read_roots", "list_roots", "RUNNER", "Cgroup", "devices_for", "libcuda_dir", "GPU_PROGRAMS"]
 
 # the system's own read-only parts that an interpreter and its native libraries need
 _SYSTEM_READ = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/etc/ld.so.cache", "/etc/localtime",
@@ -42,7 +42,10 @@ def namespace_launcher() -> tuple[str, ...] | None:
     exe = shutil.which("unshare")
     if exe is None:
         return None
-    args = (exe, *(() if os.geteuid() == 0 else ("--user", "--map-root-user")), "--net", "--pid", "--fork", "--kill-child", "--")
+    # --mount-proc: a /proc of the new PID namespace (CUDA does not start in a PID namespace that
+    # sees the host's /proc; and the host's processes are not listed inside)
+    args = (exe, *(() if os.geteuid() == 0 else ("--user", "--map-root-user")), "--net", "--pid", "--fork", "--kill-child",
+            "--mount", "--mount-proc", "--")
     try:
         ok = subprocess.run([*args, sys.executable, "-c", "pass"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.SubprocessError):
@@ -135,9 +138,10 @@ class Cgroup:
 # child), installs the audit hook, then runs main.py. {cfg} is a JSON object (see sandbox.py).
 RUNNER = r'''
 import ctypes, json, os, socket, sys
+sys.dont_write_bytecode = True  # -I ignores PYTHONDONTWRITEBYTECODE; the installation is read-only here
 CFG = json.loads({cfg!r})
 SCRATCH = CFG["scratch"]
-try:  # this process's own /proc entry (the host's pid: /proc is the host's mount)
+try:  # this process's own /proc entry
     _SELF = ["/proc/" + os.readlink("/proc/self")]
 except OSError:
     _SELF = []
@@ -146,6 +150,7 @@ _LIST = tuple(CFG["list"])
 _READ_PREFIX = tuple(r + "/" for r in _READ)
 _PROTECTED = tuple(os.path.realpath(p) for p in CFG["protected"])
 _EXE_DIR = os.path.dirname(os.path.realpath(sys.executable))
+_PROGRAMS = tuple(CFG.get("programs", ()))  # names of other programs it may run (the GPU's compiler)
 _LOG = open(CFG["blocked_log"], "a", buffering=1)
 
 def _landlock():
@@ -157,11 +162,16 @@ def _landlock():
     RM_DIR, RM_FILE, MK_CHAR, MK_DIR, MK_REG, MK_SOCK, MK_FIFO, MK_BLOCK, MK_SYM = 16, 32, 64, 128, 256, 512, 1024, 2048, 4096
     REFER, TRUNC, IOCTL = 1 << 13, 1 << 14, 1 << 15
     fs = EXEC | WRITE | READ | READ_DIR | RM_DIR | RM_FILE | MK_CHAR | MK_DIR | MK_REG | MK_SOCK | MK_FIFO | MK_BLOCK | MK_SYM
-    fs |= (REFER if abi >= 2 else 0) | (TRUNC if abi >= 3 else 0) | (IOCTL if abi >= 5 else 0)
-    net = 3 if abi >= 4 else 0          # bind and connect TCP: no rule allows either
-    scoped = 3 if abi >= 6 else 0       # abstract unix sockets and signals: only within the sandbox
+    off = set(CFG.get("relax", ()))
+    fs |= (REFER if abi >= 2 else 0) | (TRUNC if abi >= 3 else 0) | (IOCTL if abi >= 5 and "ioctl" not in off else 0)
+    net = 3 if abi >= 4 and "net" not in off else 0          # bind and connect TCP: no rule allows either
+    scoped = (1 if "unix" not in off else 0) | (2 if "signal" not in off else 0) if abi >= 6 else 0  # only within the sandbox
     attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
     size = 8 if abi < 4 else (16 if abi < 6 else 24)
+    if "read" in off:  # everything readable (a diagnosis only)
+        _READ_ALL = True
+    else:
+        _READ_ALL = False
     fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
@@ -181,15 +191,20 @@ def _landlock():
             os.close(pfd)
             raise OSError(err, "landlock_add_rule failed for " + path)
         os.close(pfd)
-    for p in _READ:
+    for p in (("/",) if _READ_ALL else _READ):
         allow(p, EXEC | READ | READ_DIR)
     for p in _LIST:  # the folders that hold what is readable: listed, their other files not read
         allow(p, READ_DIR)
     allow(SCRATCH, READ | READ_DIR | WRITE | RM_DIR | RM_FILE | MK_DIR | MK_REG | MK_SYM | REFER | TRUNC)
     allow("/dev/null", READ | WRITE | TRUNC)
+    for p in _SELF:  # its own /proc entry (CUDA writes there, truncating)
+        allow(p, READ | READ_DIR | WRITE | TRUNC)
     for dev in CFG["devices"]:
         allow(dev, READ | WRITE | IOCTL)
-    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.syscall(446, fd, ctypes.c_uint32(0)) != 0:
+    for p in CFG.get("write_extra", ()):
+        allow(p, READ | READ_DIR | WRITE | RM_DIR | RM_FILE | MK_DIR | MK_REG | MK_SYM | MK_CHAR | REFER | TRUNC | IOCTL)
+    nnp = "nnp" not in off  # as root Landlock needs no no_new_privs (a diagnosis only)
+    if (nnp and libc.prctl(38, 1, 0, 0, 0) != 0) or libc.syscall(446, fd, ctypes.c_uint32(0)) != 0:
         raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     os.close(fd)
 
@@ -245,7 +260,8 @@ def _hook(event, args):
             argv = args[1]
             exe = argv if isinstance(argv, (str, bytes)) else (argv[0] if argv else "")
         p = _real(exe)
-        if p is None or not p.startswith(_EXE_DIR + "/"):
+        name = os.path.basename(os.fsdecode(exe)) if exe is not None else "?"
+        if (p is None or not p.startswith(_EXE_DIR + "/")) and name not in _PROGRAMS:
             _block("exec " + (os.fsdecode(exe) if exe is not None else "?"))
 
 _landlock()
@@ -263,9 +279,37 @@ except PermissionError as e:
 '''
 
 
+# what a CUDA driver reads besides its device nodes
+_GPU_READ = ("/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices", "/sys/module/nvidia", "/usr/share/nvidia", "/etc/nvidia",
+             "/usr/local/nvidia", "/usr/local/cuda", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+             # Triton compiles its CUDA launcher with the system's C compiler
+             "/usr/bin", "/usr/include", "/usr/libexec", "/usr/local/include")
+# the programs Triton runs on a GPU (its launcher's build); everything else stays refused
+GPU_PROGRAMS = ("gcc", "cc", "x86_64-linux-gnu-gcc", "as", "ld", "ld.bfd", "x86_64-linux-gnu-as", "x86_64-linux-gnu-ld", "file")
+
+
+@functools.lru_cache(maxsize=1)
+def libcuda_dir() -> str | None:
+    """The folder of the CUDA driver library (``ldconfig -p``, read here: the sandbox may not run
+    ldconfig), for ``TRITON_LIBCUDA_PATH``."""
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if "libcuda.so.1" in line and "=>" in line:
+            return os.path.dirname(os.path.realpath(line.split("=>")[1].strip()))
+    return None
+
+
 def devices_for(names: Sequence[str]) -> list[str]:
-    """Device nodes a task may use (an NVIDIA GPU's, where asked for and present)."""
+    """Device nodes (and the driver's own files) a task may use: an NVIDIA GPU's, where asked
+    for and present."""
     out: list[str] = []
-    if "gpu" in names:
-        out += [os.path.join("/dev", n) for n in sorted(os.listdir("/dev")) if n.startswith("nvidia")] if os.path.isdir("/dev") else []
+    if "gpu" in names and os.path.isdir("/dev"):
+        out += [os.path.join("/dev", n) for n in sorted(os.listdir("/dev")) if n.startswith("nvidia")]
+        out += [p for p in _GPU_READ if os.path.exists(p)]
+        lib = libcuda_dir()
+        if lib is not None:
+            out.append(lib)
     return out

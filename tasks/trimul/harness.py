@@ -67,7 +67,7 @@ def run_submission(
         refs.append(reference(x, mask, w))
     env = {"TRITON_INTERPRET": "1"} if interpret else {}
     res = run_python(_MAIN, files=files, outputs=[f"out{i}.safetensors" for i in range(len(cases))], timeout_s=timeout_s,
-                     memory_mb=memory_mb, protect=protect, env=env)
+                     memory_mb=memory_mb, protect=protect, env=env, devices=() if interpret else ("gpu",))
     results = []
     for i, (c, ref) in enumerate(zip(cases, refs, strict=True)):
         name = f"out{i}.safetensors"

@@ -1,0 +1,22 @@
+#!/bin/sh
+# On a GPU machine (device tool): the sandbox with the GPU (devices=("gpu",)): torch sees CUDA
+# inside it, and the TriMul harness compiles and runs a correct Triton kernel for real (no
+# interpreter). The machine lacks msgspec and jsonpatch: their wheels are carried in .whl/.
+python3 -m pip install -q --no-deps .whl/msgspec-*.whl .whl/jsonpatch-*.whl .whl/jsonpointer-*.whl 2>&1 | grep -v WARNING | tail -1
+python3 - <<'PY'
+import sys, time
+sys.path.insert(0, ".")
+from pathlib import Path
+from sia_engine.sandbox import landlock_available, run_python
+from sia_engine.sandbox_confine import libcuda_dir, namespace_launcher
+print("landlock ABI", landlock_available(), "namespaces", namespace_launcher() is not None, "libcuda", libcuda_dir())
+r = run_python("import torch\nprint(torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')",
+               devices=("gpu",), timeout_s=120, memory_mb=16384)
+print("probe:", r.status, r.stdout.strip(), r.isolation, r.blocked[:20], r.stderr[-1500:])
+from tasks.trimul import Case, run_submission
+cases = [Case(256, 2, 128, False, "normal", 0), Case(256, 2, 128, True, "cauchy", 1)]
+res, results = run_submission((Path("tests/fixtures/trimul") / "correct.py").read_text(), cases, interpret=False, timeout_s=300)
+print("trimul:", res.status, res.isolation, res.blocked[:20], res.wall_s)
+print([(r.correct, r.reason) for r in results])
+print(res.stderr[-2000:])
+PY
