@@ -40,16 +40,21 @@ def killed_writer(path: Path, *, init: bool) -> None:
     assert (path.parent / "log.duckdb.wal").stat().st_size > 0
 
 
+def flip_wal_header(folder: Path) -> dict[str, str]:
+    """Flip a bit of the WAL's first byte (DuckDB then skips the whole WAL); the files' hashes after."""
+    wal = folder / "log.duckdb.wal"
+    data = bytearray(wal.read_bytes())
+    data[0] ^= 0x01
+    wal.write_bytes(bytes(data))
+    return files(folder)
+
+
 def test_a_wal_duckdb_skips_is_reported_never_a_missing_store_and_never_recreated(tmp_path: Path) -> None:
     """D4: the branch, its ref and 300 events only in the WAL; a flipped header byte makes DuckDB
     skip the WAL without a word. Before: 'no store', and `sia run` wrote a fresh schema."""
     p = tmp_path / "log.duckdb"
     killed_writer(p, init=True)
-    wal = tmp_path / "log.duckdb.wal"
-    data = bytearray(wal.read_bytes())
-    data[0] ^= 0x01
-    wal.write_bytes(bytes(data))
-    before = files(tmp_path)
+    before = flip_wal_header(tmp_path)
     for read_only in (True, False):
         with pytest.raises(StoreDamaged) as exc:
             DuckEventLog(p, read_only=read_only)
@@ -70,11 +75,7 @@ def test_committed_events_lost_with_a_skipped_wal_are_reported(tmp_path: Path) -
         log.init_branch("main")
         log.append("main", [NewEvent("k", 1, b'{"first":1}')], expected_head=None)
     killed_writer(p, init=False)
-    wal = tmp_path / "log.duckdb.wal"
-    data = bytearray(wal.read_bytes())
-    data[0] ^= 0x01
-    wal.write_bytes(bytes(data))
-    before = files(tmp_path)
+    before = flip_wal_header(tmp_path)
     for read_only in (True, False):
         with pytest.raises(StoreDamaged, match=r"lost committed events: main#300 .* was committed, but its head is main#0"):
             DuckEventLog(p, read_only=read_only)
