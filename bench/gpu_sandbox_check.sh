@@ -13,6 +13,12 @@ print("landlock ABI", landlock_available(), "namespaces", namespace_launcher() i
 r = run_python("import torch\nprint(torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')",
                devices=("gpu",), timeout_s=120, memory_mb=16384)
 print("probe:", r.status, r.stdout.strip(), r.isolation, r.blocked[:20], r.stderr[-1500:])
+# Triton builds its launcher with gcc: the same, by hand, with gcc's own messages
+r = run_python("import subprocess, sysconfig\nopen('t.c', 'w').write('#include <Python.h>\\nint f(void) { return 1; }\\n')\n"
+               "p = subprocess.run(['/usr/bin/gcc', 't.c', '-O3', '-shared', '-fPIC', '-o', 't.so', '-I' + sysconfig.get_paths()['include']],"
+               " capture_output=True, text=True)\nprint('gcc exit', p.returncode)\nprint(p.stderr[-1500:])",
+               devices=("gpu",), timeout_s=120, memory_mb=16384)
+print("gcc:", r.status, r.blocked[:10], r.stdout[-1600:], r.stderr[-800:])
 from tasks.trimul import Case, run_submission
 cases = [Case(256, 2, 128, False, "normal", 0), Case(256, 2, 128, True, "cauchy", 1)]
 res, results = run_submission((Path("tests/fixtures/trimul") / "correct.py").read_text(), cases, interpret=False, timeout_s=300)

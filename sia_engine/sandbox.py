@@ -26,7 +26,7 @@ from typing import Literal
 
 import msgspec
 
-from sia_engine.sandbox_confine import GPU_PROGRAMS, RUNNER, Cgroup, devices_for, libcuda_dir, list_roots, namespace_launcher, read_roots
+from sia_engine.sandbox_confine import GPU_PROGRAMS, RUNNER, Cgroup, device_reads, devices_for, libcuda_dir, list_roots, namespace_launcher, read_roots
 
 __all__ = ["SandboxResult", "run_python", "landlock_available"]
 
@@ -100,7 +100,7 @@ def run_python(
         Path(scratch, "main.py").write_text(code)
         blocked_log = os.path.join(scratch, ".blocked")
         Path(blocked_log).touch()
-        cfg = {"scratch": scratch, "read": list(read_roots(hidden_all)), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
+        cfg = {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
                "blocked_log": blocked_log, "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
                "programs": list(GPU_PROGRAMS) if "gpu" in devices else []}
         runner = RUNNER.format(cfg=json.dumps(cfg), memory_exit=_MEMORY_EXIT, blocked_exit=_BLOCKED_EXIT)

@@ -28,7 +28,7 @@ import sys
 import sysconfig
 from collections.abc import Sequence
 
-__all__ = ["namespace_launcher", "read_roots", "list_roots", "RUNNER", "Cgroup", "devices_for", "libcuda_dir", "GPU_PROGRAMS"]
+__all__ = ["namespace_launcher", "read_roots", "list_roots", "RUNNER", "Cgroup", "devices_for", "device_reads", "libcuda_dir", "GPU_PROGRAMS"]
 
 # the system's own read-only parts that an interpreter and its native libraries need
 _SYSTEM_READ = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/etc/ld.so.cache", "/etc/localtime",
@@ -285,7 +285,8 @@ _GPU_READ = ("/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices", "/sys/module
              # Triton compiles its CUDA launcher with the system's C compiler
              "/usr/bin", "/usr/include", "/usr/libexec", "/usr/local/include")
 # the programs Triton runs on a GPU (its launcher's build); everything else stays refused
-GPU_PROGRAMS = ("gcc", "cc", "x86_64-linux-gnu-gcc", "as", "ld", "ld.bfd", "x86_64-linux-gnu-as", "x86_64-linux-gnu-ld", "file")
+GPU_PROGRAMS = ("gcc", "cc", "x86_64-linux-gnu-gcc", "as", "ld", "ld.bfd", "x86_64-linux-gnu-as", "x86_64-linux-gnu-ld", "file",
+                "ptxas", "ptxas-blackwell", "cuobjdump", "nvdisasm", "nvlink")
 
 
 @functools.lru_cache(maxsize=1)
@@ -308,6 +309,13 @@ def devices_for(names: Sequence[str]) -> list[str]:
     out: list[str] = []
     if "gpu" in names and os.path.isdir("/dev"):
         out += [os.path.join("/dev", n) for n in sorted(os.listdir("/dev")) if n.startswith("nvidia")]
+    return out
+
+
+def device_reads(names: Sequence[str]) -> list[str]:
+    """What the devices' drivers and tools read and run (readable and executable, not writable)."""
+    out: list[str] = []
+    if "gpu" in names:
         out += [p for p in _GPU_READ if os.path.exists(p)]
         lib = libcuda_dir()
         if lib is not None:
