@@ -357,9 +357,10 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
         sys.exit(1)
 
 
+from sia_engine.cli_experiment import experiment  # noqa: E402
 from sia_engine.cli_run import run, tasks  # noqa: E402 - the loop's commands live there
 
-for _cmd in (run, tasks):
+for _cmd in (run, tasks, experiment):
     main.add_command(_cmd)
 CORE = dict(main.commands)
 

@@ -277,7 +277,7 @@ class Loop:
     def _serve(self, version: Version) -> None:
         self.model.set_adapter(load_adapter(self.store.blobs, version.adapter))
 
-    def _episodes(self, version: Version, episodes: Sequence[Episode], split: Literal["train", "val"], seed: int, tag: str,
+    def _episodes(self, version: Version, episodes: Sequence[Episode], split: Literal["train", "val", "test"], seed: int, tag: str,
                   decoding: Decoding, n: int) -> list[Event]:
         """Generate ``n`` samples per episode under ``version`` and score each: an action and a
         trajectory per sample (episode ``k`` draws its samples from seed ``seed + k``)."""
@@ -408,18 +408,37 @@ class Loop:
                                 device=trained.device, dtype=trained.dtype)
         )
 
-    def _evaluate(self, version: Version, *, decide: bool) -> None:
-        tag = f"eval-{version.version_id[:12]}"
+    def evaluate_test(self) -> float:
+        """Score the head once on the task's test split (as many episodes as validation uses,
+        the same protocol and seeds), recorded as trajectories and a ``version_evaluated`` of
+        split ``test``; a head already scored there is not scored again. The loop itself never
+        calls this: only an experiment's last step does, so no decision ever reads the test split."""
+        head = self.hist.state.head_version
+        assert head is not None
+        done = head.score("test")
+        if done is not None:
+            return done
+        episodes = self.task.episodes("test")[: self.config.val_episodes]
+        if not episodes:
+            raise SiaError(f"task {self.task.name!r} has no test episodes")
+        self._evaluate(head, decide=False, split="test", episodes=episodes)
+        score = self.hist.state.versions[head.version_id].score("test")
+        assert score is not None
+        return score
+
+    def _evaluate(self, version: Version, *, decide: bool, split: Literal["val", "test"] = "val",
+                  episodes: Sequence[Episode] | None = None) -> None:
+        tag = f"eval-{version.version_id[:12]}" if split == "val" else f"{split}-{version.version_id[:12]}"
         protocol = self.config.eval
         decoding, n = protocol.effective(version.scaffold.decoding)
-        events = self._episodes(version, self.val, "val", self.config.seed, tag, decoding, n)
+        events = self._episodes(version, self.val if episodes is None else episodes, split, self.config.seed, tag, decoding, n)
         trajs = [e for e in events if isinstance(e, TrajectoryRecorded)]
         score, means, bests = evaluation_score(trajs, protocol.mode)
         keys = sorted({k for t in trajs for k in t.metrics})
         metrics = {k: sum(t.metrics.get(k, 0.0) for t in trajs) / len(trajs) for k in keys}
         metrics.update(sample_mean=sum(means) / len(means), best_of_k=sum(bests) / len(bests),
                        distinct_outputs=float(len({t.output for t in trajs})))
-        events.append(VersionEvaluated(version_id=version.version_id, split="val", score=score, n_episodes=len(means), metrics=metrics,
+        events.append(VersionEvaluated(version_id=version.version_id, split=split, score=score, n_episodes=len(means), metrics=metrics,
                                        protocol={"mode": protocol.mode, "samples": n, "temperature": decoding.temperature}))
         if decide:
             events.append(self._decision(version, score))

@@ -1,0 +1,172 @@
+"""Scaffold-only vs weights-only vs both, as forks of one history (SIA's claim, measured).
+
+``run_experiment`` records a shared prefix (the base version, evaluated once on validation) on
+branch ``NAME-base``, forks it into one branch per arm and seed (``NAME-ARM-sSEED``; the fork's
+``overrides`` say experiment, arm and seed), improves each for the same number of iterations
+with the arm's levers, then scores each arm's head once on the test split, which the loop never
+reads. ``experiment_table`` computes the table from recorded events alone, so the same function
+gives the same table from the store and from an exported Parquet copy (``table_from_events``).
+Interrupted, it resumes: existing forks continue, a head already scored on test is not re-scored.
+
+Not yet here (issue 11 asks for them): the random-search and best-of-k baselines at the same
+evaluation budget, the paired comparison's interval, and the measured runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from sia_engine.errors import SiaError
+from sia_engine.feedback import FeedbackAgent
+from sia_engine.history import History
+from sia_engine.hooks import Hooks
+from sia_engine.loop import Loop, LoopConfig
+from sia_engine.model import Model
+from sia_engine.task import Task
+from store import Store
+
+__all__ = ["ARMS", "ArmResult", "run_experiment", "experiment_table", "table_from_events", "EventRow"]
+
+ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}")
+
+
+class ArmResult(msgspec.Struct, frozen=True):
+    arm: str
+    seed: int
+    branch: str
+    test_score: float | None  # None: not scored on test yet (an interrupted experiment)
+    val_score: float | None  # the head's validation score
+    iterations: int
+    levers_used: tuple[str, ...]  # levers of the candidates made
+    candidates: int
+    accepted: int
+    model_calls: int  # generations recorded on the branch (training, validation and test rollouts)
+    train_steps: int  # LoRA steps over all adapters trained on the branch
+    wall_s: float  # from the fork to the last event on the branch
+
+
+@dataclass
+class EventRow:
+    """An event as the table needs it: from the log (``Envelope``) or a Parquet export's row."""
+
+    branch: str
+    seq: int
+    kind: str
+    payload: dict[str, Any]
+    recorded_at: datetime
+
+
+@dataclass
+class _Arm:
+    arm: str
+    seed: int
+    branch: str
+    events: list[EventRow] = field(default_factory=list)
+
+
+def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
+    """The experiment ``name``'s table from each arm branch's own events (ordered by seq)."""
+    arms: dict[str, _Arm] = {}
+    by_branch: dict[str, list[EventRow]] = {}
+    for r in rows:
+        by_branch.setdefault(r.branch, []).append(r)
+    for branch, evs in by_branch.items():
+        evs.sort(key=lambda r: r.seq)
+        first = evs[0]
+        o = first.payload.get("overrides", {}) if first.kind == "branch_forked" else {}
+        if o.get("experiment") == name:
+            arms[branch] = _Arm(str(o["arm"]), int(o["seed"]), branch, evs)
+    base_val = None  # the base version's validation score, recorded once on the prefix
+    for e in by_branch.get(f"{name}-base", ()):
+        if e.kind == "version_evaluated" and e.payload["split"] == "val":
+            base_val = float(e.payload["score"])
+    out = []
+    for a in sorted(arms.values(), key=lambda a: (list(ARMS).index(a.arm) if a.arm in ARMS else 99, a.seed)):
+        kinds = [e.kind for e in a.events]
+        head = None
+        test = None
+        for e in a.events:
+            if e.kind == "version_accepted":
+                head = e.payload["version_id"]
+            elif e.kind == "rolled_back":
+                head = e.payload["to_version"]
+        val = base_val if head is None else None  # nothing accepted: the head is still the base
+        for e in a.events:
+            if e.kind == "version_evaluated" and (head is None or e.payload["version_id"] == head):
+                if e.payload["split"] == "test":
+                    test = float(e.payload["score"])
+                elif e.payload["split"] == "val" and head is not None:
+                    val = float(e.payload["score"])
+        levers = tuple(dict.fromkeys("scaffold" if k == "scaffold_patched" else "weights" for k in kinds
+                                     if k in ("scaffold_patched", "adapter_checkpointed")))
+        steps = sum(len(e.payload.get("curve", ())) or int(e.payload.get("hyper", {}).get("steps", 0))
+                    for e in a.events if e.kind == "adapter_checkpointed")
+        calls = sum(1 for e in a.events if e.kind == "action_taken" and e.payload.get("actor") == "model")
+        out.append(ArmResult(
+            arm=a.arm, seed=a.seed, branch=a.branch, test_score=test, val_score=val,
+            iterations=kinds.count("iteration_started"), levers_used=levers,
+            candidates=kinds.count("scaffold_patched") + kinds.count("adapter_checkpointed"),
+            accepted=kinds.count("version_accepted"), model_calls=calls, train_steps=steps,
+            wall_s=round((a.events[-1].recorded_at - a.events[0].recorded_at).total_seconds(), 3),
+        ))
+    return out
+
+
+def experiment_table(store: Store, name: str) -> list[ArmResult]:
+    """The table of experiment ``name`` from the store's log alone."""
+    rows = []
+    for info in store.log.branches():
+        if info.name.startswith(f"{name}-"):
+            for e in store.log.read(info.name, after_seq=-1):
+                rows.append(EventRow(e.branch, e.seq, e.kind, json.loads(e.payload), e.recorded_at))
+    return table_from_events(rows, name)
+
+
+def run_experiment(
+    store: Store,
+    *,
+    task: Task,
+    model: Model,
+    feedback: Callable[[], FeedbackAgent],
+    config: LoopConfig,
+    name: str = "exp",
+    arms: Sequence[str] = ("scaffold", "weights", "both"),
+    seeds: Sequence[int] = (0, 1, 2),
+    iterations: int = 3,
+    hooks: Hooks | None = None,
+) -> list[ArmResult]:
+    """Run (or resume) the experiment and return its table (see the module's docstring)."""
+    if not _NAME.fullmatch(name):
+        raise SiaError(f"experiment name {name!r}: use letters, digits, '_', '.', '-' (up to 41), starting with a letter or digit")
+    bad = [a for a in arms if a not in ARMS]
+    if bad or not arms:
+        raise SiaError(f"unknown arm(s) {bad or arms!r}: choose from {', '.join(ARMS)}")
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise SiaError(f"seeds {list(seeds)!r}: give distinct non-negative seeds")
+    if "weights" in {lv for a in arms for lv in ARMS[a]} and not model.trains_weights:
+        raise SiaError(f"model {model.ref.id!r} cannot train weights: run the scaffold arm only, or use a model that trains")
+    base = f"{name}-base"
+    Loop(store, task=task, model=model, feedback=feedback(), config=msgspec.structs.replace(config, iterations=0),
+         branch=base, hooks=hooks).run()
+    existing = {b.name for b in store.log.branches()}
+    for arm in arms:
+        for seed in seeds:
+            branch = f"{name}-{arm}-s{seed}"
+            if branch not in existing:
+                History.open(store.log, base, blobs=store.blobs).fork(
+                    branch, reason=f"experiment {name}: arm {arm}, seed {seed}",
+                    overrides={"experiment": name, "arm": arm, "seed": seed, "levers": list(ARMS[arm]), "iterations": iterations},
+                )
+            cfg = msgspec.structs.replace(config, levers=ARMS[arm], seed=seed, iterations=iterations)
+            loop = Loop(store, task=task, model=model, feedback=feedback(), config=cfg, branch=branch, hooks=hooks)
+            loop.run()
+            loop.evaluate_test()
+    return experiment_table(store, name)

@@ -1,0 +1,122 @@
+"""`run_experiment`: arms as forks of one prefix, the test split read once at the end, the table
+from the log alone (also from a Parquet export), resumable (issue 11, the machinery)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sia_engine.errors import SiaError
+from sia_engine.events import decode_envelope
+from sia_engine.experiment import ARMS, EventRow, experiment_table, run_experiment, table_from_events
+from sia_engine.feedback import RulePolicy
+from sia_engine.history import rebuild
+from sia_engine.integrity import verify_store
+from sia_engine.loop import LoopConfig
+from store import Store
+from tests.loop_helpers import TASK, scripted, sometimes_wrong
+
+CFG = LoopConfig(task="arith", iterations=0, train_episodes=6, val_episodes=6, samples=2)
+
+
+def experiment(store: Store, **kw):  # type: ignore[no-untyped-def]
+    return run_experiment(store, task=TASK, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG,
+                          name="e1", arms=("scaffold", "weights", "both"), seeds=(0, 1), iterations=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:  # type: ignore[type-arg]
+    root = tmp_path_factory.mktemp("exp")
+    with Store.create(root) as s:
+        table = experiment(s)
+    return root, table
+
+
+def test_arms_are_isolated_forks_of_one_evaluated_prefix(done) -> None:  # type: ignore[no-untyped-def]
+    root, table = done
+    assert [(r.arm, r.seed) for r in table] == [("scaffold", 0), ("scaffold", 1), ("weights", 0), ("weights", 1), ("both", 0), ("both", 1)]
+    with Store.open(root, read_only=True) as s:
+        infos = {b.name: b for b in s.log.branches()}
+        base = [decode_envelope(e) for e in s.log.read("e1-base")]
+        assert [e.kind() for e in base].count("version_evaluated") == 1 and "iteration_started" not in [e.kind() for e in base]
+        for r in table:
+            info = infos[r.branch]
+            assert info.base_branch == "e1-base"  # no arm sees another arm's events
+            own = [e.kind for e in s.log.read(r.branch, after_seq=-1)]
+            state, _ = rebuild(s.log, r.branch)
+            assert own[0] == "branch_forked" and state.run is not None
+            assert state.run.levers == ARMS[r.arm] and state.run.config["seed"] == r.seed
+            assert ("run_configured" in own) == ((r.arm, r.seed) != ("both", 0))  # the base's own settings need no change
+            if r.arm == "scaffold":
+                assert "adapter_checkpointed" not in own
+            if r.arm == "weights":
+                assert "scaffold_patched" not in own
+            assert r.iterations == 2 and set(r.levers_used) <= {"scaffold", "weights"}
+            assert r.test_score is not None and r.val_score is not None and r.model_calls > 0
+        assert verify_store(s.log, s.blobs).ok
+
+
+def test_the_loop_never_reads_the_test_split(done) -> None:  # type: ignore[no-untyped-def]
+    root, table = done
+    with Store.open(root, read_only=True) as s:
+        assert not [e for e in s.log.read("e1-base") if e.kind == "trajectory_recorded" and b'"split":"test"' in e.payload]
+        for r in table:
+            own = s.log.read(r.branch, after_seq=-1)
+            tests = [i for i, e in enumerate(own) if e.kind == "trajectory_recorded" and b'"split":"test"' in e.payload]
+            decisions = [i for i, e in enumerate(own) if e.kind in ("version_accepted", "version_rejected", "feedback_verdict")]
+            assert tests and min(tests) > max(decisions)  # scored once, after every decision
+            assert len(tests) == CFG.val_episodes and own[-1].kind == "version_evaluated"
+
+
+def test_the_table_comes_from_the_log_and_from_its_parquet_export(done, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import pyarrow.parquet as pq
+
+    from replay.export import export_parquet
+
+    root, table = done
+    with Store.open(root, read_only=True) as s:
+        assert experiment_table(s, "e1") == table
+        export_parquet(s, tmp_path / "pq")
+    t = pq.read_table(tmp_path / "pq" / "events.parquet").to_pylist()
+    rows = [EventRow(r["branch"], r["seq"], r["kind"], json.loads(r["payload"]), r["recorded_at"]) for r in t]
+    assert table_from_events(rows, "e1") == table
+
+
+def test_it_resumes_without_recording_anything_twice(done) -> None:  # type: ignore[no-untyped-def]
+    root, table = done
+    with Store.open(root) as s:
+        n = s.log.count()
+        assert experiment(s) == table and s.log.count() == n
+
+
+def test_bad_settings_are_refused_before_anything_is_recorded(tmp_path: Path) -> None:
+    with Store.create(tmp_path) as s:
+        for kw, says in (({"arms": ("scaffold", "magic")}, "unknown arm"), ({"seeds": (1, 1)}, "distinct"),
+                         ({"name": "no spaces"}, "experiment name")):
+            args = {"name": "e2", "arms": ("scaffold",), "seeds": (0,), **kw}
+            with pytest.raises(SiaError, match=says):
+                run_experiment(s, task=TASK, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG, iterations=1, **args)
+        assert s.log.branches() == []
+
+
+def test_the_command_runs_resumes_and_prints_the_table(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from sia_engine.cli import main
+
+    args = ["experiment", "--task", "arith", "--model", "tiny", "--arms", "scaffold,both", "--seeds", "2", "--iterations", "1",
+            "--train-episodes", "3", "--val-episodes", "3", "--samples", "2", "--lora-steps", "2", "--store", str(tmp_path), "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output[-2000:]
+    rows = json.loads(r.output[r.output.index("["):])
+    assert [(x["arm"], x["seed"]) for x in rows] == [("scaffold", 0), ("scaffold", 1), ("both", 0), ("both", 1)]
+    assert all(x["test_score"] is not None and x["iterations"] == 1 for x in rows)
+    again = CliRunner().invoke(main, args)
+    assert json.loads(again.output[again.output.index("["):]) == rows
+    bad = CliRunner().invoke(main, [("scaffold,magic" if a == "scaffold,both" else a) for a in args])
+    assert bad.exit_code == 2 and "unknown arm" in bad.output
