@@ -32,7 +32,7 @@ from sia_engine.model import Model
 from sia_engine.task import Task
 from store import Store
 
-__all__ = ["ARMS", "ArmResult", "run_experiment", "experiment_table", "table_from_events", "EventRow"]
+__all__ = ["ARMS", "ArmResult", "run_experiment", "evaluate_test", "experiment_table", "table_from_events", "EventRow"]
 
 ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}")
@@ -120,6 +120,25 @@ def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
     return out
 
 
+def evaluate_test(loop: Loop) -> float:
+    """Score the loop's head once on the task's test split (as many episodes as validation uses,
+    the same protocol and seeds), recorded as trajectories and a ``version_evaluated`` of split
+    ``test``; a head already scored there is not scored again. The loop never does this itself:
+    only an experiment's last step does, so no decision ever reads the test split."""
+    head = loop.hist.state.head_version
+    assert head is not None
+    done = head.score("test")
+    if done is not None:
+        return done
+    episodes = loop.task.episodes("test")[: loop.config.val_episodes]
+    if not episodes:
+        raise SiaError(f"task {loop.task.name!r} has no test episodes")
+    loop.evaluate(head, decide=False, split="test", episodes=episodes)
+    score = loop.hist.state.versions[head.version_id].score("test")
+    assert score is not None
+    return score
+
+
 def experiment_table(store: Store, name: str) -> list[ArmResult]:
     """The table of experiment ``name`` from the store's log alone."""
     rows = []
@@ -168,5 +187,5 @@ def run_experiment(
             cfg = msgspec.structs.replace(config, levers=ARMS[arm], seed=seed, iterations=iterations)
             loop = Loop(store, task=task, model=model, feedback=feedback(), config=cfg, branch=branch, hooks=hooks)
             loop.run()
-            loop.evaluate_test()
+            evaluate_test(loop)
     return experiment_table(store, name)

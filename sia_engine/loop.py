@@ -254,7 +254,7 @@ class Loop:
                 head = s.head_version
                 assert head is not None
                 if head.score("val") is None:
-                    self._evaluate(head, decide=False)
+                    self.evaluate(head, decide=False)
                     continue
                 out_of_time = self.config.wall_time_s is not None and time.monotonic() - t0 > self.config.wall_time_s
                 if s.iteration + 1 >= self.config.iterations or out_of_time:
@@ -267,7 +267,7 @@ class Loop:
                 self._apply_lever()
             elif s.phase == "candidate":
                 assert s.candidate is not None
-                self._evaluate(s.versions[s.candidate], decide=True)
+                self.evaluate(s.versions[s.candidate], decide=True)
             else:  # "evaluated": a crash came between evaluation and decision
                 self._gate()
         self.hooks.finished(self.hist.state)
@@ -408,25 +408,7 @@ class Loop:
                                 device=trained.device, dtype=trained.dtype)
         )
 
-    def evaluate_test(self) -> float:
-        """Score the head once on the task's test split (as many episodes as validation uses,
-        the same protocol and seeds), recorded as trajectories and a ``version_evaluated`` of
-        split ``test``; a head already scored there is not scored again. The loop itself never
-        calls this: only an experiment's last step does, so no decision ever reads the test split."""
-        head = self.hist.state.head_version
-        assert head is not None
-        done = head.score("test")
-        if done is not None:
-            return done
-        episodes = self.task.episodes("test")[: self.config.val_episodes]
-        if not episodes:
-            raise SiaError(f"task {self.task.name!r} has no test episodes")
-        self._evaluate(head, decide=False, split="test", episodes=episodes)
-        score = self.hist.state.versions[head.version_id].score("test")
-        assert score is not None
-        return score
-
-    def _evaluate(self, version: Version, *, decide: bool, split: Literal["val", "test"] = "val",
+    def evaluate(self, version: Version, *, decide: bool, split: Literal["val", "test"] = "val",
                   episodes: Sequence[Episode] | None = None) -> None:
         tag = f"eval-{version.version_id[:12]}" if split == "val" else f"{split}-{version.version_id[:12]}"
         protocol = self.config.eval
