@@ -43,7 +43,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     Example:
       sia experiment --task arith --model tiny --arms scaffold,both --seeds 2 --iterations 2 --store /tmp/exp
     """
-    from sia_engine.experiment import run_experiment
+    from sia_engine.experiment import base_test_score, random_search, run_experiment
     from sia_engine.feedback import RulePolicy
     from sia_engine.loop import EvalProtocol, LoopConfig, check_settings
     from sia_engine.model import LoraSettings
@@ -70,9 +70,15 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
                       console=err, disable=as_json) as bar:
             table = run_experiment(s, task=task, model=model, feedback=RulePolicy, config=config, name=name, arms=chosen,
                                    seeds=tuple(range(seeds)), iterations=iterations, hooks=_RichHooks(bar))
+        base_test = base_test_score(s, name)
+    k = max((r.candidates + 1 for r in table), default=1)  # versions an arm evaluated: its candidates and the base
+    search = random_search(task, k=k, val_episodes=val_episodes, seeds=tuple(range(seeds)))
     rows = [{f: getattr(r, f) for f in r.__struct_fields__} for r in table]
+    baselines = {"base_test": base_test,
+                 "random_search": None if search is None else {"test_scores": list(search.test_scores), "mean": search.mean,
+                                                               "evaluations": search.evaluations, "note": search.note}}
     if as_json:
-        emit_json(rows)
+        emit_json({"arms": rows, "baselines": baselines})
         return
     t = Table(title=f"experiment {name} on {task_name} (test split, scored once per head)")
     for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "model calls", "train steps", "wall s"):
@@ -86,4 +92,10 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
         scores = [r.test_score for r in table if r.arm == arm and r.test_score is not None]
         if scores:
             spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-            out.print(f"{arm}: mean test {statistics.fmean(scores):.3f} (sd {spread:.3f}, {len(scores)} seeds)", highlight=False)
+            beat = "" if search is None else (" - beats random search" if statistics.fmean(scores) > search.mean else " - does NOT beat random search")
+            out.print(f"{arm}: mean test {statistics.fmean(scores):.3f} (sd {spread:.3f}, {len(scores)} seeds){beat}", highlight=False)
+    out.print(f"base version: test {'-' if base_test is None else f'{base_test:.3f}'}", highlight=False)
+    if search is None:
+        out.print(f"random search: {task_name} cannot draw random answers", highlight=False)
+    else:
+        out.print(f"random search ({search.note}, {search.evaluations} val scorings per seed): mean test {search.mean:.3f}", highlight=False)

@@ -8,13 +8,16 @@ reads. ``experiment_table`` computes the table from recorded events alone, so th
 gives the same table from the store and from an exported Parquet copy (``table_from_events``).
 Interrupted, it resumes: existing forks continue, a head already scored on test is not re-scored.
 
-Not yet here (issue 11 asks for them): the random-search and best-of-k baselines at the same
-evaluation budget, the paired comparison's interval, and the measured runs.
+Baselines: the base version on the test split (recorded on the prefix, after the forks) and
+uniform random search over the task's answer space with as many candidates as an arm evaluated
+versions (computed, deterministic from the seeds; not recorded). Not yet here (issue 11 asks for
+them): best-of-k sampling of the base, the paired comparison's interval, and the measured runs.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from sia_engine.model import Model
 from sia_engine.task import Task
 from store import Store
 
-__all__ = ["ARMS", "ArmResult", "run_experiment", "evaluate_test", "experiment_table", "table_from_events", "EventRow"]
+__all__ = ["ARMS", "ArmResult", "Baseline", "random_search", "base_test_score", "run_experiment", "evaluate_test", "experiment_table", "table_from_events", "EventRow"]
 
 ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}")
@@ -139,6 +142,50 @@ def evaluate_test(loop: Loop) -> float:
     return score
 
 
+class Baseline(msgspec.Struct, frozen=True):
+    """A baseline beside the arms: ``test_score`` per seed (mean over seeds in ``mean``)."""
+
+    name: str
+    test_scores: tuple[float, ...]
+    evaluations: int  # validation scorings it used per seed (random search: as many as an arm's versions)
+    note: str = ""
+
+    @property
+    def mean(self) -> float:
+        return sum(self.test_scores) / len(self.test_scores)
+
+
+def random_search(task: Task, *, k: int, val_episodes: int, seeds: Sequence[int]) -> Baseline | None:
+    """Uniform random search over the task's answer space (``Task.random_answer``), as many
+    candidates per seed as an arm evaluated versions (``k``): each candidate answers every
+    validation episode from its own random stream, the best on validation is scored on test.
+    None for a task that cannot draw random answers."""
+    draw = getattr(task, "random_answer", None)
+    if draw is None:
+        return None
+    val = task.episodes("val")[:val_episodes]
+    test = task.episodes("test")[:val_episodes]
+
+    def mean_score(j: str, episodes: Sequence[Any]) -> float:
+        return sum(task.score(ep, draw(random.Random(j), ep)).score for ep in episodes) / len(episodes)
+
+    scores = []
+    for seed in seeds:
+        cands = [f"random-search:{seed}:{j}" for j in range(k)]
+        best = max(cands, key=lambda j: mean_score(j, val))  # the first of equals: max keeps it
+        scores.append(round(mean_score(best, test), 6))
+    return Baseline("random search", tuple(scores), k * len(val), f"{k} random answers per seed, the best on val")
+
+
+def base_test_score(store: Store, name: str) -> float | None:
+    """The base version's test score, recorded on the prefix after the forks (None: not yet)."""
+    for e in store.log.read(f"{name}-base", kinds=["version_evaluated"]):
+        p = json.loads(e.payload)
+        if p["split"] == "test":
+            return float(p["score"])
+    return None
+
+
 def experiment_table(store: Store, name: str) -> list[ArmResult]:
     """The table of experiment ``name`` from the store's log alone."""
     rows = []
@@ -188,4 +235,7 @@ def run_experiment(
             loop = Loop(store, task=task, model=model, feedback=feedback(), config=cfg, branch=branch, hooks=hooks)
             loop.run()
             evaluate_test(loop)
+    # the base version on the test split too, recorded on the prefix after every fork point
+    evaluate_test(Loop(store, task=task, model=model, feedback=feedback(), config=msgspec.structs.replace(config, iterations=0),
+                       branch=base, hooks=hooks))
     return experiment_table(store, name)

@@ -9,6 +9,7 @@ failure (a right number in a sentence scores 0.5), a wrong bare number a content
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from typing import Any, Literal
 
@@ -48,6 +49,10 @@ class Arith:
 
     def messages(self, scaffold: Scaffold, episode: Episode) -> tuple[Message, ...]:
         return chat_messages(scaffold, episode.input)
+
+    def random_answer(self, rng: random.Random, episode: Episode) -> str:
+        """An answer drawn uniformly from the answer space (a sum of two digits: 0..18)."""
+        return str(rng.randint(0, 18))
 
     def score(self, episode: Episode, output: str) -> Score:
         text = output.strip()

@@ -13,6 +13,7 @@ reproduction of SIA's numbers.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +83,10 @@ class LawBenchCharge:
             return {}
         top = max(sorted(set(train)), key=train.count)
         return {"majority-class": sum(e.gold == top for e in eps) / len(eps)}
+
+    def random_answer(self, rng: random.Random, episode: Episode) -> str:
+        """One of the task's charges, drawn uniformly, in the answer format."""
+        return f"罪名:{rng.choice(self.labels)}"
 
     def score(self, episode: Episode, output: str) -> Score:
         found = self._named(output)

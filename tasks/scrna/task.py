@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +161,14 @@ class ScrnaDenoise:
         seed = {"train": 0, "val": 1, "test": 2}[split]
         sp, controls, _ = self._split(seed)
         return {name: round(evaluate(sp, fn(sp.train, seed=seed), controls).score, 6) for name, fn in sorted(BASELINES.items())}
+
+    def random_answer(self, rng: random.Random, episode: Episode) -> str:
+        """A configuration drawn uniformly from the denoiser family's parameter ranges."""
+        cfg: dict[str, Any] = {}
+        for key, (lo, hi) in RANGES.items():
+            cfg[key] = rng.randint(lo, hi) if isinstance(lo, int) else round(rng.uniform(lo, hi), 2)
+        cfg.update(transform=rng.choice(TRANSFORMS), normalize=rng.random() < 0.5, rescale=rng.random() < 0.5)
+        return json.dumps(cfg)
 
     def score(self, episode: Episode, output: str) -> Score:
         cfg = parse_config(output)

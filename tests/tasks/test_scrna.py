@@ -112,3 +112,24 @@ def test_solution_runs_in_the_sandbox_and_is_scored(tmp_path: Path) -> None:
     again = task.score(ep, '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
     assert again.score == good.score and again.tools[0]["outputs"]["cached"] is True  # not run twice, and says so
     assert "cached" not in good.tools[0]["outputs"]
+
+
+def test_random_answers_cover_the_family_and_parse_as_drawn() -> None:
+    """Random search's answers: valid configurations, every value inside its range (parsing
+    them changes nothing), drawn deterministically from the stream."""
+    import json
+    import random
+
+    from tasks.scrna.family import RANGES, TRANSFORMS
+
+    task = ScrnaDenoise()
+    ep = task.episodes("val")[0]
+    seen = set()
+    for j in range(40):
+        answer = task.random_answer(random.Random(j), ep)
+        cfg = parse_config(answer)
+        assert cfg is not None and cfg == json.loads(answer)
+        assert all(lo <= cfg[k] <= hi for k, (lo, hi) in RANGES.items()) and cfg["transform"] in TRANSFORMS
+        seen.add(cfg["transform"])
+        assert task.random_answer(random.Random(j), ep) == answer
+    assert seen == set(TRANSFORMS)
