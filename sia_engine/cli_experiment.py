@@ -43,7 +43,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     Example:
       sia experiment --task arith --model tiny --arms scaffold,both --seeds 2 --iterations 2 --store /tmp/exp
     """
-    from sia_engine.experiment import base_test_score, random_search, run_experiment
+    from sia_engine.experiment import base_test_score, paired, random_search, run_experiment
     from sia_engine.feedback import RulePolicy
     from sia_engine.loop import EvalProtocol, LoopConfig, check_settings
     from sia_engine.model import LoraSettings
@@ -74,11 +74,14 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     k = max((r.candidates + 1 for r in table), default=1)  # versions an arm evaluated: its candidates and the base
     search = random_search(task, k=k, val_episodes=val_episodes, seeds=tuple(range(seeds)))
     rows = [{f: getattr(r, f) for f in r.__struct_fields__} for r in table]
+    comparison = paired(table, "both", "scaffold")
     baselines = {"base_test": base_test,
                  "random_search": None if search is None else {"test_scores": list(search.test_scores), "mean": search.mean,
                                                                "evaluations": search.evaluations, "note": search.note}}
     if as_json:
-        emit_json({"arms": rows, "baselines": baselines})
+        emit_json({"arms": rows, "baselines": baselines,
+                   "both_vs_scaffold": None if comparison is None else {**{f: getattr(comparison, f) for f in comparison.__struct_fields__},
+                                                                         "excludes_zero": comparison.excludes_zero}})
         return
     t = Table(title=f"experiment {name} on {task_name} (test split, scored once per head)")
     for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "model calls", "train steps", "wall s"):
@@ -95,6 +98,12 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
             beat = "" if search is None else (" - beats random search" if statistics.fmean(scores) > search.mean else " - does NOT beat random search")
             out.print(f"{arm}: mean test {statistics.fmean(scores):.3f} (sd {spread:.3f}, {len(scores)} seeds){beat}", highlight=False)
     out.print(f"base version: test {'-' if base_test is None else f'{base_test:.3f}'}", highlight=False)
+    if comparison is not None:
+        ci = "" if comparison.low is None else f", 95% interval [{comparison.low:+.3f}, {comparison.high:+.3f}]"
+        verdict = ("both is better" if comparison.low is not None and comparison.low > 0 else "both is worse" if comparison.excludes_zero
+                   else "no difference shown")
+        out.print(f"both vs scaffold, seed by seed: differences {', '.join(f'{x:+.3f}' for x in comparison.differences)}; "
+                  f"mean {comparison.mean:+.3f}{ci}: {verdict}", highlight=False)
     if search is None:
         out.print(f"random search: {task_name} cannot draw random answers", highlight=False)
     else:

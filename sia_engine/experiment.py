@@ -11,7 +11,8 @@ Interrupted, it resumes: existing forks continue, a head already scored on test 
 Baselines: the base version on the test split (recorded on the prefix, after the forks) and
 uniform random search over the task's answer space with as many candidates as an arm evaluated
 versions (computed, deterministic from the seeds; not recorded). Not yet here (issue 11 asks for
-them): best-of-k sampling of the base, the paired comparison's interval, and the measured runs.
+them): best-of-k sampling of the base and the measured runs. ``paired`` compares two arms seed by
+seed (a 95% t-interval of the differences).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sia_engine.model import Model
 from sia_engine.task import Task
 from store import Store
 
-__all__ = ["ARMS", "ArmResult", "Baseline", "random_search", "base_test_score", "run_experiment", "evaluate_test", "experiment_table", "table_from_events", "EventRow"]
+__all__ = ["ARMS", "ArmResult", "Baseline", "Paired", "paired", "random_search", "base_test_score", "run_experiment", "evaluate_test", "experiment_table", "table_from_events", "EventRow"]
 
 ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}")
@@ -175,6 +176,45 @@ def random_search(task: Task, *, k: int, val_episodes: int, seeds: Sequence[int]
         best = max(cands, key=lambda j: mean_score(j, val))  # the first of equals: max keeps it
         scores.append(round(mean_score(best, test), 6))
     return Baseline("random search", tuple(scores), k * len(val), f"{k} random answers per seed, the best on val")
+
+
+# two-sided 95% quantiles of Student's t, by degrees of freedom (1..30)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+class Paired(msgspec.Struct, frozen=True):
+    """``a`` vs ``b`` seed by seed on the test split: the differences (a - b), their mean and a
+    95% t-interval; ``excludes_zero`` says whether the interval lies wholly on one side of 0."""
+
+    a: str
+    b: str
+    seeds: tuple[int, ...]
+    differences: tuple[float, ...]
+    mean: float
+    low: float | None  # None with fewer than two seeds: no interval
+    high: float | None
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+
+
+def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> Paired | None:
+    """Arm ``a`` against arm ``b`` on the seeds both were scored on (None: no such seed)."""
+    sa = {r.seed: r.test_score for r in table if r.arm == a and r.test_score is not None}
+    sb = {r.seed: r.test_score for r in table if r.arm == b and r.test_score is not None}
+    seeds = tuple(sorted(sa.keys() & sb.keys()))
+    if not seeds:
+        return None
+    d = tuple(round(sa[x] - sb[x], 6) for x in seeds)
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return Paired(a, b, seeds, d, round(mean, 6), None, None)
+    sd = (sum((x - mean) ** 2 for x in d) / (n - 1)) ** 0.5
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / n**0.5
+    return Paired(a, b, seeds, d, round(mean, 6), round(mean - half, 6), round(mean + half, 6))
 
 
 def base_test_score(store: Store, name: str) -> float | None:

@@ -119,6 +119,7 @@ def test_the_command_runs_resumes_and_prints_the_table(tmp_path: Path) -> None:
     doc = json.loads(r.output[r.output.index("{"):])
     rows = doc["arms"]
     assert doc["baselines"]["base_test"] is not None and len(doc["baselines"]["random_search"]["test_scores"]) == 2
+    assert doc["both_vs_scaffold"]["seeds"] == [0, 1]
     assert [(x["arm"], x["seed"]) for x in rows] == [("scaffold", 0), ("scaffold", 1), ("both", 0), ("both", 1)]
     assert all(x["test_score"] is not None and x["iterations"] == 1 for x in rows)
     again = CliRunner().invoke(main, args)
@@ -141,3 +142,22 @@ def test_random_search_is_a_real_search_and_deterministic() -> None:
         name = "x"
 
     assert random_search(NoRandom(), k=3, val_episodes=2, seeds=(0,)) is None  # type: ignore[arg-type]
+
+
+def test_paired_comparison_seed_by_seed() -> None:
+    from sia_engine.experiment import ArmResult, paired
+
+    def row(arm: str, seed: int, score: float | None) -> ArmResult:
+        return ArmResult(arm, seed, f"e-{arm}-s{seed}", score, None, 1, (), 1, 0, 1, 0, 0.0)
+
+    t = [row("scaffold", 0, 0.5), row("scaffold", 1, 0.4), row("scaffold", 2, 0.6),
+         row("both", 0, 0.7), row("both", 1, 0.6), row("both", 2, 0.9), row("both", 3, 0.1)]
+    p = paired(t)
+    assert p is not None and p.seeds == (0, 1, 2) and p.differences == (0.2, 0.2, 0.3)  # seed 3 has no pair
+    # mean 0.2333, sd 0.0577, t(2) 4.303: half-width 0.1434
+    assert p.mean == 0.233333 and p.low == 0.0899 and p.high == 0.376767 and p.excludes_zero
+    q = paired([row("scaffold", 0, 0.5), row("scaffold", 1, 0.5), row("both", 0, 0.6), row("both", 1, 0.4)])
+    assert q is not None and q.mean == 0.0 and not q.excludes_zero
+    one = paired([row("scaffold", 0, 0.5), row("both", 0, 0.6)])
+    assert one is not None and one.low is None and not one.excludes_zero
+    assert paired([row("scaffold", 0, 0.5)]) is None
