@@ -38,7 +38,7 @@ from store.errors import (
     StoreLocked,
     StoreNotFound,
 )
-from store.journal import Batch, Journal, check_batch
+from store.journal import Batch, Journal
 
 __all__ = ["DuckEventLog", "FORMAT_VERSION", "SNAPSHOT_SUFFIX", "SqlResult"]
 
@@ -106,13 +106,14 @@ class DuckEventLog(DuckSql, DuckSnapshots, DuckWriter):
             raise StoreLocked(self.path, f"PID {os.getpid()}", same_process=True)
         existed = self.path != ":memory:" and exists
         wal = self.path + ".wal"
-        if existed and not read_only and journal:
-            # Check every journal line before DuckDB opens read-write (which folds its WAL into
-            # the file): a journal refused as damaged leaves every file of the store as it was.
+        journalled: list[Batch] = []
+        if key is not None and not read_only and journal:
+            # Read and check every journal line before DuckDB opens read-write (which folds its
+            # WAL into the file): a journal refused as damaged leaves every file as it was. These
+            # are the batches recovery replays.
             jpath = self.path + JOURNAL_SUFFIX
             if os.path.exists(jpath) and os.path.getsize(jpath):
-                for i, b in enumerate(Journal(jpath).read()):
-                    check_batch(b, jpath, i + 1)
+                journalled = Journal(jpath).read_checked()
         if existed and not read_only and os.path.exists(wal) and os.path.getsize(wal):
             # A WAL left behind means a writer stopped without closing. DuckDB replays it on open
             # and folds it into the file: one it cannot read would be dropped, and a damaged block
@@ -164,7 +165,7 @@ class DuckEventLog(DuckSql, DuckSnapshots, DuckWriter):
         if journal:
             self._journal = j
             try:
-                self._recover()
+                self._recover(journalled)
             except BaseException:
                 j.close()
                 _OPEN_WRITERS.discard(key)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from store.envelope import NewEvent, seal
 from store.errors import BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError
-from store.journal import Batch, Journal, check_batch
+from store.journal import Batch, Journal
 
 __all__ = ["DuckWriter", "JOURNAL_SUFFIX", "HEADS_SUFFIX"]
 
@@ -192,14 +192,12 @@ class DuckWriter:
                 f"{row}: the store was changed outside this engine; keep the journal and restore from a backup"
             )
 
-    def _recover(self) -> None:
-        """Replay a journal left by a writer that stopped without closing the log."""
+    def _recover(self, batches: list[Batch]) -> None:
+        """Replay a journal left by a writer that stopped without closing the log: ``batches``,
+        every line read and checked (``Journal.read_checked``) before DuckDB was opened."""
         assert self._journal is not None
         if not self._journal.size():
             return
-        batches = self._journal.read()
-        for i, b in enumerate(batches):  # every line checked before any reaches DuckDB
-            check_batch(b, self._journal.path, i + 1)
         for b in batches:
             seq, head = self._logical_head(b.branch)
             if b.first_seq <= seq:  # committed to DuckDB before the journal was emptied

@@ -53,16 +53,18 @@ def _truncated(e: msgspec.DecodeError) -> bool:
 
 
 _EMPTY_SUM = b',"sum":""}'
-_SUM_LEN = len(b',"sum":""}') + 64
+_SUM_KEY = b',"sum":"'
+_SUM_TAIL = len(_SUM_KEY) + 64 + len(b'"}')  # the bytes from the sum's key to the line's end
 
 
 def _sum_ok(line: bytes) -> bool | None:
     """Whether the line's bytes before its sum hash to it (None: a line written without one)."""
     if line.endswith(b"]}"):  # an older engine's line ends with its payloads
         return None
-    if not line.endswith(b'"}') or line[-_SUM_LEN:-66] != b',"sum":"':
+    tail = line[-_SUM_TAIL:]
+    if len(line) < _SUM_TAIL or not tail.startswith(_SUM_KEY) or not tail.endswith(b'"}'):
         return False
-    return hashlib.sha256(line[:-_SUM_LEN]).hexdigest().encode() == line[-66:-2]
+    return hashlib.sha256(line[:-_SUM_TAIL]).hexdigest().encode() == tail[len(_SUM_KEY):-2]
 
 
 def check_batch(b: Batch, path: str, line: int) -> None:
@@ -97,7 +99,7 @@ class Journal:
         """Write one batch as one line; durable on return."""
         fd = self._open()
         body = _ENC.encode(msgspec.structs.replace(batch, sum=""))[: -len(_EMPTY_SUM)]
-        data = body + b',"sum":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+        data = body + _SUM_KEY + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -125,20 +127,25 @@ class Journal:
                 raise JournalDamaged(self.path, len(lines) + 1, f"the unterminated last line is not a batch ({e})") from None
         return out
 
-    def _decode_whole(self, tail: bytes, n: int) -> Batch:
-        b = _DEC.decode(tail)
-        if _sum_ok(tail) is False:
+    def read_checked(self) -> list[Batch]:
+        """``read``, then ``check_batch`` on every batch: what may be replayed into DuckDB."""
+        batches = self.read()
+        for i, b in enumerate(batches):
+            check_batch(b, self.path, i + 1)
+        return batches
+
+    def _decode_whole(self, line: bytes, n: int) -> Batch:
+        """Line ``n`` as a batch whose bytes match its sum; msgspec's errors pass through."""
+        b = _DEC.decode(line)
+        if _sum_ok(line) is False:
             raise JournalDamaged(self.path, n, "its bytes do not hash to the sum written with it: it was altered after it was written")
         return b
 
     def _decode(self, line: bytes, n: int) -> Batch:
         try:
-            b = _DEC.decode(line)
+            return self._decode_whole(line, n)
         except (msgspec.MsgspecError, UnicodeDecodeError, ValueError) as e:
             raise JournalDamaged(self.path, n, f"it is not a batch ({e}); a complete line is never a torn write") from None
-        if _sum_ok(line) is False:
-            raise JournalDamaged(self.path, n, "its bytes do not hash to the sum written with it: it was altered after it was written")
-        return b
 
     def clear(self) -> None:
         """Empty the journal (after its batches are committed to DuckDB)."""
