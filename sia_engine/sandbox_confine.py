@@ -149,6 +149,7 @@ _READ = tuple(r.rstrip("/") for r in CFG["read"] + _SELF + ["/proc/cpuinfo", "/p
 _LIST = tuple(CFG["list"])
 _READ_PREFIX = tuple(r + "/" for r in _READ)
 _PROTECTED = tuple(os.path.realpath(p) for p in CFG["protected"])
+_PROTECTED_PREFIX = tuple(q + "/" for q in _PROTECTED)
 _EXE_DIR = os.path.dirname(os.path.realpath(sys.executable))
 _PROGRAMS = tuple(CFG.get("programs", ()))  # names of other programs it may run (the GPU's compiler)
 _LOG = open(CFG["blocked_log"], "a", buffering=1)
@@ -168,10 +169,7 @@ def _landlock():
     scoped = (1 if "unix" not in off else 0) | (2 if "signal" not in off else 0) if abi >= 6 else 0  # only within the sandbox
     attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
     size = 8 if abi < 4 else (16 if abi < 6 else 24)
-    if "read" in off:  # everything readable (a diagnosis only)
-        _READ_ALL = True
-    else:
-        _READ_ALL = False
+    read_all = "read" in off  # everything readable (a diagnosis only)
     fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
@@ -191,7 +189,7 @@ def _landlock():
             os.close(pfd)
             raise OSError(err, "landlock_add_rule failed for " + path)
         os.close(pfd)
-    for p in (("/",) if _READ_ALL else _READ):
+    for p in (("/",) if read_all else _READ):
         allow(p, EXEC | READ | READ_DIR)
     for p in _LIST:  # the folders that hold what is readable: listed, their other files not read
         allow(p, READ_DIR)
@@ -221,6 +219,12 @@ def _block(what):
     _LOG.write(what + "\n")
     raise PermissionError("sandbox: " + what + " is not allowed")
 
+def _check_write(p, null_ok=False):
+    """Refuse (and record) a write outside the scratch folder (writing into /dev/null where
+    ``null_ok``); a protected path says so."""
+    if not (null_ok and p == "/dev/null") and not _inside(p, (SCRATCH,), (SCRATCH + "/",)):
+        _block(("write (protected) " if _inside(p, _PROTECTED, _PROTECTED_PREFIX) else "write ") + p)
+
 _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.chown", "os.utime", "os.symlink", "os.link",
                  "shutil.rmtree", "shutil.copyfile", "shutil.move", "os.rename", "os.replace")
 
@@ -232,19 +236,21 @@ def _hook(event, args):
         mode, flags = args[1], (args[2] if len(args) > 2 else 0) or 0
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
         if writing:
-            if p != "/dev/null" and not _inside(p, (SCRATCH,), (SCRATCH + "/",)):
-                _block(("write (protected) " if _inside(p, _PROTECTED, tuple(q + "/" for q in _PROTECTED)) else "write ") + p)
+            _check_write(p, null_ok=True)
         elif (not _inside(p, (SCRATCH,) + _READ, (SCRATCH + "/",) + _READ_PREFIX) and p not in CFG["devices"]
               and not (p in _LIST and os.path.isdir(p)) and os.path.exists(p)):
             _block("read " + p)  # (a path that does not exist is left to the system: ENOENT)
     elif event in _WRITE_EVENTS:
-        targets = [args[0]] if event not in ("os.symlink", "os.link", "shutil.copyfile", "os.rename", "os.replace", "shutil.move") else [args[0], args[1]]
-        if event in ("os.symlink", "os.link", "shutil.copyfile"):
+        if event in ("os.symlink", "os.link", "shutil.copyfile"):  # what is written is the second argument
             targets = [args[1]]
+        elif event in ("os.rename", "os.replace", "shutil.move"):  # both ends change
+            targets = [args[0], args[1]]
+        else:
+            targets = [args[0]]
         for t in targets:
             p = _real(t)
-            if p is not None and not _inside(p, (SCRATCH,), (SCRATCH + "/",)):
-                _block(("write (protected) " if _inside(p, _PROTECTED, tuple(q + "/" for q in _PROTECTED)) else "write ") + p)
+            if p is not None:
+                _check_write(p)
     elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
         sock, addr = args[0], args[1] if len(args) > 1 else None
         if getattr(sock, "family", None) != socket.AF_UNIX:
