@@ -145,19 +145,25 @@ def _load(log: EventLog, branch: str, until_seq: int) -> tuple[_Snap | None, _Sn
     return base, _Snap(delta[0], delta[1], delta[2], _apply_delta(base.state, d))
 
 
-def load_cached_state(log: EventLog, branch: str, seq: int, key: str) -> AgentState | None:
+def load_cached_state(
+    log: EventLog, branch: str, seq: int, key: str, bases: dict[tuple[str, int, str], AgentState | None] | None = None
+) -> AgentState | None:
     """The state cached at exactly ``branch#seq`` under ``key`` (a full snapshot or a delta, which
-    is applied to its base), or None where nothing usable is cached there. For verification."""
+    is applied to its base), or None where nothing usable is cached there. For verification:
+    ``bases`` keeps the full states already decoded, which many deltas share."""
     found = log.load_snapshot(branch, seq, key)
     if found is None or found[:2] != (branch, seq):
         return None
     if key == SNAPSHOT_KEY:
         return decode_state(found[3])
     d = _decode_delta(found[3])
-    base = log.load_snapshot(d.base_branch, d.base_seq, SNAPSHOT_KEY)
-    if base is None or base[:3] != (d.base_branch, d.base_seq, d.base_event):
-        return None
-    return _apply_delta(decode_state(base[3]), d)
+    where = (d.base_branch, d.base_seq, d.base_event)
+    bases = {} if bases is None else bases
+    if where not in bases:
+        base = log.load_snapshot(d.base_branch, d.base_seq, SNAPSHOT_KEY)
+        bases[where] = None if base is None or base[:3] != where else decode_state(base[3])
+    base_state = bases[where]
+    return None if base_state is None else _apply_delta(base_state, d)
 
 
 def _fresh(log: EventLog, branch: str, until_seq: int | None) -> tuple[AgentState, str | None]:

@@ -39,6 +39,7 @@ def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Probl
         for b, s, _ in log.list_snapshots(cache_key):
             snaps.setdefault((b, s), []).append(cache_key)
     at_fork: dict[tuple[str, int], AgentState | None] = {}
+    bases: dict[tuple[str, int, str], AgentState | None] = {}  # full snapshots decoded once for all their deltas
     branches = log.branches()
     for info in branches:
         if info.base_branch is not None:
@@ -67,7 +68,7 @@ def _domain_problems(log: EventLog, blobs: BlobStore | None) -> tuple[list[Probl
             for snap_key in snaps.get(key, []):
                 what = "cached snapshot" if snap_key == SNAPSHOT_KEY else "cached delta snapshot"
                 try:
-                    found = load_cached_state(log, env.branch, env.seq, snap_key)
+                    found = load_cached_state(log, env.branch, env.seq, snap_key, bases)
                 except msgspec.MsgspecError:
                     found = None
                 if found is None:
