@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sia_engine.cli_common import _fail, emit_json, err, out, store_options
 from sia_engine.errors import SiaError
 from store import Store
+
+if TYPE_CHECKING:
+    from sia_engine.experiment import ExperimentResult
 
 
 @click.command()
@@ -28,22 +33,26 @@ from store import Store
 @click.option("--temperature", default=0.7, show_default=True)
 @click.option("--eval", "eval_mode", type=click.Choice(["greedy", "mean", "best"]), default="mean", show_default=True)
 @click.option("--lora-steps", default=8, show_default=True)
+@click.option("--budget", default=None, help="Per arm: calls=N (model calls), steps=N (LoRA steps), wall=SECONDS; an arm stops starting iterations once one is spent.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data", default=None, help="Data for tasks that take it.")
 def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, arms: str, seeds: int, iterations: int, name: str,
                train_episodes: int, val_episodes: int, samples: int, temperature: float, eval_mode: str, lora_steps: int,
-               device: str, data: str | None) -> None:
+               budget: str | None, device: str, data: str | None) -> None:
     """Run (or resume) an experiment: one shared, evaluated prefix forked into one branch per arm
-    and seed, each improved for the same iterations, each head then scored once on the test split.
+    and seed, each improved for the same iterations (and budget), each head then scored once on
+    the test split; then the baselines (the base version, best-of-k sampling of it and uniform
+    random search with the arms' evaluation budget, the task's reference methods) on the prefix.
 
-    The table is computed from the log (`sia experiment` again on the same store resumes and
-    reprints it). Not yet included: the random-search and best-of-k baselines.
+    \b
+    Everything printed is computed from the log: `sia experiment` again on the same store resumes
+    and reprints it; `sia audit` plots it.
 
     \b
     Example:
       sia experiment --task arith --model tiny --arms scaffold,both --seeds 2 --iterations 2 --store /tmp/exp
     """
-    from sia_engine.experiment import base_test_score, paired, random_search, run_experiment
+    from sia_engine.experiment import parse_budget, run_experiment
     from sia_engine.feedback import RulePolicy
     from sia_engine.loop import EvalProtocol, LoopConfig, check_settings
     from sia_engine.model import LoraSettings
@@ -55,6 +64,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
         config = check_settings(LoopConfig(task=task_name, iterations=0, train_episodes=train_episodes, val_episodes=val_episodes,
                                            samples=samples, temperature=temperature, eval=EvalProtocol(mode=eval_mode),  # type: ignore[arg-type]
                                            lora=LoraSettings(steps=lora_steps)))
+        limits = None if budget is None else parse_budget(budget)
     except SiaError as e:
         _fail(str(e))
     task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),))
@@ -68,43 +78,72 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     with Store.create(store_path) as s:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, disable=as_json) as bar:
-            table = run_experiment(s, task=task, model=model, feedback=RulePolicy, config=config, name=name, arms=chosen,
-                                   seeds=tuple(range(seeds)), iterations=iterations, hooks=_RichHooks(bar))
-        base_test = base_test_score(s, name)
-    k = max((r.candidates + 1 for r in table), default=1)  # versions an arm evaluated: its candidates and the base
-    search = random_search(task, k=k, val_episodes=val_episodes, seeds=tuple(range(seeds)))
-    rows = [{f: getattr(r, f) for f in r.__struct_fields__} for r in table]
-    comparison = paired(table, "both", "scaffold")
-    baselines = {"base_test": base_test,
-                 "random_search": None if search is None else {"test_scores": list(search.test_scores), "mean": search.mean,
-                                                               "evaluations": search.evaluations, "note": search.note}}
+            result = run_experiment(s, task=task, model=model, feedback=RulePolicy, config=config, name=name, arms=chosen,
+                                    seeds=tuple(range(seeds)), iterations=iterations, budget=limits, hooks=_RichHooks(bar))
     if as_json:
-        emit_json({"arms": rows, "baselines": baselines,
-                   "both_vs_scaffold": None if comparison is None else {**{f: getattr(comparison, f) for f in comparison.__struct_fields__},
-                                                                         "excludes_zero": comparison.excludes_zero}})
+        emit_json(result_json(result))
         return
-    t = Table(title=f"experiment {name} on {task_name} (test split, scored once per head)")
-    for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "model calls", "train steps", "wall s"):
-        t.add_column(col)
-    for r in table:
-        t.add_row(r.arm, str(r.seed), "-" if r.test_score is None else f"{r.test_score:.3f}", "-" if r.val_score is None else f"{r.val_score:.3f}",
-                  str(r.iterations), ",".join(r.levers_used) or "-", str(r.candidates), str(r.accepted), str(r.model_calls), str(r.train_steps),
-                  f"{r.wall_s:.0f}")
-    out.print(t)
-    for arm in dict.fromkeys(r.arm for r in table):
-        scores = [r.test_score for r in table if r.arm == arm and r.test_score is not None]
+    print_result(result, task_name)
+
+
+def result_json(result: ExperimentResult) -> dict[str, Any]:
+    from sia_engine.experiment import paired
+
+    comparison = paired(result.arms, "both", "scaffold")
+    return {
+        "experiment": result.name,
+        "arms": [msgspec.to_builtins(r) for r in result.arms],
+        "baselines": [{**msgspec.to_builtins(b), "mean": b.mean} for b in result.baselines],
+        "base_version": {"val": result.base_val, "test": result.base_test},
+        "summary": arm_summary(result),
+        "both_vs_scaffold": None if comparison is None else {**msgspec.to_builtins(comparison), "excludes_zero": comparison.excludes_zero},
+    }
+
+
+def arm_summary(result: ExperimentResult) -> dict[str, dict[str, Any]]:
+    """Mean and spread of each arm's test scores, and whether the mean beats each search baseline."""
+    out: dict[str, dict[str, Any]] = {}
+    searches = [b for b in result.baselines if b.method in ("random-search", "best-of-k")]
+    for arm in dict.fromkeys(r.arm for r in result.arms):
+        scores = [r.test_score for r in result.arms if r.arm == arm and r.test_score is not None]
         if scores:
-            spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-            beat = "" if search is None else (" - beats random search" if statistics.fmean(scores) > search.mean else " - does NOT beat random search")
-            out.print(f"{arm}: mean test {statistics.fmean(scores):.3f} (sd {spread:.3f}, {len(scores)} seeds){beat}", highlight=False)
-    out.print(f"base version: test {'-' if base_test is None else f'{base_test:.3f}'}", highlight=False)
+            mean = statistics.fmean(scores)
+            out[arm] = {"mean": round(mean, 6), "sd": round(statistics.stdev(scores), 6) if len(scores) > 1 else 0.0, "seeds": len(scores),
+                        "beats": {b.method: mean > b.mean for b in searches},
+                        "beats_base": None if result.base_test is None else mean > result.base_test}
+    return out
+
+
+def print_result(result: ExperimentResult, task_name: str) -> None:
+    t = Table(title=f"experiment {result.name} on {task_name}: arms (test split, scored once per head)")
+    for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "evaluations", "model calls",
+                "train steps", "wall s"):
+        t.add_column(col)
+    for r in result.arms:
+        t.add_row(r.arm, str(r.seed), "-" if r.test_score is None else f"{r.test_score:.3f}", "-" if r.val_score is None else f"{r.val_score:.3f}",
+                  f"{r.iterations}{' (budget: ' + r.stopped + ')' if r.stopped else ''}", ",".join(r.levers_used) or "-", str(r.candidates),
+                  str(r.accepted), str(r.evaluations), str(r.model_calls), str(r.train_steps), f"{r.wall_s:.0f}")
+    out.print(t)
+    b = Table(title="baselines (test split)")
+    for col in ("baseline", "test per seed", "mean", "evaluations", "model calls", "how"):
+        b.add_column(col)
+    b.add_row("base version", "-" if result.base_test is None else f"{result.base_test:.3f}",
+              "-" if result.base_test is None else f"{result.base_test:.3f}", "-", "-", "the version every arm starts from")
+    for x in result.baselines:
+        b.add_row(x.method, ", ".join(f"{v:.3f}" for v in x.test_scores), f"{x.mean:.3f}", str(x.evaluations), str(x.model_calls), x.note)
+    out.print(b)
+    for arm, m in arm_summary(result).items():
+        vs = "; ".join(("beats " if ok else "does NOT beat ") + method for method, ok in m["beats"].items())
+        base = "" if m["beats_base"] is None else ("; beats the base version" if m["beats_base"] else "; does NOT beat the base version")
+        out.print(f"{arm}: mean test {m['mean']:.3f} (sd {m['sd']:.3f}, {m['seeds']} seeds){'; ' + vs if vs else ''}{base}", highlight=False)
+    from sia_engine.experiment import paired
+
+    comparison = paired(result.arms, "both", "scaffold")
     if comparison is not None:
         ci = "" if comparison.low is None else f", 95% interval [{comparison.low:+.3f}, {comparison.high:+.3f}]"
         verdict = ("both is better" if comparison.low is not None and comparison.low > 0 else "both is worse" if comparison.excludes_zero
                    else "no difference shown")
         out.print(f"both vs scaffold, seed by seed: differences {', '.join(f'{x:+.3f}' for x in comparison.differences)}; "
                   f"mean {comparison.mean:+.3f}{ci}: {verdict}", highlight=False)
-    if search is None:
+    if not any(x.method == "random-search" for x in result.baselines):
         out.print(f"random search: {task_name} cannot draw random answers", highlight=False)
-    else:
-        out.print(f"random search ({search.note}, {search.evaluations} val scorings per seed): mean test {search.mean:.3f}", highlight=False)

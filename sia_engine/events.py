@@ -49,6 +49,7 @@ __all__ = [
     "RolledBack",
     "BranchForked",
     "RunConfigured",
+    "BaselineScored",
     "EVENT_TYPES",
     "UPCASTERS",
     "encode",
@@ -264,6 +265,24 @@ class RunConfigured(Event, tag="run_configured", frozen=True):
     config: dict[str, Any]
     levers: tuple[Literal["scaffold", "weights"], ...]
     reason: str
+
+
+class BaselineScored(Event, tag="baseline_scored", frozen=True):
+    """A baseline of an experiment scored on ``split`` (recorded on the experiment's prefix after
+    its forks, so no arm sees it): ``method`` (random-search, best-of-k, reference), the ``seed``
+    (None: a deterministic method), the test ``score``, the chosen candidate's ``val_score``, how
+    many validation ``evaluations`` (answers scored) and ``model_calls`` it used, and ``details``
+    (the candidates and their validation scores, what was chosen, the trajectories it drew)."""
+
+    experiment: str
+    method: str
+    split: Split
+    score: float
+    seed: NonNeg | None = None
+    val_score: float | None = None
+    evaluations: NonNeg = 0
+    model_calls: NonNeg = 0
+    details: dict[str, Any] = {}
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind(): cls for cls in Event.__subclasses__()}

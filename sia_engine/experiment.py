@@ -8,38 +8,77 @@ reads. ``experiment_table`` computes the table from recorded events alone, so th
 gives the same table from the store and from an exported Parquet copy (``table_from_events``).
 Interrupted, it resumes: existing forks continue, a head already scored on test is not re-scored.
 
-Baselines: the base version on the test split (recorded on the prefix, after the forks) and
-uniform random search over the task's answer space with as many candidates as an arm evaluated
-versions (computed, deterministic from the seeds; not recorded). Not yet here (issue 11 asks for
-them): best-of-k sampling of the base and the measured runs. ``paired`` compares two arms seed by
-seed (a 95% t-interval of the differences).
+Each arm may run under a ``Budget`` (model calls, LoRA training steps, wall seconds, counted on
+its own branch): an arm stops starting iterations once any is spent, and the table says so.
+Baselines (``sia_engine.experiment_baselines``): the base version on the test split, random
+search and best-of-k sampling of the base with the arms' evaluation budget, and the task's
+reference methods, all recorded on the prefix after the forks. ``paired`` compares two arms
+seed by seed (a 95% t-interval of the differences).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from sia_engine.errors import SiaError
+from sia_engine.experiment_baselines import Baseline, EventRow, baselines_from_events, candidates_budget, record_baselines
 from sia_engine.feedback import FeedbackAgent
-from sia_engine.history import History
+from sia_engine.history import fork
 from sia_engine.hooks import Hooks
 from sia_engine.loop import Loop, LoopConfig
 from sia_engine.model import Model
 from sia_engine.task import Task
 from store import Store
 
-__all__ = ["ARMS", "ArmResult", "Baseline", "Paired", "paired", "random_search", "base_test_score", "run_experiment", "evaluate_test", "experiment_table", "table_from_events", "EventRow"]
+__all__ = ["ARMS", "ArmResult", "Budget", "ExperimentResult", "Paired", "paired", "parse_budget", "run_experiment", "evaluate_test",
+           "experiment_table", "experiment_result", "experiment_rows", "table_from_events", "result_from_events", "EventRow"]
 
 ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}")
+
+
+class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one arm may spend on its own branch; an arm stops starting iterations once any is
+    spent (an iteration under way finishes). None: no limit."""
+
+    model_calls: int | None = None  # generations (training and validation rollouts; test rollouts are not counted)
+    train_steps: int | None = None  # LoRA steps
+    wall_s: float | None = None  # seconds from the fork
+
+    def spent(self, used: dict[str, float]) -> str:
+        """The first limit ``used`` has reached (``""``: none)."""
+        for key, limit in (("model_calls", self.model_calls), ("train_steps", self.train_steps), ("wall_s", self.wall_s)):
+            if limit is not None and used[key] >= limit:
+                return key
+        return ""
+
+
+def parse_budget(text: str) -> Budget:
+    """``calls=N,steps=N,wall=SECONDS`` (any of them) as a ``Budget``; ``SiaError`` says what is wrong."""
+    keys = {"calls": "model_calls", "steps": "train_steps", "wall": "wall_s"}
+    got: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        if not eq or key.strip() not in keys:
+            raise SiaError(f"budget {part!r}: write calls=N, steps=N or wall=SECONDS, comma-separated (e.g. calls=400,wall=900)")
+        try:
+            v = float(value)
+        except ValueError:
+            raise SiaError(f"budget {part!r}: {value.strip()!r} is not a number") from None
+        if not v > 0 or v != v or v == float("inf"):
+            raise SiaError(f"budget {part!r}: give a positive, finite limit")
+        if key.strip() != "wall" and v != int(v):
+            raise SiaError(f"budget {part!r}: {key.strip()} counts, give a whole number")
+        got[keys[key.strip()]] = v if key.strip() == "wall" else int(v)
+    if not got:
+        raise SiaError("budget is empty: write calls=N, steps=N or wall=SECONDS, comma-separated")
+    return msgspec.convert(got, Budget)
 
 
 class ArmResult(msgspec.Struct, frozen=True):
@@ -52,20 +91,11 @@ class ArmResult(msgspec.Struct, frozen=True):
     levers_used: tuple[str, ...]  # levers of the candidates made
     candidates: int
     accepted: int
-    model_calls: int  # generations recorded on the branch (training, validation and test rollouts)
+    evaluations: int  # answers scored on validation for this arm (the base's shared evaluation included)
+    model_calls: int  # generations on the branch: training and validation rollouts (test rollouts not counted)
     train_steps: int  # LoRA steps over all adapters trained on the branch
     wall_s: float  # from the fork to the last event on the branch
-
-
-@dataclass
-class EventRow:
-    """An event as the table needs it: from the log (``Envelope``) or a Parquet export's row."""
-
-    branch: str
-    seq: int
-    kind: str
-    payload: dict[str, Any]
-    recorded_at: datetime
+    stopped: str = ""  # the budget limit that ended the arm early ("": it ran its iterations)
 
 
 @dataclass
@@ -73,7 +103,21 @@ class _Arm:
     arm: str
     seed: int
     branch: str
+    overrides: dict[str, Any]
     events: list[EventRow] = field(default_factory=list)
+
+
+def _is_test(e: EventRow) -> bool:
+    """A test rollout or the test score (the arm's last step, outside its budget)."""
+    return e.payload.get("split") == "test" or str(e.payload.get("action_id", "")).startswith("test-")
+
+
+def spent(events: Sequence[EventRow]) -> dict[str, float]:
+    """Model calls, LoRA steps and wall seconds used on a branch's own ``events`` (in seq order)."""
+    calls = sum(1 for e in events if e.kind == "action_taken" and e.payload.get("actor") == "model" and not _is_test(e))
+    steps = sum(len(e.payload.get("curve", ())) or int(e.payload.get("hyper", {}).get("steps", 0)) for e in events if e.kind == "adapter_checkpointed")
+    wall = (events[-1].recorded_at - events[0].recorded_at).total_seconds() if events else 0.0
+    return {"model_calls": calls, "train_steps": steps, "wall_s": round(wall, 3)}
 
 
 def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
@@ -87,11 +131,14 @@ def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
         first = evs[0]
         o = first.payload.get("overrides", {}) if first.kind == "branch_forked" else {}
         if o.get("experiment") == name:
-            arms[branch] = _Arm(str(o["arm"]), int(o["seed"]), branch, evs)
+            arms[branch] = _Arm(str(o["arm"]), int(o["seed"]), branch, o, evs)
     base_val = None  # the base version's validation score, recorded once on the prefix
+    base_evals = 0
     for e in by_branch.get(f"{name}-base", ()):
-        if e.kind == "version_evaluated" and e.payload["split"] == "val":
+        if e.kind == "version_evaluated" and e.payload["split"] == "val" and base_val is None:
             base_val = float(e.payload["score"])
+        elif e.kind == "trajectory_recorded" and e.payload["split"] == "val" and base_val is None:
+            base_evals += 1  # the base version's own evaluation (best-of-k's samples come after it)
     out = []
     for a in sorted(arms.values(), key=lambda a: (list(ARMS).index(a.arm) if a.arm in ARMS else 99, a.seed)):
         kinds = [e.kind for e in a.events]
@@ -111,17 +158,38 @@ def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
                     val = float(e.payload["score"])
         levers = tuple(dict.fromkeys("scaffold" if k == "scaffold_patched" else "weights" for k in kinds
                                      if k in ("scaffold_patched", "adapter_checkpointed")))
-        steps = sum(len(e.payload.get("curve", ())) or int(e.payload.get("hyper", {}).get("steps", 0))
-                    for e in a.events if e.kind == "adapter_checkpointed")
-        calls = sum(1 for e in a.events if e.kind == "action_taken" and e.payload.get("actor") == "model")
+        used = spent([e for e in a.events if not _is_test(e)])
+        iterations = kinds.count("iteration_started")
+        budget = a.overrides.get("budget")
+        stopped = msgspec.convert(budget, Budget).spent(used) if budget and iterations < int(a.overrides.get("iterations", 0)) else ""
         out.append(ArmResult(
-            arm=a.arm, seed=a.seed, branch=a.branch, test_score=test, val_score=val,
-            iterations=kinds.count("iteration_started"), levers_used=levers,
-            candidates=kinds.count("scaffold_patched") + kinds.count("adapter_checkpointed"),
-            accepted=kinds.count("version_accepted"), model_calls=calls, train_steps=steps,
-            wall_s=round((a.events[-1].recorded_at - a.events[0].recorded_at).total_seconds(), 3),
+            arm=a.arm, seed=a.seed, branch=a.branch, test_score=test, val_score=val, iterations=iterations, levers_used=levers,
+            candidates=kinds.count("scaffold_patched") + kinds.count("adapter_checkpointed"), accepted=kinds.count("version_accepted"),
+            evaluations=base_evals + sum(1 for e in a.events if e.kind == "trajectory_recorded" and e.payload["split"] == "val"),
+            model_calls=int(used["model_calls"]), train_steps=int(used["train_steps"]), wall_s=used["wall_s"], stopped=stopped,
         ))
     return out
+
+
+class ExperimentResult(msgspec.Struct, frozen=True):
+    """Everything an experiment reports, computed from its events alone."""
+
+    name: str
+    arms: tuple[ArmResult, ...]
+    baselines: tuple[Baseline, ...]
+    base_val: float | None
+    base_test: float | None  # the base version on the test split (recorded after the forks)
+
+
+def result_from_events(rows: Iterable[EventRow], name: str) -> ExperimentResult:
+    rows = list(rows)
+    base_val = base_test = None
+    for e in sorted((r for r in rows if r.branch == f"{name}-base" and r.kind == "version_evaluated"), key=lambda r: r.seq):
+        if e.payload["split"] == "val" and base_val is None:
+            base_val = float(e.payload["score"])
+        elif e.payload["split"] == "test" and base_test is None:
+            base_test = float(e.payload["score"])
+    return ExperimentResult(name, tuple(table_from_events(rows, name)), tuple(baselines_from_events(rows, name)), base_val, base_test)
 
 
 def evaluate_test(loop: Loop) -> float:
@@ -141,41 +209,6 @@ def evaluate_test(loop: Loop) -> float:
     score = loop.hist.state.versions[head.version_id].score("test")
     assert score is not None
     return score
-
-
-class Baseline(msgspec.Struct, frozen=True):
-    """A baseline beside the arms: ``test_score`` per seed (mean over seeds in ``mean``)."""
-
-    name: str
-    test_scores: tuple[float, ...]
-    evaluations: int  # validation scorings it used per seed (random search: as many as an arm's versions)
-    note: str = ""
-
-    @property
-    def mean(self) -> float:
-        return sum(self.test_scores) / len(self.test_scores)
-
-
-def random_search(task: Task, *, k: int, val_episodes: int, seeds: Sequence[int]) -> Baseline | None:
-    """Uniform random search over the task's answer space (``Task.random_answer``), as many
-    candidates per seed as an arm evaluated versions (``k``): each candidate answers every
-    validation episode from its own random stream, the best on validation is scored on test.
-    None for a task that cannot draw random answers."""
-    draw = getattr(task, "random_answer", None)
-    if draw is None:
-        return None
-    val = task.episodes("val")[:val_episodes]
-    test = task.episodes("test")[:val_episodes]
-
-    def mean_score(j: str, episodes: Sequence[Any]) -> float:
-        return sum(task.score(ep, draw(random.Random(j), ep)).score for ep in episodes) / len(episodes)
-
-    scores = []
-    for seed in seeds:
-        cands = [f"random-search:{seed}:{j}" for j in range(k)]
-        best = max(cands, key=lambda j: mean_score(j, val))  # the first of equals: max keeps it
-        scores.append(round(mean_score(best, test), 6))
-    return Baseline("random search", tuple(scores), k * len(val), f"{k} random answers per seed, the best on val")
 
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30)
@@ -217,23 +250,33 @@ def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> 
     return Paired(a, b, seeds, d, round(mean, 6), round(mean - half, 6), round(mean + half, 6))
 
 
-def base_test_score(store: Store, name: str) -> float | None:
-    """The base version's test score, recorded on the prefix after the forks (None: not yet)."""
-    for e in store.log.read(f"{name}-base", kinds=["version_evaluated"]):
-        p = json.loads(e.payload)
-        if p["split"] == "test":
-            return float(p["score"])
-    return None
-
-
-def experiment_table(store: Store, name: str) -> list[ArmResult]:
-    """The table of experiment ``name`` from the store's log alone."""
+def experiment_rows(store: Store, name: str) -> list[EventRow]:
+    """The own events of experiment ``name``'s branches (its prefix and its arms)."""
     rows = []
     for info in store.log.branches():
         if info.name.startswith(f"{name}-"):
             for e in store.log.read(info.name, after_seq=-1):
                 rows.append(EventRow(e.branch, e.seq, e.kind, json.loads(e.payload), e.recorded_at))
-    return table_from_events(rows, name)
+    return rows
+
+
+def experiment_table(store: Store, name: str) -> list[ArmResult]:
+    """The table of experiment ``name``'s arms from the store's log alone."""
+    return table_from_events(experiment_rows(store, name), name)
+
+
+def experiment_result(store: Store, name: str) -> ExperimentResult:
+    """Arms, baselines and the base version's scores of experiment ``name``, from the log alone."""
+    return result_from_events(experiment_rows(store, name), name)
+
+
+def _prefix_seq(store: Store, base: str) -> int:
+    """Where the arms fork: the base version's validation score, the prefix's last event before
+    anything the arms may not see (its test score, the baselines)."""
+    for e in store.log.read(base, kinds=["version_evaluated"]):
+        if json.loads(e.payload)["split"] == "val":
+            return e.seq
+    raise SiaError(f"branch {base!r} has no validation score of the base version: it is not an experiment's prefix")
 
 
 def run_experiment(
@@ -247,9 +290,11 @@ def run_experiment(
     arms: Sequence[str] = ("scaffold", "weights", "both"),
     seeds: Sequence[int] = (0, 1, 2),
     iterations: int = 3,
+    budget: Budget | None = None,
+    baselines: bool = True,
     hooks: Hooks | None = None,
-) -> list[ArmResult]:
-    """Run (or resume) the experiment and return its table (see the module's docstring)."""
+) -> ExperimentResult:
+    """Run (or resume) the experiment and return its result (see the module's docstring)."""
     if not _NAME.fullmatch(name):
         raise SiaError(f"experiment name {name!r}: use letters, digits, '_', '.', '-' (up to 41), starting with a letter or digit")
     bad = [a for a in arms if a not in ARMS]
@@ -260,22 +305,38 @@ def run_experiment(
     if "weights" in {lv for a in arms for lv in ARMS[a]} and not model.trains_weights:
         raise SiaError(f"model {model.ref.id!r} cannot train weights: run the scaffold arm only, or use a model that trains")
     base = f"{name}-base"
-    Loop(store, task=task, model=model, feedback=feedback(), config=msgspec.structs.replace(config, iterations=0),
-         branch=base, hooks=hooks).run()
-    existing = {b.name for b in store.log.branches()}
+    prefix = msgspec.structs.replace(config, iterations=0)
+    Loop(store, task=task, model=model, feedback=feedback(), config=prefix, branch=base, hooks=hooks).run()
+    at = _prefix_seq(store, base)
+    existing = {b.name: b for b in store.log.branches()}
     for arm in arms:
         for seed in seeds:
             branch = f"{name}-{arm}-s{seed}"
-            if branch not in existing:
-                History.open(store.log, base, blobs=store.blobs).fork(
-                    branch, reason=f"experiment {name}: arm {arm}, seed {seed}",
-                    overrides={"experiment": name, "arm": arm, "seed": seed, "levers": list(ARMS[arm]), "iterations": iterations},
-                )
+            info = existing.get(branch)
+            if info is None:
+                overrides: dict[str, object] = {"experiment": name, "arm": arm, "seed": seed, "levers": list(ARMS[arm]), "iterations": iterations}
+                if budget is not None:
+                    overrides["budget"] = {k: v for k, v in msgspec.to_builtins(budget).items() if v is not None}
+                fork(store.log, branch, source=base, at_seq=at, blobs=store.blobs, overrides=overrides,
+                     reason=f"experiment {name}: arm {arm}, seed {seed}")
+            elif info.base_branch != base:
+                raise SiaError(f"branch {branch!r} exists and is not a fork of {base!r}: choose another experiment name")
             cfg = msgspec.structs.replace(config, levers=ARMS[arm], seed=seed, iterations=iterations)
             loop = Loop(store, task=task, model=model, feedback=feedback(), config=cfg, branch=branch, hooks=hooks)
-            loop.run()
+
+            def out_of_budget(branch: str = branch) -> bool:
+                if budget is None:
+                    return False
+                own = [EventRow(e.branch, e.seq, e.kind, json.loads(e.payload), e.recorded_at) for e in store.log.read(branch, after_seq=-1)]
+                return bool(budget.spent(spent([e for e in own if not _is_test(e)])))
+
+            loop.run(stop=out_of_budget)
             evaluate_test(loop)
-    # the base version on the test split too, recorded on the prefix after every fork point
-    evaluate_test(Loop(store, task=task, model=model, feedback=feedback(), config=msgspec.structs.replace(config, iterations=0),
-                       branch=base, hooks=hooks))
-    return experiment_table(store, name)
+    # the base version on the test split, then the baselines: on the prefix, after every fork point
+    on_base = Loop(store, task=task, model=model, feedback=feedback(), config=prefix, branch=base, hooks=hooks)
+    evaluate_test(on_base)
+    if baselines:
+        table = experiment_table(store, name)
+        k = max((candidates_budget(r.evaluations, config.val_episodes) for r in table), default=1)
+        record_baselines(on_base, experiment=name, k=k, seeds=seeds)
+    return experiment_result(store, name)

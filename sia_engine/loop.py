@@ -17,8 +17,8 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,7 +41,8 @@ from sia_engine.events import (
 from sia_engine.feedback import Context, FeedbackAgent
 from sia_engine.history import History
 from sia_engine.hooks import Hooks
-from sia_engine.model import Adapter, LoraSettings, Model, Request
+from sia_engine.loop_config import EvalProtocol, LoopConfig, check_settings
+from sia_engine.model import Adapter, Model, Request
 from sia_engine.recipes import gold_episodes, training_examples
 from sia_engine.scaffold import Decoding, Scaffold, apply_patch, scaffold_hash
 from sia_engine.state import AgentState, Version, version_id
@@ -51,79 +52,6 @@ from store.blobs import safetensors_metadata
 
 __all__ = ["EvalProtocol", "LoopConfig", "Loop", "RunMismatch", "load_adapter", "iteration_seed", "check_settings", "check_run",
            "evaluation_score", "gate_accepts", "failure_classes"]
-
-Count = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
-
-
-class EvalProtocol(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How the gate scores a version on validation episodes: ``greedy`` (one output at
-    temperature 0), or the ``mean`` / ``best`` of ``samples`` outputs per episode at
-    ``temperature`` (None: the scaffold's decoding temperature, so the scaffold lever may change
-    it; at temperature 0 one output stands for all). Seeds are the same for every version."""
-
-    mode: Literal["greedy", "mean", "best"] = "mean"
-    samples: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
-    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
-
-    def effective(self, decoding: Decoding) -> tuple[Decoding, int]:
-        """The decoding and number of samples per episode for a scaffold's ``decoding``."""
-        if self.mode == "greedy":
-            return msgspec.structs.replace(decoding, temperature=0.0), 1
-        t = decoding.temperature if self.temperature is None else self.temperature
-        return msgspec.structs.replace(decoding, temperature=t), (self.samples if t > 0 else 1)
-
-
-class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What defines a run. Budgets (``iterations``, ``wall_time_s``) may change on resume;
-    everything else must match the run recorded in the store.
-
-    ``samples`` outputs per training episode are drawn at ``temperature`` (exploration for the
-    weights lever); ``eval`` is the gate's protocol; ``recipe`` forces a training recipe
-    (``auto``: the Feedback Agent chooses)."""
-
-    task: str
-    levers: Annotated[tuple[Literal["scaffold", "weights"], ...], msgspec.Meta(min_length=1)] = ("scaffold", "weights")
-    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
-    train_episodes: Count = 8
-    val_episodes: Count = 8
-    margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
-    lora: LoraSettings = LoraSettings()
-    feedback: Literal["rule", "llm"] = "rule"
-    iterations: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 3
-    wall_time_s: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
-    samples: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
-    temperature: Annotated[float, msgspec.Meta(gt=0.0, le=2.0)] = 0.7
-    eval: EvalProtocol = EvalProtocol()
-    recipe: Literal["auto", "sft", "rft", "grpo"] = "auto"
-
-    def recorded(self) -> dict[str, Any]:
-        d: dict[str, Any] = msgspec.to_builtins(self)
-        d.pop("iterations")
-        d.pop("wall_time_s")
-        return d
-
-
-def check_settings(config: LoopConfig) -> LoopConfig:
-    """``config`` if every setting is in range, else ``InvalidSettings`` naming the first one.
-
-    msgspec checks the bounds when it converts, not when a Struct is built in code, so the
-    config goes through a conversion here, before a run records anything."""
-    try:
-        checked = msgspec.convert(msgspec.to_builtins(config), LoopConfig)
-    except msgspec.ValidationError as e:
-        msg = str(e)
-        path = msg.rsplit(" - at `$.", 1)[-1].rstrip("`") if " - at `$." in msg else "config"
-        value: Any = msgspec.to_builtins(config)
-        for part in path.replace("[", ".").replace("]", "").split("."):
-            if isinstance(value, dict) and part in value:
-                value = value[part]
-            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-                value = value[int(part)]
-        raise InvalidSettings(path, value, msg.split(" - at `")[0]) from None
-    if checked.recipe == "grpo" and checked.samples < 2:
-        raise InvalidSettings("samples", checked.samples, "the grpo recipe compares k >= 2 samples per episode; use --samples 2 or more")
-    return checked
-
 
 def check_run(config: LoopConfig, task: Task, model: Model) -> LoopConfig:
     """``check_settings``, then what the settings ask of the task and the model."""
@@ -244,8 +172,9 @@ class Loop:
         if other:
             self.hooks.note(f"adapters in this history were trained on {', '.join(other)}; serving them on {here}")
 
-    def run(self) -> AgentState:
-        """Run (or resume) until ``iterations`` iterations are done or the wall time is spent."""
+    def run(self, stop: Callable[[], bool] | None = None) -> AgentState:
+        """Run (or resume) until ``iterations`` iterations are done, the wall time is spent, or
+        ``stop()`` says so (asked before each iteration starts: an experiment's budget)."""
         self._start_or_check()
         t0 = time.monotonic()
         while True:
@@ -257,7 +186,7 @@ class Loop:
                     self.evaluate(head, decide=False)
                     continue
                 out_of_time = self.config.wall_time_s is not None and time.monotonic() - t0 > self.config.wall_time_s
-                if s.iteration + 1 >= self.config.iterations or out_of_time:
+                if s.iteration + 1 >= self.config.iterations or out_of_time or (stop is not None and stop()):
                     break
                 self._open = None
                 self._roll_out(head, s.iteration + 1)
@@ -425,6 +354,15 @@ class Loop:
         if decide:
             events.append(self._decision(version, score))
         self.hist.record(*events)
+
+    def sample(self, version: Version, episodes: Sequence[Episode], *, split: Literal["val", "test"], seed: int, tag: str, n: int) -> list[Event]:
+        """Record ``n`` outputs of ``version`` per episode, sampled at the run's ``temperature``
+        (episode ``k`` from seed ``seed + k``), each scored on its episode; returns the events.
+        No decision reads them: an experiment's best-of-k baseline draws its candidates here."""
+        decoding = msgspec.structs.replace(version.scaffold.decoding, temperature=self.config.temperature)
+        events = self._episodes(version, episodes, split, seed, tag, decoding, n)
+        self.hist.record(*events)
+        return events
 
     def _decision(self, cand: Version, score: float) -> Event:
         head = self.hist.state.head_version

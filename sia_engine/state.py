@@ -22,6 +22,7 @@ from sia_engine.errors import InvalidPatch, ReducerError
 from sia_engine.events import (
     ActionTaken,
     AdapterCheckpointed,
+    BaselineScored,
     BranchForked,
     Event,
     FeedbackVerdict,
@@ -269,6 +270,14 @@ def _forked(state: AgentState, e: BranchForked) -> AgentState:
     return msgspec.structs.replace(state, forks=(*state.forks, f"{e.source_branch}#{e.source_seq}"))
 
 
+def _baseline(state: AgentState, e: BaselineScored) -> AgentState:
+    """A baseline's score is a record beside the agent: it changes no version and no head."""
+    _started(state, e.kind())
+    if state.phase != "idle":
+        raise ReducerError(e.kind(), f"iteration {state.iteration} is open (phase {state.phase!r}): score baselines between iterations")
+    return state
+
+
 _HANDLERS: dict[type[Event], Callable[[AgentState, Any], AgentState]] = {
     RunStarted: _run_started,
     IterationStarted: _iteration,
@@ -283,6 +292,7 @@ _HANDLERS: dict[type[Event], Callable[[AgentState, Any], AgentState]] = {
     RolledBack: _rolled_back,
     BranchForked: _forked,
     RunConfigured: _configured,
+    BaselineScored: _baseline,
 }
 
 

@@ -25,7 +25,7 @@ def test_every_kind_has_a_stable_tag() -> None:
         [
             "run_started", "iteration_started", "action_taken", "trajectory_recorded", "feedback_verdict", "scaffold_patched",
             "adapter_checkpointed", "version_evaluated", "version_accepted", "version_rejected",
-            "rolled_back", "branch_forked", "run_configured",
+            "rolled_back", "branch_forked", "run_configured", "baseline_scored",
         ]
     )
     assert {k: cls.SCHEMA for k, cls in EVENT_TYPES.items() if cls.SCHEMA != 1} == {"feedback_verdict": 2}

@@ -1,5 +1,5 @@
 """`run_experiment`: arms as forks of one prefix, the test split read once at the end, the table
-from the log alone (also from a Parquet export), resumable (issue 11, the machinery)."""
+and the baselines from the log alone (also from a Parquet export), budgets, resumable (issue 11)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from sia_engine.errors import SiaError
 from sia_engine.events import decode_envelope
-from sia_engine.experiment import ARMS, EventRow, experiment_table, run_experiment, table_from_events
+from sia_engine.experiment import ARMS, EventRow, experiment_result, experiment_table, result_from_events, run_experiment, table_from_events
 from sia_engine.feedback import RulePolicy
 from sia_engine.history import rebuild
 from sia_engine.integrity import verify_store
@@ -20,8 +20,19 @@ from tests.loop_helpers import TASK, scripted, sometimes_wrong
 CFG = LoopConfig(task="arith", iterations=0, train_episodes=6, val_episodes=6, samples=2)
 
 
+class ArithWithReference(type(TASK)):  # type: ignore[misc]
+    """arith with a reference method, really scored: always answer 9."""
+
+    def reference_baselines(self, split):  # type: ignore[no-untyped-def]
+        eps = self.episodes(split)[: CFG.val_episodes]
+        return {"always-9": sum(self.score(e, "9").score for e in eps) / len(eps)}
+
+
+REF_TASK = ArithWithReference()
+
+
 def experiment(store: Store, **kw):  # type: ignore[no-untyped-def]
-    return run_experiment(store, task=TASK, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG,
+    return run_experiment(store, task=REF_TASK, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG,
                           name="e1", arms=("scaffold", "weights", "both"), seeds=(0, 1), iterations=2, **kw)
 
 
@@ -29,8 +40,8 @@ def experiment(store: Store, **kw):  # type: ignore[no-untyped-def]
 def done(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:  # type: ignore[type-arg]
     root = tmp_path_factory.mktemp("exp")
     with Store.create(root) as s:
-        table = experiment(s)
-    return root, table
+        result = experiment(s)
+    return root, result.arms
 
 
 def test_arms_are_isolated_forks_of_one_evaluated_prefix(done) -> None:  # type: ignore[no-untyped-def]
@@ -81,18 +92,20 @@ def test_the_table_comes_from_the_log_and_from_its_parquet_export(done, tmp_path
 
     root, table = done
     with Store.open(root, read_only=True) as s:
-        assert experiment_table(s, "e1") == table
+        assert experiment_table(s, "e1") == list(table)
+        result = experiment_result(s, "e1")
         export_parquet(s, tmp_path / "pq")
     t = pq.read_table(tmp_path / "pq" / "events.parquet").to_pylist()
     rows = [EventRow(r["branch"], r["seq"], r["kind"], json.loads(r["payload"]), r["recorded_at"]) for r in t]
-    assert table_from_events(rows, "e1") == table
+    assert table_from_events(rows, "e1") == list(table)
+    assert result_from_events(rows, "e1") == result and len(result.baselines) == 3  # the baselines too
 
 
 def test_it_resumes_without_recording_anything_twice(done) -> None:  # type: ignore[no-untyped-def]
     root, table = done
     with Store.open(root) as s:
         n = s.log.count()
-        assert experiment(s) == table and s.log.count() == n
+        assert experiment(s).arms == table and s.log.count() == n
 
 
 def test_bad_settings_are_refused_before_anything_is_recorded(tmp_path: Path) -> None:
@@ -118,7 +131,8 @@ def test_the_command_runs_resumes_and_prints_the_table(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output[-2000:]
     doc = json.loads(r.output[r.output.index("{"):])
     rows = doc["arms"]
-    assert doc["baselines"]["base_test"] is not None and len(doc["baselines"]["random_search"]["test_scores"]) == 2
+    assert doc["base_version"]["test"] is not None
+    assert {b["method"]: len(b["test_scores"]) for b in doc["baselines"]} == {"best-of-k": 2, "random-search": 2}
     assert doc["both_vs_scaffold"]["seeds"] == [0, 1]
     assert [(x["arm"], x["seed"]) for x in rows] == [("scaffold", 0), ("scaffold", 1), ("both", 0), ("both", 1)]
     assert all(x["test_score"] is not None and x["iterations"] == 1 for x in rows)
@@ -129,26 +143,92 @@ def test_the_command_runs_resumes_and_prints_the_table(tmp_path: Path) -> None:
 
 
 def test_random_search_is_a_real_search_and_deterministic() -> None:
-    from sia_engine.experiment import random_search
+    from sia_engine.experiment_baselines import random_search
 
-    a = random_search(TASK, k=5, val_episodes=6, seeds=(0, 1))
-    b = random_search(TASK, k=5, val_episodes=6, seeds=(0, 1))
-    assert a is not None and a == b and a.evaluations == 30 and len(a.test_scores) == 2
-    assert all(0.0 <= x <= 1.0 for x in a.test_scores)
-    many = random_search(TASK, k=200, val_episodes=6, seeds=(0,))
-    assert many is not None  # with more draws the best on val is at least as good on val; test is what it is
+    a = random_search(TASK, experiment="x", k=5, val_episodes=6, seed=0)
+    b = random_search(TASK, experiment="x", k=5, val_episodes=6, seed=0)
+    assert a is not None and a == b and a.evaluations == 30 and 0.0 <= a.score <= 1.0
+    d = a.details
+    assert len(d["candidates"]) == 5 and a.val_score == max(d["val_scores"]) == d["val_scores"][d["chosen"]]
+    val = TASK.episodes("val")[:6]
+    want = sum(TASK.score(e, d["candidates"][d["chosen"]]).score for e in val) / 6  # the recorded val score is the real one
+    assert a.val_score == round(want, 6)
+    many = random_search(TASK, experiment="x", k=200, val_episodes=6, seed=0)
+    assert many is not None and many.val_score is not None and many.val_score >= a.val_score  # its first 5 draws are a's
 
     class NoRandom:
         name = "x"
 
-    assert random_search(NoRandom(), k=3, val_episodes=2, seeds=(0,)) is None  # type: ignore[arg-type]
+    assert random_search(NoRandom(), experiment="x", k=3, val_episodes=2, seed=0) is None  # type: ignore[arg-type]
+
+
+def test_baselines_are_recorded_on_the_prefix_after_the_forks_with_the_arms_budget(done) -> None:  # type: ignore[no-untyped-def]
+    from sia_engine.events import BaselineScored, TrajectoryRecorded
+    from sia_engine.experiment_baselines import candidates_budget
+
+    root, table = done
+    with Store.open(root, read_only=True) as s:
+        result = experiment_result(s, "e1")
+        base = s.log.read("e1-base")
+        forks = max(b.base_seq for b in s.log.branches() if b.base_branch == "e1-base")
+        events = [(e.seq, decode_envelope(e)) for e in base]
+    recorded = [(q, e) for q, e in events if isinstance(e, BaselineScored)]
+    assert recorded and min(q for q, _ in recorded) > forks
+    k = max(candidates_budget(r.evaluations, CFG.val_episodes) for r in table)
+    # every arm scored the base (on the prefix) and its 2 candidates on 6 episodes, one output each (temperature 0)
+    assert all(r.evaluations == (1 + r.candidates) * 6 for r in table) and k == 3
+    methods = {b.method: b for b in result.baselines}
+    assert set(methods) == {"best-of-k", "random-search", "reference:always-9"}
+    assert methods["reference:always-9"].test_scores == (REF_TASK.reference_baselines("test")["always-9"],)
+    for m in ("best-of-k", "random-search"):
+        assert methods[m].seeds == (0, 1) and methods[m].evaluations == k * 6
+    assert methods["best-of-k"].model_calls == k  # k sampled outputs, on validation prompts taken in turn
+    samples = [e for q, e in events if isinstance(e, TrajectoryRecorded) and q > forks and e.split == "val"]
+    assert len(samples) == 2 * k  # best-of-k's samples, both seeds, recorded as trajectories
+    for _, e in recorded:
+        if e.method == "best-of-k":
+            chosen = e.details["trajectories"][e.details["chosen"]]
+            out = next(t.output for t in samples if t.trajectory_id == chosen)
+            test = TASK.episodes("test")[:6]
+            assert e.score == round(sum(TASK.score(ep, out).score for ep in test) / 6, 6)  # the chosen sample, scored on test
+
+
+def test_a_budget_stops_an_arm_and_the_table_says_which(tmp_path: Path) -> None:
+    from sia_engine.experiment import Budget
+
+    with Store.create(tmp_path) as s:
+        result = run_experiment(s, task=TASK, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG, name="b",
+                                arms=("scaffold",), seeds=(0,), iterations=5, budget=Budget(model_calls=30), baselines=False)
+        (row,) = result.arms
+        # the base's evaluation is on the prefix; each iteration samples 12 (train) and 12 (val): 2 iterations pass 30
+        assert row.iterations == 2 and row.stopped == "model_calls" and row.model_calls >= 30
+        first = s.log.read("b-scaffold-s0", after_seq=-1)[0]
+        assert decode_envelope(first).overrides["budget"] == {"model_calls": 30}  # type: ignore[attr-defined]
+        assert result.baselines == ()
+        again = run_experiment(s, task=TASK, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG, name="b",
+                               arms=("scaffold",), seeds=(0,), iterations=5, budget=Budget(model_calls=30), baselines=False)
+        assert again.arms == result.arms  # resumed: still out of budget, nothing more recorded
+
+
+@pytest.mark.parametrize(("text", "says"), [("calls=10,wall=2.5", None), ("steps=3", None), ("", "empty"), ("calls", "calls=N"),
+                                            ("tokens=5", "calls=N"), ("calls=x", "not a number"), ("calls=-1", "positive"),
+                                            ("wall=inf", "positive"), ("calls=2.5", "whole number"), ("wall=nan", "positive")])
+def test_budgets_are_parsed_or_refused_with_what_to_write(text: str, says: str | None) -> None:
+    from sia_engine.experiment import Budget, parse_budget
+
+    if says is None:
+        b = parse_budget(text)
+        assert b in (Budget(model_calls=10, wall_s=2.5), Budget(train_steps=3))
+    else:
+        with pytest.raises(SiaError, match=says):
+            parse_budget(text)
 
 
 def test_paired_comparison_seed_by_seed() -> None:
     from sia_engine.experiment import ArmResult, paired
 
     def row(arm: str, seed: int, score: float | None) -> ArmResult:
-        return ArmResult(arm, seed, f"e-{arm}-s{seed}", score, None, 1, (), 1, 0, 1, 0, 0.0)
+        return ArmResult(arm, seed, f"e-{arm}-s{seed}", score, None, 1, (), 1, 0, 4, 1, 0, 0.0)
 
     t = [row("scaffold", 0, 0.5), row("scaffold", 1, 0.4), row("scaffold", 2, 0.6),
          row("both", 0, 0.7), row("both", 1, 0.6), row("both", 2, 0.9), row("both", 3, 0.1)]
