@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from tasks.trimul.reference import RANKED, check, generate_input, reference  # noqa: E402
+from tasks.trimul.reference import RANKED, reference  # noqa: E402
+from tasks.trimul.timing import Incorrect, geometric_mean, time_shape  # noqa: E402
 
 
 def load_submission(path: str):  # type: ignore[no-untyped-def]
@@ -34,34 +33,6 @@ def load_submission(path: str):  # type: ignore[no-untyped-def]
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.custom_kernel
-
-
-def time_shape(fn, n: int, bs: int, dim: int, masked: bool, dist: str, *, max_reps: int, verify: bool) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    times: list[float] = []
-    spent = 0.0
-    for rep in range(max_reps + 1):
-        x, mask, w = generate_input(n, bs, dim, masked=masked, dist=dist, seed=1000 + rep, device="cuda")  # type: ignore[arg-type]
-        data = (x, mask, w, {"n": n, "bs": bs, "dim": dim, "masked": masked, "dist": dist})
-        if verify:  # recheck before every timing (the output of this very input)
-            ok, why = check(fn(data), reference(x, mask, w))
-            if not ok:
-                raise SystemExit(f"incorrect on N={n} bs={bs} dim={dim} masked={masked} {dist} (rep {rep}): {why}")
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(data)
-        end.record()
-        torch.cuda.synchronize()
-        if rep == 0:
-            continue  # warm-up (compilation, autotuning)
-        times.append(start.elapsed_time(end) * 1e3)  # microseconds
-        spent += times[-1] / 1e6
-        if len(times) >= 3:
-            mean = statistics.fmean(times)
-            sem = statistics.stdev(times) / math.sqrt(len(times))
-            if sem / mean < 1e-3 or spent > 10:
-                break
-    return statistics.fmean(times), len(times)
 
 
 def main() -> None:
@@ -78,11 +49,14 @@ def main() -> None:
     t0 = time.time()
     for n, bs, dim, masked, dist in RANKED:
         r, _ = time_shape(lambda d: reference(*d[:3]), n, bs, dim, masked, dist, max_reps=args.max_reps, verify=False)
-        s, reps = time_shape(kernel, n, bs, dim, masked, dist, max_reps=args.max_reps, verify=True)
+        try:
+            s, reps = time_shape(kernel, n, bs, dim, masked, dist, max_reps=args.max_reps, verify=True)
+        except Incorrect as e:
+            raise SystemExit(str(e)) from None
         ref_means.append(r)
         sub_means.append(s)
         print(f"{n:>5} {bs:>3} {dim:>4} {str(masked):>6} {dist:>6} {r:>13.1f} {s:>14.1f} {r / s:>7.2f}x  ({reps} reps)")
-    geo = lambda xs: math.exp(sum(map(math.log, xs)) / len(xs))  # noqa: E731
+    geo = geometric_mean
     print(f"geometric mean: reference {geo(ref_means):.1f} us, submission {geo(sub_means):.1f} us "
           f"({geo(ref_means) / geo(sub_means):.2f}x), {time.time() - t0:.0f} s in all")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 from collections import Counter
 
+from replay.audit_experiment import experiment_section
 from replay.audit_parts import collect, iteration_plot, version_details
 from replay.diff import compare_branches
 from sia_engine.history import rebuild
@@ -132,7 +133,7 @@ def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = 
     else:
         body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(log, b.name, task) for b in branches) + "</ul>"]
         collected = {b.name: collect(log.read(b.name)) for b in branches}
-        body += ["<h2>Score per iteration</h2>", iteration_plot(compare_branches(log, [b.name for b in branches]))]
+        body += ["<h2>Score per iteration</h2>", iteration_plot(compare_branches(log, [b.name for b in branches])), *experiment_section(log)]
     for b in branches:
         events = log.read(b.name)
         kinds = Counter(e.kind for e in events)

@@ -75,3 +75,28 @@ def store_options(f: F) -> F:
             _fail(str(e))
 
     return wrapper  # type: ignore[return-value]
+
+
+WEAK_MODELS = ("tiny", "smollm2")  # presets that cannot write GPU kernels
+
+
+def load_agent_model(model_spec: str, openai_url: str | None, openai_model: str | None, device: str, task: Any = None) -> Any:
+    """The model a command runs: an OpenAI-compatible endpoint, or a local model loaded here.
+    A task that ``requires`` a "code-model" refuses the small presets before anything loads."""
+    if "code-model" in getattr(task, "requires", ()) and not openai_url and model_spec in WEAK_MODELS:
+        _fail(f"task {task.name!r} needs a model that writes GPU kernels; {model_spec!r} cannot, and its numbers would mean "
+              "nothing: give --openai-url URL (a capable OpenAI-compatible endpoint) or --model FOLDER (a capable local model)")
+    if openai_url:
+        from sia_engine.openai_compat import OpenAIChatModel
+
+        return OpenAIChatModel(openai_url, openai_model or "default")
+    from sia_engine.presets import load_model
+
+    err.print(f"loading model {model_spec} ...", highlight=False)
+    try:
+        model = load_model(model_spec, device=device)
+    except ValueError as e:  # a device that is not here
+        _fail(str(e))
+    if getattr(model, "label", ""):
+        err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
+    return model

@@ -11,7 +11,7 @@ import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sia_engine.cli_common import _fail, emit_json, err, out, store_options
+from sia_engine.cli_common import _fail, emit_json, err, load_agent_model, out, store_options
 from sia_engine.errors import SiaError
 from store import Store
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 @store_options
 @click.option("--task", "task_name", required=True, help="Task name (see `sia tasks`).")
 @click.option("--model", "model_spec", default="smollm2", show_default=True, help="tiny | smollm2 | a local folder.")
+@click.option("--openai-url", default=None, help="An OpenAI-compatible endpoint instead of a local model (the scaffold arm only).")
+@click.option("--openai-model", default=None, help="Model name at the endpoint.")
 @click.option("--arms", default="scaffold,weights,both", show_default=True, help="Comma-separated arms: scaffold, weights, both.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1, max=20), help="Seeds per arm (0 .. N-1).")
 @click.option("--iterations", default=3, show_default=True, type=click.IntRange(min=1, max=1000), help="Iterations per arm and seed.")
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 @click.option("--budget", default=None, help="Per arm: calls=N (model calls), steps=N (LoRA steps), wall=SECONDS; an arm stops starting iterations once one is spent.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data", default=None, help="Data for tasks that take it.")
-def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, arms: str, seeds: int, iterations: int, name: str,
+def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None, arms: str, seeds: int, iterations: int, name: str,
                train_episodes: int, val_episodes: int, samples: int, temperature: float, eval_mode: str, lora_steps: int,
                budget: str | None, device: str, data: str | None) -> None:
     """Run (or resume) an experiment: one shared, evaluated prefix forked into one branch per arm
@@ -56,7 +58,6 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     from sia_engine.feedback import RulePolicy
     from sia_engine.loop import EvalProtocol, LoopConfig, check_settings
     from sia_engine.model import LoraSettings
-    from sia_engine.presets import load_model
     from sia_engine.registry import get_task
 
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip())
@@ -68,11 +69,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     except SiaError as e:
         _fail(str(e))
     task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),))
-    err.print(f"loading model {model_spec} ...", highlight=False)
-    try:
-        model = load_model(model_spec, device=device)
-    except ValueError as e:
-        _fail(str(e))
+    model = load_agent_model(model_spec, openai_url, openai_model, device, task)
     from sia_engine.cli_run import _RichHooks
 
     with Store.create(store_path) as s:

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sia_engine import __version__
-from sia_engine.cli_common import _fail, emit_json, err, out, store_options
+from sia_engine.cli_common import _fail, emit_json, err, load_agent_model, out, store_options
 from sia_engine.errors import SiaError
 from sia_engine.hooks import Hooks
 from store import Store
@@ -145,20 +145,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     except SiaError as e:
         _fail(str(e))
     task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),))
-    if openai_url:
-        from sia_engine.openai_compat import OpenAIChatModel
-
-        model: Any = OpenAIChatModel(openai_url, openai_model or "default")
-    else:
-        from sia_engine.presets import load_model
-
-        err.print(f"loading model {model_spec} ...", highlight=False)
-        try:
-            model = load_model(model_spec, device=device)
-        except ValueError as e:  # a device that is not here
-            _fail(str(e))
-        if getattr(model, "label", ""):
-            err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
+    model = load_agent_model(model_spec, openai_url, openai_model, device, task)
     agent = LLMPolicy(model) if feedback == "llm" else RulePolicy()
     try:  # before the store is created: a refused run leaves nothing behind
         config = check_run(config, task, model)

@@ -34,10 +34,10 @@ from sia_engine.hooks import Hooks
 from sia_engine.loop import Loop, LoopConfig
 from sia_engine.model import Model
 from sia_engine.task import Task
-from store import Store
+from store import EventLog, Store
 
 __all__ = ["ARMS", "ArmResult", "Budget", "ExperimentResult", "Paired", "paired", "parse_budget", "run_experiment", "evaluate_test",
-           "experiment_table", "experiment_result", "experiment_rows", "table_from_events", "result_from_events", "EventRow"]
+           "experiment_table", "experiment_result", "experiment_rows", "experiment_names", "table_from_events", "result_from_events", "EventRow"]
 
 ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}")
@@ -250,24 +250,37 @@ def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> 
     return Paired(a, b, seeds, d, round(mean, 6), round(mean - half, 6), round(mean + half, 6))
 
 
-def experiment_rows(store: Store, name: str) -> list[EventRow]:
+def experiment_names(log: EventLog) -> list[str]:
+    """Names of the experiments recorded in ``log`` (from their arms' ``branch_forked`` events)."""
+    names: dict[str, None] = {}
+    for info in log.branches():
+        if info.base_branch is not None and info.base_branch.endswith("-base"):
+            first = log.at(info.name, 0)
+            if first.kind == "branch_forked":
+                name = json.loads(first.payload).get("overrides", {}).get("experiment")
+                if isinstance(name, str) and info.base_branch == f"{name}-base":
+                    names[name] = None
+    return list(names)
+
+
+def experiment_rows(log: EventLog, name: str) -> list[EventRow]:
     """The own events of experiment ``name``'s branches (its prefix and its arms)."""
     rows = []
-    for info in store.log.branches():
+    for info in log.branches():
         if info.name.startswith(f"{name}-"):
-            for e in store.log.read(info.name, after_seq=-1):
+            for e in log.read(info.name, after_seq=-1):
                 rows.append(EventRow(e.branch, e.seq, e.kind, json.loads(e.payload), e.recorded_at))
     return rows
 
 
 def experiment_table(store: Store, name: str) -> list[ArmResult]:
     """The table of experiment ``name``'s arms from the store's log alone."""
-    return table_from_events(experiment_rows(store, name), name)
+    return table_from_events(experiment_rows(store.log, name), name)
 
 
 def experiment_result(store: Store, name: str) -> ExperimentResult:
     """Arms, baselines and the base version's scores of experiment ``name``, from the log alone."""
-    return result_from_events(experiment_rows(store, name), name)
+    return result_from_events(experiment_rows(store.log, name), name)
 
 
 def _prefix_seq(store: Store, base: str) -> int:

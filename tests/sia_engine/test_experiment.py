@@ -241,3 +241,25 @@ def test_paired_comparison_seed_by_seed() -> None:
     one = paired([row("scaffold", 0, 0.5), row("both", 0, 0.6)])
     assert one is not None and one.low is None and not one.excludes_zero
     assert paired([row("scaffold", 0, 0.5)]) is None
+
+
+def test_the_audit_report_plots_the_experiment_from_the_log(done) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from replay.audit import audit_report
+
+    root, table = done
+    with Store.open(root, read_only=True) as s:
+        page, report = audit_report(s.log, s.blobs)
+        result = experiment_result(s, "e1")
+    assert report.ok and "<h2>Experiments</h2>" in page and "Experiment e1" in page
+    svg = page[page.index('class="plot experiment"'):]
+    svg = svg[: svg.index("</svg>")]
+    assert len(re.findall(r'<circle class="seed"', svg)) == len(table) == 6  # a dot per arm and seed
+    assert len(re.findall(r'class="mean"', svg)) == 3
+    labels = re.findall(r'class="baseline-label">([^<]+)<', svg)
+    assert [x.rsplit(" ", 1)[0] for x in labels] == ["base version", "best-of-k", "random-search", "reference:always-9"]
+    assert labels[0].endswith(f"{result.base_test:.3f}")
+    for r in table:
+        assert f"{r.arm} seed {r.seed}: {r.test_score:.4f}" in svg
+    assert "both vs scaffold, seed by seed" in page

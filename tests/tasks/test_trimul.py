@@ -83,3 +83,71 @@ def test_a_subtly_wrong_kernel_fails() -> None:
 def test_a_hanging_kernel_is_killed() -> None:
     res, results = run_submission(HANGS, CASES[:1], timeout_s=8)
     assert res.status == "timeout" and not results[0].correct and results[0].reason.startswith("no output (timeout")
+
+
+# -- TriMul as a `sia run` task ---------------------------------------------------------------
+
+def test_kernels_are_parsed_from_the_answer_and_the_engine_text_holds_none() -> None:
+    from tasks.trimul.task import TriMul, parse_kernel
+
+    assert parse_kernel(f"Here it is:\n```python\n{CORRECT}```\nDone.") == CORRECT.strip() + "\n"
+    assert parse_kernel(CORRECT) == CORRECT.strip() + "\n"  # no fence: the whole text
+    assert parse_kernel("```python\ndef kernel(data):\n    return data\n```") is None  # no custom_kernel
+    assert parse_kernel("```python\ndef custom_kernel(data:\n```") is None  # not Python
+    task = TriMul(interpret=True)
+    sc = task.scaffold()
+    for text in (task.format_hint, sc.system_prompt, sc.output_format, *(e.input for s in ("train", "val", "test") for e in task.episodes(s))):
+        assert parse_kernel(text) is None  # the engine never writes a kernel for the model
+
+
+def test_splits_are_disjoint_shapes_and_test_is_the_ranked_benchmark() -> None:
+    from tasks.trimul.reference import RANKED
+    from tasks.trimul.task import TriMul
+
+    task = TriMul(interpret=True)
+    shapes = {s: [(e.meta["n"], e.meta["bs"], e.meta["dim"]) for e in task.episodes(s)] for s in ("train", "val", "test")}
+    assert shapes["test"] == [r[:3] for r in RANKED] and len(shapes["train"]) == 4 and len(shapes["val"]) == 3
+    assert not set(shapes["train"]) & set(shapes["val"])
+    assert len({e.meta["seed"] for s in ("train", "val", "test") for e in task.episodes(s)}) == 14
+
+
+@needs_triton
+def test_the_task_scores_kernels_in_the_sandbox_interpreted_on_cpu() -> None:
+    from tasks.trimul.task import TriMul
+
+    task = TriMul(interpret=True)
+    ep = task.episodes("train")[1]  # masked
+    good = task.score(ep, f"```python\n{CORRECT}```")
+    assert good.score == 1.0 and good.failure == "none" and good.metrics["timed"] == 0.0  # correctness only: never a timing
+    assert good.tools[0]["outputs"]["correct"] is True and good.tools[0]["inputs"]["interpret"] is True
+    bad = task.score(ep, TRANSPOSED)
+    assert bad.score == 0.0 and bad.failure == "content" and "elements outside" in bad.tools[0]["outputs"]["reason"]
+    assert task.score(ep, "I would use tl.dot.") == type(good)(0.0, "format", {"valid": 0.0})
+
+
+def test_without_a_gpu_the_task_and_the_commands_refuse(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sia_engine.cli import main
+    from tasks.trimul.task import TaskUnavailable, TriMul
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    with pytest.raises(TaskUnavailable, match="CUDA GPU"):
+        TriMul()
+    for cmd in (["run", "--task", "trimul"], ["experiment", "--task", "trimul"]):
+        r = CliRunner().invoke(main, [*cmd, "--store", str(tmp_path / "s")])
+        assert r.exit_code == 2 and "meaningless" in r.output and not (tmp_path / "s").exists()
+
+
+def test_a_small_model_is_refused_for_a_task_that_needs_kernels() -> None:
+    from sia_engine.cli_common import load_agent_model
+
+    class NeedsKernels:
+        name = "k"
+        requires = ("gpu", "code-model")
+
+    for spec in ("tiny", "smollm2"):
+        with pytest.raises(SystemExit) as e:
+            load_agent_model(spec, None, None, "cpu", NeedsKernels())
+        assert e.value.code == 2
