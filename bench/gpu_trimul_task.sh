@@ -22,12 +22,12 @@ good = (Path("tests/fixtures/trimul") / "correct.py").read_text()
 old = "tl.store(o_ptr + base + oi[:, None] * N + oj[None, :], acc"
 bad = good.replace(old, "tl.store(o_ptr + base + oj[None, :] * N + oi[:, None], acc")
 def respond(req, adapter):
-    wrong = "N=256" in req.messages[-1].content  # one train shape gets the wrong kernel
+    wrong = "N=128," in req.messages[-1].content  # one train shape (128, 1, 768) gets the wrong kernel
     return f"```python\n{bad if wrong else good}```"
 task = TriMul(reps=10)
 t0 = time.time()
 with Store.create(tempfile.mkdtemp()) as s:
-    cfg = LoopConfig(task="trimul", levers=("scaffold",), iterations=1, train_episodes=4, val_episodes=3, samples=1,
+    cfg = LoopConfig(task="trimul", levers=("scaffold",), iterations=1, train_episodes=4, val_episodes=7, samples=1,
                      eval=EvalProtocol(mode="greedy"))
     loop = Loop(s, task=task, model=ScriptedModel(respond), feedback=RulePolicy(), config=cfg, branch="main")
     state = loop.run()
