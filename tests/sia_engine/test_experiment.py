@@ -263,3 +263,17 @@ def test_the_audit_report_plots_the_experiment_from_the_log(done) -> None:  # ty
     for r in table:
         assert f"{r.arm} seed {r.seed}: {r.test_score:.4f}" in svg
     assert "both vs scaffold, seed by seed" in page
+
+
+def test_every_branch_of_the_experiment_verifies_and_replays(done) -> None:  # type: ignore[no-untyped-def]
+    from replay.recorded import replay_recorded
+
+    root, table = done
+    with Store.open(root, read_only=True) as s:
+        assert verify_store(s.log, s.blobs).ok
+        rows = {r.branch: r for r in table}
+        for b in s.log.branches():
+            r = replay_recorded(s, b.name, REF_TASK)  # raises at the first disagreement
+            assert r.rescored > 0 and not r.skipped
+            if b.name != "e1-base":
+                assert r.verdicts == 2 and r.decisions == rows[b.name].candidates  # every verdict and gate decision recomputed
