@@ -74,6 +74,35 @@ def _verdict_key(v: FeedbackVerdict) -> dict[str, Any]:
             "training_plan": None if plan is None else {"trajectory_ids": list(plan.trajectory_ids), "recipe": plan.effective_recipe}}
 
 
+def _check_llm_choice(where: str, e: FeedbackVerdict, ctx: Context | None, task: Task | None) -> None:
+    """A model's constrained choice, recomputed: each stage's chosen option from its recorded
+    scores and the tie rule; with the task, the options rebuilt from the iteration (the same
+    labels), the rule policy's preference recomputed, and the verdict equal to the option chosen."""
+    from sia_engine.feedback_llm import choose_index, preferred, stage_options
+
+    rule = RulePolicy()
+    rule_verdict = rule.decide(ctx, task).verdicts[-1] if ctx is not None and task is not None else None
+    last = None
+    for stage in e.choice.get("stages", []):
+        opts = stage_options(stage["stage"], ctx, task, rule) if ctx is not None and task is not None else None
+        if opts is not None and [o.label for o in opts] != [r["label"] for r in stage["options"]]:
+            raise ReplayDivergence(where, "llm options", [o.label for o in opts], [r["label"] for r in stage["options"]])
+        prefer = preferred(stage["stage"], opts, rule_verdict) if opts is not None and rule_verdict is not None else stage.get("preferred")
+        index, _ = choose_index(stage["options"], stage.get("excluded", []), prefer)
+        if index != stage["chosen"]:
+            raise ReplayDivergence(where, "llm choice", index, stage["chosen"])
+        last = None if opts is None else opts[index]
+    if last is not None:
+        plan = e.training_plan
+        got = (e.lever, None if last.free_text else msgspec.to_builtins(e.patch), None if plan is None else list(plan.trajectory_ids))
+        want = (last.lever, None if last.free_text else msgspec.to_builtins(last.patch), None if last.plan is None else list(last.plan.trajectory_ids))
+        if last.free_text:  # the model's own text: only where it goes is the engine's
+            got = (got[0], [op.path for op in e.patch], got[2])
+            want = (want[0], ["/system_prompt"] if e.patch else [], want[2])
+        if got != want and not (last.free_text and e.lever == "none"):
+            raise ReplayDivergence(where, "llm verdict", want, got)
+
+
 def _prescore(task: Task, episodes: dict[str, Episode], trajs: list[TrajectoryRecorded]) -> dict[tuple[str, str], Score]:
     """Each distinct (episode, output) scored once. A task whose scorer says it may run
     concurrently (``concurrent_scoring``: scrna-denoise's runs each configuration in a sandboxed
@@ -140,6 +169,15 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
                 [again] = RulePolicy().decide(ctx, task).verdicts[-1:]
                 if _verdict_key(again) != _verdict_key(e):
                     raise ReplayDivergence(where, "rule verdict", _verdict_key(again), _verdict_key(e))
+                counts["verdicts"] += 1
+        elif isinstance(e, FeedbackVerdict) and e.policy == "llm" and e.valid and e.choice:
+            ctx = None
+            if task is not None and state.run is not None and state.head_version is not None and state.phase == "started":
+                cfg = state.run.config
+                ctx = Context(state, state.head_version, tuple(train_trajs), failure_classes(train_trajs, task, episodes), state.run.levers,  # type: ignore[arg-type]
+                              state.iteration, recipe=str(cfg.get("recipe", "auto")), rft_top=float((cfg.get("lora") or {}).get("rft_top", 0.0)))
+            _check_llm_choice(where, e, ctx, task)
+            if ctx is not None:
                 counts["verdicts"] += 1
         elif isinstance(e, (VersionAccepted, VersionRejected)):
             head = state.head_version

@@ -97,7 +97,7 @@ def _recipes(store: Store, branch: str) -> dict[str, str]:
 @click.option("--iterations", default=3, show_default=True, help="Improvement iterations (a budget: raise it to continue a run).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--branch", default="main", show_default=True)
-@click.option("--feedback", type=click.Choice(["rule", "llm"]), default="rule", show_default=True, help="Feedback Agent: deterministic rules, or the model itself (falls back to rules).")
+@click.option("--feedback", type=click.Choice(["rule", "llm"]), default="rule", show_default=True, help="Feedback Agent: deterministic rules, or the model itself choosing among valid options by its own likelihood.")
 @click.option("--train-episodes", default=8, show_default=True)
 @click.option("--val-episodes", default=8, show_default=True)
 @click.option("--margin", default=0.0, show_default=True, help="A candidate must beat the head by more than this on val.")
@@ -128,7 +128,8 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     Example:
       sia run --task arith --model tiny --iterations 4 --store /tmp/arith
     """
-    from sia_engine.feedback import LLMPolicy, RulePolicy
+    from sia_engine.feedback import RulePolicy
+    from sia_engine.feedback_llm import LLMPolicy
     from sia_engine.loop import EvalProtocol, Loop, LoopConfig, check_run, check_settings
     from sia_engine.model import LoraSettings
     from sia_engine.registry import get_task

@@ -160,6 +160,8 @@ class TrajectoryRecorded(Event, tag="trajectory_recorded", frozen=True):
 class FeedbackVerdict(Event, tag="feedback_verdict", frozen=True):
     """The Feedback Agent's decision for the head version. ``valid`` is False for an LLM verdict
     that failed validation (``raw`` keeps what it said); such a verdict is never acted on.
+    ``choice`` (a model's constrained choice, ``sia_engine.feedback_llm``): the prompt's stages,
+    every option with its score, the chosen one and the tie rule, for replay.
 
     Schema 2: a training plan always names its ``recipe`` (schema 1 plans only said ``method``)."""
 
@@ -174,6 +176,7 @@ class FeedbackVerdict(Event, tag="feedback_verdict", frozen=True):
     training_plan: TrainingPlan | None = None
     valid: bool = True
     raw: str | None = None
+    choice: dict[str, Any] = {}  # a model's constrained choice: each stage's options, scores and the chosen one
 
 
 class ScaffoldPatched(Event, tag="scaffold_patched", frozen=True):

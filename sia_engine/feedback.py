@@ -1,15 +1,13 @@
 """The Feedback Agent: reads an iteration's trajectories and decides which lever to pull.
 
-``RulePolicy`` is deterministic (the offline default). ``LLMPolicy`` asks any ``Model`` for a
-JSON verdict, validated by msgspec and against the head scaffold; an invalid answer is recorded
-as an invalid verdict and the rule policy decides instead.
+``RulePolicy`` is deterministic (the offline default). ``sia_engine.feedback_llm.LLMPolicy`` is a
+model choosing among the valid options by its own log-likelihood.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -20,13 +18,13 @@ from sia_engine.events import (
     TrainingPlan,
     TrajectoryRecorded,
 )
-from sia_engine.model import Message, Model, Recipe, Request
+from sia_engine.model import Recipe
 from sia_engine.recipes import RECIPES, choose_recipe, gold_episodes, plan_for
-from sia_engine.scaffold import Decoding, PatchOp, apply_patch
+from sia_engine.scaffold import PatchOp, apply_patch
 from sia_engine.state import AgentState, Version, version_id
 from sia_engine.task import Failure, Task
 
-__all__ = ["Context", "Decision", "FeedbackAgent", "RulePolicy", "LLMPolicy", "LLMVerdict"]
+__all__ = ["Context", "Decision", "FeedbackAgent", "RulePolicy"]
 
 MAX_EXAMPLES = 4
 
@@ -180,103 +178,3 @@ class RulePolicy:
                 return d
         why = "no errors" if errors == 0 else "no lever applies"
         return Decision((FeedbackVerdict(version_id=ctx.head.version_id, lever="none", rationale=f"{why}: {summary}", policy=self.name, evidence=evidence),))
-
-
-class LLMVerdict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What an LLM Feedback Agent must answer, as JSON."""
-
-    lever: Literal["scaffold", "weights", "none"]
-    rationale: str
-    evidence: tuple[str, ...] = ()
-    patch: tuple[PatchOp, ...] = ()
-    training_plan: TrainingPlan | None = None
-
-
-_SYSTEM = (
-    "You are the Feedback Agent of a self-improving agent. Read the trajectories and decide: "
-    "'scaffold' (give JSON Patch ops on the scaffold), 'weights' (give a training_plan with "
-    "trajectory_ids of outputs to learn from) or 'none'. Answer with one JSON object with keys "
-    "lever, rationale, evidence, patch, training_plan, and nothing else."
-)
-_JSON = re.compile(r"\{.*\}", re.S)
-
-
-class LLMPolicy:
-    """A Feedback Agent backed by a model; falls back to ``fallback`` on an invalid answer."""
-
-    name = "llm"
-
-    def __init__(self, model: Model, *, fallback: FeedbackAgent | None = None, max_new_tokens: int = 512) -> None:
-        self.model = model
-        self.fallback = fallback or RulePolicy()
-        self.max_new_tokens = max_new_tokens
-
-    def _prompt(self, ctx: Context) -> tuple[Message, ...]:
-        lines = [f"levers allowed: {', '.join(ctx.levers)}", "scaffold: " + msgspec.json.encode(ctx.head.scaffold).decode(), "trajectories:"]
-        for t in ctx.trajectories[:20]:
-            lines.append(f"- id={t.trajectory_id} score={t.score} failure={ctx.failures.get(t.trajectory_id)} output={t.output[:200]!r}")
-        return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
-
-    def _validate(self, text: str, ctx: Context, gold: set[str]) -> LLMVerdict:
-        m = _JSON.search(text)
-        if m is None:
-            raise ValueError("no JSON object in the answer")
-        v = msgspec.json.decode(m.group(0), type=LLMVerdict)
-        if v.lever != "none" and v.lever not in ctx.levers:
-            raise ValueError(f"lever {v.lever!r} is not enabled ({', '.join(ctx.levers)})")
-        if v.lever == "scaffold" and not _new_version(ctx, v.patch):
-            raise ValueError("the patch does not apply to the head scaffold, or gives a version already tried")
-        if v.lever == "weights":
-            known = {t.trajectory_id for t in ctx.trajectories}
-            if v.training_plan is None or not v.training_plan.trajectory_ids:
-                raise ValueError("lever 'weights' needs a training_plan with trajectory_ids")
-            unknown = set(v.training_plan.trajectory_ids) - known
-            if unknown:
-                raise ValueError(f"training_plan names trajectories not in this iteration: {sorted(unknown)[:3]}")
-            v = msgspec.structs.replace(v, training_plan=self._checked_recipe(v.training_plan, ctx, gold))
-        return v
-
-    def _checked_recipe(self, plan: TrainingPlan, ctx: Context, gold: set[str]) -> TrainingPlan:
-        """The proposed recipe, checked against the run's setting and the trajectories (none
-        proposed: the rule policy's choice)."""
-        if plan.recipe and plan.recipe not in RECIPES:
-            raise ValueError(f"recipe {plan.recipe!r} is not one of {', '.join(RECIPES)}")
-        forced = ctx.recipe if ctx.recipe != "auto" else ""
-        if forced and plan.recipe and plan.recipe != forced:
-            raise ValueError(f"recipe {plan.recipe!r} proposed, but the run forces --recipe {forced}")
-        recipe = plan.recipe or forced
-        why = plan.why or "proposed by the Feedback Agent"
-        if not recipe:
-            auto, why = choose_recipe(ctx.trajectories, ctx.failures, gold)
-            if auto is None:
-                raise ValueError(f"no recipe proposed, and the rules find none: {why}")
-            recipe = auto
-        chosen = [t for t in ctx.trajectories if t.trajectory_id in set(plan.trajectory_ids)]
-        if recipe == "sft" and any(t.episode_id not in gold for t in chosen):
-            raise ValueError("sft needs gold answers, and some chosen episodes have none")
-        if recipe == "grpo" and len({t.episode_id for t in chosen}) * 2 > len(chosen):
-            raise ValueError("grpo needs k >= 2 samples of each chosen episode")
-        return msgspec.structs.replace(plan, recipe=recipe, why=why, method="gold" if recipe == "sft" else "rejection_sampling")
-
-    def decide(self, ctx: Context, task: Task) -> Decision:
-        request = Request(self._prompt(ctx), Decoding(temperature=0.0, max_new_tokens=self.max_new_tokens), seed=ctx.iteration)
-        [gen] = self.model.generate([request])
-        action = ActionTaken(
-            action_id=f"feedback-{ctx.iteration}", episode_id=f"feedback-{ctx.iteration}", version_id=ctx.head.version_id,
-            actor="model", name="feedback", inputs={"request": msgspec.to_builtins(request), "model": self.model.ref.id},
-            outputs={"text": gen.text, **({"raw": gen.raw} if gen.raw else {})},
-        )
-        try:
-            v = self._validate(gen.text, ctx, gold_episodes(task))
-        except (ValueError, msgspec.ValidationError, msgspec.DecodeError) as e:
-            invalid = FeedbackVerdict(
-                version_id=ctx.head.version_id, lever="none", rationale=f"invalid LLM verdict: {e}",
-                policy=self.name, valid=False, raw=gen.text[:4000],
-            )
-            fallback = self.fallback.decide(ctx, task)
-            return Decision((invalid, *fallback.verdicts), (action, *fallback.actions))
-        verdict = FeedbackVerdict(
-            version_id=ctx.head.version_id, lever=v.lever, rationale=v.rationale, policy=self.name,
-            evidence=v.evidence, patch=v.patch, training_plan=v.training_plan,
-        )
-        return Decision((verdict,), (action,))

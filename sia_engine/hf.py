@@ -114,6 +114,20 @@ class HFModel:
         with torch.no_grad(), self._serving():
             return self.net(input_ids=ids).logits[0]
 
+    def score_options(self, messages: Sequence[Message], options: Sequence[str]) -> list[tuple[float, int]]:
+        """(sum of log-probabilities, tokens) of each option as the start of the answer to
+        ``messages``, under the active adapter; one forward pass per option, deterministic."""
+        prompt = self.prompt_ids(messages)
+        out = []
+        for text in options:
+            ids = list(self.tok(text, add_special_tokens=False)["input_ids"])
+            full = torch.tensor([prompt + ids], device=self.device)
+            with torch.no_grad(), self._serving():
+                logits = self.net(input_ids=full).logits[0, len(prompt) - 1 : -1].float()
+            logp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids, device=self.device)[:, None])
+            out.append((float(logp.sum()), len(ids)))
+        return out
+
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")

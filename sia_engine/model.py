@@ -151,11 +151,23 @@ class ScriptedModel:
 
     trains_weights = True
 
-    def __init__(self, respond: Callable[[Request, str | None], str], *, name: str = "scripted") -> None:
+    def __init__(self, respond: Callable[[Request, str | None], str], *, name: str = "scripted",
+                 loglik: Callable[[tuple[Message, ...], str, str | None], float] | None = None) -> None:
         self.ref = ModelRef(id=f"scripted/{name}", revision="1", weights_hash="")
         self._respond = respond
+        self._loglik = loglik
         self.adapter: str | None = None
         self.calls = 0
+
+    def score_options(self, messages: Sequence[Message], options: Sequence[str]) -> list[tuple[float, int]]:
+        """(log-likelihood, tokens) of each option as the answer: ``loglik(messages, option,
+        adapter)`` over a token per word (no ``loglik``: 0 for every option, all equal)."""
+        out = []
+        for o in options:
+            self.calls += 1
+            n = max(1, len(o.split()))
+            out.append(((self._loglik(tuple(messages), o, self.adapter) if self._loglik else 0.0) * n, n))
+        return out
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """``n`` answers per request; sample ``j`` sees the request with ``n=1`` and seed ``seed + j``."""

@@ -20,6 +20,7 @@ from sia_engine.model import (
     Adapter,
     Generation,
     LoraSettings,
+    Message,
     Request,
     TrainedAdapter,
     TrainExample,
@@ -97,6 +98,62 @@ class OpenAIChatModel(WeightsUnsupported):
             n = int((data.get("usage") or {}).get("completion_tokens") or 0)
             out.append(Generation(text, n_tokens=n, finish=str(choice.get("finish_reason") or "stop"), raw={"request": body, "response": data}))
         return out
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = self._client.post("/chat/completions", json=body)
+            resp.raise_for_status()
+            data: dict[str, Any] = resp.json()
+            return data
+        except httpx.HTTPStatusError as e:
+            raise ModelUnavailable(self.base_url, f"HTTP {e.response.status_code}: {e.response.text[:200]}") from e
+        except httpx.HTTPError as e:
+            raise ModelUnavailable(self.base_url, str(e) or type(e).__name__) from e
+        except ValueError as e:
+            raise ModelUnavailable(self.base_url, f"not JSON ({e!r})") from e
+
+    def choose(self, messages: Sequence[Message], options: Sequence[str]) -> tuple[int | None, list[float], dict[str, Any]]:
+        """One of ``options``, chosen by the endpoint: (index or None, scores, the exchange).
+
+        First with structured outputs (a JSON schema whose one field may only be an option) and
+        log-probabilities asked for; a server that refuses the request (HTTP 400/422) is asked
+        again with the options listed in the prompt, and the answer must be one of them. Scores:
+        1 for the chosen option, 0 for the others, or the chosen answer's log-probability where
+        the server returns it; None and all-equal scores when the answer was no option."""
+        listed = "\n".join(f"- {o}" for o in options)
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        msgs[-1] = {**msgs[-1], "content": f"{msgs[-1]['content']}\nOptions:\n{listed}\nAnswer with one option's exact text."}
+        schema = {"type": "object", "properties": {"choice": {"type": "string", "enum": list(options)}}, "required": ["choice"],
+                  "additionalProperties": False}
+        body: dict[str, Any] = {"model": self.model, "messages": msgs, "temperature": 0.0, "max_tokens": 64, "logprobs": True,
+                                "response_format": {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}}
+        structured = True
+        try:
+            data = self._post(body)
+        except ModelUnavailable as e:
+            if "HTTP 400" not in str(e) and "HTTP 422" not in str(e):
+                raise
+            structured = False
+            body = {k: v for k, v in body.items() if k not in ("response_format", "logprobs")}
+            data = self._post(body)
+        try:
+            text = (data["choices"][0]["message"]["content"] or "").strip()
+        except (KeyError, IndexError, TypeError) as e:
+            raise ModelUnavailable(self.base_url, f"unexpected response shape ({e!r})") from e
+        answer = text
+        if structured:
+            try:
+                answer = str(msgspec.json.decode(text)["choice"])
+            except (msgspec.DecodeError, KeyError, TypeError):
+                answer = text
+        index = options.index(answer.strip().strip('"')) if answer.strip().strip('"') in options else None
+        lp = None
+        content = ((data["choices"][0].get("logprobs") or {}).get("content")) if isinstance(data["choices"][0], dict) else None
+        if isinstance(content, list) and content:
+            lp = float(sum(float(t.get("logprob", 0.0)) for t in content if isinstance(t, dict)))
+        scores = [0.0] * len(options) if index is None else [(lp if lp is not None else 1.0) if i == index else (lp - 1.0 if lp is not None else 0.0)
+                                                             for i in range(len(options))]
+        return index, scores, {"request": body, "response": data, "structured": structured, "answer": text}
 
     def close(self) -> None:
         self._client.close()

@@ -1,10 +1,9 @@
-"""The Feedback Agent's rule policy and the validation of LLM verdicts."""
+"""The Feedback Agent's rule policy (the model policy: test_feedback_llm.py)."""
 
 from __future__ import annotations
 
 from sia_engine.events import ModelRef, RunStarted, TrajectoryRecorded
-from sia_engine.feedback import Context, LLMPolicy, RulePolicy
-from sia_engine.model import ScriptedModel
+from sia_engine.feedback import Context, RulePolicy
 from sia_engine.state import AgentState, apply
 from tests.loop_helpers import TASK
 
@@ -63,29 +62,6 @@ def test_no_errors_no_lever() -> None:
     assert v.lever == "none" and v.rationale.startswith("no errors")
 
 
-def test_llm_verdict_validation() -> None:
-    cases = {
-        "no json here": "no JSON object in the answer",
-        '{"lever": "weights", "rationale": "x"}': "lever 'weights' is not enabled (scaffold)",
-        '{"lever": "scaffold", "rationale": "x", "patch": [{"op": "remove", "path": "/nope"}]}': "the patch does not apply",
-        '{"lever": "scaffold", "rationale": "x", "colour": "red"}': "unknown field `colour`",
-        '{"lever": "nudge", "rationale": "x"}': "Invalid enum value 'nudge'",
-    }
-    for answer, fragment in cases.items():
-        judge = ScriptedModel(lambda r, a, answer=answer: answer, name="judge")
-        d = LLMPolicy(judge).decide(ctx([f"It is {g}." for g in golds(4)], levers=("scaffold",)), TASK)
-        bad, fallback = d.verdicts
-        assert not bad.valid and fragment in bad.rationale, bad.rationale
-        assert fallback.valid and fallback.policy == "rule"
-        assert d.actions[0].name == "feedback" and d.actions[0].outputs["text"] == answer
-
-
-def test_llm_training_plan_must_name_this_iterations_trajectories() -> None:
-    judge = ScriptedModel(lambda r, a: '{"lever": "weights", "rationale": "x", "training_plan": {"trajectory_ids": ["t0", "zzz"]}}', name="judge")
-    bad = LLMPolicy(judge).decide(ctx(golds(3)), TASK).verdicts[0]
-    assert not bad.valid and "training_plan names trajectories not in this iteration: ['zzz']" in bad.rationale
-
-
 def test_two_rejected_weights_candidates_turn_back_to_the_scaffold() -> None:
     from sia_engine.events import AdapterCheckpointed, VersionRejected
     from sia_engine.state import version_id
@@ -103,23 +79,3 @@ def test_two_rejected_weights_candidates_turn_back_to_the_scaffold() -> None:
     assert v.lever == "scaffold" and v.patch[0].path == "/examples/-"
 
 
-def test_llm_proposed_recipe_is_validated() -> None:
-    import msgspec
-
-    outs = golds(2) + ["0", "1"]
-
-    def propose(recipe: str, forced: str = "auto", ids: str = '["t2", "t3"]'):  # type: ignore[no-untyped-def]
-        answer = f'{{"lever": "weights", "rationale": "x", "training_plan": {{"trajectory_ids": {ids}, "recipe": "{recipe}"}}}}'
-        judge = ScriptedModel(lambda r, a: answer, name="judge")
-        return LLMPolicy(judge).decide(msgspec.structs.replace(ctx(outs), recipe=forced), TASK).verdicts
-
-    [ok] = propose("sft")
-    assert ok.valid and ok.training_plan is not None and ok.training_plan.recipe == "sft" and ok.training_plan.method == "gold"
-    bad, fallback = propose("rft", forced="sft")
-    assert not bad.valid and "the run forces --recipe sft" in bad.rationale and fallback.policy == "rule"
-    bad, _ = propose("grpo")
-    assert not bad.valid and "grpo needs k >= 2 samples of each chosen episode" in bad.rationale
-    bad, _ = propose("dpo")
-    assert not bad.valid and "Invalid enum value 'dpo'" in bad.rationale
-    [auto] = propose("")  # none proposed: the rules choose (gold answers and wrong outputs: sft)
-    assert auto.valid and auto.training_plan is not None and auto.training_plan.recipe == "sft"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sia_engine.events import FeedbackVerdict, IterationStarted, decode_envelope
-from sia_engine.feedback import LLMPolicy, RulePolicy
+from sia_engine.events import IterationStarted, decode_envelope
+from sia_engine.feedback import RulePolicy
 from sia_engine.history import rebuild
 from sia_engine.integrity import verify_store
 from sia_engine.loop import Loop, LoopConfig, RunMismatch
@@ -106,33 +106,6 @@ def test_weights_lever_needs_a_trainable_model(tmp_path: Path) -> None:
 
     with Store.create(tmp_path) as s, pytest.raises(SiaError, match="cannot train weights: run it with --levers scaffold"):
         run_loop(s, RecordedModel(scripted().ref, []), iterations=1)
-
-
-def test_invalid_llm_verdict_falls_back_to_rules(tmp_path: Path) -> None:
-    judge = ScriptedModel(lambda r, a: "I think you should train harder! {not json", name="judge")
-    with Store.create(tmp_path) as s:
-        config = LoopConfig(task="arith", iterations=1, levers=("scaffold",), feedback="llm")
-        Loop(s, task=TASK, model=scripted(), feedback=LLMPolicy(judge), config=config).run()
-        verdicts = [decode_envelope(e) for e in s.log.read("main", kinds=["feedback_verdict"])]
-        assert [(v.valid, v.policy) for v in verdicts] == [(False, "llm"), (True, "rule")]  # type: ignore[attr-defined]
-        bad = verdicts[0]
-        assert isinstance(bad, FeedbackVerdict) and bad.raw == "I think you should train harder! {not json"
-        assert bad.rationale.startswith("invalid LLM verdict: ")
-        feedback_calls = [e for e in s.log.read("main", kinds=["action_taken"]) if b'"name":"feedback"' in e.payload]
-        assert len(feedback_calls) == 1
-        state = rebuild(s.log, "main")[0]
-        assert [v.lever for v in state.ordered_versions()] == ["initial", "scaffold"]
-
-
-def test_valid_llm_verdict_is_used(tmp_path: Path) -> None:
-    answer = '{"lever": "scaffold", "rationale": "ask for the number", "patch": [{"op": "replace", "path": "/output_format", "value": "Answer with the number only, for example: 7"}]}'
-    judge = ScriptedModel(lambda r, a: "Here you go: " + answer, name="judge")
-    with Store.create(tmp_path) as s:
-        config = LoopConfig(task="arith", iterations=1, levers=("scaffold",), feedback="llm")
-        state = Loop(s, task=TASK, model=scripted(), feedback=LLMPolicy(judge), config=config).run()
-        [v] = [decode_envelope(e) for e in s.log.read("main", kinds=["feedback_verdict"])]
-        assert v.policy == "llm" and v.valid and v.rationale == "ask for the number"  # type: ignore[attr-defined]
-        assert state.head_version is not None and state.head_version.score("val") == 1.0
 
 
 CHILD = """
