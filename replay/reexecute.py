@@ -3,8 +3,10 @@ how many outputs come back identical (reproducibility measured, not claimed).
 
 Every recorded ``generate`` action names its version, prompt, decoding, seed, sample index and
 group size; the requests of one group are asked again as one request (the backend draws a
-group's samples together), under the version's adapter loaded from its blob. The report gives
-the share identical and the first output that differs.
+group's samples together), under the version's adapter loaded from its blob. A model Feedback
+Agent's option scores (``feedback-score`` actions, log-likelihood) are computed again under the
+adapter it was served with, and compared exactly. The report gives the share identical and the
+first output (or score list) that differs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
     groups: dict[tuple[str, str, int, int], list[tuple[str, ActionTaken]]] = {}
     state = AgentState()
     adapters: dict[str, str | None] = {}
+    scored: list[tuple[str, ActionTaken]] = []
     for env in store.log.read(branch):
         e = decode_envelope(env)
         state = apply(state, e)
@@ -48,8 +51,22 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
             key = (e.version_id, msgspec.json.encode([inp["messages"], inp["decoding"], inp.get("prefix", "")]).decode(),
                    int(inp["seed"]), int(inp.get("n", 1)))
             groups.setdefault(key, []).append((f"{env.branch}#{env.seq}", e))
+        elif isinstance(e, ActionTaken) and e.actor == "model" and e.name == "feedback-score" and "options" in e.inputs \
+                and "index" not in e.outputs:  # log-likelihood scores (an endpoint's choice has an index instead)
+            scored.append((f"{env.branch}#{env.seq}", e))
     done = same = 0
     first: dict[str, Any] | None = None
+    scorer = getattr(model, "score_options", None)
+    for where, a in scored if scorer is not None else ():
+        if limit is not None and done >= limit:
+            break
+        model.set_adapter(load_adapter(store.blobs, a.inputs.get("adapter")))
+        got = [lp / max(nt, 1) for lp, nt in scorer(tuple(msgspec.convert(m, Message) for m in a.inputs["messages"]), a.inputs["options"])]
+        done += 1
+        if got == list(a.outputs.get("scores", [])):
+            same += 1
+        elif first is None:
+            first = {"at": where, "version": a.version_id, "recorded": a.outputs.get("scores"), "reexecuted": got}
     for (vid, _, seed, n), actions in groups.items():
         if limit is not None and done >= limit:
             break

@@ -97,10 +97,10 @@ def test_a_new_system_prompt_is_prefilled_and_validated() -> None:
     assert x.patch[0].path != "/system_prompt"
 
 
-def run_llm(tmp: Path, judge: object, iterations: int = 3, levers: tuple[str, ...] = ("scaffold", "weights")) -> Store:
+def run_llm(tmp: Path, judge: object, iterations: int = 3, levers: tuple[str, ...] = ("scaffold", "weights"), agent: object = None) -> Store:
     s = Store.create(tmp)
     cfg = LoopConfig(task="arith", iterations=iterations, levers=levers, feedback="llm", train_episodes=6, val_episodes=4, samples=2)  # type: ignore[arg-type]
-    Loop(s, task=TASK, model=scripted(sometimes_wrong), feedback=LLMPolicy(judge), config=cfg).run()  # type: ignore[arg-type]
+    Loop(s, task=TASK, model=agent or scripted(sometimes_wrong), feedback=LLMPolicy(judge), config=cfg).run()  # type: ignore[arg-type]
     return s
 
 
@@ -178,3 +178,15 @@ def test_an_endpoint_chooses_with_structured_outputs_or_a_validated_answer() -> 
     lost = OpenAIChatModel("http://x/v1", "m", transport=fake_endpoint(False, "I would retrain"))
     [w] = LLMPolicy(lost).decide(c, TASK).verdicts  # no option named: all equal, the tie rule decides (recorded)
     assert w.valid and w.lever == "scaffold" and w.choice["stages"][0]["tied"] == list(range(len(w.choice["stages"][0]["options"])))
+
+
+def test_reexecution_recomputes_the_option_scores_exactly(tmp_path: Path) -> None:
+    from replay.reexecute import reexecute
+    from sia_engine.presets import tiny_model
+
+    model = tiny_model()  # the agent and its Feedback Agent: one model, as `sia run --feedback llm` has it
+    with run_llm(tmp_path, model, iterations=2, levers=("scaffold", "weights"), agent=model) as s:
+        n_scores = sum(1 for e in s.log.read("main", kinds=["action_taken"]) if b'"feedback-score"' in e.payload)
+        report = reexecute(s, "main", tiny_model())
+        assert n_scores >= 2 and report.first_divergence is None and report.identical == report.outputs
+        assert report.outputs >= n_scores  # the scored options and the agent's generations
