@@ -61,7 +61,10 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
         if limit is not None and done >= limit:
             break
         model.set_adapter(load_adapter(store.blobs, a.inputs.get("adapter")))
-        got = [lp / max(nt, 1) for lp, nt in scorer(tuple(msgspec.convert(m, Message) for m in a.inputs["messages"]), a.inputs["options"])]
+        got_lp = scorer(tuple(msgspec.convert(m, Message) for m in a.inputs["messages"]), a.inputs["options"])
+        prior = scorer(tuple(msgspec.convert(m, Message) for m in a.inputs["prior_messages"]), a.inputs["options"]) \
+            if "prior_messages" in a.inputs else [(0.0, nt) for _, nt in got_lp]
+        got = [(lp - pp) / max(nt, 1) for (lp, nt), (pp, _) in zip(got_lp, prior, strict=True)]
         done += 1
         if got == list(a.outputs.get("scores", [])):
             same += 1

@@ -7,8 +7,10 @@ engine from the iteration (the changes and recipes the rule policy knows, each c
 a patch that gives a new version, a recipe with something to learn from), so every option is a
 valid verdict. The model reads a prompt that summarises the iteration (outputs, scores, failure
 classes, earlier candidates per lever and whether they were accepted) and each option's text is
-scored as the continuation of that prompt; the option with the highest mean log-probability per
-token wins. Equal best scores are decided by a recorded, deterministic tie rule: the rule
+scored as the continuation of that prompt, less its log-likelihood after the same question alone
+(calibration: what the iteration's evidence adds to the option, not how likely its words are
+anyway; a small model otherwise repeats the first option its question names); the option with
+the highest calibrated log-probability per token wins. Equal best scores are decided by a recorded, deterministic tie rule: the rule
 policy's choice when it is among them, else the first in the listed order.
 
 Free text (a new system prompt) is one more scaffold option: when chosen, the engine prefills
@@ -40,7 +42,7 @@ from sia_engine.recipes import RECIPES, gold_episodes, plan_for
 from sia_engine.scaffold import Decoding, PatchOp
 from sia_engine.task import Task
 
-__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "stage_options", "summary_prompt", "TIE_RULE", "PROMPT_PREFIX"]
+__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "stage_options", "summary_prompt", "prior_prompt", "TIE_RULE", "PROMPT_PREFIX"]
 
 MAX_OPTIONS = 8
 TIE_RULE = "equal best scores: the rule policy's choice when among them, else the first listed"
@@ -177,13 +179,19 @@ def summary_prompt(ctx: Context, task: Task, stage: str, max_outputs: int = 6) -
     return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
 
 
+def prior_prompt(stage: str) -> tuple[Message, ...]:
+    """The stage's question without the iteration: how likely each option is before any evidence."""
+    return (Message("system", _SYSTEM), Message("user", _QUESTIONS[stage]))
+
+
 class LLMPolicy:
     """The constrained model Feedback Agent (see the module's docstring)."""
 
     name = "llm"
 
-    def __init__(self, model: Model, *, max_prompt_tokens: int = 200) -> None:
+    def __init__(self, model: Model, *, max_prompt_tokens: int = 200, calibrate: bool = True) -> None:
         self.model = model
+        self.calibrate = calibrate
         self.rule = RulePolicy()
         self.max_prompt_tokens = max_prompt_tokens
 
@@ -194,8 +202,14 @@ class LLMPolicy:
         inputs = {"messages": msgspec.to_builtins(messages), "options": labels, "adapter": ctx.head.adapter, "model": self.model.ref.id}
         if score_fn is not None:
             got = score_fn(messages, labels)
-            rows = [{"label": lab, "logprob": lp, "tokens": nt, "score": lp / max(nt, 1)} for lab, (lp, nt) in zip(labels, got, strict=True)]
-            method = "log-likelihood"
+            prior = [(0.0, nt) for _, nt in got]
+            if self.calibrate:  # what the iteration adds: the same question without it (surface-form competition)
+                bare = prior_prompt(stage)
+                inputs["prior_messages"] = msgspec.to_builtins(bare)
+                prior = score_fn(bare, labels)
+            rows = [{"label": lab, "logprob": lp, "prior": pp, "tokens": nt, "score": (lp - pp) / max(nt, 1)}
+                    for lab, (lp, nt), (pp, _) in zip(labels, got, prior, strict=True)]
+            method = "log-likelihood, calibrated" if self.calibrate else "log-likelihood"
             outputs: dict[str, Any] = {"scores": [r["score"] for r in rows]}
         else:
             index, scores, raw = self.model.choose(messages, labels)  # type: ignore[attr-defined]

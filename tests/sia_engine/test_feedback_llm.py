@@ -66,12 +66,28 @@ def test_all_equal_scores_are_decided_by_the_tie_rule_and_recorded() -> None:
 def test_the_model_s_likelihood_decides_against_the_rules() -> None:
     c = ctx([f"It is {g}." for g in golds(8)])
     prefers_none = ScriptedModel(lambda r, a: "", name="n", loglik=lambda m, o, a: 0.0 if o == "none" else -3.0)
-    [v] = LLMPolicy(prefers_none).decide(c, TASK).verdicts
+    [v] = LLMPolicy(prefers_none, calibrate=False).decide(c, TASK).verdicts
     assert v.valid and v.lever == "none" and v.choice["rule_verdict"] == "scaffold"
     example = "add a worked example with the gold answer of a failed training episode"
     shows = ScriptedModel(lambda r, a: "", name="g", loglik=lambda m, o, a: 0.0 if o in ("scaffold", example) else -1.0)
-    [w] = LLMPolicy(shows).decide(c, TASK).verdicts
+    [w] = LLMPolicy(shows, calibrate=False).decide(c, TASK).verdicts
     assert w.lever == "scaffold" and w.patch[0].path == "/examples/-" and w.patch[0].value["output"] == golds(1)[0]
+
+
+def test_calibration_scores_what_the_iteration_adds_not_the_words_alone() -> None:
+    c = ctx([f"It is {g}." for g in golds(8)])
+
+    def loglik(m: tuple[Message, ...], o: str, a: str | None) -> float:
+        prior = {"scaffold": -1.0, "weights": -4.0, "none": -6.0}.get(o, -5.0)  # "scaffold" is likely whatever the iteration says
+        evidence = 2.5 if o == "none" and "Iteration" in m[-1].content else 0.0
+        return prior + evidence
+
+    judge = ScriptedModel(lambda r, a: "", name="c", loglik=loglik)
+    [raw] = LLMPolicy(judge, calibrate=False).decide(c, TASK).verdicts
+    [cal] = LLMPolicy(judge).decide(c, TASK).verdicts
+    assert raw.lever == "scaffold" and cal.lever == "none"
+    row = {o["label"]: o for o in cal.choice["stages"][0]["options"]}
+    assert row["none"]["prior"] == -6.0 and row["none"]["score"] == 2.5 and row["scaffold"]["score"] == 0.0
 
 
 def test_a_new_system_prompt_is_prefilled_and_validated() -> None:
@@ -81,26 +97,27 @@ def test_a_new_system_prompt_is_prefilled_and_validated() -> None:
         return 0.0 if o in ("scaffold", "write a new system prompt") else -5.0 + (1.0 if o.startswith("state the answer") else 0.0)
 
     good = ScriptedModel(lambda r, a: 'You add two digits. Reply with the sum as digits only."}', name="w", loglik=wants_prompt)
-    d = LLMPolicy(good).decide(c, TASK)
+    d = LLMPolicy(good, calibrate=False).decide(c, TASK)
     [v] = d.verdicts
     assert v.patch[0].path == "/system_prompt" and v.patch[0].value == "You add two digits. Reply with the sum as digits only."
     assert v.choice["stages"][-1]["free_text"] == {"valid": True, "why": ""}
     write = [a for a in d.actions if a.name == "feedback-write"]
     assert write and write[0].inputs["request"]["prefix"] == '{"system_prompt": "'
     bad = ScriptedModel(lambda r, a: 'ok"}', name="b", loglik=wants_prompt)  # too short: the next-best option instead
-    [u] = LLMPolicy(bad).decide(c, TASK).verdicts
+    [u] = LLMPolicy(bad, calibrate=False).decide(c, TASK).verdicts
     assert u.valid and u.patch[0].path == "/output_format"
     last = u.choice["stages"][-1]
     assert last["excluded"] == [len(last["options"]) - 1] and u.choice["stages"][-2]["free_text"]["valid"] is False
     leaks = ScriptedModel(lambda r, a: '7"}', name="l", loglik=wants_prompt)  # an answer is never a system prompt
-    [x] = LLMPolicy(leaks).decide(c, TASK).verdicts
+    [x] = LLMPolicy(leaks, calibrate=False).decide(c, TASK).verdicts
     assert x.patch[0].path != "/system_prompt"
 
 
-def run_llm(tmp: Path, judge: object, iterations: int = 3, levers: tuple[str, ...] = ("scaffold", "weights"), agent: object = None) -> Store:
+def run_llm(tmp: Path, judge: object, iterations: int = 3, levers: tuple[str, ...] = ("scaffold", "weights"), agent: object = None,
+            calibrate: bool = True) -> Store:
     s = Store.create(tmp)
     cfg = LoopConfig(task="arith", iterations=iterations, levers=levers, feedback="llm", train_episodes=6, val_episodes=4, samples=2)  # type: ignore[arg-type]
-    Loop(s, task=TASK, model=agent or scripted(sometimes_wrong), feedback=LLMPolicy(judge), config=cfg).run()  # type: ignore[arg-type]
+    Loop(s, task=TASK, model=agent or scripted(sometimes_wrong), feedback=LLMPolicy(judge, calibrate=calibrate), config=cfg).run()  # type: ignore[arg-type]
     return s
 
 
@@ -114,13 +131,15 @@ def test_with_the_tiny_model_every_verdict_is_valid_and_replays(tmp_path: Path) 
         assert len(vs) == 3 and all(v.valid and v.policy == "llm" and v.choice for v in vs)  # no fallback to rules
         for v in vs:
             for stage in v.choice["stages"]:
-                assert stage["method"] == "log-likelihood" and all(o["tokens"] > 0 and o["logprob"] < 0 for o in stage["options"])
+                assert stage["method"] == "log-likelihood, calibrated" and all(o["tokens"] > 0 and o["logprob"] < 0 and o["prior"] < 0 for o in stage["options"])
         report = replay_recorded(s, "main", TASK)
         assert report.verdicts == 3  # each choice recomputed from the recorded scores and options
         calls = [decode_envelope(e) for e in s.log.read("main", kinds=["action_taken"]) if b'"feedback-score"' in e.payload]
         first = calls[0]
-        again = tiny_model().score_options(tuple(Message(**m) for m in first.inputs["messages"]), first.inputs["options"])  # type: ignore[attr-defined]
-        assert [lp / n for lp, n in again] == first.outputs["scores"]  # type: ignore[attr-defined]  # re-executed: equal on CPU
+        fresh = tiny_model()
+        again = fresh.score_options(tuple(Message(**m) for m in first.inputs["messages"]), first.inputs["options"])  # type: ignore[attr-defined]
+        prior = fresh.score_options(tuple(Message(**m) for m in first.inputs["prior_messages"]), first.inputs["options"])  # type: ignore[attr-defined]
+        assert [(lp - pp) / n for (lp, n), (pp, _) in zip(again, prior)] == first.outputs["scores"]  # type: ignore[attr-defined]  # equal on CPU
 
 
 def test_recorded_replay_catches_a_changed_choice(tmp_path: Path) -> None:
@@ -128,7 +147,7 @@ def test_recorded_replay_catches_a_changed_choice(tmp_path: Path) -> None:
     from sia_engine.history import History
 
     judge = ScriptedModel(lambda r, a: "", name="j", loglik=lambda m, o, a: -float(len(o)))
-    with run_llm(tmp_path, judge, iterations=1, levers=("scaffold",)) as s:
+    with run_llm(tmp_path, judge, iterations=1, levers=("scaffold",), calibrate=False) as s:
         assert replay_recorded(s, "main", TASK).verdicts == 1
         [v] = verdicts(s)
     # the same history written again with one recorded score changed: the recorded choice no longer follows

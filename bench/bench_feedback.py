@@ -1,0 +1,97 @@
+"""The model Feedback Agent measured: valid verdicts, agreement with the rule policy, and the head
+it reaches, against the rule policy run the same way.
+
+    python bench/bench_feedback.py                                  # arith and scrna-denoise, 10 iterations, 3 seeds
+    python bench/bench_feedback.py --tasks arith --seeds 1 --iterations 3 --model tiny   # a quick look
+
+For each task and seed, the engine's own loop runs ``--iterations`` iterations twice from the
+same start, once with ``--feedback llm`` (the default model choosing among valid options by its
+own log-likelihood, ``sia_engine.feedback_llm``) and once with ``--feedback rule``, each in its own
+store. Printed per task: the share of the llm runs' verdicts that are valid model verdicts (no
+fallback exists; the target is all), how often its lever equals the rule policy's verdict on the
+same iteration (recorded in each verdict), how often the tie rule decided a stage, and the head's validation score reached by each policy per
+seed (the same evaluation protocol and seeds). Whatever it shows is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sia_engine.events import FeedbackVerdict, decode_envelope  # noqa: E402
+
+
+def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sia_engine.feedback import RulePolicy
+    from sia_engine.feedback_llm import LLMPolicy
+    from sia_engine.loop import Loop, LoopConfig
+    from sia_engine.model import LoraSettings
+    from sia_engine.registry import get_task
+    from store import Store
+
+    task = get_task(task_name, protect=(str(root),))
+    cfg = LoopConfig(task=task_name, seed=seed, iterations=args.iterations, feedback=policy, train_episodes=args.train_episodes,  # type: ignore[arg-type]
+                     val_episodes=args.val_episodes, samples=args.samples, lora=LoraSettings(steps=args.lora_steps))
+    t0 = time.perf_counter()
+    with Store.create(root / f"{task_name}-{policy}-s{seed}") as s:
+        agent = LLMPolicy(model) if policy == "llm" else RulePolicy()
+        state = Loop(s, task=task, model=model, feedback=agent, config=cfg).run()
+        verdicts = [decode_envelope(e) for e in s.log.read("main", kinds=["feedback_verdict"])]
+    head = state.head_version
+    assert head is not None
+    initial = state.ordered_versions()[0].score("val")
+    return {"head": head.score("val"), "initial": initial, "verdicts": [v for v in verdicts if isinstance(v, FeedbackVerdict)],
+            "accepted": sum(1 for v in state.ordered_versions() if v.status == "accepted") - 1, "wall_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="arith,scrna-denoise")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--train-episodes", type=int, default=8)
+    ap.add_argument("--val-episodes", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--lora-steps", type=int, default=8)
+    ap.add_argument("--store", default=None, help="keep the stores here (default: a temporary folder)")
+    args = ap.parse_args()
+    from sia_engine.presets import load_model
+
+    model = load_model(args.model, device="cpu")
+    root = Path(args.store or tempfile.mkdtemp(prefix="bench-feedback-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"model {args.model}; {args.iterations} iterations, seeds 0..{args.seeds - 1}; stores in {root}", flush=True)
+    for task_name in args.tasks.split(","):
+        rows = {}
+        for seed in range(args.seeds):
+            for policy in ("llm", "rule"):
+                rows[(policy, seed)] = r = run_one(root, task_name, model, policy, seed, args)
+                print(f"  {task_name} seed {seed} {policy}: head val {r['head']:.3f} (initial {r['initial']:.3f}), "
+                      f"{r['accepted']} accepted, {r['wall_s']:.0f} s", flush=True)
+        llm = [v for seed in range(args.seeds) for v in rows[("llm", seed)]["verdicts"]]
+        valid = sum(1 for v in llm if v.valid and v.policy == "llm" and v.choice)
+        same_lever = sum(1 for v in llm if v.choice and v.lever == v.choice.get("rule_verdict"))
+        ties = sum(1 for v in llm for st in v.choice.get("stages", []) if len(st.get("tied", [])) > 1)
+        n_stages = sum(len(v.choice.get("stages", [])) for v in llm)
+        levers = {k: sum(1 for v in llm if v.lever == k) for k in ("scaffold", "weights", "none")}
+        print(f"\n{task_name}: {len(llm)} llm verdicts: {valid} valid model verdicts ({valid / max(len(llm), 1):.0%}); "
+              f"lever equal to the rule policy's on the same iteration: {same_lever} ({same_lever / max(len(llm), 1):.0%}); "
+              f"ties decided by the tie rule: {ties} of {n_stages} stages; levers chosen: {levers}")
+        print(f"{'seed':>4} {'llm head':>9} {'rule head':>10} {'initial':>8}")
+        for seed in range(args.seeds):
+            a, b = rows[("llm", seed)], rows[("rule", seed)]
+            print(f"{seed:>4} {a['head']:>9.3f} {b['head']:>10.3f} {a['initial']:>8.3f}")
+        ma = statistics.fmean(rows[("llm", s)]["head"] for s in range(args.seeds))
+        mb = statistics.fmean(rows[("rule", s)]["head"] for s in range(args.seeds))
+        print(f"mean {ma:>9.3f} {mb:>10.3f}\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
