@@ -350,6 +350,6 @@ def run_experiment(
     evaluate_test(on_base)
     if baselines:
         table = experiment_table(store, name)
-        k = max((candidates_budget(r.evaluations, config.val_episodes) for r in table), default=1)
+        k = max((candidates_budget(r.evaluations, len(on_base.val)) for r in table), default=1)
         record_baselines(on_base, experiment=name, k=k, seeds=seeds)
     return experiment_result(store, name)
