@@ -223,14 +223,19 @@ class LLMPolicy:
         """A new system prompt written by the model after the engine's JSON opening: (text, why invalid, action)."""
         msgs = (*summary_prompt(ctx, task, "change")[:-1], Message("user", summary_prompt(ctx, task, "change")[-1].content
                 + "\nWrite a better system prompt for the agent as JSON."))
-        req = Request(msgs, Decoding(temperature=0.0, max_new_tokens=self.max_prompt_tokens, stop=('"}',)), seed=ctx.iteration, prefix=PROMPT_PREFIX)
+        prefill = hasattr(self.model, "score_options")  # a local model continues the engine's opening; an endpoint cannot
+        req = Request(msgs if prefill else (*msgs[:-1], Message("user", msgs[-1].content + ' Answer {"system_prompt": "..."} only.')),
+                      Decoding(temperature=0.0, max_new_tokens=self.max_prompt_tokens, stop=('"}',)), seed=ctx.iteration,
+                      prefix=PROMPT_PREFIX if prefill else "")
         [gen] = self.model.generate([req])
         aid = f"feedback-{ctx.iteration}-write"
         action = ActionTaken(action_id=aid, episode_id=aid, version_id=ctx.head.version_id, actor="model", name="feedback-write",
                              inputs={"request": msgspec.to_builtins(req)}, outputs={"text": gen.text, **({"raw": gen.raw} if gen.raw else {})})
-        text = gen.text.split('"}')[0]
+        text = (PROMPT_PREFIX + gen.text) if prefill else gen.text[gen.text.find("{"):] if "{" in gen.text else gen.text
         try:
-            value = json.loads(PROMPT_PREFIX + text + '"}')["system_prompt"]
+            value = json.loads(text.split('"}')[0] + '"}')["system_prompt"]
+            if not isinstance(value, str):
+                raise TypeError("system_prompt is not a string")
         except (ValueError, KeyError, TypeError) as e:
             return None, f"not a JSON string ({e})", action
         value = value.strip()

@@ -209,3 +209,24 @@ def test_reexecution_recomputes_the_option_scores_exactly(tmp_path: Path) -> Non
         report = reexecute(s, "main", tiny_model())
         assert n_scores >= 2 and report.first_divergence is None and report.identical == report.outputs
         assert report.outputs >= n_scores  # the scored options and the agent's generations
+
+
+def test_an_endpoint_writes_a_system_prompt_without_a_prefix() -> None:
+    from sia_engine.openai_compat import OpenAIChatModel
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if "response_format" in body:
+            enum = body["response_format"]["json_schema"]["schema"]["properties"]["choice"]["enum"]
+            pick_ = "write a new system prompt" if "write a new system prompt" in enum else "scaffold"
+            content = json.dumps({"choice": pick_})
+        else:
+            content = 'Sure: {"system_prompt": "You add two digits and reply with the sum only."}'
+        return httpx.Response(200, json={"choices": [{"message": {"content": content}, "finish_reason": "stop"}]})
+
+    c = ctx([f"It is {g}." for g in golds(8)])
+    d = LLMPolicy(OpenAIChatModel("http://x/v1", "m", transport=httpx.MockTransport(handler))).decide(c, TASK)
+    [v] = d.verdicts
+    assert v.valid and v.patch[0].path == "/system_prompt" and v.patch[0].value == "You add two digits and reply with the sum only."
+    write = next(a for a in d.actions if a.name == "feedback-write")
+    assert write.inputs["request"]["prefix"] == "" and write.outputs["raw"]["request"]["messages"]
