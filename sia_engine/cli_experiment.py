@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -93,7 +94,8 @@ def result_json(result: ExperimentResult) -> dict[str, Any]:
         "baselines": [{**msgspec.to_builtins(b), "mean": b.mean} for b in result.baselines],
         "base_version": {"val": result.base_val, "test": result.base_test},
         "summary": arm_summary(result),
-        "both_vs_scaffold": None if comparison is None else {**msgspec.to_builtins(comparison), "excludes_zero": comparison.excludes_zero},
+        **{f"{a}_vs_scaffold": None if c is None else {**msgspec.to_builtins(c), "excludes_zero": c.excludes_zero}
+           for a, c in (("both", comparison), ("weights", paired(result.arms, "weights", "scaffold")))},
     }
 
 
@@ -120,7 +122,8 @@ def print_result(result: ExperimentResult, task_name: str) -> None:
         t.add_row(r.arm, str(r.seed), "-" if r.test_score is None else f"{r.test_score:.3f}", "-" if r.val_score is None else f"{r.val_score:.3f}",
                   f"{r.iterations}{' (budget: ' + r.stopped + ')' if r.stopped else ''}", ",".join(r.levers_used) or "-", str(r.candidates),
                   str(r.accepted), str(r.evaluations), str(r.model_calls), str(r.train_steps), f"{r.wall_s:.0f}")
-    out.print(t)
+    wide = out if out.is_terminal else Console(width=170)  # printed to a file or a pipe, the wide tables stay whole
+    wide.print(t)
     b = Table(title="baselines (test split)")
     for col in ("baseline", "test per seed", "mean", "evaluations", "model calls", "how"):
         b.add_column(col)
@@ -128,19 +131,21 @@ def print_result(result: ExperimentResult, task_name: str) -> None:
               "-" if result.base_test is None else f"{result.base_test:.3f}", "-", "-", "the version every arm starts from")
     for x in result.baselines:
         b.add_row(x.method, ", ".join(f"{v:.3f}" for v in x.test_scores), f"{x.mean:.3f}", str(x.evaluations), str(x.model_calls), x.note)
-    out.print(b)
+    wide.print(b)
     for arm, m in arm_summary(result).items():
         vs = "; ".join(("beats " if ok else "does NOT beat ") + method for method, ok in m["beats"].items())
         base = "" if m["beats_base"] is None else ("; beats the base version" if m["beats_base"] else "; does NOT beat the base version")
         out.print(f"{arm}: mean test {m['mean']:.3f} (sd {m['sd']:.3f}, {m['seeds']} seeds){'; ' + vs if vs else ''}{base}", highlight=False)
     from sia_engine.experiment import paired
 
-    comparison = paired(result.arms, "both", "scaffold")
-    if comparison is not None:
+    for a in ("both", "weights"):
+        comparison = paired(result.arms, a, "scaffold")
+        if comparison is None:
+            continue
         ci = "" if comparison.low is None else f", 95% interval [{comparison.low:+.3f}, {comparison.high:+.3f}]"
-        verdict = ("both is better" if comparison.low is not None and comparison.low > 0 else "both is worse" if comparison.excludes_zero
+        verdict = (f"{a} is better" if comparison.low is not None and comparison.low > 0 else f"{a} is worse" if comparison.excludes_zero
                    else "no difference shown")
-        out.print(f"both vs scaffold, seed by seed: differences {', '.join(f'{x:+.3f}' for x in comparison.differences)}; "
+        out.print(f"{a} vs scaffold, seed by seed: differences {', '.join(f'{x:+.3f}' for x in comparison.differences)}; "
                   f"mean {comparison.mean:+.3f}{ci}: {verdict}", highlight=False)
     if not any(x.method == "random-search" for x in result.baselines):
         out.print(f"random search: {task_name} cannot draw random answers", highlight=False)
