@@ -49,8 +49,12 @@ TIE_RULE = "equal best scores: the rule policy's choice when among them, else th
 PROMPT_PREFIX = '{"system_prompt": "'
 _SYSTEM = ("You are the Feedback Agent of a self-improving agent. You read what the agent did in this iteration and "
            "choose how to improve it next.")
+# option texts share no word with the iteration's summary, so that calibration measures evidence,
+# not a word the summary happens to repeat (a first version wrote "none" in both and SmolLM2 chose it 10 times in 10)
+LEVER_LABELS = {"scaffold": "a change to its prompt", "weights": "training its weights", "none": "nothing this time"}
+_CLASS = {"none": "right", "format": "badly formatted", "abstain": "abstained", "content": "wrong"}
 _QUESTIONS = {
-    "lever": "Which lever should improve the agent next: scaffold (change its prompt), weights (train a LoRA adapter) or none?",
+    "lever": "What should improve the agent next: a change to its prompt, training its weights, or nothing?",
     "recipe": "Which training recipe should the adapter learn with?",
     "change": "Which change to the scaffold?",
 }
@@ -124,10 +128,10 @@ def stage_options(stage: str, ctx: Context, task: Task, rule: RulePolicy) -> lis
         return _recipe_options(ctx, task) if "weights" in ctx.levers else []
     opts = []
     if _change_options(ctx, task, rule) if "scaffold" in ctx.levers else False:
-        opts.append(Option("scaffold", "scaffold"))
+        opts.append(Option(LEVER_LABELS["scaffold"], "scaffold"))
     if _recipe_options(ctx, task) if "weights" in ctx.levers else False:
-        opts.append(Option("weights", "weights"))
-    return [*opts, Option("none", "none")]
+        opts.append(Option(LEVER_LABELS["weights"], "weights"))
+    return [*opts, Option(LEVER_LABELS["none"], "none")]
 
 
 def preferred(stage: str, opts: Sequence[Option], rule_verdict: FeedbackVerdict) -> int | None:
@@ -168,13 +172,15 @@ def summary_prompt(ctx: Context, task: Task, stage: str, max_outputs: int = 6) -
              f"This iteration: {len(ctx.trajectories)} outputs, mean score {sum(scores) / n:.3f}, best {max(scores, default=0.0):.3f}; "
              f"{counts['none']} right, {counts['format']} badly formatted, {counts['abstain']} abstained, {counts['content']} wrong."]
     for t in sorted(ctx.trajectories, key=lambda t: -(t.score or 0.0))[:max_outputs]:
-        lines.append(f"- score {t.score or 0.0:.3f} ({ctx.failures.get(t.trajectory_id, 'none')}): {t.output[:120]!r}")
+        lines.append(f"- score {t.score or 0.0:.3f} ({_CLASS.get(ctx.failures.get(t.trajectory_id, 'none'), 'right')}): {t.output[:120]!r}")
     history: dict[str, tuple[int, int]] = {}
     for v in ctx.state.ordered_versions():
         if v.lever != "initial":
             made, acc = history.get(v.lever, (0, 0))
             history[v.lever] = (made + 1, acc + (v.status == "accepted"))
-    lines.append("Earlier candidates: " + ("; ".join(f"{k}: {m} made, {a} accepted" for k, (m, a) in sorted(history.items())) or "none") + ".")
+    kinds = {"scaffold": "prompt changes", "weights": "trained adapters"}
+    lines.append("Earlier candidates: " + ("; ".join(f"{kinds.get(k, k)}: {m} made, {a} accepted" for k, (m, a) in sorted(history.items()))
+                                            or "this is the first iteration") + ".")
     lines.append(_QUESTIONS[stage])
     return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
 

@@ -149,8 +149,9 @@ def test_run_unknown_task_and_model(tmp_path: Path) -> None:
 
 def test_tasks_lists_tasks_with_their_data() -> None:
     rows = json.loads(run("tasks", "--json").output)
-    assert [r["name"] for r in rows] == ["arith", "lawbench-charge", "scrna-denoise"]
+    assert [r["name"] for r in rows] == ["arith", "lawbench-charge", "scrna-denoise", "trimul"]
     assert rows[0]["data"] == "built in" and "--data FILE.h5ad of raw integer counts" in rows[2]["data"]
+    assert "needs a CUDA GPU" in rows[3]["description"]
 
 
 def test_baseline_prints_raw_and_normalised_metrics(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import pytest
 
 from sia_engine.events import FeedbackVerdict, decode_envelope
 from sia_engine.feedback import RulePolicy
-from sia_engine.feedback_llm import TIE_RULE, LLMPolicy, pick, stage_options
+from sia_engine.feedback_llm import LEVER_LABELS, TIE_RULE, LLMPolicy, pick, stage_options
+
+SCAFFOLD, WEIGHTS, NONE = LEVER_LABELS["scaffold"], LEVER_LABELS["weights"], LEVER_LABELS["none"]
 from sia_engine.loop import Loop, LoopConfig
 from sia_engine.model import Message, ScriptedModel
 from store import Store
@@ -38,7 +40,7 @@ def test_options_are_a_closed_set_of_valid_verdicts() -> None:
     rule = RulePolicy()
     levers = [o.label for o in stage_options("lever", c, TASK, rule)]
     changes = stage_options("change", c, TASK, rule)
-    assert levers[0] == "scaffold" and levers[-1] == "none"
+    assert levers[0] == SCAFFOLD and levers[-1] == NONE
     # arith decodes greedily already: no temperature option; the gold answers of failed episodes as examples
     assert [o.label for o in changes][:2] == ["state the answer format the task expects",
                                               "add a worked example with the gold answer of a failed training episode"]
@@ -48,7 +50,7 @@ def test_options_are_a_closed_set_of_valid_verdicts() -> None:
     assert [o.label.split(":")[0] for o in recipes] == ["sft", "rft"]  # grpo: one sample per episode, nothing to compare
     assert recipes[0].plan is not None and recipes[0].plan.trajectory_ids == ("t4", "t5", "t6", "t7")
     only = stage_options("lever", ctx(golds(4), levers=("scaffold",)), TASK, rule)
-    assert "weights" not in [o.label for o in only]
+    assert WEIGHTS not in [o.label for o in only] and [o.lever for o in only] == ["scaffold", "none"]
 
 
 def test_all_equal_scores_are_decided_by_the_tie_rule_and_recorded() -> None:
@@ -65,11 +67,11 @@ def test_all_equal_scores_are_decided_by_the_tie_rule_and_recorded() -> None:
 
 def test_the_model_s_likelihood_decides_against_the_rules() -> None:
     c = ctx([f"It is {g}." for g in golds(8)])
-    prefers_none = ScriptedModel(lambda r, a: "", name="n", loglik=lambda m, o, a: 0.0 if o == "none" else -3.0)
+    prefers_none = ScriptedModel(lambda r, a: "", name="n", loglik=lambda m, o, a: 0.0 if o == NONE else -3.0)
     [v] = LLMPolicy(prefers_none, calibrate=False).decide(c, TASK).verdicts
     assert v.valid and v.lever == "none" and v.choice["rule_verdict"] == "scaffold"
     example = "add a worked example with the gold answer of a failed training episode"
-    shows = ScriptedModel(lambda r, a: "", name="g", loglik=lambda m, o, a: 0.0 if o in ("scaffold", example) else -1.0)
+    shows = ScriptedModel(lambda r, a: "", name="g", loglik=lambda m, o, a: 0.0 if o in (SCAFFOLD, example) else -1.0)
     [w] = LLMPolicy(shows, calibrate=False).decide(c, TASK).verdicts
     assert w.lever == "scaffold" and w.patch[0].path == "/examples/-" and w.patch[0].value["output"] == golds(1)[0]
 
@@ -78,8 +80,8 @@ def test_calibration_scores_what_the_iteration_adds_not_the_words_alone() -> Non
     c = ctx([f"It is {g}." for g in golds(8)])
 
     def loglik(m: tuple[Message, ...], o: str, a: str | None) -> float:
-        prior = {"scaffold": -1.0, "weights": -4.0, "none": -6.0}.get(o, -5.0)  # "scaffold" is likely whatever the iteration says
-        evidence = 2.5 if o == "none" and "Iteration" in m[-1].content else 0.0
+        prior = {SCAFFOLD: -1.0, WEIGHTS: -4.0, NONE: -6.0}.get(o, -5.0)  # the prompt change is likely whatever the iteration says
+        evidence = 2.5 if o == NONE and "Iteration" in m[-1].content else 0.0
         return prior + evidence
 
     judge = ScriptedModel(lambda r, a: "", name="c", loglik=loglik)
@@ -87,14 +89,14 @@ def test_calibration_scores_what_the_iteration_adds_not_the_words_alone() -> Non
     [cal] = LLMPolicy(judge).decide(c, TASK).verdicts
     assert raw.lever == "scaffold" and cal.lever == "none"
     row = {o["label"]: o for o in cal.choice["stages"][0]["options"]}
-    assert row["none"]["prior"] == -6.0 and row["none"]["score"] == 2.5 and row["scaffold"]["score"] == 0.0
+    assert row[NONE]["prior"] == -6.0 * 3 and row[NONE]["score"] == 2.5 and row[SCAFFOLD]["score"] == 0.0
 
 
 def test_a_new_system_prompt_is_prefilled_and_validated() -> None:
     c = ctx([f"It is {g}." for g in golds(8)])
 
     def wants_prompt(m: tuple[Message, ...], o: str, a: str | None) -> float:
-        return 0.0 if o in ("scaffold", "write a new system prompt") else -5.0 + (1.0 if o.startswith("state the answer") else 0.0)
+        return 0.0 if o in (SCAFFOLD, "write a new system prompt") else -5.0 + (1.0 if o.startswith("state the answer") else 0.0)
 
     good = ScriptedModel(lambda r, a: 'You add two digits. Reply with the sum as digits only."}', name="w", loglik=wants_prompt)
     d = LLMPolicy(good, calibrate=False).decide(c, TASK)
@@ -192,7 +194,7 @@ def test_an_endpoint_chooses_with_structured_outputs_or_a_validated_answer() -> 
     plain = OpenAIChatModel("http://x/v1", "m", transport=fake_endpoint(False, "scaffold"))
     index, scores, raw = plain.choose(msgs, ["scaffold", "none"])
     assert index == 0 and not raw["structured"] and scores == [1.0, 0.0] and "response_format" not in raw["request"]
-    [v] = LLMPolicy(OpenAIChatModel("http://x/v1", "m", transport=fake_endpoint(True, "none"))).decide(c, TASK).verdicts
+    [v] = LLMPolicy(OpenAIChatModel("http://x/v1", "m", transport=fake_endpoint(True, NONE))).decide(c, TASK).verdicts
     assert v.valid and v.lever == "none" and v.choice["stages"][0]["method"] == "structured-output"
     lost = OpenAIChatModel("http://x/v1", "m", transport=fake_endpoint(False, "I would retrain"))
     [w] = LLMPolicy(lost).decide(c, TASK).verdicts  # no option named: all equal, the tie rule decides (recorded)
@@ -218,7 +220,7 @@ def test_an_endpoint_writes_a_system_prompt_without_a_prefix() -> None:
         body = json.loads(request.content)
         if "response_format" in body:
             enum = body["response_format"]["json_schema"]["schema"]["properties"]["choice"]["enum"]
-            pick_ = "write a new system prompt" if "write a new system prompt" in enum else "scaffold"
+            pick_ = "write a new system prompt" if "write a new system prompt" in enum else SCAFFOLD
             content = json.dumps({"choice": pick_})
         else:
             content = 'Sure: {"system_prompt": "You add two digits and reply with the sum only."}'
