@@ -18,6 +18,7 @@ seed by seed (a 95% t-interval of the differences).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -113,11 +114,30 @@ def _is_test(e: EventRow) -> bool:
 
 
 def spent(events: Sequence[EventRow]) -> dict[str, float]:
-    """Model calls, LoRA steps and wall seconds used on a branch's own ``events`` (in seq order)."""
-    calls = sum(1 for e in events if e.kind == "action_taken" and e.payload.get("actor") == "model" and not _is_test(e))
+    """Model calls, LoRA steps and wall seconds used on a branch's own ``events`` (in seq order),
+    leaving out its test rollouts and test score."""
+    events = [e for e in events if not _is_test(e)]
+    calls = sum(1 for e in events if e.kind == "action_taken" and e.payload.get("actor") == "model")
     steps = sum(len(e.payload.get("curve", ())) or int(e.payload.get("hyper", {}).get("steps", 0)) for e in events if e.kind == "adapter_checkpointed")
     wall = (events[-1].recorded_at - events[0].recorded_at).total_seconds() if events else 0.0
     return {"model_calls": calls, "train_steps": steps, "wall_s": round(wall, 3)}
+
+
+def _base_scores(base: Sequence[EventRow]) -> tuple[float | None, float | None, int]:
+    """The prefix's own events (in seq order) -> the base version's validation score, its test
+    score (recorded after the forks), and the answers its validation evaluation scored (best-of-k's
+    samples, recorded later, are not the base's evaluation)."""
+    val = test = None
+    evals = 0
+    for e in base:
+        if e.kind == "version_evaluated":
+            if e.payload["split"] == "val" and val is None:
+                val = float(e.payload["score"])
+            elif e.payload["split"] == "test" and test is None:
+                test = float(e.payload["score"])
+        elif e.kind == "trajectory_recorded" and e.payload["split"] == "val" and val is None:
+            evals += 1
+    return val, test, evals
 
 
 def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
@@ -132,13 +152,7 @@ def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
         o = first.payload.get("overrides", {}) if first.kind == "branch_forked" else {}
         if o.get("experiment") == name:
             arms[branch] = _Arm(str(o["arm"]), int(o["seed"]), branch, o, evs)
-    base_val = None  # the base version's validation score, recorded once on the prefix
-    base_evals = 0
-    for e in by_branch.get(f"{name}-base", ()):
-        if e.kind == "version_evaluated" and e.payload["split"] == "val" and base_val is None:
-            base_val = float(e.payload["score"])
-        elif e.kind == "trajectory_recorded" and e.payload["split"] == "val" and base_val is None:
-            base_evals += 1  # the base version's own evaluation (best-of-k's samples come after it)
+    base_val, _, base_evals = _base_scores(by_branch.get(f"{name}-base", []))
     out = []
     for a in sorted(arms.values(), key=lambda a: (list(ARMS).index(a.arm) if a.arm in ARMS else 99, a.seed)):
         kinds = [e.kind for e in a.events]
@@ -158,7 +172,7 @@ def table_from_events(rows: Iterable[EventRow], name: str) -> list[ArmResult]:
                     val = float(e.payload["score"])
         levers = tuple(dict.fromkeys("scaffold" if k == "scaffold_patched" else "weights" for k in kinds
                                      if k in ("scaffold_patched", "adapter_checkpointed")))
-        used = spent([e for e in a.events if not _is_test(e)])
+        used = spent(a.events)
         iterations = kinds.count("iteration_started")
         budget = a.overrides.get("budget")
         stopped = msgspec.convert(budget, Budget).spent(used) if budget and iterations < int(a.overrides.get("iterations", 0)) else ""
@@ -183,12 +197,7 @@ class ExperimentResult(msgspec.Struct, frozen=True):
 
 def result_from_events(rows: Iterable[EventRow], name: str) -> ExperimentResult:
     rows = list(rows)
-    base_val = base_test = None
-    for e in sorted((r for r in rows if r.branch == f"{name}-base" and r.kind == "version_evaluated"), key=lambda r: r.seq):
-        if e.payload["split"] == "val" and base_val is None:
-            base_val = float(e.payload["score"])
-        elif e.payload["split"] == "test" and base_test is None:
-            base_test = float(e.payload["score"])
+    base_val, base_test, _ = _base_scores(sorted((r for r in rows if r.branch == f"{name}-base"), key=lambda r: r.seq))
     return ExperimentResult(name, tuple(table_from_events(rows, name)), tuple(baselines_from_events(rows, name)), base_val, base_test)
 
 
@@ -265,12 +274,12 @@ def experiment_names(log: EventLog) -> list[str]:
 
 def experiment_rows(log: EventLog, name: str) -> list[EventRow]:
     """The own events of experiment ``name``'s branches (its prefix and its arms)."""
-    rows = []
-    for info in log.branches():
-        if info.name.startswith(f"{name}-"):
-            for e in log.read(info.name, after_seq=-1):
-                rows.append(EventRow(e.branch, e.seq, e.kind, json.loads(e.payload), e.recorded_at))
-    return rows
+    return [r for info in log.branches() if info.name.startswith(f"{name}-") for r in _own_rows(log, info.name)]
+
+
+def _own_rows(log: EventLog, branch: str) -> list[EventRow]:
+    """``branch``'s own events (not its ancestry's), in seq order."""
+    return [EventRow(e.branch, e.seq, e.kind, json.loads(e.payload), e.recorded_at) for e in log.read(branch, after_seq=-1)]
 
 
 def experiment_table(store: Store, name: str) -> list[ArmResult]:
@@ -281,6 +290,11 @@ def experiment_table(store: Store, name: str) -> list[ArmResult]:
 def experiment_result(store: Store, name: str) -> ExperimentResult:
     """Arms, baselines and the base version's scores of experiment ``name``, from the log alone."""
     return result_from_events(experiment_rows(store.log, name), name)
+
+
+def _out_of_budget(log: EventLog, branch: str, budget: Budget) -> bool:
+    """Asked before each iteration of an arm: has its branch spent one of its limits?"""
+    return bool(budget.spent(spent(_own_rows(log, branch))))
 
 
 def _prefix_seq(store: Store, base: str) -> int:
@@ -337,13 +351,7 @@ def run_experiment(
             cfg = msgspec.structs.replace(config, levers=ARMS[arm], seed=seed, iterations=iterations)
             loop = Loop(store, task=task, model=model, feedback=feedback(), config=cfg, branch=branch, hooks=hooks)
 
-            def out_of_budget(branch: str = branch) -> bool:
-                if budget is None:
-                    return False
-                own = [EventRow(e.branch, e.seq, e.kind, json.loads(e.payload), e.recorded_at) for e in store.log.read(branch, after_seq=-1)]
-                return bool(budget.spent(spent([e for e in own if not _is_test(e)])))
-
-            loop.run(stop=out_of_budget)
+            loop.run(stop=None if budget is None else functools.partial(_out_of_budget, store.log, branch, budget))
             evaluate_test(loop)
     # the base version on the test split, then the baselines: on the prefix, after every fork point
     on_base = Loop(store, task=task, model=model, feedback=feedback(), config=prefix, branch=base, hooks=hooks)
