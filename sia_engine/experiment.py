@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from sia_engine.errors import SiaError
-from sia_engine.experiment_baselines import Baseline, EventRow, baselines_from_events, candidates_budget, record_baselines
+from sia_engine.experiment_baselines import Baseline, EventRow, baselines_from_events, candidates_budget, record_baselines, test_episodes
 from sia_engine.feedback import FeedbackAgent
 from sia_engine.history import fork
 from sia_engine.hooks import Hooks
@@ -211,7 +211,7 @@ def evaluate_test(loop: Loop) -> float:
     done = head.score("test")
     if done is not None:
         return done
-    episodes = loop.task.episodes("test")[: loop.config.val_episodes]
+    episodes = test_episodes(loop)
     if not episodes:
         raise SiaError(f"task {loop.task.name!r} has no test episodes")
     loop.evaluate(head, decide=False, split="test", episodes=episodes)

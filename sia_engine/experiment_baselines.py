@@ -32,7 +32,7 @@ from sia_engine.task import Episode, Task
 if TYPE_CHECKING:
     from sia_engine.loop import Loop
 
-__all__ = ["EventRow", "Baseline", "candidates_budget", "random_search", "best_of_k", "reference_methods", "record_baselines", "baselines_from_events"]
+__all__ = ["EventRow", "Baseline", "test_episodes", "candidates_budget", "random_search", "best_of_k", "reference_methods", "record_baselines", "baselines_from_events"]
 
 BEST_OF_K_SEED = 1_000_003  # best-of-k for seed s samples from seed BEST_OF_K_SEED * (s + 1) (+ episode index)
 
@@ -62,6 +62,12 @@ class Baseline(msgspec.Struct, frozen=True):
     @property
     def mean(self) -> float:
         return sum(self.test_scores) / len(self.test_scores)
+
+
+def test_episodes(loop: Loop) -> list[Episode]:
+    """The test episodes an experiment scores everything on (arms' heads, the base, the
+    baselines): as many as validation uses, the task's first."""
+    return loop.task.episodes("test")[: loop.config.val_episodes]
 
 
 def candidates_budget(evaluations: int, val_episodes: int) -> int:
@@ -102,7 +108,7 @@ def best_of_k(loop: Loop, *, experiment: str, k: int, seed: int) -> BaselineScor
     as the answer to every validation episode; the best is scored on test."""
     head = loop.hist.state.head_version
     assert head is not None
-    val, test = loop.val, loop.task.episodes("test")[: len(loop.val)]
+    val, test = loop.val, test_episodes(loop)
     prompts = [val[j % len(val)] for j in range(k)]  # candidate j answers validation prompt j (round robin), from seed + j
     events = loop.sample(head, prompts, split="val", seed=BEST_OF_K_SEED * (seed + 1), tag=f"{experiment}-best-of-{k}-s{seed}", n=1)
     trajs = [e for e in events if isinstance(e, TrajectoryRecorded)]
@@ -135,7 +141,7 @@ def record_baselines(loop: Loop, *, experiment: str, k: int, seeds: Sequence[int
         todo += reference_methods(loop.task, experiment=experiment)
     for s in seeds:
         if ("random-search", s, k) not in done:
-            rs = random_search(loop.task, experiment=experiment, k=k, val_episodes=len(loop.val), seed=s)
+            rs = random_search(loop.task, experiment=experiment, k=k, val_episodes=loop.config.val_episodes, seed=s)  # = loop.val, test_episodes(loop)
             if rs is not None:
                 todo.append(rs)
     if todo:
