@@ -78,13 +78,14 @@ def _check_llm_choice(where: str, e: FeedbackVerdict, ctx: Context | None, task:
     """A model's constrained choice, recomputed: each stage's chosen option from its recorded
     scores and the tie rule; with the task, the options rebuilt from the iteration (the same
     labels), the rule policy's preference recomputed, and the verdict equal to the option chosen."""
-    from sia_engine.feedback_llm import choose_index, preferred, stage_options
+    from sia_engine.feedback_llm import choose_index, iteration_options, preferred
 
     rule = RulePolicy()
     rule_verdict = rule.decide(ctx, task).verdicts[-1] if ctx is not None and task is not None else None
+    options = iteration_options(ctx, task, rule) if ctx is not None and task is not None else None
     last = None
     for stage in e.choice.get("stages", []):
-        opts = stage_options(stage["stage"], ctx, task, rule) if ctx is not None and task is not None else None
+        opts = None if options is None else options[stage["stage"]]
         if opts is not None and [o.label for o in opts] != [r["label"] for r in stage["options"]]:
             raise ReplayDivergence(where, "llm options", [o.label for o in opts], [r["label"] for r in stage["options"]])
         prefer = preferred(stage["stage"], opts, rule_verdict) if opts is not None and rule_verdict is not None else stage.get("preferred")

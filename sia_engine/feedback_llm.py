@@ -42,7 +42,7 @@ from sia_engine.recipes import RECIPES, gold_episodes, plan_for
 from sia_engine.scaffold import Decoding, PatchOp
 from sia_engine.task import Task
 
-__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "stage_options", "summary_prompt", "prior_prompt", "TIE_RULE", "PROMPT_PREFIX"]
+__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "iteration_options", "stage_options", "summary_prompt", "prior_prompt", "TIE_RULE", "PROMPT_PREFIX"]
 
 MAX_OPTIONS = 8
 TIE_RULE = "equal best scores: the rule policy's choice when among them, else the first listed"
@@ -120,18 +120,18 @@ def _recipe_options(ctx: Context, task: Task) -> list[Option]:
     return opts
 
 
+def iteration_options(ctx: Context, task: Task, rule: RulePolicy) -> dict[str, list[Option]]:
+    """The closed sets of options of every stage (lever, recipe, change), built once; each option
+    a valid verdict. A lever is offered when its stage has an option."""
+    change = _change_options(ctx, task, rule) if "scaffold" in ctx.levers else []
+    recipe = _recipe_options(ctx, task) if "weights" in ctx.levers else []
+    lever = [Option(LEVER_LABELS[k], k) for k, has in (("scaffold", change), ("weights", recipe)) if has]
+    return {"lever": [*lever, Option(LEVER_LABELS["none"], "none")], "recipe": recipe, "change": change}
+
+
 def stage_options(stage: str, ctx: Context, task: Task, rule: RulePolicy) -> list[Option]:
-    """The closed set of options of ``stage`` (lever, recipe, change); each one a valid verdict."""
-    if stage == "change":
-        return _change_options(ctx, task, rule) if "scaffold" in ctx.levers else []
-    if stage == "recipe":
-        return _recipe_options(ctx, task) if "weights" in ctx.levers else []
-    opts = []
-    if _change_options(ctx, task, rule) if "scaffold" in ctx.levers else False:
-        opts.append(Option(LEVER_LABELS["scaffold"], "scaffold"))
-    if _recipe_options(ctx, task) if "weights" in ctx.levers else False:
-        opts.append(Option(LEVER_LABELS["weights"], "weights"))
-    return [*opts, Option(LEVER_LABELS["none"], "none")]
+    """The closed set of options of one ``stage`` (see ``iteration_options``)."""
+    return iteration_options(ctx, task, rule)[stage]
 
 
 def preferred(stage: str, opts: Sequence[Option], rule_verdict: FeedbackVerdict) -> int | None:
@@ -227,8 +227,8 @@ class LLMPolicy:
 
     def _write_prompt(self, ctx: Context, task: Task) -> tuple[str | None, str, ActionTaken]:
         """A new system prompt written by the model after the engine's JSON opening: (text, why invalid, action)."""
-        msgs = (*summary_prompt(ctx, task, "change")[:-1], Message("user", summary_prompt(ctx, task, "change")[-1].content
-                + "\nWrite a better system prompt for the agent as JSON."))
+        summary = summary_prompt(ctx, task, "change")
+        msgs = (*summary[:-1], Message("user", summary[-1].content + "\nWrite a better system prompt for the agent as JSON."))
         prefill = hasattr(self.model, "score_options")  # a local model continues the engine's opening; an endpoint cannot
         req = Request(msgs if prefill else (*msgs[:-1], Message("user", msgs[-1].content + ' Answer {"system_prompt": "..."} only.')),
                       Decoding(temperature=0.0, max_new_tokens=self.max_prompt_tokens, stop=('"}',)), seed=ctx.iteration,
@@ -259,12 +259,11 @@ class LLMPolicy:
         [rule_verdict] = self.rule.decide(ctx, task).verdicts[-1:]
         actions: list[ActionTaken] = []
         stages: list[dict[str, Any]] = []
-        lever_opts = stage_options("lever", ctx, task, self.rule)
-        chosen = self._stage(ctx, task, "lever", lever_opts, rule_verdict, actions, stages)
-        final = lever_opts[chosen]
+        options = iteration_options(ctx, task, self.rule)
+        final = options["lever"][self._stage(ctx, task, "lever", options["lever"], rule_verdict, actions, stages)]
         if final.lever != "none":
             stage = "recipe" if final.lever == "weights" else "change"
-            opts = stage_options(stage, ctx, task, self.rule)
+            opts = options[stage]
             skip: set[int] = set()
             while True:
                 i = self._stage(ctx, task, stage, opts, rule_verdict, actions, stages, skip)
@@ -281,9 +280,9 @@ class LLMPolicy:
                 if len(skip) == len(opts):
                     final = Option("none", "none")
                     break
-        scores = ", ".join(f"{s['chosen_label']} ({s['stage']})" for s in stages)
+        chosen = ", ".join(f"{s['chosen_label']} ({s['stage']})" for s in stages)
         verdict = FeedbackVerdict(
-            version_id=ctx.head.version_id, lever=final.lever, rationale=f"chosen by likelihood: {scores}", policy=self.name,  # type: ignore[arg-type]
+            version_id=ctx.head.version_id, lever=final.lever, rationale=f"chosen by likelihood: {chosen}", policy=self.name,  # type: ignore[arg-type]
             evidence=tuple(t for t, f in ctx.failures.items() if f != "none")[:8], patch=final.patch, training_plan=final.plan,
             choice={"stages": stages, "tie_rule": TIE_RULE, "rule_verdict": rule_verdict.lever},
         )
@@ -291,12 +290,11 @@ class LLMPolicy:
 
     def _stage(self, ctx: Context, task: Task, stage: str, opts: list[Option], rule_verdict: FeedbackVerdict,
                actions: list[ActionTaken], stages: list[dict[str, Any]], skip: set[int] | None = None) -> int:
-        messages = summary_prompt(ctx, task, stage)
         if skip:  # a retry after an invalid free text: scored already, choose among the rest
             rows = stages[-1]["options"]
             method = stages[-1]["method"]
         else:
-            rows, action, method = self._score(ctx, stage, messages, opts)
+            rows, action, method = self._score(ctx, stage, summary_prompt(ctx, task, stage), opts)
             actions.append(action)
         prefer = preferred(stage, opts, rule_verdict)
         index, tied = choose_index(rows, sorted(skip or ()), prefer)
