@@ -74,6 +74,16 @@ def _verdict_key(v: FeedbackVerdict) -> dict[str, Any]:
             "training_plan": None if plan is None else {"trajectory_ids": list(plan.trajectory_ids), "recipe": plan.effective_recipe}}
 
 
+def _context(state: AgentState, train_trajs: list[TrajectoryRecorded], task: Task | None, episodes: dict[str, Episode]) -> Context | None:
+    """What the Feedback Agent saw when the iteration's verdict was made (None: no task here, or
+    not at a verdict's point in the history)."""
+    if task is None or state.run is None or state.head_version is None or state.phase != "started":
+        return None
+    cfg = state.run.config
+    return Context(state, state.head_version, tuple(train_trajs), failure_classes(train_trajs, task, episodes), state.run.levers,  # type: ignore[arg-type]
+                   state.iteration, recipe=str(cfg.get("recipe", "auto")), rft_top=float((cfg.get("lora") or {}).get("rft_top", 0.0)))
+
+
 def _check_llm_choice(where: str, e: FeedbackVerdict, ctx: Context | None, task: Task | None) -> None:
     """A model's constrained choice, recomputed: each stage's chosen option from its recorded
     scores and the tie rule; with the task, the options rebuilt from the iteration (the same
@@ -161,22 +171,14 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
                     raise ReplayDivergence(where, "evaluation score", again, e.score)
                 counts["evaluations"] += 1
         elif isinstance(e, FeedbackVerdict) and e.policy == "rule" and e.valid:
-            if task is not None and state.run is not None and state.head_version is not None and state.phase == "started":
-                failures = failure_classes(train_trajs, task, episodes)
-                cfg = state.run.config
-                lora = cfg.get("lora") or {}
-                ctx = Context(state, state.head_version, tuple(train_trajs), failures, state.run.levers, state.iteration,  # type: ignore[arg-type]
-                              recipe=str(cfg.get("recipe", "auto")), rft_top=float(lora.get("rft_top", 0.0)))
+            ctx = _context(state, train_trajs, task, episodes)
+            if ctx is not None and task is not None:
                 [again] = RulePolicy().decide(ctx, task).verdicts[-1:]
                 if _verdict_key(again) != _verdict_key(e):
                     raise ReplayDivergence(where, "rule verdict", _verdict_key(again), _verdict_key(e))
                 counts["verdicts"] += 1
         elif isinstance(e, FeedbackVerdict) and e.policy == "llm" and e.valid and e.choice:
-            ctx = None
-            if task is not None and state.run is not None and state.head_version is not None and state.phase == "started":
-                cfg = state.run.config
-                ctx = Context(state, state.head_version, tuple(train_trajs), failure_classes(train_trajs, task, episodes), state.run.levers,  # type: ignore[arg-type]
-                              state.iteration, recipe=str(cfg.get("recipe", "auto")), rft_top=float((cfg.get("lora") or {}).get("rft_top", 0.0)))
+            ctx = _context(state, train_trajs, task, episodes)
             _check_llm_choice(where, e, ctx, task)
             if ctx is not None:
                 counts["verdicts"] += 1
