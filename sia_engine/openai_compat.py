@@ -83,34 +83,27 @@ class OpenAIChatModel(WeightsUnsupported):
         out = []
         for r in (msgspec.structs.replace(q, n=1, seed=q.seed + j) if q.n > 1 else q for q in requests for j in range(q.n)):
             body = self._body(r)
-            try:
-                resp = self._client.post("/chat/completions", json=body)
-                resp.raise_for_status()
-                data = resp.json()
-                choice = data["choices"][0]
-                text = choice["message"]["content"] or ""
-            except httpx.HTTPStatusError as e:
-                raise ModelUnavailable(self.base_url, f"HTTP {e.response.status_code}: {e.response.text[:200]}") from e
-            except httpx.HTTPError as e:
-                raise ModelUnavailable(self.base_url, str(e) or type(e).__name__) from e
-            except (KeyError, IndexError, TypeError, ValueError) as e:
-                raise ModelUnavailable(self.base_url, f"unexpected response shape ({e!r})") from e
+            data, choice, text = self._exchange(body)
             n = int((data.get("usage") or {}).get("completion_tokens") or 0)
             out.append(Generation(text, n_tokens=n, finish=str(choice.get("finish_reason") or "stop"), raw={"request": body, "response": data}))
         return out
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _exchange(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """POST one chat completion: (the response, its first choice, the choice's text); any
+        failure is ``ModelUnavailable`` naming the endpoint and what went wrong."""
         try:
             resp = self._client.post("/chat/completions", json=body)
             resp.raise_for_status()
             data: dict[str, Any] = resp.json()
-            return data
+            choice: dict[str, Any] = data["choices"][0]
+            text = str(choice["message"]["content"] or "")
         except httpx.HTTPStatusError as e:
             raise ModelUnavailable(self.base_url, f"HTTP {e.response.status_code}: {e.response.text[:200]}") from e
         except httpx.HTTPError as e:
             raise ModelUnavailable(self.base_url, str(e) or type(e).__name__) from e
-        except ValueError as e:
-            raise ModelUnavailable(self.base_url, f"not JSON ({e!r})") from e
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise ModelUnavailable(self.base_url, f"unexpected response shape ({e!r})") from e
+        return data, choice, text
 
     def choose(self, messages: Sequence[Message], options: Sequence[str]) -> tuple[int | None, list[float], dict[str, Any]]:
         """One of ``options``, chosen by the endpoint: (index or None, scores, the exchange).
@@ -129,30 +122,25 @@ class OpenAIChatModel(WeightsUnsupported):
                                 "response_format": {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}}
         structured = True
         try:
-            data = self._post(body)
+            data, choice, text = self._exchange(body)
         except ModelUnavailable as e:
             if "HTTP 400" not in str(e) and "HTTP 422" not in str(e):
                 raise
             structured = False
             body = {k: v for k, v in body.items() if k not in ("response_format", "logprobs")}
-            data = self._post(body)
-        try:
-            text = (data["choices"][0]["message"]["content"] or "").strip()
-        except (KeyError, IndexError, TypeError) as e:
-            raise ModelUnavailable(self.base_url, f"unexpected response shape ({e!r})") from e
+            data, choice, text = self._exchange(body)
+        text = text.strip()
         answer = text
         if structured:
             try:
                 answer = str(msgspec.json.decode(text)["choice"])
             except (msgspec.DecodeError, KeyError, TypeError):
                 answer = text
-        index = options.index(answer.strip().strip('"')) if answer.strip().strip('"') in options else None
-        lp = None
-        content = ((data["choices"][0].get("logprobs") or {}).get("content")) if isinstance(data["choices"][0], dict) else None
-        if isinstance(content, list) and content:
-            lp = float(sum(float(t.get("logprob", 0.0)) for t in content if isinstance(t, dict)))
-        scores = [0.0] * len(options) if index is None else [(lp if lp is not None else 1.0) if i == index else (lp - 1.0 if lp is not None else 0.0)
-                                                             for i in range(len(options))]
+        named = answer.strip().strip('"')
+        index = options.index(named) if named in options else None
+        content = (choice.get("logprobs") or {}).get("content")
+        top = float(sum(float(t.get("logprob", 0.0)) for t in content if isinstance(t, dict))) if isinstance(content, list) and content else 1.0
+        scores = [0.0] * len(options) if index is None else [top if i == index else top - 1.0 for i in range(len(options))]
         return index, scores, {"request": body, "response": data, "structured": structured, "answer": text}
 
     def close(self) -> None:
