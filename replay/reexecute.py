@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from sia_engine.events import ActionTaken, decode_envelope
+from sia_engine.feedback_llm import scored_options
 from sia_engine.loop import load_adapter
 from sia_engine.model import Message, Model, Request
 from sia_engine.scaffold import Decoding
@@ -61,10 +62,10 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
         if limit is not None and done >= limit:
             break
         model.set_adapter(load_adapter(store.blobs, a.inputs.get("adapter")))
-        got_lp = scorer(tuple(msgspec.convert(m, Message) for m in a.inputs["messages"]), a.inputs["options"])
-        prior = scorer(tuple(msgspec.convert(m, Message) for m in a.inputs["prior_messages"]), a.inputs["options"]) \
-            if "prior_messages" in a.inputs else [(0.0, nt) for _, nt in got_lp]
-        got = [(lp - pp) / max(nt, 1) for (lp, nt), (pp, _) in zip(got_lp, prior, strict=True)]
+        prior = a.inputs.get("prior_messages")
+        rows = scored_options(scorer, msgspec.convert(a.inputs["messages"], tuple[Message, ...]), a.inputs["options"],
+                              None if prior is None else msgspec.convert(prior, tuple[Message, ...]))
+        got = [r["score"] for r in rows]
         done += 1
         if got == list(a.outputs.get("scores", [])):
             same += 1

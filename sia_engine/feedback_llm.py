@@ -42,7 +42,7 @@ from sia_engine.recipes import RECIPES, gold_episodes, plan_for
 from sia_engine.scaffold import Decoding, PatchOp
 from sia_engine.task import Task
 
-__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "iteration_options", "stage_options", "summary_prompt", "prior_prompt", "TIE_RULE", "PROMPT_PREFIX"]
+__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "iteration_options", "stage_options", "summary_prompt", "prior_prompt", "scored_options", "TIE_RULE", "PROMPT_PREFIX"]
 
 MAX_OPTIONS = 8
 TIE_RULE = "equal best scores: the rule policy's choice when among them, else the first listed"
@@ -185,6 +185,16 @@ def summary_prompt(ctx: Context, task: Task, stage: str, max_outputs: int = 6) -
     return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
 
 
+def scored_options(score_options: Callable[..., Any], messages: Sequence[Message], labels: Sequence[str],
+                   prior_messages: Sequence[Message] | None) -> list[dict[str, Any]]:
+    """Each option's log-probability after ``messages``, less its log-probability after
+    ``prior_messages`` (None: no calibration), per token: the rows a verdict records."""
+    got = score_options(messages, labels)
+    prior = score_options(prior_messages, labels) if prior_messages is not None else [(0.0, nt) for _, nt in got]
+    return [{"label": lab, "logprob": lp, "prior": pp, "tokens": nt, "score": (lp - pp) / max(nt, 1)}
+            for lab, (lp, nt), (pp, _) in zip(labels, got, prior, strict=True)]
+
+
 def prior_prompt(stage: str) -> tuple[Message, ...]:
     """The stage's question without the iteration: how likely each option is before any evidence."""
     return (Message("system", _SYSTEM), Message("user", _QUESTIONS[stage]))
@@ -207,14 +217,10 @@ class LLMPolicy:
         aid = f"feedback-{ctx.iteration}-{stage}"
         inputs = {"messages": msgspec.to_builtins(messages), "options": labels, "adapter": ctx.head.adapter, "model": self.model.ref.id}
         if score_fn is not None:
-            got = score_fn(messages, labels)
-            prior = [(0.0, nt) for _, nt in got]
-            if self.calibrate:  # what the iteration adds: the same question without it (surface-form competition)
-                bare = prior_prompt(stage)
+            bare = prior_prompt(stage) if self.calibrate else None  # what the iteration adds: the question without it
+            if bare is not None:
                 inputs["prior_messages"] = msgspec.to_builtins(bare)
-                prior = score_fn(bare, labels)
-            rows = [{"label": lab, "logprob": lp, "prior": pp, "tokens": nt, "score": (lp - pp) / max(nt, 1)}
-                    for lab, (lp, nt), (pp, _) in zip(labels, got, prior, strict=True)]
+            rows = scored_options(score_fn, messages, labels, bare)
             method = "log-likelihood, calibrated" if self.calibrate else "log-likelihood"
             outputs: dict[str, Any] = {"scores": [r["score"] for r in rows]}
         else:
