@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import statistics
 
-from sia_engine.experiment import ExperimentResult, experiment_names, experiment_rows, paired, result_from_events
+from sia_engine.experiment import ExperimentResult, arm_summary, experiment_names, experiment_rows, paired, result_from_events
 from store import EventLog
 
 __all__ = ["experiment_section", "experiment_plot"]
@@ -62,23 +62,12 @@ def experiment_plot(result: ExperimentResult) -> str:
 
 def _summary(result: ExperimentResult) -> str:
     rows = []
-    searches = {b.method: b.mean for b in result.baselines if b.method in ("random-search", "best-of-k")}
-    for arm in dict.fromkeys(r.arm for r in result.arms):
-        scores = [r.test_score for r in result.arms if r.arm == arm and r.test_score is not None]
-        if not scores:
-            continue
-        mean = statistics.fmean(scores)
-        sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        beats = ", ".join(("beats " if mean > v else "does NOT beat ") + m for m, v in searches.items()) or "-"
-        rows.append(f"<tr><td>{html.escape(arm)}</td><td>{mean:.3f}</td><td>{sd:.3f}</td><td>{len(scores)}</td><td>{html.escape(beats)}</td></tr>")
+    for arm, m in arm_summary(result).items():
+        beats = ", ".join(("beats " if ok else "does NOT beat ") + method for method, ok in m["beats"].items()) or "-"
+        rows.append(f"<tr><td>{html.escape(arm)}</td><td>{m['mean']:.3f}</td><td>{m['sd']:.3f}</td><td>{m['seeds']}</td><td>{html.escape(beats)}</td></tr>")
     table = ("<table><tr><th>arm</th><th>mean test</th><th>sd</th><th>seeds</th><th>vs searches</th></tr>" + "".join(rows) + "</table>")
     p = paired(result.arms, "both", "scaffold")
-    if p is None:
-        return table
-    ci = "" if p.low is None else f", 95% interval [{p.low:+.3f}, {p.high:+.3f}]"
-    verdict = "the interval excludes 0" if p.excludes_zero else "the interval includes 0: no difference shown"
-    return table + (f"<p>both vs scaffold, seed by seed: {', '.join(f'{d:+.3f}' for d in p.differences)}; mean {p.mean:+.3f}{ci}: "
-                    f"{verdict}</p>")
+    return table if p is None else table + f"<p>{html.escape(p.describe())}</p>"
 
 
 def experiment_section(log: EventLog) -> list[str]:

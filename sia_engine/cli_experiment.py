@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +84,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
 
 
 def result_json(result: ExperimentResult) -> dict[str, Any]:
-    from sia_engine.experiment import paired
+    from sia_engine.experiment import arm_summary, paired
 
     comparison = paired(result.arms, "both", "scaffold")
     return {
@@ -99,21 +98,9 @@ def result_json(result: ExperimentResult) -> dict[str, Any]:
     }
 
 
-def arm_summary(result: ExperimentResult) -> dict[str, dict[str, Any]]:
-    """Mean and spread of each arm's test scores, and whether the mean beats each search baseline."""
-    out: dict[str, dict[str, Any]] = {}
-    searches = [b for b in result.baselines if b.method in ("random-search", "best-of-k")]
-    for arm in dict.fromkeys(r.arm for r in result.arms):
-        scores = [r.test_score for r in result.arms if r.arm == arm and r.test_score is not None]
-        if scores:
-            mean = statistics.fmean(scores)
-            out[arm] = {"mean": round(mean, 6), "sd": round(statistics.stdev(scores), 6) if len(scores) > 1 else 0.0, "seeds": len(scores),
-                        "beats": {b.method: mean > b.mean for b in searches},
-                        "beats_base": None if result.base_test is None else mean > result.base_test}
-    return out
-
-
 def print_result(result: ExperimentResult, task_name: str) -> None:
+    from sia_engine.experiment import arm_summary, paired
+
     t = Table(title=f"experiment {result.name} on {task_name}: arms (test split, scored once per head)")
     for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "evaluations", "model calls",
                 "train steps", "wall s"):
@@ -136,16 +123,9 @@ def print_result(result: ExperimentResult, task_name: str) -> None:
         vs = "; ".join(("beats " if ok else "does NOT beat ") + method for method, ok in m["beats"].items())
         base = "" if m["beats_base"] is None else ("; beats the base version" if m["beats_base"] else "; does NOT beat the base version")
         out.print(f"{arm}: mean test {m['mean']:.3f} (sd {m['sd']:.3f}, {m['seeds']} seeds){'; ' + vs if vs else ''}{base}", highlight=False)
-    from sia_engine.experiment import paired
-
     for a in ("both", "weights"):
         comparison = paired(result.arms, a, "scaffold")
-        if comparison is None:
-            continue
-        ci = "" if comparison.low is None else f", 95% interval [{comparison.low:+.3f}, {comparison.high:+.3f}]"
-        verdict = (f"{a} is better" if comparison.low is not None and comparison.low > 0 else f"{a} is worse" if comparison.excludes_zero
-                   else "no difference shown")
-        out.print(f"{a} vs scaffold, seed by seed: differences {', '.join(f'{x:+.3f}' for x in comparison.differences)}; "
-                  f"mean {comparison.mean:+.3f}{ci}: {verdict}", highlight=False)
+        if comparison is not None:
+            out.print(comparison.describe(), highlight=False)
     if not any(x.method == "random-search" for x in result.baselines):
         out.print(f"random search: {task_name} cannot draw random answers", highlight=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ from sia_engine.model import Model
 from sia_engine.task import Task
 from store import EventLog, Store
 
-__all__ = ["ARMS", "ArmResult", "Budget", "ExperimentResult", "Paired", "paired", "parse_budget", "run_experiment", "evaluate_test",
+__all__ = ["ARMS", "ArmResult", "Budget", "ExperimentResult", "Paired", "paired", "arm_summary", "parse_budget", "run_experiment", "evaluate_test",
            "experiment_table", "experiment_result", "experiment_rows", "experiment_names", "table_from_events", "result_from_events", "EventRow"]
 
 ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
@@ -241,6 +242,14 @@ class Paired(msgspec.Struct, frozen=True):
     def excludes_zero(self) -> bool:
         return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
+    def describe(self) -> str:
+        """One line: the differences, their mean and interval, and what the interval says."""
+        ci = "" if self.low is None else f", 95% interval [{self.low:+.3f}, {self.high:+.3f}]"
+        verdict = (f"{self.a} is better" if self.low is not None and self.low > 0 else f"{self.a} is worse" if self.excludes_zero
+                   else "no difference shown")
+        return (f"{self.a} vs {self.b}, seed by seed: differences {', '.join(f'{x:+.3f}' for x in self.differences)}; "
+                f"mean {self.mean:+.3f}{ci}: {verdict}")
+
 
 def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> Paired | None:
     """Arm ``a`` against arm ``b`` on the seeds both were scored on (None: no such seed)."""
@@ -257,6 +266,20 @@ def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> 
     sd = (sum((x - mean) ** 2 for x in d) / (n - 1)) ** 0.5
     half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / n**0.5
     return Paired(a, b, seeds, d, round(mean, 6), round(mean - half, 6), round(mean + half, 6))
+
+
+def arm_summary(result: ExperimentResult) -> dict[str, dict[str, Any]]:
+    """Mean and spread of each arm's test scores, whether the mean beats each search baseline and the base."""
+    out: dict[str, dict[str, Any]] = {}
+    searches = [b for b in result.baselines if b.method in ("random-search", "best-of-k")]
+    for arm in dict.fromkeys(r.arm for r in result.arms):
+        scores = [r.test_score for r in result.arms if r.arm == arm and r.test_score is not None]
+        if scores:
+            mean = statistics.fmean(scores)
+            out[arm] = {"mean": round(mean, 6), "sd": round(statistics.stdev(scores), 6) if len(scores) > 1 else 0.0, "seeds": len(scores),
+                        "beats": {b.method: mean > b.mean for b in searches},
+                        "beats_base": None if result.base_test is None else mean > result.base_test}
+    return out
 
 
 def experiment_names(log: EventLog) -> list[str]:
