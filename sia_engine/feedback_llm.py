@@ -70,12 +70,8 @@ class Option:
     plan: TrainingPlan | None = None
     free_text: bool = False  # the model writes the value (a new system prompt)
 
-    def key(self) -> Any:
-        return (self.lever, msgspec.to_builtins(self.patch), None if self.plan is None else (self.plan.recipe, self.plan.trajectory_ids),
-                self.free_text)
 
-
-def _describe(ops: tuple[PatchOp, ...], task: Task) -> str:
+def _describe(ops: tuple[PatchOp, ...]) -> str:
     op = ops[0]
     if op.path == "/output_format":
         return "state the answer format the task expects"
@@ -94,7 +90,7 @@ def _change_options(ctx: Context, task: Task, rule: RulePolicy) -> list[Option]:
     for ops in rule._format_ops(ctx, task) + examples:
         if not _new_version(ctx, ops):
             continue
-        label = _describe(ops, task)
+        label = _describe(ops)
         if ops[0].path.startswith("/examples") and isinstance(ops[0].value, dict):
             v = ops[0].value
             own = v.get("input") not in gold_inputs or any(t.output == v.get("output") for t in ctx.trajectories)
