@@ -11,6 +11,11 @@ store. Printed per task: the share of the llm runs' verdicts that are valid mode
 fallback exists; the target is all), how often its lever equals the rule policy's verdict on the
 same iteration (recorded in each verdict), how often the tie rule decided a stage, and the head's validation score reached by each policy per
 seed (the same evaluation protocol and seeds). Whatever it shows is the result.
+
+With ``--store DIR`` the stores are kept, and a later call with the same ``DIR`` resumes each run
+from its log (the engine's own resume: a finished run is read back, not run again, and a run
+recorded with other settings is refused), so seeds can be added one call at a time. A run read
+back reports the wall time its log recorded (first to last event).
 """
 
 from __future__ import annotations
@@ -38,16 +43,23 @@ def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: arg
     task = get_task(task_name, protect=(str(root),))
     cfg = LoopConfig(task=task_name, seed=seed, iterations=args.iterations, feedback=policy, train_episodes=args.train_episodes,  # type: ignore[arg-type]
                      val_episodes=args.val_episodes, samples=args.samples, lora=LoraSettings(steps=args.lora_steps))
+    path = root / f"{task_name}-{policy}-s{seed}"
     t0 = time.perf_counter()
-    with Store.create(root / f"{task_name}-{policy}-s{seed}") as s:
+    with (Store.open(path) if (path / "log.duckdb").is_file() else Store.create(path)) as s:
+        before = [e.recorded_at for e in s.log.read("main")] if any(b.name == "main" for b in s.log.branches()) else []
         agent = LLMPolicy(model) if policy == "llm" else RulePolicy()
         state = Loop(s, task=task, model=model, feedback=agent, config=cfg).run()
         verdicts = [decode_envelope(e) for e in s.log.read("main", kinds=["feedback_verdict"])]
+        recorded = [e.recorded_at for e in s.log.read("main")]
+    # time spent: this call's, plus what the log recorded for the part run before (a resumed run)
+    wall = time.perf_counter() - t0 + ((before[-1] - before[0]).total_seconds() if len(before) > 1 else 0.0)
+    resumed = ("" if not before else "finished before: read back from its store" if len(before) == len(recorded)
+               else f"resumed at event {len(before)} of {len(recorded)}")
     head = state.head_version
     assert head is not None
     initial = state.ordered_versions()[0].score("val")
     return {"head": head.score("val"), "initial": initial, "verdicts": [v for v in verdicts if isinstance(v, FeedbackVerdict)],
-            "accepted": sum(1 for v in state.ordered_versions() if v.status == "accepted") - 1, "wall_s": time.perf_counter() - t0}
+            "accepted": sum(1 for v in state.ordered_versions() if v.status == "accepted") - 1, "wall_s": wall, "resumed": resumed}
 
 
 def main() -> None:
@@ -74,7 +86,7 @@ def main() -> None:
             for policy in ("llm", "rule"):
                 rows[(policy, seed)] = r = run_one(root, task_name, model, policy, seed, args)
                 print(f"  {task_name} seed {seed} {policy}: head val {r['head']:.3f} (initial {r['initial']:.3f}), "
-                      f"{r['accepted']} accepted, {r['wall_s']:.0f} s", flush=True)
+                      f"{r['accepted']} accepted, {r['wall_s']:.0f} s" + (f" ({r['resumed']})" if r["resumed"] else ""), flush=True)
         llm = [v for seed in range(args.seeds) for v in rows[("llm", seed)]["verdicts"]]
         valid = sum(1 for v in llm if v.valid and v.policy == "llm" and v.choice)
         same_lever = sum(1 for v in llm if v.choice and v.lever == v.choice.get("rule_verdict"))

@@ -110,7 +110,7 @@ def _replay_line(log: EventLog, branch: str, task: Task | None) -> str:
         return f'<li class="bad">{html.escape(branch)}: DIVERGES: {html.escape(str(e))}</li>'
     skipped = "".join(f' <span class="warn">(not recomputed: {html.escape(x)})</span>' for x in r.skipped)
     return (f'<li class="ok">{html.escape(branch)}: REPLAYS: {r.rescored} outputs re-scored, {r.evaluations} evaluations, '
-            f"{r.verdicts} rule verdicts, {r.decisions} gate decisions recomputed as recorded{skipped}</li>")
+            f"{r.verdicts} rule verdicts, {r.choices} model choices, {r.decisions} gate decisions recomputed as recorded{skipped}</li>")
 
 
 def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = "sia-engine audit", task: Task | None = None,

@@ -319,7 +319,7 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
         return
     if mode == "recorded":
         out.print(f"[green]REPLAYS[/]: {data_out['n_events']} events of {branch}; {data_out['rescored']} outputs re-scored, "
-                  f"{data_out['evaluations']} evaluations, {data_out['verdicts']} rule verdicts and {data_out['decisions']} gate "
+                  f"{data_out['evaluations']} evaluations, {data_out['verdicts']} rule verdicts, {data_out['choices']} model choices and {data_out['decisions']} gate "
                   f"decisions recomputed, all as recorded; state {data_out['state_hash'][:16]}", highlight=False)
         for why in data_out["skipped"]:
             out.print(f"[yellow]not recomputed[/]: {why}", highlight=False)

@@ -60,6 +60,7 @@ class ReplayReport(msgspec.Struct, frozen=True):
     decisions: int  # gate decisions recomputed
     state_hash: str
     skipped: tuple[str, ...] = ()  # what could not be recomputed, and why
+    choices: int = 0  # model (llm) verdicts whose choice was recomputed from the recorded option scores
 
 
 def _differs(a: float | None, b: float | None) -> bool:
@@ -139,10 +140,10 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
     episodes = {e.id: e for split in ("train", "val", "test") for e in task.episodes(split)} if task else {}
     train_trajs: list[TrajectoryRecorded] = []
     val_trajs: list[TrajectoryRecorded] = []
-    counts = {"rescored": 0, "evaluations": 0, "verdicts": 0, "decisions": 0}
+    counts = {"rescored": 0, "evaluations": 0, "verdicts": 0, "choices": 0, "decisions": 0}
     skipped: set[str] = set()
     if task is None:
-        skipped.add("scores, failure classes and rule verdicts: the task is not available here")
+        skipped.add("scores, failure classes, rule verdicts and the model's options: the task is not available here")
     n = 0
     decoded = [(env, decode_envelope(env)) for env in log.read(branch)]
     scores = _prescore(task, episodes, [e for _, e in decoded if isinstance(e, TrajectoryRecorded)]) if task else {}
@@ -180,8 +181,7 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
         elif isinstance(e, FeedbackVerdict) and e.policy == "llm" and e.valid and e.choice:
             ctx = _context(state, train_trajs, task, episodes)
             _check_llm_choice(where, e, ctx, task)
-            if ctx is not None:
-                counts["verdicts"] += 1
+            counts["choices"] += 1
         elif isinstance(e, (VersionAccepted, VersionRejected)):
             head = state.head_version
             cand = state.versions.get(e.version_id)

@@ -135,7 +135,7 @@ def test_with_the_tiny_model_every_verdict_is_valid_and_replays(tmp_path: Path) 
             for stage in v.choice["stages"]:
                 assert stage["method"] == "log-likelihood, calibrated" and all(o["tokens"] > 0 and o["logprob"] < 0 and o["prior"] < 0 for o in stage["options"])
         report = replay_recorded(s, "main", TASK)
-        assert report.verdicts == 3  # each choice recomputed from the recorded scores and options
+        assert report.choices == 3 and report.verdicts == 0  # each model choice recomputed from the recorded scores and options
         calls = [decode_envelope(e) for e in s.log.read("main", kinds=["action_taken"]) if b'"feedback-score"' in e.payload]
         first = calls[0]
         fresh = tiny_model()
@@ -150,7 +150,7 @@ def test_recorded_replay_catches_a_changed_choice(tmp_path: Path) -> None:
 
     judge = ScriptedModel(lambda r, a: "", name="j", loglik=lambda m, o, a: -float(len(o)))
     with run_llm(tmp_path, judge, iterations=1, levers=("scaffold",), calibrate=False) as s:
-        assert replay_recorded(s, "main", TASK).verdicts == 1
+        assert replay_recorded(s, "main", TASK).choices == 1
         [v] = verdicts(s)
     # the same history written again with one recorded score changed: the recorded choice no longer follows
     with Store.create(tmp_path / "copy") as c:
