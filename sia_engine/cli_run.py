@@ -50,6 +50,9 @@ class _RichHooks(Hooks):
     def note(self, message: str) -> None:
         self.p.console.print(f"[yellow]note[/]: {message}", highlight=False)
 
+    def verdict(self, verdict: Any) -> None:
+        self.p.console.print(f"  feedback ({verdict.policy}): {describe_verdict(verdict)}", highlight=False, markup=False)
+
     def decided(self, candidate: Any, score: float, head_score: float | None, accepted: bool) -> None:
         verdict = "[green]accepted[/]" if accepted else "[yellow]rejected[/]"
         hs = "-" if head_score is None else f"{head_score:.3f}"
@@ -59,6 +62,24 @@ class _RichHooks(Hooks):
         if self.task is not None:
             self.p.remove_task(self.task)
             self.task = None
+
+
+def describe_verdict(v: Any) -> str:
+    """One line for a Feedback Agent's verdict: what it asks for, and, for a model's choice, the
+    options it chose and what the rule policy would have chosen on the same iteration."""
+    if not v.valid:
+        return f"invalid, not acted on ({(v.raw or '')[:80]!r})"
+    if v.lever == "weights" and v.training_plan is not None:
+        what = f"train the weights ({v.training_plan.effective_recipe}, {len(v.training_plan.trajectory_ids)} trajectories)"
+    elif v.lever == "scaffold":
+        what = "patch the scaffold (" + ", ".join(f"{op.op} {op.path}" for op in v.patch) + ")"
+    else:
+        what = "no change this iteration"
+    if v.choice:
+        chosen = "; ".join(f"{st['stage']}: {st['chosen_label']!r}" + (" (tie rule)" if len(st.get("tied", ())) > 1 else "")
+                           for st in v.choice.get("stages", []))
+        what += f" [{chosen}; the rule policy: {v.choice.get('rule_verdict')}]"
+    return what
 
 
 def _versions_table(state: Any, recipes: dict[str, str]) -> Table:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sia_engine.events import FeedbackVerdict
     from sia_engine.state import AgentState, Version
 
 __all__ = ["Hooks"]
@@ -23,6 +24,9 @@ class Hooks:
 
     def note(self, message: str) -> None:
         """Something the user should know that changes nothing (an adapter served on another device)."""
+
+    def verdict(self, verdict: FeedbackVerdict) -> None:
+        """The Feedback Agent's verdict on the head is recorded (the one that stands: the last)."""
 
     def decided(self, candidate: Version, score: float, head_score: float | None, accepted: bool) -> None:
         """The gate decided on a candidate."""

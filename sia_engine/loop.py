@@ -293,6 +293,7 @@ class Loop:
         # A scaffold patch is a pure function of the verdict: both go in one atomic batch.
         patch = [self._patched(stands)] if stands.valid and stands.lever == "scaffold" else []
         self.hist.record(*decision.actions, *decision.verdicts, *patch)
+        self.hooks.verdict(stands)
 
     def _patched(self, verdict: FeedbackVerdict) -> ScaffoldPatched:
         s = self.hist.state

@@ -223,3 +223,30 @@ def test_log_of_everything_is_streamed_and_equals_the_log(demo_store: Path) -> N
     assert [e["id"] for e in _json.loads(r.output)] == accepted
     r = CliRunner().invoke(main, ["log", "--limit", "0", "--json", "--kind", "no_such_kind", "--store", str(demo_store)])
     assert _json.loads(r.output) == []
+
+
+def test_run_prints_each_feedback_verdict(tmp_path: Path) -> None:
+    base = ["run", "--task", "arith", "--model", "tiny", "--lora-steps", "2", "--train-episodes", "4", "--val-episodes", "4", "--iterations", "1"]
+    r = run(*base, "--store", str(tmp_path / "rule"))
+    assert r.exit_code == 0, r.output
+    assert "feedback (rule): patch the scaffold (replace /output_format)" in r.output
+    r = run(*base, "--store", str(tmp_path / "llm"), "--feedback", "llm")
+    assert r.exit_code == 0, r.output
+    line = " ".join(r.output[r.output.index("feedback (llm):"):].split())  # unwrapped
+    assert "lever: " in line and "the rule policy: scaffold" in line
+
+
+def test_describe_verdict_says_what_each_verdict_asks() -> None:
+    from sia_engine.cli_run import describe_verdict
+    from sia_engine.events import FeedbackVerdict, TrainingPlan
+    from sia_engine.scaffold import PatchOp
+
+    vid = "a" * 64
+    plan = TrainingPlan(trajectory_ids=("t1", "t2"), recipe="grpo")
+    assert describe_verdict(FeedbackVerdict(vid, "weights", "r", "rule", training_plan=plan)) == "train the weights (grpo, 2 trajectories)"
+    assert describe_verdict(FeedbackVerdict(vid, "scaffold", "r", "rule", patch=(PatchOp("add", "/examples/-", {"input": "x", "output": "y"}),))) \
+        == "patch the scaffold (add /examples/-)"
+    assert describe_verdict(FeedbackVerdict(vid, "none", "r", "llm", valid=False, raw="blah")) == "invalid, not acted on ('blah')"
+    chosen = FeedbackVerdict(vid, "none", "r", "llm", choice={"rule_verdict": "weights", "stages": [
+        {"stage": "lever", "chosen_label": "nothing this time", "tied": [1, 2]}]})
+    assert describe_verdict(chosen) == "no change this iteration [lever: 'nothing this time' (tie rule); the rule policy: weights]"
