@@ -144,7 +144,11 @@ class HFModel:
         if self.peft is None:
             # An idle adapter that is never deleted keeps peft valid when no other is loaded;
             # serving the base model bypasses adapters altogether (disable_adapter).
-            self.peft = get_peft_model(self.base, config, adapter_name=_IDLE)
+            with warnings.catch_warnings():
+                # an adapter names its model by id, the base was loaded from a local folder: peft
+                # warns of the rename; the engine checks the base by its weights' sha256 instead
+                warnings.filterwarnings("ignore", message="The PEFT config's `base_model_name_or_path` was renamed")
+                self.peft = get_peft_model(self.base, config, adapter_name=_IDLE)
         return self.peft
 
     def _add(self, name: str, config: LoraConfig) -> None:
