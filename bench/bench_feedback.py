@@ -10,7 +10,8 @@ own log-likelihood, ``sia_engine.feedback_llm``) and once with ``--feedback rule
 store. Printed per task: the share of the llm runs' verdicts that are valid model verdicts (no
 fallback exists; the target is all), how often its lever equals the rule policy's verdict on the
 same iteration (recorded in each verdict), how often the tie rule decided a stage, and the head's validation score reached by each policy per
-seed (the same evaluation protocol and seeds). Whatever it shows is the result.
+seed (the same evaluation protocol and seeds). Per run, the wall time and the part of it the
+Feedback Agent spent deciding (from the log: each iteration's last other event to its verdict). Whatever it shows is the result.
 
 With ``--store DIR`` the stores are kept, and a later call with the same ``DIR`` resumes each run
 from its log (the engine's own resume: a finished run is read back, not run again, and a run
@@ -50,7 +51,14 @@ def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: arg
         agent = LLMPolicy(model) if policy == "llm" else RulePolicy()
         state = Loop(s, task=task, model=model, feedback=agent, config=cfg).run()
         verdicts = [decode_envelope(e) for e in s.log.read("main", kinds=["feedback_verdict"])]
-        recorded = [e.recorded_at for e in s.log.read("main")]
+        events = list(s.log.read("main"))
+    recorded = [e.recorded_at for e in events]
+    decide_s, last = 0.0, None  # the Feedback Agent's time: from the iteration's last other event to its verdict
+    for e in events:
+        if e.kind == "feedback_verdict" and last is not None:
+            decide_s += (e.recorded_at - last).total_seconds()
+        elif not (e.kind == "action_taken" and getattr(decode_envelope(e), "name", "").startswith("feedback-")):
+            last = e.recorded_at
     # time spent: this call's, plus what the log recorded for the part run before (a resumed run)
     wall = time.perf_counter() - t0 + ((before[-1] - before[0]).total_seconds() if len(before) > 1 else 0.0)
     resumed = ("" if not before else "finished before: read back from its store" if len(before) == len(recorded)
@@ -59,7 +67,7 @@ def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: arg
     assert head is not None
     initial = state.ordered_versions()[0].score("val")
     return {"head": head.score("val"), "initial": initial, "verdicts": [v for v in verdicts if isinstance(v, FeedbackVerdict)],
-            "accepted": sum(1 for v in state.ordered_versions() if v.status == "accepted") - 1, "wall_s": wall, "resumed": resumed}
+            "accepted": sum(1 for v in state.ordered_versions() if v.status == "accepted") - 1, "wall_s": wall, "decide_s": decide_s, "resumed": resumed}
 
 
 def main() -> None:
@@ -86,7 +94,7 @@ def main() -> None:
             for policy in ("llm", "rule"):
                 rows[(policy, seed)] = r = run_one(root, task_name, model, policy, seed, args)
                 print(f"  {task_name} seed {seed} {policy}: head val {r['head']:.3f} (initial {r['initial']:.3f}), "
-                      f"{r['accepted']} accepted, {r['wall_s']:.0f} s" + (f" ({r['resumed']})" if r["resumed"] else ""), flush=True)
+                      f"{r['accepted']} accepted, {r['wall_s']:.0f} s (deciding {r['decide_s']:.0f} s)" + (f" ({r['resumed']})" if r["resumed"] else ""), flush=True)
         llm = [v for seed in range(args.seeds) for v in rows[("llm", seed)]["verdicts"]]
         valid = sum(1 for v in llm if v.valid and v.policy == "llm" and v.choice)
         same_lever = sum(1 for v in llm if v.choice and v.lever == v.choice.get("rule_verdict"))
