@@ -70,7 +70,8 @@ def describe_verdict(v: Any) -> str:
     if not v.valid:
         return f"invalid, not acted on ({(v.raw or '')[:80]!r})"
     if v.lever == "weights" and v.training_plan is not None:
-        what = f"train the weights ({v.training_plan.effective_recipe}, {len(v.training_plan.trajectory_ids)} trajectories)"
+        n = len(v.training_plan.trajectory_ids)
+        what = f"train the weights ({v.training_plan.effective_recipe}, {n} trajector{'y' if n == 1 else 'ies'})"
     elif v.lever == "scaffold":
         what = "patch the scaffold (" + ", ".join(f"{op.op} {op.path}" for op in v.patch) + ")"
     else:

@@ -244,6 +244,8 @@ def test_describe_verdict_says_what_each_verdict_asks() -> None:
     vid = "a" * 64
     plan = TrainingPlan(trajectory_ids=("t1", "t2"), recipe="grpo")
     assert describe_verdict(FeedbackVerdict(vid, "weights", "r", "rule", training_plan=plan)) == "train the weights (grpo, 2 trajectories)"
+    one = TrainingPlan(trajectory_ids=("t1",), recipe="rft")
+    assert describe_verdict(FeedbackVerdict(vid, "weights", "r", "rule", training_plan=one)) == "train the weights (rft, 1 trajectory)"
     assert describe_verdict(FeedbackVerdict(vid, "scaffold", "r", "rule", patch=(PatchOp("add", "/examples/-", {"input": "x", "output": "y"}),))) \
         == "patch the scaffold (add /examples/-)"
     assert describe_verdict(FeedbackVerdict(vid, "none", "r", "llm", valid=False, raw="blah")) == "invalid, not acted on ('blah')"
