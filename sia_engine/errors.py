@@ -151,8 +151,9 @@ class RunMismatch(SiaError):
 
 
 class ModelUnavailable(SiaError):
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
         self.url = url
+        self.status = status  # the HTTP status the server answered with (None: no answer, or an unreadable one)
         super().__init__(f"chat endpoint {url} failed: {reason}; check that the server runs and the model name is right")
 
 

@@ -98,7 +98,7 @@ class OpenAIChatModel(WeightsUnsupported):
             choice: dict[str, Any] = data["choices"][0]
             text = str(choice["message"]["content"] or "")
         except httpx.HTTPStatusError as e:
-            raise ModelUnavailable(self.base_url, f"HTTP {e.response.status_code}: {e.response.text[:200]}") from e
+            raise ModelUnavailable(self.base_url, f"HTTP {e.response.status_code}: {e.response.text[:200]}", status=e.response.status_code) from e
         except httpx.HTTPError as e:
             raise ModelUnavailable(self.base_url, str(e) or type(e).__name__) from e
         except (KeyError, IndexError, TypeError, ValueError) as e:
@@ -124,7 +124,7 @@ class OpenAIChatModel(WeightsUnsupported):
         try:
             data, choice, text = self._exchange(body)
         except ModelUnavailable as e:
-            if "HTTP 400" not in str(e) and "HTTP 422" not in str(e):
+            if e.status not in (400, 422):
                 raise
             structured = False
             body = {k: v for k, v in body.items() if k not in ("response_format", "logprobs")}

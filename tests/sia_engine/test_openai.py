@@ -80,6 +80,7 @@ def test_errors_are_typed(server: str) -> None:
     with pytest.raises(ModelUnavailable) as exc:
         OpenAIChatModel(server, "broken").generate([Request((Message("user", "x"),), Decoding(), seed=0)])
     assert str(exc.value) == f"chat endpoint {server} failed: HTTP 500: model crashed; check that the server runs and the model name is right"
+    assert exc.value.status == 500  # what `choose` tells a refused structured request (400/422) from a failure by
     with pytest.raises(ModelUnavailable, match="chat endpoint http://127.0.0.1:9/v1 failed"):
         OpenAIChatModel("http://127.0.0.1:9/v1", "x", timeout=2).generate([Request((Message("user", "x"),), Decoding(), seed=0)])
     with pytest.raises(SiaError, match="serves no LoRA adapters"):
