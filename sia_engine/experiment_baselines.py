@@ -86,13 +86,12 @@ def _choose(task: Task, answers: Sequence[str], val: Sequence[Episode], test: Se
     return best, scores, round(_mean_score(task, answers[best], test), 6)
 
 
-def random_search(task: Task, *, experiment: str, k: int, val_episodes: int, seed: int) -> BaselineScored | None:
-    """``k`` uniform random answers (seeded by ``seed``), the best on validation scored on test;
-    None for a task that cannot draw random answers."""
+def random_search(task: Task, val: Sequence[Episode], test: Sequence[Episode], *, experiment: str, k: int, seed: int) -> BaselineScored | None:
+    """``k`` uniform random answers (seeded by ``seed``), the best on the ``val`` episodes scored
+    on the ``test`` ones; None for a task that cannot draw random answers."""
     draw = getattr(task, "random_answer", None)
     if draw is None:
         return None
-    val, test = task.episodes("val")[:val_episodes], task.episodes("test")[:val_episodes]
     if not val or not test:
         return None
     rng = random.Random(f"random-search:{seed}")
@@ -141,7 +140,7 @@ def record_baselines(loop: Loop, *, experiment: str, k: int, seeds: Sequence[int
         todo += reference_methods(loop.task, experiment=experiment)
     for s in seeds:
         if ("random-search", s, k) not in done:
-            rs = random_search(loop.task, experiment=experiment, k=k, val_episodes=loop.config.val_episodes, seed=s)  # = loop.val, test_episodes(loop)
+            rs = random_search(loop.task, loop.val, test_episodes(loop), experiment=experiment, k=k, seed=s)
             if rs is not None:
                 todo.append(rs)
     if todo:

@@ -145,21 +145,22 @@ def test_the_command_runs_resumes_and_prints_the_table(tmp_path: Path) -> None:
 def test_random_search_is_a_real_search_and_deterministic() -> None:
     from sia_engine.experiment_baselines import random_search
 
-    a = random_search(TASK, experiment="x", k=5, val_episodes=6, seed=0)
-    b = random_search(TASK, experiment="x", k=5, val_episodes=6, seed=0)
+    six = TASK.episodes("val")[:6], TASK.episodes("test")[:6]
+    a = random_search(TASK, *six, experiment="x", k=5, seed=0)
+    b = random_search(TASK, *six, experiment="x", k=5, seed=0)
     assert a is not None and a == b and a.evaluations == 30 and 0.0 <= a.score <= 1.0
     d = a.details
     assert len(d["candidates"]) == 5 and a.val_score == max(d["val_scores"]) == d["val_scores"][d["chosen"]]
     val = TASK.episodes("val")[:6]
     want = sum(TASK.score(e, d["candidates"][d["chosen"]]).score for e in val) / 6  # the recorded val score is the real one
     assert a.val_score == round(want, 6)
-    many = random_search(TASK, experiment="x", k=200, val_episodes=6, seed=0)
+    many = random_search(TASK, *six, experiment="x", k=200, seed=0)
     assert many is not None and many.val_score is not None and many.val_score >= a.val_score  # its first 5 draws are a's
 
     class NoRandom:
         name = "x"
 
-    assert random_search(NoRandom(), experiment="x", k=3, val_episodes=2, seed=0) is None  # type: ignore[arg-type]
+    assert random_search(NoRandom(), *six, experiment="x", k=3, seed=0) is None  # type: ignore[arg-type]
 
 
 def test_baselines_are_recorded_on_the_prefix_after_the_forks_with_the_arms_budget(done) -> None:  # type: ignore[no-untyped-def]
