@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import statistics
 
-from sia_engine.experiment import ExperimentResult, arm_summary, experiment_names, experiment_rows, paired, result_from_events
+from sia_engine.experiment import ExperimentResult, arm_summary, comparisons, experiment_names, experiment_rows, result_from_events
 from store import EventLog
 
 __all__ = ["experiment_section", "experiment_plot"]
@@ -66,8 +66,7 @@ def _summary(result: ExperimentResult) -> str:
         beats = ", ".join(("beats " if ok else "does NOT beat ") + method for method, ok in m["beats"].items()) or "-"
         rows.append(f"<tr><td>{html.escape(arm)}</td><td>{m['mean']:.3f}</td><td>{m['sd']:.3f}</td><td>{m['seeds']}</td><td>{html.escape(beats)}</td></tr>")
     table = ("<table><tr><th>arm</th><th>mean test</th><th>sd</th><th>seeds</th><th>vs searches</th></tr>" + "".join(rows) + "</table>")
-    p = paired(result.arms, "both", "scaffold")
-    return table if p is None else table + f"<p>{html.escape(p.describe())}</p>"
+    return table + "".join(f"<p>{html.escape(p.describe())}</p>" for p in comparisons(result).values() if p is not None)
 
 
 def experiment_section(log: EventLog) -> list[str]:

@@ -84,9 +84,8 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
 
 
 def result_json(result: ExperimentResult) -> dict[str, Any]:
-    from sia_engine.experiment import arm_summary, paired
+    from sia_engine.experiment import arm_summary, comparisons
 
-    comparison = paired(result.arms, "both", "scaffold")
     return {
         "experiment": result.name,
         "arms": [msgspec.to_builtins(r) for r in result.arms],
@@ -94,12 +93,12 @@ def result_json(result: ExperimentResult) -> dict[str, Any]:
         "base_version": {"val": result.base_val, "test": result.base_test},
         "summary": arm_summary(result),
         **{f"{a}_vs_scaffold": None if c is None else {**msgspec.to_builtins(c), "excludes_zero": c.excludes_zero}
-           for a, c in (("both", comparison), ("weights", paired(result.arms, "weights", "scaffold")))},
+           for a, c in comparisons(result).items()},
     }
 
 
 def print_result(result: ExperimentResult, task_name: str) -> None:
-    from sia_engine.experiment import arm_summary, paired
+    from sia_engine.experiment import arm_summary, comparisons
 
     t = Table(title=f"experiment {result.name} on {task_name}: arms (test split, scored once per head)")
     for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "evaluations", "model calls",
@@ -123,8 +122,7 @@ def print_result(result: ExperimentResult, task_name: str) -> None:
         vs = "; ".join(("beats " if ok else "does NOT beat ") + method for method, ok in m["beats"].items())
         base = "" if m["beats_base"] is None else ("; beats the base version" if m["beats_base"] else "; does NOT beat the base version")
         out.print(f"{arm}: mean test {m['mean']:.3f} (sd {m['sd']:.3f}, {m['seeds']} seeds){'; ' + vs if vs else ''}{base}", highlight=False)
-    for a in ("both", "weights"):
-        comparison = paired(result.arms, a, "scaffold")
+    for comparison in comparisons(result).values():
         if comparison is not None:
             out.print(comparison.describe(), highlight=False)
     if not any(x.method == "random-search" for x in result.baselines):

@@ -38,7 +38,7 @@ from sia_engine.model import Model
 from sia_engine.task import Task
 from store import EventLog, Store
 
-__all__ = ["ARMS", "ArmResult", "Budget", "ExperimentResult", "Paired", "paired", "arm_summary", "parse_budget", "run_experiment", "evaluate_test",
+__all__ = ["ARMS", "ArmResult", "Budget", "ExperimentResult", "Paired", "paired", "comparisons", "arm_summary", "parse_budget", "run_experiment", "evaluate_test",
            "experiment_table", "experiment_result", "experiment_rows", "experiment_names", "table_from_events", "result_from_events", "EventRow"]
 
 ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
@@ -266,6 +266,12 @@ def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> 
     sd = (sum((x - mean) ** 2 for x in d) / (n - 1)) ** 0.5
     half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / n**0.5
     return Paired(a, b, seeds, d, round(mean, 6), round(mean - half, 6), round(mean + half, 6))
+
+
+def comparisons(result: ExperimentResult) -> dict[str, Paired | None]:
+    """The comparisons an experiment reports, each arm against scaffold-only, seed by seed:
+    both (SIA's claim) and weights (None: no seed scored on both arms)."""
+    return {a: paired(result.arms, a, "scaffold") for a in ("both", "weights")}
 
 
 def arm_summary(result: ExperimentResult) -> dict[str, dict[str, Any]]:

@@ -263,7 +263,7 @@ def test_the_audit_report_plots_the_experiment_from_the_log(done) -> None:  # ty
     assert labels[0].endswith(f"{result.base_test:.3f}")
     for r in table:
         assert f"{r.arm} seed {r.seed}: {r.test_score:.4f}" in svg
-    assert "both vs scaffold, seed by seed" in page
+    assert "both vs scaffold, seed by seed" in page and "weights vs scaffold, seed by seed" in page  # the comparisons `sia experiment` prints
 
 
 def test_every_branch_of_the_experiment_verifies_and_replays(done) -> None:  # type: ignore[no-untyped-def]
