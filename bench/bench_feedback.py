@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sia_engine.events import FeedbackVerdict, decode_envelope  # noqa: E402
+from sia_engine.events import ActionTaken, FeedbackVerdict, decode_envelope  # noqa: E402
 
 
 def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -50,15 +50,15 @@ def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: arg
         before = [e.recorded_at for e in s.log.read("main")] if any(b.name == "main" for b in s.log.branches()) else []
         agent = LLMPolicy(model) if policy == "llm" else RulePolicy()
         state = Loop(s, task=task, model=model, feedback=agent, config=cfg).run()
-        verdicts = [decode_envelope(e) for e in s.log.read("main", kinds=["feedback_verdict"])]
-        events = list(s.log.read("main"))
-    recorded = [e.recorded_at for e in events]
+        events = [(env.recorded_at, decode_envelope(env)) for env in s.log.read("main")]
+    recorded = [at for at, _ in events]
+    verdicts = [e for _, e in events if isinstance(e, FeedbackVerdict)]
     decide_s, last = 0.0, None  # the Feedback Agent's time: from the iteration's last other event to its verdict
-    for e in events:
-        if e.kind == "feedback_verdict" and last is not None:
-            decide_s += (e.recorded_at - last).total_seconds()
-        elif not (e.kind == "action_taken" and getattr(decode_envelope(e), "name", "").startswith("feedback-")):
-            last = e.recorded_at
+    for at, e in events:
+        if isinstance(e, FeedbackVerdict) and last is not None:
+            decide_s += (at - last).total_seconds()
+        elif not (isinstance(e, ActionTaken) and e.name.startswith("feedback-")):
+            last = at
     # time spent: this call's, plus what the log recorded for the part run before (a resumed run)
     wall = time.perf_counter() - t0 + ((before[-1] - before[0]).total_seconds() if len(before) > 1 else 0.0)
     resumed = ("" if not before else "finished before: read back from its store" if len(before) == len(recorded)
@@ -66,7 +66,7 @@ def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: arg
     head = state.head_version
     assert head is not None
     initial = state.ordered_versions()[0].score("val")
-    return {"head": head.score("val"), "initial": initial, "verdicts": [v for v in verdicts if isinstance(v, FeedbackVerdict)],
+    return {"head": head.score("val"), "initial": initial, "verdicts": verdicts,
             "accepted": sum(1 for v in state.ordered_versions() if v.status == "accepted") - 1, "wall_s": wall, "decide_s": decide_s, "resumed": resumed}
 
 
