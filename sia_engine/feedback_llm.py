@@ -42,7 +42,7 @@ from sia_engine.recipes import RECIPES, gold_episodes, plan_for
 from sia_engine.scaffold import Decoding, PatchOp
 from sia_engine.task import Task
 
-__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "iteration_options", "stage_options", "summary_prompt", "prior_prompt", "scored_options", "TIE_RULE", "PROMPT_PREFIX"]
+__all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "iteration_options", "summary_prompt", "prior_prompt", "scored_options", "TIE_RULE", "PROMPT_PREFIX"]
 
 MAX_OPTIONS = 8
 TIE_RULE = "equal best scores: the rule policy's choice when among them, else the first listed"
@@ -123,11 +123,6 @@ def iteration_options(ctx: Context, task: Task, rule: RulePolicy) -> dict[str, l
     recipe = _recipe_options(ctx, task) if "weights" in ctx.levers else []
     lever = [Option(LEVER_LABELS[k], k) for k, has in (("scaffold", change), ("weights", recipe)) if has]
     return {"lever": [*lever, Option(LEVER_LABELS["none"], "none")], "recipe": recipe, "change": change}
-
-
-def stage_options(stage: str, ctx: Context, task: Task, rule: RulePolicy) -> list[Option]:
-    """The closed set of options of one ``stage`` (see ``iteration_options``)."""
-    return iteration_options(ctx, task, rule)[stage]
 
 
 def preferred(stage: str, opts: Sequence[Option], rule_verdict: FeedbackVerdict) -> int | None:

@@ -12,7 +12,7 @@ import pytest
 
 from sia_engine.events import FeedbackVerdict, decode_envelope
 from sia_engine.feedback import RulePolicy
-from sia_engine.feedback_llm import LEVER_LABELS, TIE_RULE, LLMPolicy, pick, stage_options
+from sia_engine.feedback_llm import LEVER_LABELS, TIE_RULE, LLMPolicy, iteration_options, pick
 
 SCAFFOLD, WEIGHTS, NONE = LEVER_LABELS["scaffold"], LEVER_LABELS["weights"], LEVER_LABELS["none"]
 from sia_engine.loop import Loop, LoopConfig
@@ -38,18 +38,18 @@ def test_pick_takes_the_best_and_breaks_ties_by_the_recorded_rule() -> None:
 def test_options_are_a_closed_set_of_valid_verdicts() -> None:
     c = ctx([f"It is {g}." for g in golds(8)])  # format failures: scaffold changes apply; sft has nothing (no content error)
     rule = RulePolicy()
-    levers = [o.label for o in stage_options("lever", c, TASK, rule)]
-    changes = stage_options("change", c, TASK, rule)
+    options = iteration_options(c, TASK, rule)
+    levers, changes = [o.label for o in options["lever"]], options["change"]
     assert levers[0] == SCAFFOLD and levers[-1] == NONE
     # arith decodes greedily already: no temperature option; the gold answers of failed episodes as examples
     assert [o.label for o in changes][:2] == ["state the answer format the task expects",
                                               "add a worked example with the gold answer of a failed training episode"]
     assert changes[-1].free_text and all(o.lever == "scaffold" for o in changes)
     wrong = ctx(golds(4) + [str(int(g) + 1) for g in golds(8)[4:]])
-    recipes = stage_options("recipe", wrong, TASK, rule)
+    recipes = iteration_options(wrong, TASK, rule)["recipe"]
     assert [o.label.split(":")[0] for o in recipes] == ["sft", "rft"]  # grpo: one sample per episode, nothing to compare
     assert recipes[0].plan is not None and recipes[0].plan.trajectory_ids == ("t4", "t5", "t6", "t7")
-    only = stage_options("lever", ctx(golds(4), levers=("scaffold",)), TASK, rule)
+    only = iteration_options(ctx(golds(4), levers=("scaffold",)), TASK, rule)["lever"]
     assert WEIGHTS not in [o.label for o in only] and [o.lever for o in only] == ["scaffold", "none"]
 
 
