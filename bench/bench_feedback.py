@@ -6,7 +6,7 @@ it reaches, against the rule policy run the same way.
 
 For each task and seed, the engine's own loop runs ``--iterations`` iterations twice from the
 same start, once with ``--feedback llm`` (the default model choosing among valid options by its
-own log-likelihood, ``sia_engine.feedback_llm``) and once with ``--feedback rule``, each in its own
+own log-likelihood, ``sia_engine.loop.feedback.model``) and once with ``--feedback rule``, each in its own
 store. Printed per task: the share of the llm runs' verdicts that are valid model verdicts (no
 fallback exists; the target is all), how often its lever equals the rule policy's verdict on the
 same iteration (recorded in each verdict), how often the tie rule decided a stage, and the head's validation score reached by each policy per
@@ -30,15 +30,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sia_engine.events import ActionTaken, FeedbackVerdict, decode_envelope  # noqa: E402
+from sia_engine.domain.events import ActionTaken, FeedbackVerdict, decode_envelope  # noqa: E402
 
 
 def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from sia_engine.feedback import RulePolicy
-    from sia_engine.feedback_llm import LLMPolicy
-    from sia_engine.loop import Loop, LoopConfig
-    from sia_engine.model import LoraSettings
-    from sia_engine.registry import get_task
+    from sia_engine.loop.feedback.model import LLMPolicy
+    from sia_engine.loop.feedback.rule import RulePolicy
+    from sia_engine.loop.loop import Loop, LoopConfig
+    from sia_engine.loop.registry import get_task
+    from sia_engine.models.protocol import LoraSettings
     from store import Store
 
     task = get_task(task_name, protect=(str(root),))
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--lora-steps", type=int, default=8)
     ap.add_argument("--store", default=None, help="keep the stores here (default: a temporary folder)")
     args = ap.parse_args()
-    from sia_engine.presets import load_model
+    from sia_engine.models.presets import load_model
 
     model = load_model(args.model, device="cpu")
     root = Path(args.store or tempfile.mkdtemp(prefix="bench-feedback-"))

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sia_engine.events import (  # noqa: E402
+from sia_engine.domain.events import (  # noqa: E402
     ActionTaken,
     Event,
     FeedbackVerdict,
@@ -40,10 +40,10 @@ from sia_engine.events import (  # noqa: E402
     VersionRejected,
     encode,
 )
-from sia_engine.history import History, fork, rebuild  # noqa: E402
-from sia_engine.integrity import verify_store  # noqa: E402
-from sia_engine.scaffold import PatchOp, Scaffold, apply_patch, scaffold_hash  # noqa: E402
-from sia_engine.state import AgentState, apply, reduce, version_id  # noqa: E402
+from sia_engine.domain.history import History, fork, rebuild  # noqa: E402
+from sia_engine.domain.integrity import verify_store  # noqa: E402
+from sia_engine.domain.scaffold import PatchOp, Scaffold, apply_patch, scaffold_hash  # noqa: E402
+from sia_engine.domain.state import AgentState, apply, reduce, version_id  # noqa: E402
 from store import DuckEventLog, NewEvent, event_id  # noqa: E402
 from store.duck import _DDL  # noqa: E402
 from store.duck_write import _ARROW_SCHEMA  # noqa: E402

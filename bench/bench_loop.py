@@ -24,12 +24,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sia_engine.events import FeedbackVerdict, TrainingPlan  # noqa: E402
-from sia_engine.feedback import Context, Decision  # noqa: E402
-from sia_engine.loop import Loop, LoopConfig  # noqa: E402
-from sia_engine.model import LoraSettings, Request, ScriptedModel  # noqa: E402
-from sia_engine.scaffold import PatchOp  # noqa: E402
-from sia_engine.task import Task  # noqa: E402
+from sia_engine.domain.events import FeedbackVerdict, TrainingPlan  # noqa: E402
+from sia_engine.domain.scaffold import PatchOp  # noqa: E402
+from sia_engine.loop.feedback.rule import Context, Decision  # noqa: E402
+from sia_engine.loop.loop import Loop, LoopConfig  # noqa: E402
+from sia_engine.loop.task import Task  # noqa: E402
+from sia_engine.models.protocol import LoraSettings, Request, ScriptedModel  # noqa: E402
 from store import BlobStore, MemoryEventLog, Store  # noqa: E402
 from tasks import get_task  # noqa: E402
 
@@ -111,7 +111,7 @@ def scripted_run(n: int, tmp: Path, memory: bool = False) -> tuple[float, int, f
 
 
 def tiny_run(n: int, tmp: Path, memory: bool = False) -> tuple[float, float, int]:
-    from sia_engine.presets import tiny_model
+    from sia_engine.models.presets import tiny_model
 
     model = Timed(tiny_model())
     with _store(tmp, "tiny-mem" if memory else "tiny", memory) as s:

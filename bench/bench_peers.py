@@ -66,9 +66,9 @@ class Ours:
     name = "sia-engine log"
 
     def __init__(self, d: Path) -> None:
-        from sia_engine.events import ActionTaken, RunStarted
-        from sia_engine.history import History
-        from sia_engine.scaffold import Scaffold
+        from sia_engine.domain.events import ActionTaken, RunStarted
+        from sia_engine.domain.history import History
+        from sia_engine.domain.scaffold import Scaffold
         from store import Store
         from tests.strategies import BASE
 
@@ -88,12 +88,12 @@ class Ours:
         self.h.record(*(self._ev() for _ in range(k)))
 
     def state_at(self, depth: int) -> Any:
-        from sia_engine.history import rebuild
+        from sia_engine.domain.history import rebuild
 
         return rebuild(self.store.log, "main", until_seq=depth)
 
     def fork_at(self, depth: int, name: str) -> None:
-        from sia_engine.history import fork
+        from sia_engine.domain.history import fork
 
         fork(self.store.log, name, source="main", at_seq=depth, reason="bench", blobs=self.store.blobs)
 
@@ -283,10 +283,21 @@ class DuckArrow:
 
 def growth_bytes(d: Path, steps: int) -> dict[str, float]:
     """Disk bytes per step while a scaffold gains one few-shot example per step."""
-    from sia_engine.events import RunStarted, ScaffoldPatched, VersionAccepted, VersionEvaluated
-    from sia_engine.history import History
-    from sia_engine.scaffold import Example, PatchOp, Scaffold, apply_patch, scaffold_hash
-    from sia_engine.state import version_id
+    from sia_engine.domain.events import (
+        RunStarted,
+        ScaffoldPatched,
+        VersionAccepted,
+        VersionEvaluated,
+    )
+    from sia_engine.domain.history import History
+    from sia_engine.domain.scaffold import (
+        Example,
+        PatchOp,
+        Scaffold,
+        apply_patch,
+        scaffold_hash,
+    )
+    from sia_engine.domain.state import version_id
     from store import Store
     from tests.strategies import BASE
 

@@ -31,14 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sia_engine.model import LoraSettings, Request, TrainExample  # noqa: E402
+from sia_engine.models.protocol import LoraSettings, Request, TrainExample  # noqa: E402
 
 
 def _scrna_examples(model, n_eps: int = 4, k: int = 4) -> tuple[list[TrainExample], int, float]:  # type: ignore[no-untyped-def]
     """k sampled proposals for each of n_eps scrna-denoise prompts (pbmc68k_reduced's 700 x 765),
     the new tokens drawn and the seconds it took. For timing only: the rewards are a stand-in
     (the sample's index), since scoring is not what is timed and the data need not travel."""
-    from sia_engine.task import chat_messages
+    from sia_engine.loop.task import chat_messages
     from tasks.scrna.task import ScrnaDenoise, episode_input, initial_scaffold
 
     sc = initial_scaffold()
@@ -55,15 +55,15 @@ def _scrna_examples(model, n_eps: int = 4, k: int = 4) -> tuple[list[TrainExampl
 def _load(spec: str, device: str):  # type: ignore[no-untyped-def]
     """A preset, or ``arch:FOLDER``: a model built from FOLDER's config and tokenizer with random
     weights (the same shapes and so the same speed, where the weights cannot travel)."""
-    from sia_engine.presets import load_model
+    from sia_engine.models.presets import load_model
 
     if not spec.startswith("arch:"):
         return load_model(spec, device=device)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from sia_engine.events import ModelRef
-    from sia_engine.hf import HFModel
+    from sia_engine.domain.events import ModelRef
+    from sia_engine.models.hf import HFModel
 
     folder = spec.removeprefix("arch:")
     torch.manual_seed(0)
@@ -102,9 +102,9 @@ def speed(models: list[str], device: str, steps: int) -> None:
 
 
 def evidence(seeds: list[int], recipes: list[str], device: str, steps: int) -> None:
-    from sia_engine.feedback import RulePolicy
-    from sia_engine.loop import EvalProtocol, Loop, LoopConfig
-    from sia_engine.presets import load_model
+    from sia_engine.loop.feedback.rule import RulePolicy
+    from sia_engine.loop.loop import EvalProtocol, Loop, LoopConfig
+    from sia_engine.models.presets import load_model
     from store import Store
     from tasks import get_task
 
@@ -121,7 +121,11 @@ def evidence(seeds: list[int], recipes: list[str], device: str, steps: int) -> N
                 t0 = time.perf_counter()
                 state = Loop(store, task=task, model=model, feedback=RulePolicy(), config=cfg).run()
                 wall = time.perf_counter() - t0
-                from sia_engine.events import AdapterCheckpointed, VersionEvaluated, decode_envelope
+                from sia_engine.domain.events import (
+                    AdapterCheckpointed,
+                    VersionEvaluated,
+                    decode_envelope,
+                )
 
                 events = [decode_envelope(e) for e in store.log.read("main")]
                 evals = {e.version_id: e for e in events if isinstance(e, VersionEvaluated)}

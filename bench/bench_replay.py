@@ -35,16 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_log import synthetic_events  # noqa: E402
 from replay.recorded import replay_recorded  # noqa: E402
-from sia_engine.events import ActionTaken  # noqa: E402
-from sia_engine.feedback import RulePolicy  # noqa: E402
-from sia_engine.history import History, fork, rebuild  # noqa: E402
-from sia_engine.loop import Loop, LoopConfig  # noqa: E402
-from sia_engine.model import LoraSettings  # noqa: E402
+from sia_engine.domain.events import ActionTaken  # noqa: E402
+from sia_engine.domain.history import History, fork, rebuild  # noqa: E402
+from sia_engine.loop.feedback.rule import RulePolicy  # noqa: E402
+from sia_engine.loop.loop import Loop, LoopConfig  # noqa: E402
+from sia_engine.models.protocol import LoraSettings  # noqa: E402
 from store import Store  # noqa: E402
 
 
 def replay_vs_run(tmp: Path, store_path: str | None) -> None:
-    from sia_engine.presets import tiny_model
+    from sia_engine.models.presets import tiny_model
     from tasks import get_task
 
     task = get_task("arith")
@@ -82,7 +82,7 @@ def replay_vs_run(tmp: Path, store_path: str | None) -> None:
 # (VmHWM, not getrusage: Linux carries ru_maxrss across exec from the forking parent, this one)
 _LOG_ALL = """
 import sys
-from sia_engine.cli import main
+from sia_engine.cli.main import main
 try:
     main()
 finally:
@@ -104,7 +104,7 @@ def history_of(n: int, tmp: Path) -> tuple[Store, History]:
 def sizes_bench(sizes: list[int], tmp: Path) -> None:
     from click.testing import CliRunner
 
-    from sia_engine.cli import main
+    from sia_engine.cli.main import main
 
     print(f"{'events':>9} {'fork+append ms':>15} {'cold fork ms':>13} {'rebuild p50 ms':>15} {'p95 ms':>8} {'sia log ms':>11} {'log all ms':>11}")
     rng = random.Random(0)

@@ -35,10 +35,10 @@ CHILD = """
 import sys
 sys.path.insert(0, {root!r})
 from store import Store
-from sia_engine.feedback import RulePolicy
-from sia_engine.loop import Loop, LoopConfig
-from sia_engine.model import LoraSettings
-from sia_engine.presets import tiny_model
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.models.protocol import LoraSettings
+from sia_engine.models.presets import tiny_model
 from tasks import get_task
 task, model = get_task("arith"), tiny_model()
 print("go", flush=True)
@@ -64,7 +64,7 @@ def start(store: Path) -> subprocess.Popen[str]:
 
 def snapshot_of(store: Path) -> tuple[dict[str, list[str]], set[str], bool, str]:
     """(event ids per branch, blob ids, verify ok, kind of the last event)."""
-    from sia_engine.integrity import verify_store
+    from sia_engine.domain.integrity import verify_store
 
     with Store.open(store, read_only=True) as s:
         ids = {b.name: [e.id for e in s.log.read(b.name)] for b in s.log.branches()}

@@ -14,6 +14,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, peft, trl, pyarrow; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'pyarrow', pyarrow.__version__)"
 python3 bench/bench_recipes.py --device cuda --models tiny,arch:.whl/smollm2-arch 2>&1 | grep -v -i warn | tee "$OUT/speed_cuda.txt"
 python3 bench/bench_recipes.py --device cpu --models arch:.whl/smollm2-arch 2>&1 | grep -v -i warn | tee "$OUT/speed_cpu_same_machine.txt"
-python3 -m sia_engine.cli run --task arith --model tiny --device cuda --iterations 2 --levers weights --lora-steps 4 --store /tmp/g --json > "$OUT/loop_cuda.json" 2>&1; echo "loop rc=$?"
-python3 -m sia_engine.cli sql --store /tmp/g "SELECT payload->>'recipe' AS recipe, payload->>'device' AS device, payload->>'dtype' AS dtype, payload->'metrics' AS metrics FROM events WHERE kind='adapter_checkpointed'"
-python3 -m sia_engine.cli verify --store /tmp/g | tail -2
+python3 -m sia_engine.cli.main run --task arith --model tiny --device cuda --iterations 2 --levers weights --lora-steps 4 --store /tmp/g --json > "$OUT/loop_cuda.json" 2>&1; echo "loop rc=$?"
+python3 -m sia_engine.cli.main sql --store /tmp/g "SELECT payload->>'recipe' AS recipe, payload->>'device' AS device, payload->>'dtype' AS dtype, payload->'metrics' AS metrics FROM events WHERE kind='adapter_checkpointed'"
+python3 -m sia_engine.cli.main verify --store /tmp/g | tail -2

@@ -7,8 +7,8 @@ python3 - <<'PY'
 import sys, time
 sys.path.insert(0, ".")
 from pathlib import Path
-from sia_engine.sandbox import landlock_available, run_python
-from sia_engine.sandbox_confine import libcuda_dir, namespace_launcher
+from sia_engine.sandbox.jail import landlock_available, run_python
+from sia_engine.sandbox.confine import libcuda_dir, namespace_launcher
 print("landlock ABI", landlock_available(), "namespaces", namespace_launcher() is not None, "libcuda", libcuda_dir())
 r = run_python("import torch\nprint(torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')",
                devices=("gpu",), timeout_s=120, memory_mb=16384)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sia_engine.sandbox as sb  # noqa: E402
+import sia_engine.sandbox.jail as sb  # noqa: E402
 
 CODE = "import torch\nprint('cuda', torch.cuda.is_available())"
 

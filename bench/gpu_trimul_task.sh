@@ -10,11 +10,11 @@ timeout 420 python3 - <<'PY'
 import sys, tempfile, time
 sys.path.insert(0, ".")
 from pathlib import Path
-from sia_engine.experiment import evaluate_test
-from sia_engine.feedback import RulePolicy
-from sia_engine.integrity import verify_store
-from sia_engine.loop import EvalProtocol, Loop, LoopConfig
-from sia_engine.model import ScriptedModel
+from sia_engine.experiment.arms import evaluate_test
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.domain.integrity import verify_store
+from sia_engine.loop.loop import EvalProtocol, Loop, LoopConfig
+from sia_engine.models.protocol import ScriptedModel
 from store import Store
 from tasks.trimul.task import TriMul
 

@@ -42,8 +42,8 @@ CRASHED_WRITER = """
 import os, sys
 sys.path.insert(0, {root!r})
 from store import Store
-from sia_engine.events import ActionTaken
-from sia_engine.history import History
+from sia_engine.domain.events import ActionTaken
+from sia_engine.domain.history import History
 s = Store.open(sys.argv[1])
 h = History.open(s.log, "main", blobs=s.blobs)
 head = str(h.state.head)
@@ -56,10 +56,10 @@ os._exit(0)  # no close: DuckDB's WAL and the journal stay as a killed writer le
 
 def build(folder: Path) -> Path:
     """The store the campaign damages (see the module's docstring)."""
-    from sia_engine.feedback import RulePolicy
-    from sia_engine.loop import Loop, LoopConfig
-    from sia_engine.model import LoraSettings
-    from sia_engine.presets import tiny_model
+    from sia_engine.loop.feedback.rule import RulePolicy
+    from sia_engine.loop.loop import Loop, LoopConfig
+    from sia_engine.models.presets import tiny_model
+    from sia_engine.models.protocol import LoraSettings
     from tasks import get_task
 
     path = folder / "store"
@@ -101,7 +101,7 @@ def content_digest(s: Store) -> str:
 
 def check(store: Path) -> tuple[str, str]:
     """(outcome, detail) of `sia verify` on ``store``, as classified in the module's docstring."""
-    from sia_engine.integrity import verify_store
+    from sia_engine.domain.integrity import verify_store
 
     try:
         with Store.open(store, read_only=True) as s:

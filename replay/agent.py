@@ -21,8 +21,8 @@ import msgspec
 
 from replay.errors import RebuildMismatch
 from replay.rebuild import locate
-from sia_engine.events import AdapterCheckpointed, decode_envelope
-from sia_engine.state import Version, version_id
+from sia_engine.domain.events import AdapterCheckpointed, decode_envelope
+from sia_engine.domain.state import Version, version_id
 from store import Store
 from store.blobs import atomic_write, safetensors_metadata
 

@@ -16,10 +16,10 @@ from collections import Counter
 from replay.audit_experiment import experiment_section
 from replay.audit_parts import collect, iteration_plot, version_details
 from replay.diff import compare_branches
-from sia_engine.history import rebuild
-from sia_engine.integrity import IntegrityReport, verify_store
-from sia_engine.state import AgentState, Version
-from sia_engine.task import Task
+from sia_engine.domain.history import rebuild
+from sia_engine.domain.integrity import IntegrityReport, verify_store
+from sia_engine.domain.state import AgentState, Version
+from sia_engine.loop.task import Task
 from store import BlobStore, EventLog
 
 __all__ = ["audit_report"]

@@ -1,12 +1,19 @@
 """The audit report's experiment section: each arm's test scores per seed beside the baselines,
-computed from the log alone (``sia_engine.experiment.result_from_events``)."""
+computed from the log alone (``sia_engine.experiment.arms.result_from_events``)."""
 
 from __future__ import annotations
 
 import html
 import statistics
 
-from sia_engine.experiment import ExperimentResult, arm_summary, comparisons, experiment_names, experiment_rows, result_from_events
+from sia_engine.experiment.arms import (
+    ExperimentResult,
+    arm_summary,
+    comparisons,
+    experiment_names,
+    experiment_rows,
+    result_from_events,
+)
 from store import EventLog
 
 __all__ = ["experiment_section", "experiment_plot"]

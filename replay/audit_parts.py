@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from sia_engine.events import (
+from sia_engine.domain.events import (
     AdapterCheckpointed,
     Event,
     FeedbackVerdict,
@@ -20,7 +20,7 @@ from sia_engine.events import (
     TrajectoryRecorded,
     decode_envelope,
 )
-from sia_engine.state import AgentState, Version
+from sia_engine.domain.state import AgentState, Version
 from store import Envelope
 
 __all__ = ["Provenance", "collect", "iteration_plot", "version_details"]

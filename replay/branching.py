@@ -2,7 +2,7 @@
 embeds the engine. Both only append (a ref and a ``branch_forked`` event; a ``rolled_back``
 event): nothing recorded is removed or changed.
 
-The primitive under ``fork`` is ``sia_engine.history`` (``History.fork`` forks an open history
+The primitive under ``fork`` is ``sia_engine.domain.history`` (``History.fork`` forks an open history
 from the state it holds; ``fork`` rebuilds the state at any seq first); the engine's loop uses it
 too, so it lives below ``replay``.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from replay.errors import RollbackRefused
 from replay.rebuild import locate
-from sia_engine.events import RolledBack
-from sia_engine.history import History
-from sia_engine.history import fork as _fork
+from sia_engine.domain.events import RolledBack
+from sia_engine.domain.history import History
+from sia_engine.domain.history import fork as _fork
 from store import Store
 
 __all__ = ["fork_branch", "rollback", "RollbackRefused"]

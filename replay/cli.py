@@ -1,6 +1,6 @@
 """The replay commands of ``sia`` (registered as ``sia_engine.commands`` entry points): show,
 audit, fork, rollback, rebuild, diff, compare, export and replay, each a thin face over a library
-call of ``replay`` or ``sia_engine.history``."""
+call of ``replay`` or ``sia_engine.domain.history``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from typing import Any
 import click
 import msgspec
 
-from sia_engine.cli_common import _envelope_dict, _fail, _open, emit_json, out, store_options
+from sia_engine.cli.api import (
+    emit_json,
+    envelope_dict,
+    fail,
+    open_store,
+    out,
+    store_options,
+)
 
 __all__ = ["show", "audit", "fork", "rollback", "rebuild", "diff", "compare", "export", "replay"]
 
@@ -30,10 +37,10 @@ def show(store_path: str, as_json: bool, ref: str, branch: str) -> None:
     """
     from replay import locate
 
-    with _open(store_path, read_only=True) as s:
+    with open_store(store_path, read_only=True) as s:
         found = locate(s.log, ref, branch=branch)
     if found.event is not None:
-        data: dict[str, Any] = _envelope_dict(found.event)
+        data: dict[str, Any] = envelope_dict(found.event)
         title = f"event {found.event.ref}"
     else:
         assert found.version is not None
@@ -62,7 +69,7 @@ def audit(store_path: str, as_json: bool, out_path: str, data: str | None) -> No
     from replay import audit_report
     from replay.rebuild import state_at
 
-    with _open(store_path, read_only=True) as s:
+    with open_store(store_path, read_only=True) as s:
         names = {run.task for b in s.log.branches() if (run := state_at(s.log, b.name).run) is not None}
         task = _task_or_none(next(iter(names)), data) if len(names) == 1 else None  # one task per store, re-scored by it
         page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}", task=task)  # type: ignore[arg-type]
@@ -95,8 +102,8 @@ def fork(store_path: str, as_json: bool, at: str, new: str, reason: str) -> None
 
     source, sep, seq = at.rpartition("@")
     if not sep or not seq.isdigit() or not source:
-        _fail(f"{at!r} is not BRANCH@SEQ (for example main@12; `sia log` shows the seqs)")
-    with _open(store_path) as s:
+        fail(f"{at!r} is not BRANCH@SEQ (for example main@12; `sia log` shows the seqs)")
+    with open_store(store_path) as s:
         hist = fork_branch(s, new, source=source, at_seq=int(seq), reason=reason)
         info = {"branch": new, "source": source, "seq": int(seq), "head": hist.state.head, "event": hist.head}
     if as_json:
@@ -121,12 +128,12 @@ def rollback(store_path: str, as_json: bool, branch: str, version: str, reason: 
     from replay.branching import RollbackRefused
     from replay.branching import rollback as roll_back
 
-    with _open(store_path) as s:
+    with open_store(store_path) as s:
         previous = s.log.branch(branch).head_id
         try:
             hist = roll_back(s, branch, version, reason=reason)
         except RollbackRefused as e:
-            _fail(e.reason)
+            fail(e.reason)
             raise
         head = hist.state.head_history[-2] if len(hist.state.head_history) > 1 else None
         v_id = str(hist.state.head)
@@ -157,10 +164,10 @@ def rebuild(store_path: str, as_json: bool, version: str, out_dir: str, branch: 
 
     weights = None
     if model_spec is not None:
-        from sia_engine.presets import model_weights_hash
+        from sia_engine.models.presets import model_weights_hash
 
         weights = model_weights_hash(model_spec)
-    with _open(store_path, read_only=True) as s:
+    with open_store(store_path, read_only=True) as s:
         agent = rebuild_agent(s, version, out_dir, branch=branch, base_weights_hash=weights)
     if as_json:
         emit_json(agent)
@@ -186,7 +193,7 @@ def diff(store_path: str, as_json: bool, a: str, b: str, branch: str) -> None:
     """
     from replay.diff import diff_versions
 
-    with _open(store_path, read_only=True) as s:
+    with open_store(store_path, read_only=True) as s:
         d = diff_versions(s, a, b, branch=branch)
     if as_json:
         emit_json(d)
@@ -220,7 +227,7 @@ def compare(store_path: str, as_json: bool, branches: tuple[str, ...]) -> None:
     """
     from replay.diff import compare_branches
 
-    with _open(store_path, read_only=True) as s:
+    with open_store(store_path, read_only=True) as s:
         rows = compare_branches(s, list(branches))
     if as_json:
         emit_json(rows)
@@ -250,7 +257,7 @@ def export(store_path: str, as_json: bool, folder: str) -> None:
     """
     from replay.export import export_parquet
 
-    with _open(store_path, read_only=True) as s:
+    with open_store(store_path, read_only=True) as s:
         counts = export_parquet(s, folder)
     if as_json:
         emit_json(counts)
@@ -280,10 +287,10 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
     """
     from replay.rebuild import state_at
 
-    with _open(store_path, read_only=True) as s:
+    with open_store(store_path, read_only=True) as s:
         state = state_at(s.log, branch)
         if state.run is None:
-            _fail(f"branch {branch!r} holds no run")
+            fail(f"branch {branch!r} holds no run")
         assert state.run is not None
         if mode == "recorded":
             from replay.recorded import ReplayDivergence, replay_recorded
@@ -300,12 +307,12 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
         else:
             from replay.errors import RebuildMismatch
             from replay.reexecute import reexecute
-            from sia_engine.presets import load_model
+            from sia_engine.models.presets import load_model
 
             base = state.run.base_model
             spec = model_spec or {"tiny": "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}.get(base.id)
             if spec is None:
-                _fail(f"the run's base model is {base.id!r}: give it with --model (a folder or a cached hub id)")
+                fail(f"the run's base model is {base.id!r}: give it with --model (a folder or a cached hub id)")
             assert spec is not None
             model = load_model(spec, device="cpu")
             if model.ref.weights_hash != base.weights_hash:
@@ -334,7 +341,7 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
 def _task_or_none(name: str, data: str | None) -> object | None:
     """The run's task, or None when it cannot be built here (replay then says what it skipped)."""
     from sia_engine.errors import SiaError
-    from sia_engine.registry import get_task
+    from sia_engine.loop.registry import get_task
 
     try:
         return get_task(name, data=data)

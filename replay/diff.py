@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 
 from replay.rebuild import locate, state_at
-from sia_engine.events import (
+from sia_engine.domain.events import (
     AdapterCheckpointed,
     FeedbackVerdict,
     IterationStarted,
@@ -26,7 +26,7 @@ from sia_engine.events import (
     VersionRejected,
     decode_envelope,
 )
-from sia_engine.state import Version
+from sia_engine.domain.state import Version
 from store import EventLog, Store
 from store.blobs import safetensors_metadata
 

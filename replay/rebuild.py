@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from sia_engine.history import rebuild
-from sia_engine.state import AgentState, Version
+from sia_engine.domain.history import rebuild
+from sia_engine.domain.state import AgentState, Version
 from store import Envelope, EventLog, EventNotFound, StoreError
 
 __all__ = ["Located", "locate", "state_at", "AmbiguousRef"]

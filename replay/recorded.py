@@ -21,8 +21,7 @@ from typing import Any
 import msgspec
 
 from replay.errors import ReplayError
-from sia_engine.errors import ReducerError
-from sia_engine.events import (
+from sia_engine.domain.events import (
     FeedbackVerdict,
     IterationStarted,
     TrajectoryRecorded,
@@ -31,10 +30,11 @@ from sia_engine.events import (
     VersionRejected,
     decode_envelope,
 )
-from sia_engine.feedback import Context, RulePolicy
-from sia_engine.loop import evaluation_score, failure_classes, gate_accepts
-from sia_engine.state import AgentState, apply, state_hash
-from sia_engine.task import Episode, Score, Task
+from sia_engine.domain.state import AgentState, apply, state_hash
+from sia_engine.errors import ReducerError
+from sia_engine.loop.feedback.rule import Context, RulePolicy
+from sia_engine.loop.loop import evaluation_score, failure_classes, gate_accepts
+from sia_engine.loop.task import Episode, Score, Task
 from store import EventLog, Store
 
 __all__ = ["ReplayDivergence", "ReplayReport", "replay_recorded"]
@@ -89,7 +89,11 @@ def _check_llm_choice(where: str, e: FeedbackVerdict, ctx: Context | None, task:
     """A model's constrained choice, recomputed: each stage's chosen option from its recorded
     scores and the tie rule; with the task, the options rebuilt from the iteration (the same
     labels), the rule policy's preference recomputed, and the verdict equal to the option chosen."""
-    from sia_engine.feedback_llm import choose_index, iteration_options, preferred
+    from sia_engine.loop.feedback.model import (
+        choose_index,
+        iteration_options,
+        preferred,
+    )
 
     rule = RulePolicy()
     rule_verdict = rule.decide(ctx, task).verdicts[-1] if ctx is not None and task is not None else None

@@ -15,12 +15,12 @@ from typing import Any
 
 import msgspec
 
-from sia_engine.events import ActionTaken, decode_envelope
-from sia_engine.feedback_llm import scored_options
-from sia_engine.loop import load_adapter
-from sia_engine.model import Message, Model, Request
-from sia_engine.scaffold import Decoding
-from sia_engine.state import AgentState, apply
+from sia_engine.domain.events import ActionTaken, decode_envelope
+from sia_engine.domain.scaffold import Decoding
+from sia_engine.domain.state import AgentState, apply
+from sia_engine.loop.feedback.model import scored_options
+from sia_engine.loop.loop import load_adapter
+from sia_engine.models.protocol import Message, Model, Request
 from store import Store
 
 __all__ = ["ReexecuteReport", "reexecute"]

@@ -17,7 +17,12 @@ from typing import Any
 import duckdb
 import msgspec
 
-from store.duck_errors import _OPEN_WRITERS, _READ_ALL, _translate_open_error, translate_duckdb_errors
+from store.duck_errors import (
+    _OPEN_WRITERS,
+    _READ_ALL,
+    _translate_open_error,
+    translate_duckdb_errors,
+)
 from store.duck_snapshots import SNAPSHOT_SUFFIX, DuckSnapshots
 from store.duck_sql import DuckSql, SqlResult
 from store.duck_verify import verify_connection

@@ -18,7 +18,13 @@ from store.envelope import (
     history_segments,
     seal,
 )
-from store.errors import BranchExists, BranchNotFound, ConcurrencyError, EventNotFound, StoreError
+from store.errors import (
+    BranchExists,
+    BranchNotFound,
+    ConcurrencyError,
+    EventNotFound,
+    StoreError,
+)
 from store.verify import verify_rows
 
 __all__ = ["MemoryEventLog"]

@@ -1,4 +1,4 @@
-"""Task suites behind the ``sia_engine.task.Task`` protocol.
+"""Task suites behind the ``sia_engine.loop.task.Task`` protocol.
 
 ``arith`` (a small built-in sum task), ``scrna-denoise`` (OpenProblems v1 denoising, run in the
 sandbox) and ``lawbench-charge`` (LawBench 3-3 single-label charges). TriMul's reference and
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sia_engine.registry import UnknownTask, task_info, task_names
-from sia_engine.registry import get_task as _get_task
-from sia_engine.task import Task
+from sia_engine.loop.registry import UnknownTask, task_info, task_names
+from sia_engine.loop.registry import get_task as _get_task
+from sia_engine.loop.task import Task
 
 __all__ = ["TASKS", "DATA", "DESCRIPTIONS", "get_task", "UnknownTask"]
 

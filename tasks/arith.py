@@ -13,9 +13,9 @@ import random
 import re
 from typing import Any, Literal
 
-from sia_engine.model import Message
-from sia_engine.scaffold import Decoding, Scaffold
-from sia_engine.task import Episode, Score, chat_messages
+from sia_engine.domain.scaffold import Decoding, Scaffold
+from sia_engine.loop.task import Episode, Score, chat_messages
+from sia_engine.models.protocol import Message
 
 __all__ = ["Arith"]
 

@@ -7,7 +7,7 @@ import click
 import msgspec
 from rich.table import Table
 
-from sia_engine.cli_common import _fail, emit_json, err, out
+from sia_engine.cli.api import emit_json, err, fail, out
 from sia_engine.errors import SiaError
 
 __all__ = ["baseline", "score"]
@@ -33,7 +33,7 @@ def baseline(task_name: str, data: str | None, method: str, seed: int, as_json: 
     try:
         counts = load_counts(data or DEFAULT_DATA)
     except SiaError as e:
-        _fail(str(e))
+        fail(str(e))
     split = mcv_split(counts, seed)
     denoised = split.test.astype(float) if method == "perfect" else BASELINES[method](split.train, seed=seed)
     scores = evaluate(split, denoised, control_scores(split))
@@ -76,9 +76,9 @@ def score(benchmark: str, predictions: str, as_json: bool) -> None:
                 rows.append({"task": task, "model": model, "score": result["score"],
                              "abstention_rate": result["abstention_rate"], "simplified": bool(result["simplified"])})
     except SiaError as e:
-        _fail(str(e))
+        fail(str(e))
     if not rows:
-        _fail(f"no LawBench prediction files (<task>.json) under {predictions}")
+        fail(f"no LawBench prediction files (<task>.json) under {predictions}")
     if as_json:
         emit_json(rows)
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-from sia_engine.model import Request, ScriptedModel
+from sia_engine.models.protocol import Request, ScriptedModel
 from tasks import get_task
 
 TASK = get_task("arith")

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec.inspect as mi
 from hypothesis import strategies as st
 
-from sia_engine.events import (
+from sia_engine.domain.events import (
     ActionTaken,
     AdapterCheckpointed,
     Event,
@@ -22,8 +22,8 @@ from sia_engine.events import (
     VersionEvaluated,
     VersionRejected,
 )
-from sia_engine.scaffold import PatchOp, Scaffold, apply_patch, scaffold_hash
-from sia_engine.state import AgentState, apply, version_id
+from sia_engine.domain.scaffold import PatchOp, Scaffold, apply_patch, scaffold_hash
+from sia_engine.domain.state import AgentState, apply, version_id
 
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),

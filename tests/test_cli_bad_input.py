@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sia_engine.cli import main
-from sia_engine.integrity import verify_store
+from sia_engine.cli.main import main
+from sia_engine.domain.integrity import verify_store
 from store import Store
 
 junk = st.one_of(

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sia_engine.history import rebuild
-from sia_engine.integrity import verify_store
-from sia_engine.state import state_hash
+from sia_engine.domain.history import rebuild
+from sia_engine.domain.integrity import verify_store
+from sia_engine.domain.state import state_hash
 from store import MemoryEventLog, NewEvent
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -45,7 +45,7 @@ def test_golden_log_keeps_its_ids_and_state() -> None:
 def test_golden_log_written_before_a_schema_change_is_upcast() -> None:
     """feedback_verdict went to schema 2 after the golden log was written: its schema-1 events are
     upcast on read (ids unchanged, since the stored bytes are), and the history still verifies."""
-    from sia_engine.events import FeedbackVerdict, decode_envelope
+    from sia_engine.domain.events import FeedbackVerdict, decode_envelope
 
     log, _, _ = replay(FIXTURES / "golden_v1.jsonl")
     old = [e for e in log.read("main") if e.kind == "feedback_verdict"]

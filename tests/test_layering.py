@@ -21,6 +21,11 @@ ALLOWED = {
 }
 CLI: tuple[str, ...] = ()  # no exception: the `sia` command finds tasks and replay's commands through entry points
 
+# sia_engine's own packages, top to bottom: each may import those below it (and the package root
+# and its errors, which every layer shares)
+ENGINE_LAYERS = ["cli", "experiment", "loop", "models", "sandbox", "domain"]
+ENGINE_SHARED = {"sia_engine", "sia_engine.errors"}
+
 
 def modules() -> list[Path]:
     return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
@@ -47,6 +52,50 @@ def test_imports_point_down(path: Path) -> None:
     pkg = rel.split("/")[0]
     bad = {m for m in project_imports(path) if m.split(".")[0] not in ALLOWED[pkg] | {pkg}}
     assert not bad, f"{rel} imports {sorted(bad)}; {pkg} may import only {sorted(ALLOWED[pkg])}"
+
+
+def engine_layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "sia_engine" and parts[1] in ENGINE_LAYERS else None
+
+
+@pytest.mark.parametrize("path", [p for p in modules() if p.is_relative_to(ROOT / "sia_engine")], ids=lambda p: str(p.relative_to(ROOT)))
+def test_engine_layers_point_down(path: Path) -> None:
+    """Inside sia_engine: cli -> experiment -> loop -> models -> sandbox -> domain, never up."""
+    rel = path.relative_to(ROOT).with_suffix("")
+    me = engine_layer(".".join(rel.parts))
+    for m in project_imports(path):
+        if m.split(".")[0] != "sia_engine" or m in ENGINE_SHARED:
+            continue
+        them = engine_layer(m)
+        assert them is not None, f"{rel} imports {m}, which belongs to no layer of {ENGINE_LAYERS}"
+        if me is None:  # the package root and errors import no layer
+            raise AssertionError(f"{rel} is shared by every layer and may not import {m}")
+        assert ENGINE_LAYERS.index(them) >= ENGINE_LAYERS.index(me), f"{rel} ({me}) imports {m} ({them}), a layer above it"
+
+
+def package_of(module: str) -> str:
+    """The package a dotted module belongs to (a package belongs to itself)."""
+    parts = module.removesuffix(".__init__").split(".")
+    return module.removesuffix(".__init__") if (ROOT.joinpath(*parts) / "__init__.py").exists() else ".".join(parts[:-1])
+
+
+def private_imports(path: Path) -> set[str]:
+    """``from X import _name`` where X is another package of the project (or another of the
+    engine's packages): a private name crossing a package."""
+    mine = package_of(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    bad: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] in PACKAGES:
+            if package_of(node.module) != mine:
+                bad |= {f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")}
+    return bad
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_private_name_crosses_a_package(path: Path) -> None:
+    bad = private_imports(path)
+    assert not bad, f"{path.relative_to(ROOT)} imports private names of another package: {sorted(bad)}; make them public"
 
 
 def test_no_import_cycles_between_files() -> None:
@@ -76,14 +125,14 @@ def test_no_import_cycles_between_files() -> None:
             visit(m, [])
 
 
-@pytest.mark.parametrize("mod", ["sia_engine", "sia_engine.events", "sia_engine.state", "sia_engine.integrity", "store", "replay"])
+@pytest.mark.parametrize("mod", ["sia_engine", "sia_engine.domain.events", "sia_engine.domain.state", "sia_engine.domain.integrity", "store", "replay"])
 def test_domain_imports_do_not_pull_torch(mod: str) -> None:
     code = f"import sys, {mod}; bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("mod", ["sia_engine.events", "sia_engine.state", "sia_engine.scaffold", "store"])
+@pytest.mark.parametrize("mod", ["sia_engine.domain.events", "sia_engine.domain.state", "sia_engine.domain.scaffold", "store"])
 def test_the_domain_loads_no_database(mod: str) -> None:
     """Events and the reducer import no DuckDB, pyarrow, safetensors or numpy (replay and audit
     tools, or a regulated pipeline, can read events without the storage backends)."""

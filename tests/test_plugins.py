@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 PLUGIN = '''
-from sia_engine.model import Message
-from sia_engine.scaffold import Scaffold
-from sia_engine.task import Episode, Score, chat_messages
+from sia_engine.models.protocol import Message
+from sia_engine.domain.scaffold import Scaffold
+from sia_engine.loop.task import Episode, Score, chat_messages
 import click
 
 
@@ -72,16 +72,16 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
     monkeypatch.undo()  # the plugin uninstalled: `sia` has its own commands again
     sys.modules.pop("sia_echo_plugin", None)
-    from sia_engine.cli import build_cli
+    from sia_engine.cli.main import build_cli
 
     build_cli()
 
 
 def test_a_plugin_task_runs_in_the_loop(plugin: Path, tmp_path: Path) -> None:
-    from sia_engine.feedback import RulePolicy
-    from sia_engine.loop import Loop, LoopConfig
-    from sia_engine.model import ScriptedModel
-    from sia_engine.registry import get_task, task_names
+    from sia_engine.loop.feedback.rule import RulePolicy
+    from sia_engine.loop.loop import Loop, LoopConfig
+    from sia_engine.loop.registry import get_task, task_names
+    from sia_engine.models.protocol import ScriptedModel
     from store import Store
 
     assert "echo" in task_names()
@@ -93,7 +93,7 @@ def test_a_plugin_task_runs_in_the_loop(plugin: Path, tmp_path: Path) -> None:
 
 
 def test_plugin_tasks_and_commands_appear_in_the_cli(plugin: Path) -> None:
-    from sia_engine.cli import build_cli
+    from sia_engine.cli.main import build_cli
 
     cli = build_cli()
     r = CliRunner().invoke(cli, ["tasks", "--json"])

@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from sia_engine.model import Message
-from sia_engine.scaffold import Decoding, Scaffold
-from sia_engine.task import Episode, Score, chat_messages
+from sia_engine.domain.scaffold import Decoding, Scaffold
+from sia_engine.loop.task import Episode, Score, chat_messages
+from sia_engine.models.protocol import Message
 from tasks.lawbench.data import LawBenchDataError, load_items
 from tasks.lawbench.labels import CHARGES
 

@@ -20,10 +20,10 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
-from sia_engine.model import Message
-from sia_engine.sandbox import run_python
-from sia_engine.scaffold import Decoding, Scaffold
-from sia_engine.task import Episode, Score, chat_messages
+from sia_engine.domain.scaffold import Decoding, Scaffold
+from sia_engine.loop.task import Episode, Score, chat_messages
+from sia_engine.models.protocol import Message
+from sia_engine.sandbox.jail import run_python
 from tasks.scrna.data import DEFAULT_DATA, data_file, load_counts
 from tasks.scrna.family import RANGES, TRANSFORMS
 from tasks.scrna.metrics import Split, control_scores, evaluate, mcv_split

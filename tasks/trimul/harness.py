@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 import safetensors.torch
 
-from sia_engine.sandbox import SandboxResult, run_python
+from sia_engine.sandbox.jail import SandboxResult, run_python
 from tasks.trimul.reference import check, generate_input, reference
 
 __all__ = ["Case", "CaseResult", "run_submission"]

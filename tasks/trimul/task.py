@@ -23,11 +23,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from sia_engine.domain.scaffold import Decoding, Scaffold
 from sia_engine.errors import SiaError
-from sia_engine.model import Message
-from sia_engine.sandbox import run_python
-from sia_engine.scaffold import Decoding, Scaffold
-from sia_engine.task import Episode, Score, chat_messages
+from sia_engine.loop.task import Episode, Score, chat_messages
+from sia_engine.models.protocol import Message
+from sia_engine.sandbox.jail import run_python
 from tasks.trimul.harness import Case, run_submission
 from tasks.trimul.reference import HIDDEN, RANKED, TEST_SHAPES
 from tasks.trimul.reference import reference as reference_fn

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 
 from replay.agent import rebuild_agent
 from replay.errors import RebuildMismatch
-from sia_engine.cli import main
-from sia_engine.events import AdapterCheckpointed, decode_envelope
-from sia_engine.feedback import RulePolicy
-from sia_engine.loop import Loop, LoopConfig
-from sia_engine.model import LoraSettings, Message
-from sia_engine.presets import tiny_model
-from sia_engine.scaffold import Scaffold
+from sia_engine.cli.main import main
+from sia_engine.domain.events import AdapterCheckpointed, decode_envelope
+from sia_engine.domain.scaffold import Scaffold
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.models.presets import tiny_model
+from sia_engine.models.protocol import LoraSettings, Message
 from store import Store
 from store.errors import BlobCorrupt
 from tests.loop_helpers import TASK
@@ -52,7 +52,7 @@ def test_rebuilt_agent_loads_with_peft_and_matches_the_log(trained, tmp_path: Pa
     base = tiny_model()
     peft = PeftModel.from_pretrained(base.base, str(tmp_path / "agent" / "adapter"))
     live = tiny_model()
-    from sia_engine.loop import load_adapter
+    from sia_engine.loop.loop import load_adapter
 
     with Store.open(path, read_only=True) as s:
         live.set_adapter(load_adapter(s.blobs, ev.blob))

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sia_engine.cli import main
+from sia_engine.cli.main import main
+from sia_engine.domain.events import RunConfigured, decode_envelope
+from sia_engine.domain.history import rebuild
+from sia_engine.domain.integrity import verify_store
 from sia_engine.errors import RunMismatch
-from sia_engine.events import RunConfigured, decode_envelope
-from sia_engine.feedback import RulePolicy
-from sia_engine.history import rebuild
-from sia_engine.integrity import verify_store
-from sia_engine.loop import Loop, LoopConfig
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
 from store import Store
 from tests.loop_helpers import TASK, scripted, sometimes_wrong
 

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from replay.diff import adapter_deltas, compare_branches, diff_versions
-from sia_engine.cli import main
-from sia_engine.feedback import RulePolicy
-from sia_engine.history import fork, rebuild
-from sia_engine.loop import Loop, LoopConfig
-from sia_engine.model import LoraSettings
-from sia_engine.presets import tiny_model
+from sia_engine.cli.main import main
+from sia_engine.domain.history import fork, rebuild
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.models.presets import tiny_model
+from sia_engine.models.protocol import LoraSettings
 from store import Store
 from tests.loop_helpers import TASK
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sia_engine.cli import main
-from sia_engine.feedback import RulePolicy
-from sia_engine.loop import Loop, LoopConfig
-from sia_engine.model import LoraSettings
-from sia_engine.presets import tiny_model
+from sia_engine.cli.main import main
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.models.presets import tiny_model
+from sia_engine.models.protocol import LoraSettings
 from store import Store
 from tests.loop_helpers import TASK
 
@@ -24,7 +24,7 @@ PENDING = """
 import os, sys
 sys.path.insert(0, {root!r})
 from store import Store
-from sia_engine.history import fork
+from sia_engine.domain.history import fork
 s = Store.open(sys.argv[1])
 fork(s.log, "pending", source="main", at_seq=3, reason="journalled, never flushed", blobs=s.blobs)
 os._exit(0)  # no close: the event stays in the journal
@@ -49,7 +49,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def commands(store: Path, out: Path) -> list[list[str]]:
     with Store.open(store, read_only=True) as s:
-        from sia_engine.history import rebuild
+        from sia_engine.domain.history import rebuild
 
         state, _ = rebuild(s.log, "main")
     v = [x.version_id[:10] for x in state.ordered_versions()]

@@ -11,19 +11,19 @@ from click.testing import CliRunner
 
 from replay.recorded import ReplayDivergence, replay_recorded
 from replay.reexecute import reexecute
-from sia_engine.cli import main
-from sia_engine.events import (
+from sia_engine.cli.main import main
+from sia_engine.domain.events import (
     TrajectoryRecorded,
     VersionAccepted,
     VersionRejected,
     decode_envelope,
     encode,
 )
-from sia_engine.feedback import RulePolicy
-from sia_engine.integrity import verify_store
-from sia_engine.loop import Loop, LoopConfig
-from sia_engine.model import LoraSettings
-from sia_engine.presets import tiny_model
+from sia_engine.domain.integrity import verify_store
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.models.presets import tiny_model
+from sia_engine.models.protocol import LoraSettings
 from store import BlobStore, MemoryEventLog, Store
 from tests.loop_helpers import TASK, format_then_content_errors, scripted
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from sia_engine.cli import main
+from sia_engine.cli.main import main
 from store import DuckEventLog, NewEvent
 
 
@@ -63,8 +63,8 @@ def test_checkpoint_catches_a_rewrite_with_recomputed_hashes(tmp_path: Path) -> 
     assert code == 0 and "extends the signed checkpoint" in out, out
 
     # a legitimate extension still extends it
-    from sia_engine.events import ActionTaken
-    from sia_engine.history import History
+    from sia_engine.domain.events import ActionTaken
+    from sia_engine.domain.history import History
     from store import Store
 
     with Store.open(store) as s:

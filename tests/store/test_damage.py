@@ -12,8 +12,15 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from sia_engine.cli import main
-from store import DuckEventLog, InvalidEnvelope, NewEvent, Store, StoreDamaged, StoreError
+from sia_engine.cli.main import main
+from store import (
+    DuckEventLog,
+    InvalidEnvelope,
+    NewEvent,
+    Store,
+    StoreDamaged,
+    StoreError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sia_engine.cli import main
+from sia_engine.cli.main import main
 
 
 def h5ad(path: Path, x: np.ndarray) -> Path:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sia_engine.feedback import RulePolicy
-from sia_engine.task import Task
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.task import Task
 from tasks import get_task
 from tests.conftest import shared_data
 
@@ -54,7 +54,7 @@ def test_the_rule_policys_own_patches_carry_no_answer(make: Callable[[], Task]) 
     """The values of the scaffold patches that the rule policy writes itself (not the examples it
     copies from gold training answers or from the model's own outputs)."""
     task = make()
-    from tests.sia_engine.test_feedback import ctx
+    from tests.sia_engine.loop.test_feedback import ctx
 
     c = ctx(["???"] * 4)
     for ops in RulePolicy()._format_ops(c, task):

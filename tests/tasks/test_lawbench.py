@@ -73,7 +73,7 @@ def test_loaders_give_typed_errors(tmp_path: Path) -> None:
 def test_score_cli(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from sia_engine.cli import main
+    from sia_engine.cli.main import main
 
     src = shared_data("lawbench", "predictions", "zero_shot", "GPT-3.5-turbo-0613", "3-7.json")
     (tmp_path / "gpt").mkdir()

@@ -128,7 +128,7 @@ def test_the_task_scores_kernels_in_the_sandbox_interpreted_on_cpu() -> None:
 def test_without_a_gpu_the_task_and_the_commands_refuse(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from sia_engine.cli import main
+    from sia_engine.cli.main import main
     from tasks.trimul.task import TaskUnavailable, TriMul
 
     if torch.cuda.is_available():
@@ -141,7 +141,7 @@ def test_without_a_gpu_the_task_and_the_commands_refuse(tmp_path: Path) -> None:
 
 
 def test_a_small_model_is_refused_for_a_task_that_needs_kernels() -> None:
-    from sia_engine.cli_common import load_agent_model
+    from sia_engine.cli.api import load_agent_model
 
     class NeedsKernels:
         name = "k"

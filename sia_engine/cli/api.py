@@ -1,0 +1,102 @@
+"""Shared pieces of the `sia` command: consoles, JSON output, error mapping, store options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+
+from sia_engine.errors import SiaError
+from store import Envelope, Store, StoreError
+
+__all__ = ["out", "err", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console()
+err = Console(stderr=True)
+
+
+def to_json(obj: Any) -> str:
+    def enc(o: Any) -> Any:
+        if isinstance(o, bytes):
+            return msgspec.json.decode(o) if o[:1] in (b"{", b"[") else o.decode("utf-8", "replace")
+        raise NotImplementedError
+
+    return msgspec.json.encode(obj, enc_hook=enc).decode()
+
+
+def emit_json(obj: Any) -> None:
+    """``--json`` output: indented and highlighted when small, plain when large (rich's JSON
+    pretty-printer takes minutes over a 100,000-event log)."""
+    text = to_json(obj)
+    if len(text) <= 65_536:
+        out.print_json(text)
+    else:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def envelope_dict(e: Envelope) -> dict[str, Any]:
+    return {
+        "id": e.id, "parent": e.parent, "branch": e.branch, "seq": e.seq, "kind": e.kind,
+        "schema": e.schema, "recorded_at": e.recorded_at.isoformat(), "payload": msgspec.json.decode(e.payload),
+    }
+
+
+@contextmanager
+def open_store(path: str, *, read_only: bool = False) -> Iterator[Store]:
+    with Store.open(path, read_only=read_only) as s:
+        yield s
+
+
+def fail(msg: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def store_options(f: F) -> F:
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(f)
+    f = click.option(
+        "--store", "store_path", default=".sia", envvar="SIA_STORE", show_default=True,
+        type=click.Path(file_okay=False), help="Store directory.",
+    )(f)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except (StoreError, SiaError) as e:
+            fail(str(e))
+
+    return wrapper  # type: ignore[return-value]
+
+
+WEAK_MODELS = ("tiny", "smollm2")  # presets that cannot write GPU kernels
+
+
+def load_agent_model(model_spec: str, openai_url: str | None, openai_model: str | None, device: str, task: Any = None) -> Any:
+    """The model a command runs: an OpenAI-compatible endpoint, or a local model loaded here.
+    A task that ``requires`` a "code-model" refuses the small presets before anything loads."""
+    if "code-model" in getattr(task, "requires", ()) and not openai_url and model_spec in WEAK_MODELS:
+        fail(f"task {task.name!r} needs a model that writes GPU kernels; {model_spec!r} cannot, and its numbers would mean "
+              "nothing: give --openai-url URL (a capable OpenAI-compatible endpoint) or --model FOLDER (a capable local model)")
+    if openai_url:
+        from sia_engine.models.openai_compat import OpenAIChatModel
+
+        return OpenAIChatModel(openai_url, openai_model or "default")
+    from sia_engine.models.presets import load_model
+
+    err.print(f"loading model {model_spec} ...", highlight=False)
+    try:
+        model = load_model(model_spec, device=device)
+    except ValueError as e:  # a device that is not here
+        fail(str(e))
+    if getattr(model, "label", ""):
+        err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
+    return model

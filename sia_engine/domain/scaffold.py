@@ -1,0 +1,82 @@
+"""The scaffold: everything about an agent that is not weights, as one validated document.
+
+Changes are RFC 6902 JSON Patch operations (applied with the ``jsonpatch`` library) on the
+document's JSON form; the result is validated against ``Scaffold`` again, so a patch either
+yields a valid scaffold or is rejected whole with ``InvalidPatch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import jsonpatch
+import jsonpointer
+import msgspec
+
+from sia_engine.domain.canonical import digest
+from sia_engine.errors import InvalidPatch
+
+__all__ = ["Example", "Decoding", "Scaffold", "PatchOp", "apply_patch", "scaffold_hash"]
+
+
+class Example(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A few-shot example: an input and the output the agent should give."""
+
+    input: str
+    output: str
+
+
+class Decoding(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=5.0)] = 0.0
+    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_new_tokens: Annotated[int, msgspec.Meta(ge=1, le=32768)] = 256
+    stop: tuple[str, ...] = ()
+    n_samples: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+
+
+class Scaffold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    system_prompt: str = ""
+    examples: tuple[Example, ...] = ()
+    output_format: str = ""
+    decoding: Decoding = Decoding()
+    tools: dict[str, Any] = {}
+    solution_template: str = ""
+
+
+class PatchOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One RFC 6902 operation. ``from_`` is written ``from`` on the wire."""
+
+    op: Literal["add", "remove", "replace", "move", "copy", "test"]
+    path: str
+    value: Any | msgspec.UnsetType = msgspec.UNSET
+    from_: str | None = msgspec.field(default=None, name="from")
+
+
+_NEEDS_VALUE = {"add", "replace", "test"}
+_NEEDS_FROM = {"move", "copy"}
+
+
+def scaffold_hash(scaffold: Scaffold) -> str:
+    return digest(scaffold)
+
+
+def apply_patch(scaffold: Scaffold, ops: Sequence[PatchOp]) -> Scaffold:
+    """The scaffold after ``ops``; raises ``InvalidPatch`` naming the first op that fails."""
+    if not ops:
+        raise InvalidPatch(None, "it has no operations")
+    doc: Any = msgspec.json.decode(msgspec.json.encode(scaffold))  # lists, not tuples
+    for i, op in enumerate(ops):
+        if op.op in _NEEDS_VALUE and op.value is msgspec.UNSET:
+            raise InvalidPatch(i, f"{op.op!r} needs a value")
+        if op.op in _NEEDS_FROM and op.from_ is None:
+            raise InvalidPatch(i, f"{op.op!r} needs 'from'")
+        try:
+            doc = jsonpatch.JsonPatch([msgspec.to_builtins(op)]).apply(doc)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
+            raise InvalidPatch(i, f"{op.op} {op.path}: {e}") from None
+    try:
+        return msgspec.convert(doc, Scaffold)
+    except msgspec.ValidationError as e:
+        raise InvalidPatch(None, f"the result is not a valid scaffold: {e}") from None

@@ -1,0 +1,1 @@
+"""Experiments: scaffold-only vs weights-only vs both as forks of one history, and baselines."""

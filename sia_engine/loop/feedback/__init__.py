@@ -1,0 +1,1 @@
+"""Feedback Agents: the rule policy and the model that chooses among valid options."""

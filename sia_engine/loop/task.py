@@ -1,0 +1,79 @@
+"""The ``Task`` protocol: named tasks with episodes per split, prompts built from the scaffold,
+and scoring. Implementations live in ``tasks/``; the loop sees only this protocol."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from sia_engine.domain.scaffold import Scaffold
+from sia_engine.models.protocol import Message
+
+__all__ = ["Episode", "Score", "Failure", "Task", "chat_messages"]
+
+Failure = Literal["none", "format", "abstain", "content"]
+
+
+class Episode(msgspec.Struct, frozen=True):
+    """One task instance. ``gold`` is the reference answer where the task has one."""
+
+    id: str
+    split: Literal["train", "val", "test"]
+    input: str
+    gold: str | None = None
+    meta: dict[str, Any] = {}
+
+
+class Score(msgspec.Struct, frozen=True):
+    """A scored output: ``failure`` says what kind of miss it was, for the Feedback Agent;
+    ``tools`` records the tool calls scoring made (a sandbox run, say), for the log."""
+
+    score: float
+    failure: Failure = "none"
+    metrics: dict[str, float] = {}
+    tools: tuple[dict[str, Any], ...] = ()
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    description: str
+    # The shape of a well-formed answer (field names, types, ranges, placeholders), for scaffold
+    # patches; never an answer itself: ``parse_answer(format_hint)`` is None (tested per task).
+    format_hint: str
+    answer_prefix: str  # text the engine writes at the start of every answer ("" for none)
+
+    def episodes(self, split: Literal["train", "val", "test"]) -> list[Episode]:
+        """Episodes of ``split``, in a deterministic order."""
+        ...
+
+    def messages(self, scaffold: Scaffold, episode: Episode) -> tuple[Message, ...]:
+        """The prompt for ``episode`` under ``scaffold``."""
+        ...
+
+    def score(self, episode: Episode, output: str) -> Score: ...
+
+    def parse_answer(self, output: str) -> Any | None:
+        """The answer in ``output`` as the scorer reads it, or None when it holds no valid answer."""
+        ...
+
+    def reference_baselines(self, split: Literal["train", "val", "test"]) -> dict[str, float]:
+        """Scores of the task's reference methods on ``split``, measured as versions are
+        (empty when the task has none)."""
+        ...
+
+    def scaffold(self) -> Scaffold:
+        """The scaffold a run starts from (prompt, decoding limits suited to the task)."""
+        ...
+
+
+def chat_messages(scaffold: Scaffold, user: str) -> tuple[Message, ...]:
+    """The usual prompt: system prompt and output format, few-shot turns, then the input."""
+    system = "\n\n".join(x for x in (scaffold.system_prompt, scaffold.output_format) if x)
+    msgs: list[Message] = [Message("system", system)] if system else []
+    for ex in scaffold.examples:
+        msgs += [Message("user", ex.input), Message("assistant", ex.output)]
+    body = scaffold.solution_template.replace("{input}", user) if "{input}" in scaffold.solution_template else user
+    msgs.append(Message("user", body))
+    return tuple(msgs)

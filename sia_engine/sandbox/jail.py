@@ -1,0 +1,194 @@
+"""A sandbox for code that an agent writes: a separate Python process in its own network and
+PID namespaces, with a wall-time limit, a memory limit, a process limit, a scratch folder as its
+only writable place, and reads confined to the Python installation (less any distribution that
+holds a hidden path: the task's data) and the scratch folder. Its exit, stdout, stderr and every
+refused attempt come back in a ``SandboxResult`` for the log; ``isolation`` says which mechanisms
+were in force (Landlock, namespaces, a pids cgroup or RLIMIT_NPROC). How: ``sandbox_confine``.
+
+The audit hook that records refusals is a guard against accidents, not a boundary (ctypes can
+bypass it); the kernel's Landlock rules and the namespaces are the boundary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from sia_engine.sandbox import runner
+from sia_engine.sandbox.confine import (
+    GPU_PROGRAMS,
+    Cgroup,
+    device_reads,
+    devices_for,
+    libcuda_dir,
+    list_roots,
+    namespace_launcher,
+    read_roots,
+)
+
+__all__ = ["SandboxResult", "run_python", "landlock_available"]
+
+Status = Literal["ok", "error", "timeout", "memory", "blocked"]
+_MEMORY_EXIT = 86
+_BLOCKED_EXIT = 87
+_MAX_TEXT = 20_000
+_RELAX: tuple[str, ...] = ()  # Landlock parts left off, for diagnosis only ("ioctl", "net", "unix", "signal", "read")
+_WRITE_EXTRA: tuple[str, ...] = ()  # more writable places, for diagnosis only
+_GRACE_S = 5.0  # after the time limit: how long the killed tree may take to let go of its pipes
+
+_SYS_LANDLOCK_CREATE_RULESET = 444
+
+
+class SandboxResult(msgspec.Struct, frozen=True):
+    status: Status
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    wall_s: float
+    blocked: tuple[str, ...] = ()  # what the code tried and was refused: "read PATH", "write PATH", "network ...", "exec ..."
+    landlock: bool = False
+    outputs: dict[str, bytes] = {}  # files the caller asked to read back from the scratch folder
+    isolation: tuple[str, ...] = ()  # what was in force: landlock, namespaces, pids-cgroup, rlimit-nproc
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def landlock_available() -> int:
+    """The kernel's Landlock ABI version, 0 when there is none."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    v = _libc().syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(int(v), 0)
+
+
+def _text(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + f"\n... [{len(text) - _MAX_TEXT} more characters]"
+
+
+def run_python(
+    code: str,
+    *,
+    files: Mapping[str, bytes] | None = None,
+    outputs: Sequence[str] = (),
+    timeout_s: float = 60.0,
+    memory_mb: int = 2048,
+    protect: Sequence[str | os.PathLike[str]] = (),
+    hidden: Sequence[str | os.PathLike[str]] = (),
+    env: Mapping[str, str] | None = None,
+    max_procs: int = 32,
+    devices: Sequence[str] = (),
+) -> SandboxResult:
+    """Run ``code`` as ``main.py`` in a fresh scratch folder holding ``files``; return what
+    happened and the bytes of ``outputs`` (names in the scratch folder) that exist afterwards.
+
+    ``protect``: paths (the store) whose writing is refused and recorded as such. ``hidden``:
+    paths (a task's data and held-out splits) the code may not read: an installed distribution
+    that holds one is left out of what is readable. ``max_procs`` bounds the processes;
+    ``devices`` names device classes the code may use (``"gpu"``). See ``sandbox_confine``."""
+    abi = landlock_available()
+    launcher = namespace_launcher()
+    hidden_all = tuple(sorted({os.path.realpath(os.fspath(p)) for p in (*protect, *hidden)}))
+    with tempfile.TemporaryDirectory(prefix="sia-sandbox-") as scratch:
+        scratch = os.path.realpath(scratch)
+        for name, data in (files or {}).items():
+            Path(scratch, name).write_bytes(data)
+        Path(scratch, "main.py").write_text(code)
+        blocked_log = os.path.join(scratch, ".blocked")
+        Path(blocked_log).touch()
+        cfg = {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
+               "blocked_log": blocked_log, "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
+               "programs": list(GPU_PROGRAMS) if "gpu" in devices else [], "memory_exit": _MEMORY_EXIT, "blocked_exit": _BLOCKED_EXIT}
+        child_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch, "TMPDIR": scratch,
+            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MPLCONFIGDIR": scratch,
+            "TRITON_CACHE_DIR": os.path.join(scratch, ".triton"),
+            **({"TRITON_LIBCUDA_PATH": lib} if "gpu" in devices and (lib := libcuda_dir()) else {}),
+            **(env or {}),
+        }
+        cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
+        nproc = None if cgroup.path is not None or os.geteuid() == 0 else _user_processes() + max_procs + 4
+
+        # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
+        # with the GPU, the memory limit is not applied (said in ``isolation``)
+        address_limit = "gpu" not in devices
+
+        def setup() -> None:  # runs in the child between fork and exec
+            os.setsid()
+            if address_limit:
+                limit = memory_mb * 1024 * 1024
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if nproc is not None:
+                resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            cgroup.join()
+
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                [*(launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)], cwd=scratch, env=child_env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, preexec_fn=setup,  # noqa: PLW1509 - the limits must be set in the child
+            )
+            try:
+                out, err = proc.communicate(timeout=timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # unshare dies, its child (the namespace's init) with it, then all
+                timed_out = True
+                try:
+                    out, err = proc.communicate(timeout=_GRACE_S)
+                except subprocess.TimeoutExpired:  # without namespaces an escaped process may hold the pipes
+                    for f in (proc.stdout, proc.stderr):
+                        if f is not None:
+                            f.close()
+                    proc.wait()
+                    out, err = b"", b"sandbox: output lost: a process that left the sandbox's group kept its pipes open\n"
+        finally:
+            cgroup.remove()
+        wall = time.monotonic() - t0
+        blocked = tuple(x for x in Path(blocked_log).read_text().splitlines() if x)
+        code_ = proc.returncode
+        status: Status
+        if timed_out:
+            status = "timeout"
+        elif blocked or code_ == _BLOCKED_EXIT:
+            status = "blocked"
+        elif code_ == _MEMORY_EXIT or (code_ is not None and code_ < 0 and b"MemoryError" in err):
+            status = "memory"
+        elif code_ == 0:
+            status = "ok"
+        else:
+            status = "error"
+        got = {n: Path(scratch, n).read_bytes() for n in outputs if Path(scratch, n).is_file()}
+        isolation = tuple(x for x, on in (("landlock", bool(abi)), ("namespaces", launcher is not None),
+                                          ("pids-cgroup", cgroup.path is not None), ("rlimit-nproc", nproc is not None),
+                                          ("rlimit-as", address_limit)) if on)
+        return SandboxResult(status, None if timed_out else code_, _text(out), _text(err), round(wall, 3), blocked, bool(abi), got, isolation)
+
+
+def _user_processes() -> int:
+    """Processes this user runs now (RLIMIT_NPROC counts them all)."""
+    uid = os.getuid()
+    n = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n

@@ -1,0 +1,216 @@
+"""The sandbox's first Python code, run inside the jail as ``python -I -c <this file> <config>``.
+
+It applies Landlock to itself (inherited by every child), installs an audit hook that refuses and
+records what the kernel would refuse, then runs ``main.py``. ``<config>`` is the JSON object that
+``jail.run_python`` builds (scratch folder, readable roots, devices, exit codes). This module is
+never imported by the engine: its text is the program, read with ``source()``; it imports nothing
+but the standard library, since it runs in an isolated interpreter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["source"]
+
+CFG: dict[str, Any] = {}
+SCRATCH = ""
+_READ: tuple[str, ...] = ()
+_LIST: tuple[str, ...] = ()
+_READ_PREFIX: tuple[str, ...] = ()
+_PROTECTED: tuple[str, ...] = ()
+_PROTECTED_PREFIX: tuple[str, ...] = ()
+_EXE_DIR = ""
+_PROGRAMS: tuple[str, ...] = ()  # names of other programs it may run (the GPU's compiler)
+_SELF: list[str] = []
+_LOG: TextIO | None = None
+
+
+def source() -> str:
+    """This file's text: the program the jail runs."""
+    return Path(__file__).read_text()
+
+
+def _landlock() -> None:
+    abi = CFG["landlock"]
+    if not abi:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    EXEC, WRITE, READ, READ_DIR = 1, 2, 4, 8
+    RM_DIR, RM_FILE, MK_CHAR, MK_DIR, MK_REG, MK_SOCK, MK_FIFO, MK_BLOCK, MK_SYM = 16, 32, 64, 128, 256, 512, 1024, 2048, 4096
+    REFER, TRUNC, IOCTL = 1 << 13, 1 << 14, 1 << 15
+    fs = EXEC | WRITE | READ | READ_DIR | RM_DIR | RM_FILE | MK_CHAR | MK_DIR | MK_REG | MK_SOCK | MK_FIFO | MK_BLOCK | MK_SYM
+    off = set(CFG.get("relax", ()))
+    fs |= (REFER if abi >= 2 else 0) | (TRUNC if abi >= 3 else 0) | (IOCTL if abi >= 5 and "ioctl" not in off else 0)
+    net = 3 if abi >= 4 and "net" not in off else 0  # bind and connect TCP: no rule allows either
+    scoped = (1 if "unix" not in off else 0) | (2 if "signal" not in off else 0) if abi >= 6 else 0  # only within the sandbox
+    attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
+    size = 8 if abi < 4 else (16 if abi < 6 else 24)
+    read_all = "read" in off  # everything readable (a diagnosis only)
+    fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    def allow(path: str, rights: int) -> None:
+        try:
+            pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return
+        if not os.path.isdir(path):
+            rights &= EXEC | WRITE | READ | TRUNC | IOCTL
+        rule = PathBeneath(rights & fs, pfd)
+        if libc.syscall(445, fd, 1, ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
+            err = ctypes.get_errno()
+            os.close(pfd)
+            raise OSError(err, "landlock_add_rule failed for " + path)
+        os.close(pfd)
+
+    for p in (("/",) if read_all else _READ):
+        allow(p, EXEC | READ | READ_DIR)
+    for p in _LIST:  # the folders that hold what is readable: listed, their other files not read
+        allow(p, READ_DIR)
+    allow(SCRATCH, READ | READ_DIR | WRITE | RM_DIR | RM_FILE | MK_DIR | MK_REG | MK_SYM | REFER | TRUNC)
+    allow("/dev/null", READ | WRITE | TRUNC)
+    for p in _SELF:  # its own /proc entry (CUDA writes there, truncating)
+        allow(p, READ | READ_DIR | WRITE | TRUNC)
+    for dev in CFG["devices"]:
+        allow(dev, READ | WRITE | IOCTL)
+    for p in CFG.get("write_extra", ()):
+        allow(p, READ | READ_DIR | WRITE | RM_DIR | RM_FILE | MK_DIR | MK_REG | MK_SYM | MK_CHAR | REFER | TRUNC | IOCTL)
+    nnp = "nnp" not in off  # as root Landlock needs no no_new_privs (a diagnosis only)
+    if (nnp and libc.prctl(38, 1, 0, 0, 0) != 0) or libc.syscall(446, fd, ctypes.c_uint32(0)) != 0:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    os.close(fd)
+
+
+def _real(path: Any) -> str | None:
+    try:
+        return os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return None
+
+
+def _inside(p: str, roots: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
+    return p in roots or p.startswith(prefixes)
+
+
+def _block(what: str) -> None:
+    assert _LOG is not None
+    _LOG.write(what + "\n")
+    raise PermissionError("sandbox: " + what + " is not allowed")
+
+
+def _check_write(p: str, null_ok: bool = False) -> None:
+    """Refuse (and record) a write outside the scratch folder (writing into /dev/null where
+    ``null_ok``); a protected path says so."""
+    if not (null_ok and p == "/dev/null") and not _inside(p, (SCRATCH,), (SCRATCH + "/",)):
+        _block(("write (protected) " if _inside(p, _PROTECTED, _PROTECTED_PREFIX) else "write ") + p)
+
+
+_WRITE_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.chown", "os.utime", "os.symlink", "os.link",
+                 "shutil.rmtree", "shutil.copyfile", "shutil.move", "os.rename", "os.replace")
+
+
+def _hook_open(args: tuple[Any, ...]) -> None:
+    p = _real(args[0])
+    if p is None:
+        return
+    mode, flags = args[1], (args[2] if len(args) > 2 else 0) or 0
+    writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    if writing:
+        _check_write(p, null_ok=True)
+    elif (not _inside(p, (SCRATCH, *_READ), (SCRATCH + "/", *_READ_PREFIX)) and p not in CFG["devices"]
+          and not (p in _LIST and os.path.isdir(p)) and os.path.exists(p)):
+        _block("read " + p)  # (a path that does not exist is left to the system: ENOENT)
+
+
+def _hook_exec(event: str, args: tuple[Any, ...]) -> None:
+    exe = args[0]
+    if event == "os.system":
+        _block("exec " + os.fsdecode(exe))
+    if event == "subprocess.Popen" and exe is None:
+        argv = args[1]
+        exe = argv if isinstance(argv, (str, bytes)) else (argv[0] if argv else "")
+    p = _real(exe)
+    name = os.path.basename(os.fsdecode(exe)) if exe is not None else "?"
+    if (p is None or not p.startswith(_EXE_DIR + "/")) and name not in _PROGRAMS:
+        _block("exec " + (os.fsdecode(exe) if exe is not None else "?"))
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and args and args[0] is not None and not isinstance(args[0], int):
+        _hook_open(args)
+    elif event in _WRITE_EVENTS:
+        if event in ("os.symlink", "os.link", "shutil.copyfile"):  # what is written is the second argument
+            targets = [args[1]]
+        elif event in ("os.rename", "os.replace", "shutil.move"):  # both ends change
+            targets = [args[0], args[1]]
+        else:
+            targets = [args[0]]
+        for t in targets:
+            p = _real(t)
+            if p is not None:
+                _check_write(p)
+    elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
+        sock, addr = args[0], args[1] if len(args) > 1 else None
+        if getattr(sock, "family", None) != socket.AF_UNIX:
+            _block("network " + event.split(".")[1] + " " + repr(addr))
+        p = _real(addr) if isinstance(addr, (str, bytes)) else None
+        if p is not None and not _inside(p, (SCRATCH,), (SCRATCH + "/",)):
+            _block("unix socket " + event.split(".")[1] + " " + p)
+    elif event in ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system"):
+        _hook_exec(event, args)
+
+
+def _configure(cfg: dict[str, Any]) -> None:
+    global CFG, SCRATCH, _SELF, _READ, _LIST, _READ_PREFIX, _PROTECTED, _PROTECTED_PREFIX, _EXE_DIR, _PROGRAMS, _LOG
+    CFG = cfg
+    SCRATCH = cfg["scratch"]
+    try:  # this process's own /proc entry
+        _SELF = ["/proc/" + os.readlink("/proc/self")]
+    except OSError:
+        _SELF = []
+    _READ = tuple(r.rstrip("/") for r in cfg["read"] + _SELF + ["/proc/cpuinfo", "/proc/meminfo", "/proc/stat"])
+    _LIST = tuple(cfg["list"])
+    _READ_PREFIX = tuple(r + "/" for r in _READ)
+    _PROTECTED = tuple(os.path.realpath(p) for p in cfg["protected"])
+    _PROTECTED_PREFIX = tuple(q + "/" for q in _PROTECTED)
+    _EXE_DIR = os.path.dirname(os.path.realpath(sys.executable))
+    _PROGRAMS = tuple(cfg.get("programs", ()))
+    _LOG = open(cfg["blocked_log"], "a", buffering=1)  # noqa: SIM115 - open for the process's life
+
+
+def main() -> None:
+    sys.dont_write_bytecode = True  # -I ignores PYTHONDONTWRITEBYTECODE; the installation is read-only here
+    cfg = json.loads(sys.argv[1])
+    sys.argv = ["-c"]  # what the code sees, as under a plain ``python -c``
+    _configure(cfg)
+    _landlock()
+    sys.addaudithook(_hook)
+    try:
+        with open("main.py") as f:
+            code = compile(f.read(), "main.py", "exec")
+        exec(code, {"__name__": "__main__"})
+    except MemoryError:
+        sys.stderr.write("sandbox: MemoryError (memory limit reached)\n")
+        sys.exit(cfg["memory_exit"])
+    except PermissionError as e:
+        if "sandbox:" not in str(e):  # the kernel refused what the hook did not see
+            assert _LOG is not None
+            _LOG.write("kernel refused: " + (str(e.filename) if e.filename else str(e)) + "\n")
+        sys.stderr.write(str(e) + "\n")
+        sys.exit(cfg["blocked_exit"])
+
+
+if __name__ == "__main__":
+    main()
