@@ -38,7 +38,7 @@ from store.errors import (
     StoreLocked,
     StoreNotFound,
 )
-from store.protocol import EventLog
+from store.protocol import EventLog, RunsSql
 
 if TYPE_CHECKING:
     from store.blobs import BlobStore
@@ -78,6 +78,7 @@ __all__ = [
     "NewEvent",
     "Problem",
     "ReadOnlyQuery",
+    "RunsSql",
     "Store",
     "StoreError",
     "StoreLocked",

@@ -1,8 +1,9 @@
 """``BlobStore``: content-addressed files under ``blobs/<sha[:2]>/<sha>.<suffix>``.
 
-A blob's name is the sha256 of its bytes. Writes go to a temp file in the same folder, are
-fsynced and renamed into place (then the folder is fsynced), so a blob is durable before any
-event that references it is committed; putting a blob that exists is a no-op. Reads re-hash.
+A blob's name is the sha256 of its bytes. Writes go through ``store.files.atomic_write`` (a temp
+file in the same folder, fsynced, renamed into place, then the folder fsynced), so a blob is
+durable before any event that references it is committed; putting a blob that exists is a no-op.
+Reads re-hash.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,8 +20,9 @@ import numpy as np
 import safetensors.numpy
 
 from store.errors import BlobCorrupt, BlobNotFound, InvalidBlobId, InvalidName
+from store.files import atomic_write
 
-__all__ = ["BlobStore", "SUFFIXES", "atomic_write", "canonical_safetensors", "safetensors_metadata"]
+__all__ = ["SUFFIXES", "BlobStore", "canonical_safetensors", "safetensors_metadata"]
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 SUFFIXES = ("safetensors", "json", "bin")
@@ -31,34 +32,6 @@ def _check_id(blob_id: object) -> str:
     if not isinstance(blob_id, str) or not _ID_RE.fullmatch(blob_id):
         raise InvalidBlobId(blob_id)
     return blob_id
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` durably and whole: a temp file in the same folder, fsync, rename,
-    folder fsync; on any error the temp file is removed and ``path`` is untouched. Every writer
-    of a durable file (blobs, rebuilt agents, exports) goes through here."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
 
 
 def canonical_safetensors(data: bytes, *, metadata: Mapping[str, str] | None = None) -> bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import BranchNotFound, EventNotFound, StoreError
+from store.files import atomic_write
 from store.protocol import EventLog
 
 __all__ = ["CheckpointError", "generate_key", "sign_checkpoint", "check_checkpoint", "FORMAT"]
@@ -54,12 +55,9 @@ def generate_key(out: str | Path) -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    priv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(priv_path, "xb") as f:
-        f.write(priv)
+    atomic_write(priv_path, priv, mode=0o600, exclusive=True)  # never readable by others, not even while written
     priv_path.chmod(0o600)
-    with open(pub_path, "xb") as f:
-        f.write(pub)
+    atomic_write(pub_path, pub, mode=0o666, exclusive=True)
     return priv_path, pub_path
 
 
@@ -126,8 +124,7 @@ def sign_checkpoint(log: EventLog, key_path: str | Path, out: str | Path, *, sto
     }
     target = Path(out)
     try:
-        with open(target, "x", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
+        atomic_write(target, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), mode=0o666, exclusive=True)
     except FileExistsError:
         raise CheckpointError(str(target), "already exists; a checkpoint is never overwritten: choose another name") from None
     return doc

@@ -10,8 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from store.blobs import BlobStore
-from store.duck import SNAPSHOT_SUFFIX, DuckEventLog, _utcnow
-from store.duck_write import HEADS_SUFFIX, JOURNAL_SUFFIX
+from store.duck import HEADS_SUFFIX, JOURNAL_SUFFIX, SNAPSHOT_SUFFIX, DuckEventLog, utcnow
 from store.errors import StoreNotFound
 from store.protocol import EventLog
 
@@ -35,7 +34,7 @@ class Store:
         self.journal_events = journal_events
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], *, clock: Callable[[], datetime] = _utcnow) -> Store:
+    def create(cls, path: str | os.PathLike[str], *, clock: Callable[[], datetime] = utcnow) -> Store:
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         (root / BLOB_DIR).mkdir(exist_ok=True)
@@ -43,7 +42,7 @@ class Store:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, read_only: bool = False, clock: Callable[[], datetime] = _utcnow
+        cls, path: str | os.PathLike[str], *, read_only: bool = False, clock: Callable[[], datetime] = utcnow
     ) -> Store:
         root = Path(path)
         if not (root / LOG_FILE).is_file():

@@ -8,11 +8,11 @@ an event of another branch, so forking copies no events.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from store.envelope import BranchInfo, Envelope, NewEvent, VerifyReport
 
-__all__ = ["EventLog"]
+__all__ = ["EventLog", "RunsSql"]
 
 
 @runtime_checkable
@@ -91,3 +91,19 @@ class EventLog(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RunsSql(Protocol):
+    """A log that answers ad-hoc read-only SQL over its events (the DuckDB log does; ``sia sql``
+    needs it): column names, rows, and what was left out (None: nothing)."""
+
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        max_rows: int = 10_000,
+        max_bytes: int = 8_000_000,
+        timeout_s: float = 60.0,
+    ) -> tuple[list[str], list[tuple[Any, ...]], str | None]: ...

@@ -125,7 +125,7 @@ def test_an_error_inside_the_arrow_insert_is_not_masked(tmp_path: Path, monkeypa
         except duckdb.ConversionException as e:
             raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
 
-    monkeypatch.setattr(log, "_insert", failing_insert)
+    monkeypatch.setattr(log._writer, "_insert", failing_insert)
     with pytest.raises(InvalidEnvelope):
         log.append("main", [NewEvent("k", 1, b'{"i":1}')] * 40, expected_head=None)
     monkeypatch.undo()

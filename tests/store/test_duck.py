@@ -243,13 +243,13 @@ def _journalled(tmp_path: Path) -> tuple[Path, list[str]]:
     ids = []
     for i in range(4):
         ids += log.append("main", [NewEvent("k", 1, f'{{"i":{i}}}'.encode())], expected_head=ids[-1] if ids else None)
-    assert log._pending  # still only in the journal
+    assert log._writer.pending  # still only in the journal
     log._con.close()  # the process "dies": no flush, no journal clear
-    if log._journal is not None:
-        log._journal.close()
-    from store.duck import _OPEN_WRITERS
+    if log._writer.journal is not None:
+        log._writer.journal.close()
+    from store.duck import OPEN_WRITERS
 
-    _OPEN_WRITERS.clear()
+    OPEN_WRITERS.clear()
     return p, ids
 
 

@@ -6,14 +6,7 @@ from __future__ import annotations
 import duckdb
 
 from store.envelope import Problem, VerifyReport
-from store.verify import (
-    reason_fork_point,
-    reason_hash,
-    reason_head,
-    reason_parent,
-    reason_seq,
-    reason_unknown_branch,
-)
+from store.verify import reason_fork_point, reason_hash, reason_head, reason_parent, reason_seq, reason_unknown_branch
 
 __all__ = ["verify_connection"]
 

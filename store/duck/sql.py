@@ -1,18 +1,18 @@
 """``sql``: one read-only SELECT over the DuckDB log, with no file or network access and bounded
-output. A mixin of ``DuckEventLog``."""
+output."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
 
-from store.duck_errors import _is_damage
+from store.duck.errors import is_damage
 from store.errors import ReadOnlyQuery, StoreDamaged, StoreError
 
-__all__ = ["DuckSql", "SqlResult"]
+__all__ = ["SqlResult", "SqlRunner"]
 
 
 class SqlResult(NamedTuple):
@@ -37,29 +37,37 @@ def _cap_row(row: tuple[Any, ...], budget: int) -> tuple[tuple[Any, ...], int]:
     return tuple(out), -1 if cut else used
 
 
-class DuckSql:
-    _con: duckdb.DuckDBPyConnection
-    path: str
+def _fetch_capped(cur: duckdb.DuckDBPyConnection, max_rows: int, max_bytes: int) -> tuple[list[tuple[Any, ...]], str | None]:
+    """The rows of the executed cursor, at most ``max_rows`` and about ``max_bytes`` bytes of
+    values, and what was left out (None: nothing)."""
+    rows: list[tuple[Any, ...]] = []
+    size, truncated = 0, None
+    while batch := cur.fetchmany(256):
+        for r in batch:
+            if len(rows) >= max_rows:
+                truncated = f"more than {max_rows} rows: showing the first {max_rows} (raise the row limit to see more)"
+                break
+            r, n = _cap_row(r, max_bytes - size)
+            if n < 0:
+                truncated = f"values over {max_bytes:,} bytes in all: cut there (raise the byte limit to see more)"
+                rows.append(r)
+                break
+            size += n
+            rows.append(r)
+        if truncated:
+            break
+    return rows, truncated
 
-    if TYPE_CHECKING:
 
-        def flush(self) -> None: ...
+class SqlRunner:
+    """Read-only queries on the connection ``con`` of the store at ``path``."""
 
-    def sql(
-        self,
-        query: str,
-        params: Sequence[Any] | None = None,
-        *,
-        max_rows: int = 10_000,
-        max_bytes: int = 8_000_000,
-        timeout_s: float = 60.0,
-    ) -> SqlResult:
-        """Run one read-only SELECT with DuckDB's access to files and the network disabled (for
-        this database instance, for good: DuckDB cannot turn it back on while it runs; the
-        engine itself needs neither). At most ``max_rows`` rows and about ``max_bytes`` bytes of
-        values come back (a longer text value is cut, and ``truncated`` says what was left out);
-        a query still running after ``timeout_s`` is interrupted (``StoreError``)."""
-        self.flush()
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str) -> None:
+        self._con = con
+        self.path = path
+
+    def _check_select(self, query: str) -> None:
+        """``query`` must be one SELECT (``ReadOnlyQuery``; ``StoreError`` if it does not parse)."""
         try:
             statements = self._con.extract_statements(query)
         except duckdb.Error as e:
@@ -69,6 +77,12 @@ class DuckSql:
         st = statements[0]
         if st.type != duckdb.StatementType.SELECT:
             raise ReadOnlyQuery(query, st.type.name)
+
+    def run(
+        self, query: str, params: Sequence[Any] | None, *, max_rows: int, max_bytes: int, timeout_s: float
+    ) -> SqlResult:
+        """See ``DuckEventLog.sql``."""
+        self._check_select(query)
         self._con.execute("SET enable_external_access = false")
         cur = self._con.cursor()
         timer = threading.Timer(timeout_s, cur.interrupt)
@@ -76,26 +90,11 @@ class DuckSql:
         try:
             cur.execute(query, list(params or []))
             cols = [d[0] for d in cur.description or []]
-            rows: list[tuple[Any, ...]] = []
-            size, truncated = 0, None
-            while batch := cur.fetchmany(256):
-                for r in batch:
-                    if len(rows) >= max_rows:
-                        truncated = f"more than {max_rows} rows: showing the first {max_rows} (raise the row limit to see more)"
-                        break
-                    r, n = _cap_row(r, max_bytes - size)
-                    if n < 0:
-                        truncated = f"values over {max_bytes:,} bytes in all: cut there (raise the byte limit to see more)"
-                        rows.append(r)
-                        break
-                    size += n
-                    rows.append(r)
-                if truncated:
-                    break
+            rows, truncated = _fetch_capped(cur, max_rows, max_bytes)
         except duckdb.InterruptException as e:
             raise StoreError(f"query stopped after {timeout_s:g} s (the time limit); narrow it, or raise the limit") from e
         except duckdb.Error as e:
-            if _is_damage(str(e)):
+            if is_damage(str(e)):
                 raise StoreDamaged(self.path, "DuckDB could not read log.duckdb", str(e)) from e
             raise StoreError(f"query failed: {e}") from e
         finally:

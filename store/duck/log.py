@@ -1,0 +1,337 @@
+"""``DuckEventLog``: the event log on a DuckDB file.
+
+The log owns the connection and the refs it has read, and is composed of parts that each hold
+their own state: a ``DuckWriter`` (journal, head cache, commits and the heads file), a
+``SnapshotCache`` (snapshot rows, their files and an index of them) and a ``SqlRunner`` (ad-hoc
+read-only SQL). Reads query the connection directly. Appends are one transaction per batch,
+ingested from Arrow (see ``store.duck.write``); verification runs in SQL: DuckDB recomputes every
+id with its own ``sha256`` and checks the chain with window functions (``store.duck.verify``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import msgspec
+
+from store.duck.errors import OPEN_WRITERS, translate_duckdb_errors
+from store.duck.heads import HeadsFile
+from store.duck.opening import check_openable, connect, journalled_batches, prepare_tables
+from store.duck.schema import BRANCH_COLS, COLS, branch_names, fetch_one
+from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache
+from store.duck.sql import SqlResult, SqlRunner
+from store.duck.verify import verify_connection
+from store.duck.write import JOURNAL_SUFFIX, DuckWriter
+from store.envelope import BranchInfo, Envelope, NewEvent, VerifyReport, check_branch_name, history_segments
+from store.errors import BranchExists, BranchNotFound, EventNotFound, StoreDamaged, StoreError
+from store.journal import Batch, Journal
+
+__all__ = ["DuckEventLog", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@translate_duckdb_errors
+class DuckEventLog:
+    """Event log on a DuckDB file (``:memory:`` for a throwaway in-process database)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        clock: Callable[[], datetime] = utcnow,
+        journal: bool = True,
+        flush_every: int = 1000,
+        snapshot_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.read_only = read_only
+        self._clock = clock
+        self._key = ""  # the store's real path, once this log holds it for writing (in OPEN_WRITERS)
+        # branch -> its ref as first read (name, base and creation never change; heads come from the writer)
+        self._branch_meta: dict[str, BranchInfo] = {}
+        key = os.path.realpath(self.path) if self.path != ":memory:" else None
+        existed = check_openable(self.path, key, create=create, read_only=read_only)
+        journalled = journalled_batches(self.path) if key is not None and not read_only and journal else []
+        self._con, tables = connect(self.path, read_only=read_only, existed=existed)
+        prepare_tables(self._con, self.path, tables, existed=existed, read_only=read_only, create=create)
+        self._writer = DuckWriter(
+            self._con, clock=clock, flush_every=flush_every, heads=None if key is None else HeadsFile(self.path)
+        )
+        # where snapshot bytes live (a read-only private copy reads the original's)
+        folder = None if key is None else str(snapshot_dir) if snapshot_dir is not None else self.path + SNAPSHOT_SUFFIX
+        self._snapshots = SnapshotCache(self._con, folder)
+        self._sql = SqlRunner(self._con, self.path)
+        if key is not None:
+            self._attach(key, journal, journalled)
+
+    def _attach(self, key: str, journal: bool, journalled: list[Batch]) -> None:
+        """A log on disk: DuckDB must hold what the heads file says it committed. Then a read-only
+        log is refused while the journal holds events; a writer holds the store (``key``) and
+        replays the journal (``journalled``, read before DuckDB opened)."""
+        try:
+            self._writer.check_heads()
+        except StoreDamaged:
+            self._con.close()
+            raise
+        j = Journal(self.path + JOURNAL_SUFFIX)
+        if self.read_only:
+            if j.size():
+                self._con.close()
+                raise StoreError(
+                    f"store {self.path} has journalled events not yet in the log (its writer stopped without "
+                    f"closing it); open it read-write once to recover them (Store.open does this for you)"
+                )
+            return
+        OPEN_WRITERS.add(key)
+        self._key = key
+        if journal:
+            try:
+                self._writer.recover(j, journalled)
+            except BaseException:
+                j.close()
+                OPEN_WRITERS.discard(key)
+                self._con.close()
+                raise
+
+    @property
+    def flush_every(self) -> int:
+        """Journalled events that trigger a flush into DuckDB."""
+        return self._writer.flush_every
+
+    @flush_every.setter
+    def flush_every(self, n: int) -> None:
+        self._writer.flush_every = n
+
+    def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        return fetch_one(self._con, sql, params)
+
+    # -- writing ------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"store {self.path} is open read-only; open it without read_only to write")
+
+    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+        self._check_writable()
+        return self._writer.append(branch, events, expected_head=expected_head)
+
+    def flush(self) -> None:
+        """Move journalled batches into DuckDB (one transaction) and empty the journal."""
+        self._writer.flush()
+
+    # -- refs ---------------------------------------------------------------------------------
+    def _insert_branch(self, info: BranchInfo) -> BranchInfo:
+        self._check_writable()
+        self._writer.insert_branch(info)
+        self._branch_meta[info.name] = info
+        self._writer.write_heads()
+        return info
+
+    def init_branch(self, name: str) -> BranchInfo:
+        check_branch_name(name)
+        return self._insert_branch(BranchInfo(name, None, None, None, -1, None, self._clock()))
+
+    def fork(self, name: str, *, source: str, at_seq: int) -> BranchInfo:
+        check_branch_name(name)
+        if name in self._branch_meta:
+            raise BranchExists(name)
+        head_seq, head_id = self._writer.logical_head(source)
+        if at_seq == head_seq >= 0 and head_id is not None:  # the usual fork, at the head: known without a read
+            base_id = head_id
+        else:
+            base_id = self.at(source, at_seq).id
+        return self._insert_branch(BranchInfo(name, source, at_seq, base_id, -1, base_id, self._clock()))
+
+    def branch(self, name: str) -> BranchInfo:
+        meta = self._branch_meta.get(name)
+        if meta is not None:  # refs never change but for their heads, which the write cache knows
+            seq, head = self._writer.logical_head(name)
+            return msgspec.structs.replace(meta, head_seq=seq, head_id=head)
+        self.flush()
+        row = self._one(f"SELECT {BRANCH_COLS} FROM branches WHERE name = ?", [name])
+        if row is None:
+            raise BranchNotFound(name, branch_names(self._con))
+        info = self._branch_meta[name] = BranchInfo(*row)
+        return info
+
+    def branches(self) -> list[BranchInfo]:
+        self.flush()
+        rows = self._con.execute(f"SELECT {BRANCH_COLS} FROM branches ORDER BY ord").fetchall()
+        return [BranchInfo(*r) for r in rows]
+
+    # -- reading ------------------------------------------------------------------------------
+    def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]:
+        return history_segments(self.branch, branch, until_seq)
+
+    def _query(
+        self,
+        branch: str,
+        until_seq: int | None,
+        after_seq: int | None,
+        kinds: Sequence[str] | None,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> duckdb.DuckDBPyConnection:
+        self.flush()
+        segs = self.segments(branch, until_seq)
+        lo = -1
+        if after_seq is not None:
+            segs, lo = segs[-1:], after_seq
+        parts: list[str] = []
+        params: list[Any] = []
+        kind_sql = ""
+        if kinds is not None:
+            kind_sql = " AND list_contains(?, kind)"
+        for i, (b, hi) in enumerate(segs):
+            parts.append(f"SELECT {i} AS k, {COLS} FROM events WHERE branch = ? AND seq > ? AND seq <= ?{kind_sql}")
+            params += [b, lo if b == branch else -1, hi]
+            if kinds is not None:
+                params.append(list(kinds))
+        sql = f"SELECT {COLS} FROM ({' UNION ALL '.join(parts)}) ORDER BY k, seq"
+        return (con or self._con).execute(sql, params)
+
+    @staticmethod
+    def _env(row: tuple[Any, ...]) -> Envelope:
+        return Envelope(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7].encode())
+
+    def read(
+        self, branch: str, *, until_seq: int | None = None, after_seq: int | None = None, kinds: Sequence[str] | None = None
+    ) -> list[Envelope]:
+        env = self._env
+        return [env(r) for r in self._query(branch, until_seq, after_seq, kinds).fetchall()]
+
+    def iter_read(
+        self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000, kinds: Sequence[str] | None = None
+    ) -> Iterator[Envelope]:
+        # Paged by seq, one segment of the history at a time: each page is a small sorted query,
+        # so memory stays bounded by a page whatever the log's size (one ORDER BY over the whole
+        # history made DuckDB hold it all: 840 MB for 100k events). A cursor of its own: the
+        # stream may stay open while the caller uses the log.
+        self.flush()
+        segs = self.segments(branch, until_seq)
+        kind_sql = " AND list_contains(?, kind)" if kinds is not None else ""
+        cur = self._con.cursor()
+        try:
+            env = self._env
+            for b, hi in segs:
+                lo = -1
+                while lo < hi:
+                    top = min(hi, lo + batch_size)
+                    params: list[Any] = [b, lo, top] + ([list(kinds)] if kinds is not None else [])
+                    rows = cur.execute(
+                        f"SELECT {COLS} FROM events WHERE branch = ? AND seq > ? AND seq <= ?{kind_sql} ORDER BY seq", params
+                    ).fetchall()
+                    for r in rows:
+                        yield env(r)
+                    lo = top
+        finally:
+            cur.close()
+
+    def get(self, event_id: str) -> Envelope:
+        self.flush()
+        row = self._one(f"SELECT {COLS} FROM events WHERE id = ? LIMIT 1", [event_id])
+        if row is None:
+            raise EventNotFound(event_id)
+        return self._env(row)
+
+    def find(self, prefix: str, *, limit: int = 2) -> list[Envelope]:
+        """Events whose id starts with ``prefix`` (hex), at most ``limit``."""
+        self.flush()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        rows = self._con.execute(
+            f"SELECT {COLS} FROM events WHERE starts_with(id, ?) LIMIT ?", [prefix, limit]
+        ).fetchall()
+        return [self._env(r) for r in rows]
+
+    def at(self, branch: str, seq: int) -> Envelope:
+        self.flush()
+        row = self._one(f"SELECT {COLS} FROM events WHERE branch = ? AND seq = ?", [branch, seq])
+        if row is None:
+            self.branch(branch)
+            raise EventNotFound(f"{branch}#{seq}")
+        return self._env(row)
+
+    def count(self) -> int:
+        self.flush()
+        row = self._one("SELECT count(*) FROM events")
+        assert row is not None
+        return int(row[0])
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def save_snapshot(self, branch: str, seq: int, key: str, data: bytes, *, event_id: str | None = None) -> None:
+        self._check_writable()
+        if event_id is None:
+            event_id = self.at(branch, seq).id
+        elif seq > self._writer.logical_head(branch)[0]:
+            raise StoreError(f"no event {branch}#{seq} to attach a snapshot to (the branch ends at #{self._writer.logical_head(branch)[0]})")
+        row = self._snapshots.row(branch, seq, event_id, key, data)
+        if not self._writer.defer_snapshot(row):  # its event may still be journalled: then it goes in with the next flush
+            self._snapshots.insert(row)
+        self._snapshots.forget(branch, key)  # re-read on the next lookup
+
+    def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
+        """Latest snapshot on the history of ``branch#until_seq``: (branch, seq, event id, data)."""
+        return self.load_snapshots(branch, until_seq, [key]).get(key)
+
+    def load_snapshots(
+        self, branch: str, until_seq: int | None, keys: Sequence[str]
+    ) -> dict[str, tuple[str, int, str, bytes]]:
+        """For each of ``keys``, its latest snapshot on the history of ``branch#until_seq`` (keys
+        with none are absent). Positions come from an in-process index of the snapshot rows, read
+        once per (branch, key); the bytes from the file the row names."""
+        self.flush()
+        return self._snapshots.load(self.segments(branch, until_seq), keys)
+
+    def list_snapshots(self, key: str) -> list[tuple[str, int, str]]:
+        self.flush()
+        return self._snapshots.where(key)
+
+    def clear_snapshots(self) -> int:
+        self.flush()
+        self._check_writable()
+        return self._snapshots.clear()
+
+    # -- integrity and ad-hoc SQL -------------------------------------------------------------
+    def verify(self) -> VerifyReport:
+        self.flush()
+        return verify_connection(self._con)
+
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        max_rows: int = 10_000,
+        max_bytes: int = 8_000_000,
+        timeout_s: float = 60.0,
+    ) -> SqlResult:
+        """Run one read-only SELECT with DuckDB's access to files and the network disabled (for
+        this database instance, for good: DuckDB cannot turn it back on while it runs; the
+        engine itself needs neither). At most ``max_rows`` rows and about ``max_bytes`` bytes of
+        values come back (a longer text value is cut, and ``truncated`` says what was left out);
+        a query still running after ``timeout_s`` is interrupted (``StoreError``)."""
+        self.flush()
+        return self._sql.run(query, params, max_rows=max_rows, max_bytes=max_bytes, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        try:
+            if not self.read_only:
+                self.flush()
+        finally:
+            self._writer.close()
+            OPEN_WRITERS.discard(self._key)
+            self._con.close()
+
+    def __enter__(self) -> DuckEventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

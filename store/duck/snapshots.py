@@ -1,0 +1,123 @@
+"""Snapshots of the DuckDB log: a droppable cache of reduced state, keyed by (branch, seq, key).
+
+The rows say where and under which key; the bytes live in files beside the database,
+``<log>.snapshots/<sha256>``, because DuckDB reads a whole vector of a BLOB column to return one
+value (25 ms for one 1 MB snapshot at 1M events, against 0.3 ms for a file).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from store.duck.schema import fetch_one
+from store.files import atomic_write
+
+__all__ = ["SNAPSHOT_SUFFIX", "SnapshotCache"]
+
+SNAPSHOT_SUFFIX = ".snapshots"
+_SNAP_REF = b"sha256:"  # a snapshot row's data that names a file instead of holding the bytes
+Found = tuple[str, int, str, bytes]  # (branch, seq, event id, data) of a snapshot
+
+
+class SnapshotCache:
+    """The snapshot rows on ``con`` and their files in ``folder`` (None: a log in memory, whose
+    rows hold the bytes). Keeps an in-process index of where each (branch, key) has snapshots."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, folder: str | None) -> None:
+        self._con = con
+        self.folder = folder
+        # (branch, snapshot key) -> (seqs, [(event id, data when small)]): where snapshots are
+        self._index: dict[tuple[str, str], tuple[list[int], list[tuple[str, bytes | None]]]] = {}
+
+    def row(self, branch: str, seq: int, event_id: str, key: str, data: bytes) -> list[Any]:
+        """The snapshot's row; its bytes, when the log has a folder for them, written to a file
+        named by their hash (``store.files.atomic_write``), which the row names."""
+        if self.folder is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            target = os.path.join(self.folder, digest)
+            if not os.path.exists(target):
+                atomic_write(target, data, mode=0o666)
+            data = _SNAP_REF + digest.encode()
+        return [branch, seq, event_id, key, data]
+
+    def insert(self, row: list[Any]) -> None:
+        self._con.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)", row)
+
+    def forget(self, branch: str, key: str) -> None:
+        """Drop the index of (branch, key): re-read on the next lookup."""
+        self._index.pop((branch, key), None)
+
+    def load(self, segments: list[tuple[str, int]], keys: Sequence[str]) -> dict[str, Found]:
+        """For each of ``keys``, its latest snapshot on the history ``segments`` (keys with none
+        are absent). Positions come from the index, read once per (branch, key); the bytes from
+        the file the row names."""
+        found: dict[str, Found] = {}
+        looked: set[str] = set()
+        for b, hi in reversed(segments):
+            for key in keys:
+                if key in looked:
+                    continue
+                seqs, rows = self._rows(b, key)
+                i = bisect.bisect_right(seqs, hi) - 1
+                if i < 0:
+                    continue
+                looked.add(key)
+                event_id, ref = rows[i]
+                if ref is None:  # bytes held in the row (a store written before snapshot files)
+                    row = fetch_one(self._con, "SELECT data FROM snapshots WHERE branch = ? AND seq = ? AND key = ?", [b, seqs[i], key])
+                    ref = bytes(row[0]) if row else b""
+                data = self._bytes(ref)
+                # A snapshot whose file is gone or altered is no snapshot: the caller reduces from
+                # the events (``sia verify`` reports it); an older one is not looked for.
+                if data is not None:
+                    found[key] = (b, seqs[i], event_id, data)
+            if len(looked) == len(keys):
+                break
+        return found
+
+    def _rows(self, branch: str, key: str) -> tuple[list[int], list[tuple[str, bytes | None]]]:
+        cached = self._index.get((branch, key))
+        if cached is None:
+            rows = self._con.execute(
+                "SELECT seq, event_id, CASE WHEN octet_length(data) <= 128 THEN data END FROM snapshots "
+                "WHERE branch = ? AND key = ? ORDER BY seq",
+                [branch, key],
+            ).fetchall()
+            cached = self._index[(branch, key)] = ([r[0] for r in rows], [(r[1], None if r[2] is None else bytes(r[2])) for r in rows])
+        return cached
+
+    def _bytes(self, data: bytes) -> bytes | None:
+        if not data.startswith(_SNAP_REF):
+            return data  # held in the row (stores written before snapshot files)
+        digest = data[len(_SNAP_REF):].decode()
+        if self.folder is None:
+            return None
+        try:
+            with open(os.path.join(self.folder, digest), "rb") as f:
+                content = f.read()
+        except OSError:
+            return None
+        return content if hashlib.sha256(content).hexdigest() == digest else None
+
+    def where(self, key: str) -> list[tuple[str, int, str]]:
+        """(branch, seq, event id) of every snapshot under ``key``."""
+        rows = self._con.execute(
+            "SELECT branch, seq, event_id FROM snapshots WHERE key = ? ORDER BY branch, seq", [key]
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def clear(self) -> int:
+        """Delete every snapshot row and file; how many rows there were."""
+        row = fetch_one(self._con, "SELECT count(*) FROM snapshots")
+        self._con.execute("DELETE FROM snapshots")
+        self._index.clear()
+        if self.folder is not None and os.path.isdir(self.folder):  # the cache's own files
+            for name in os.listdir(self.folder):
+                os.remove(os.path.join(self.folder, name))
+        return int(row[0]) if row else 0

@@ -1,0 +1,279 @@
+"""The write path of the DuckDB log: small batches through the journal, large ones straight
+into a transaction, and the compare-and-swap that moves a branch's ref.
+
+``DuckWriter`` owns what writing needs: the journal, the write cache of each branch's logical
+head (journal included), the batches journalled but not yet in DuckDB (and the snapshot rows
+that go in with them), the heads as committed to DuckDB and the heads file that records them.
+See ``store.journal`` for why small batches take the journal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from store.duck.heads import HeadsFile
+from store.duck.schema import COLS, branch_names, fetch_one
+from store.envelope import BranchInfo, NewEvent, seal
+from store.errors import BranchExists, BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError
+from store.journal import Batch, Journal
+
+__all__ = ["ARROW_SCHEMA", "JOURNAL_SUFFIX", "DuckWriter"]
+
+JOURNAL_SUFFIX = ".journal"
+_SMALL_BATCH = 16  # up to this many rows, a statement of literals beats an Arrow round trip
+_DIRECT = 256  # batches at least this big go straight to DuckDB, past the journal
+ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("parent", pa.string()),
+        ("branch", pa.string()),
+        ("seq", pa.int64()),
+        ("kind", pa.string()),
+        ("schema", pa.int32()),
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("payload", pa.string()),
+    ]
+)
+Head = tuple[int, str | None]  # a branch's head: (seq, event id), (-1, fork point) when empty
+
+
+class DuckWriter:
+    """Appends and ref moves on the connection ``con``; ``heads`` is None for a log in memory."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, *, clock: Callable[[], datetime], flush_every: int, heads: HeadsFile | None
+    ) -> None:
+        self._con = con
+        self._clock = clock
+        self.flush_every = flush_every
+        self._heads_file = heads
+        self.journal: Journal | None = None  # set by ``recover`` (a log without one commits every batch)
+        self._heads: dict[str, Head] = {}  # branch -> logical head, journal included (a write cache)
+        self.pending: list[Batch] = []  # journalled, not yet in DuckDB
+        self._pending_snaps: list[list[Any]] = []  # snapshot rows that go in with them
+        self._pending_n = 0
+        # branch -> head as committed to DuckDB
+        self._committed: dict[str, Head] = {
+            r[0]: (r[1], r[2]) for r in con.execute("SELECT name, head_seq, head_id FROM branches").fetchall()
+        }
+
+    def check_heads(self) -> None:
+        """DuckDB must hold at least what the heads file says it committed (``StoreDamaged``)."""
+        assert self._heads_file is not None
+        self._heads_file.check(self._con, self._committed)
+
+    def insert_branch(self, info: BranchInfo) -> None:
+        """Add the ref ``info`` (``BranchExists`` if its name is taken) in a transaction of its own."""
+        # No flush first: a ref may name a base event still in the journal, which is durable and
+        # moves in before anything reads the log (every read flushes; a crash replays it on open).
+        self._con.begin()
+        try:
+            if fetch_one(self._con, "SELECT 1 FROM branches WHERE name = ?", [info.name]):
+                raise BranchExists(info.name)
+            self._con.execute(
+                "INSERT INTO branches SELECT ?, coalesce(max(ord), -1) + 1, ?, ?, ?, ?, ?, ? FROM branches",
+                [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at],
+            )
+            self._con.commit()
+        except BaseException:
+            self._con.rollback()
+            raise
+        self._heads[info.name] = self._committed[info.name] = (info.head_seq, info.head_id)
+
+    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+        # Ids chain from the expected head; the head moves by compare-and-swap, so a stale
+        # expectation writes nothing.
+        sealed = seal(branch, expected_head, events)
+        n = len(sealed.ids)
+        now = self._clock()
+        if self.journal is None or n >= _DIRECT:
+            self.flush()
+            self._commit([Batch(branch, -1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)])
+            return sealed.ids
+        seq, head = self.logical_head(branch)
+        if head != expected_head:
+            raise ConcurrencyError(branch, expected_head, head)
+        batch = Batch(branch, seq + 1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)
+        self.journal.append(batch)  # durable from here on
+        self._heads[branch] = (seq + n, sealed.ids[-1])
+        self.pending.append(batch)
+        self._pending_n += n
+        if self._pending_n >= self.flush_every:
+            self.flush()
+        return sealed.ids
+
+    def logical_head(self, branch: str) -> Head:
+        """The branch's head, journalled batches included (``BranchNotFound``)."""
+        cached = self._heads.get(branch)
+        if cached is None:
+            row = fetch_one(self._con, "SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
+            if row is None:
+                raise BranchNotFound(branch, branch_names(self._con))
+            cached = self._heads[branch] = (row[0], row[1])
+        return cached
+
+    def defer_snapshot(self, row: list[Any]) -> bool:
+        """Hold a snapshot row for the next flush's transaction if batches are still journalled
+        (its event may be one of them); False: nothing is, insert it now."""
+        if not self.pending:
+            return False
+        self._pending_snaps.append(row)
+        return True
+
+    def flush(self) -> None:
+        """Move journalled batches into DuckDB (one transaction) and empty the journal."""
+        if not self.pending:
+            return
+        self._commit(self.pending, self._pending_snaps)
+        self.pending, self._pending_n, self._pending_snaps = [], 0, []
+        assert self.journal is not None
+        self.journal.clear()
+
+    def _commit(self, batches: list[Batch], snaps: Sequence[list[Any]] = ()) -> None:
+        """Insert ``batches`` in one transaction, moving each branch's ref once. A batch with
+        ``first_seq == -1`` takes its seqs from the ref; others must follow it exactly."""
+        con = self._con
+        by_branch: dict[str, list[Batch]] = {}
+        for b in batches:
+            by_branch.setdefault(b.branch, []).append(b)
+        con.begin()
+        try:
+            cols = self._move_refs(by_branch)
+            self._insert_rows(cols)
+            if snaps:  # snapshot rows whose events are in this transaction
+                con.execute("INSERT OR REPLACE INTO snapshots VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(snaps)),
+                            [v for row in snaps for v in row])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            self._heads.clear()  # re-read from the refs, which the rollback restored
+            raise
+        for b in batches:
+            self._committed[b.branch] = (self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1]))
+        self.write_heads()
+
+    def _move_refs(self, by_branch: dict[str, list[Batch]]) -> list[list[Any]]:
+        """Move each branch's ref past its batches (inside the open transaction); the rows to
+        insert, column by column."""
+        cols: list[list[Any]] = [[] for _ in range(8)]
+        for branch, group in by_branch.items():
+            n = sum(len(b.ids) for b in group)
+            first = group[0]
+            if first.first_seq < 0:
+                seq = self._move_head(branch, first.parent, group[-1].ids[-1], n)
+            else:
+                seq = first.first_seq
+                self._swap(branch, seq - 1, first.parent, seq + n - 1, group[-1].ids[-1])
+            for b in group:  # column-wise: a batch of 10k rows costs list copies, not a row loop
+                k = len(b.ids)
+                cols[0] += b.ids
+                cols[1] += [b.parent, *b.ids[:-1]]
+                cols[2] += [branch] * k
+                cols[3] += range(seq, seq + k)
+                cols[4] += b.kinds
+                cols[5] += b.schemas
+                cols[6] += [b.at] * k
+                cols[7] += b.payloads
+                seq += k
+        return cols
+
+    def _insert_rows(self, cols: list[list[Any]]) -> None:
+        total = len(cols[0])
+        if total <= _SMALL_BATCH:  # a statement of literals beats an Arrow round trip
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * total)
+            params = [cols[c][r] for r in range(total) for c in range(8)]
+            self._insert(f"INSERT INTO events VALUES {values}", params)
+            return
+        types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.int32(), pa.timestamp("us", tz="UTC"), pa.string()]
+        table = pa.Table.from_arrays([pa.array(c, t) for c, t in zip(cols, types, strict=True)], schema=ARROW_SCHEMA)
+        self._con.register("_sia_batch", table)
+        try:
+            self._insert(f"INSERT INTO events SELECT {COLS} FROM _sia_batch", [])
+        finally:
+            try:
+                self._con.unregister("_sia_batch")
+            except duckdb.Error:  # an aborted transaction refuses it; the error that aborted it is the one to see
+                pass
+
+    def write_heads(self) -> None:
+        """Record the heads DuckDB has committed in ``<log>.heads`` (see ``store.duck.heads``)."""
+        if self._heads_file is not None:
+            self._heads_file.write(self._committed)
+
+    def _cas(self, branch: str, seq: int, head: str | None, new_seq: int, new_head: str) -> bool:
+        """Move the ref from (seq, head) to (new_seq, new_head); False if it is not at (seq, head)."""
+        updated = fetch_one(
+            self._con,
+            "UPDATE branches SET head_seq = ?, head_id = ? WHERE name = ? AND head_seq = ? "
+            "AND head_id IS NOT DISTINCT FROM ?",
+            [new_seq, new_head, branch, seq, head],
+        )
+        return updated is not None and updated[0] == 1
+
+    def _swap(self, branch: str, seq: int, head: str | None, new_seq: int, new_head: str) -> None:
+        if not self._cas(branch, seq, head, new_seq, new_head):
+            row = fetch_one(self._con, "SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
+            raise StoreError(
+                f"journalled events for branch {branch!r} follow seq {seq} ({head}), but the log's head is "
+                f"{row}: the store was changed outside this engine; keep the journal and restore from a backup"
+            )
+
+    def recover(self, journal: Journal, batches: list[Batch]) -> None:
+        """Take ``journal`` as this writer's and replay what a writer that stopped without closing
+        the log left in it: ``batches``, every line read and checked (``Journal.read_checked``)
+        before DuckDB was opened."""
+        self.journal = journal
+        if not journal.size():
+            return
+        for b in batches:
+            seq, head = self.logical_head(b.branch)
+            if b.first_seq <= seq:  # committed to DuckDB before the journal was emptied
+                stored = fetch_one(self._con, "SELECT id FROM events WHERE branch = ? AND seq = ?", [b.branch, b.first_seq])
+                if stored is None or stored[0] != b.ids[0]:
+                    raise StoreError(
+                        f"journal batch {b.branch}#{b.first_seq} ({b.ids[0]}) disagrees with the log "
+                        f"({stored[0] if stored else 'no event'}): keep the journal and restore from a backup"
+                    )
+                continue
+            if b.first_seq != seq + 1 or b.parent != head:
+                raise StoreError(
+                    f"journal batch {b.branch}#{b.first_seq} does not follow the log's head {b.branch}#{seq}: "
+                    f"keep the journal and restore from a backup"
+                )
+            self.pending.append(b)
+            self._pending_n += len(b.ids)
+            self._heads[b.branch] = (seq + len(b.ids), b.ids[-1])
+        if self.pending:
+            self.flush()
+        else:
+            journal.clear()
+
+    def _move_head(self, branch: str, expected: str | None, new_head: str, n: int) -> int:
+        """Compare-and-swap the ref from ``expected`` to ``new_head``; returns the first new seq.
+
+        Called with nothing journalled, so the cached head is the ref's; the UPDATE matches on
+        both seq and id, so a ref moved behind this log's back is refused, never overwritten."""
+        seq, head = self.logical_head(branch)
+        if head != expected:
+            raise ConcurrencyError(branch, expected, head)
+        if not self._cas(branch, seq, head, seq + n, new_head):
+            self._heads.pop(branch, None)
+            row = fetch_one(self._con, "SELECT head_id FROM branches WHERE name = ?", [branch])
+            raise ConcurrencyError(branch, expected, row[0] if row else None)
+        self._heads[branch] = (seq + n, new_head)
+        return seq + 1
+
+    def _insert(self, sql: str, params: list[Any]) -> None:
+        try:
+            self._con.execute(sql, params)
+        except duckdb.ConversionException as e:  # DuckDB's JSON parser disagreed with ours
+            raise InvalidEnvelope(None, f"a payload is not JSON that DuckDB accepts ({e})") from e
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
