@@ -21,10 +21,12 @@ import msgspec
 
 from replay.errors import RebuildMismatch
 from replay.rebuild import locate
-from sia_engine.domain.events import AdapterCheckpointed, decode_envelope
+from sia_engine.domain.events import AdapterCheckpointed
+from sia_engine.domain.projection import AdaptersTrained, project
 from sia_engine.domain.state import Version, version_id
 from store import Store
-from store.blobs import atomic_write, safetensors_metadata
+from store.blobs import safetensors_metadata
+from store.files import atomic_write
 
 __all__ = ["rebuild_agent"]
 
@@ -34,10 +36,10 @@ def _provenance(store: Store, branch: str, version: Version) -> dict[str, Any]:
     if version.adapter is None:
         return {}
     found: tuple[str, AdapterCheckpointed] | None = None
-    for env in store.log.read(branch, kinds=["adapter_checkpointed"]):
-        e = decode_envelope(env)
-        if isinstance(e, AdapterCheckpointed) and (e.version_id == version.version_id or (e.blob == version.adapter and found is None)):
-            found = (env.id, e)
+    [adapters] = project(store.log, branch, AdaptersTrained())
+    for event_id, e in adapters:
+        if e.version_id == version.version_id or (e.blob == version.adapter and found is None):
+            found = (event_id, e)
     if found is None:
         return {}
     event_id, e = found

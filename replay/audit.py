@@ -14,10 +14,10 @@ import html
 from collections import Counter
 
 from replay.audit_experiment import experiment_section
-from replay.audit_parts import collect, iteration_plot, version_details
-from replay.diff import compare_branches
-from sia_engine.domain.history import rebuild
-from sia_engine.domain.integrity import IntegrityReport, verify_store
+from replay.audit_parts import ProvenanceProjection, iteration_plot, version_details
+from replay.diff import IterationRows
+from sia_engine.domain.integrity import IntegrityReport, check_store
+from sia_engine.domain.projection import KindCounts, Recorded, StateProjection, fold, histories
 from sia_engine.domain.state import AgentState, Version
 from sia_engine.loop.task import Task
 from store import BlobStore, EventLog
@@ -96,16 +96,16 @@ def _by_lever(versions: list[Version]) -> str:
         mine = [v for v in versions if v.lever == lever]
         if mine:
             accepted = sum(v.status == "accepted" for v in mine)
-            best = max((v.score("val") for v in mine if v.score("val") is not None), default=None)
+            best = max((s for v in mine if (s := v.score("val")) is not None), default=None)
             rows.append(f"<tr><td>{lever}</td><td>{len(mine)}</td><td>{accepted}</td><td>{'-' if best is None else f'{best:.4f}'}</td></tr>")
     return "<table><tr><th>lever</th><th>candidates</th><th>accepted</th><th>best val score</th></tr>" + "".join(rows) + "</table>"
 
 
-def _replay_line(log: EventLog, branch: str, task: Task | None) -> str:
-    from replay.recorded import ReplayDivergence, replay_recorded
+def _replay_line(branch: str, recs: list[Recorded], task: Task | None) -> str:
+    from replay.recorded import ReplayDivergence, replay_records
 
     try:
-        r = replay_recorded(log, branch, task)
+        r = replay_records(branch, recs, task)
     except ReplayDivergence as e:
         return f'<li class="bad">{html.escape(branch)}: DIVERGES: {html.escape(str(e))}</li>'
     skipped = "".join(f' <span class="warn">(not recomputed: {html.escape(x)})</span>' for x in r.skipped)
@@ -113,11 +113,22 @@ def _replay_line(log: EventLog, branch: str, task: Task | None) -> str:
             f"{r.verdicts} rule verdicts, {r.choices} model choices, {r.decisions} gate decisions recomputed as recorded{skipped}</li>")
 
 
+class _Branch:
+    """One branch read once: its records, and every projection the report shows, from one pass."""
+
+    def __init__(self, name: str, recs: list[Recorded]) -> None:
+        self.recs = recs
+        self.kinds, self.state, self.provenance, rows = fold([KindCounts(), StateProjection(), ProvenanceProjection(), IterationRows(name)], recs)
+        self.rows = IterationRows.finish(rows, self.state)
+
+
 def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = "sia-engine audit", task: Task | None = None,
                  max_versions: int = 1000) -> tuple[str, IntegrityReport]:
     """The HTML report and the integrity report it shows (``task``: re-score and re-run the rule
     policy in the replay; None replays what needs no task)."""
-    report = verify_store(log, blobs)
+    branches = log.branches()
+    own_envs = {b.name: list(log.read(b.name, after_seq=-1)) for b in branches}  # each branch read once
+    report, own = check_store(log, blobs, own_envs)  # and decoded once, as it is checked
 
     def n(k: int, word: str) -> str:
         return f"{k} {word}{'' if k == 1 else ('es' if word.endswith('ch') else 's')}"
@@ -127,23 +138,21 @@ def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = 
         f'<p class="bad" id="integrity">NOT VERIFIED: {len(report.problems)} problem(s)</p><ul>'
         + "".join(f"<li><code>{html.escape(str(p))}</code></li>" for p in report.problems[:50]) + "</ul>")
     body = [f"<h1>{html.escape(title)}</h1>", "<h2>Integrity</h2>", verdict]
-    branches = log.branches()
+    read = {name: _Branch(name, recs if report.ok else []) for name, recs in histories(branches, own).items()}
+    unverified = {} if report.ok else histories(branches, own_envs)  # counted, never reduced
     if not report.ok:
         body.append("<p>A history that does not verify is not replayed or reduced into claims.</p>")
     else:
-        body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(log, b.name, task) for b in branches) + "</ul>"]
-        collected = {b.name: collect(log.read(b.name)) for b in branches}
-        body += ["<h2>Score per iteration</h2>", iteration_plot(compare_branches(log, [b.name for b in branches])), *experiment_section(log)]
+        body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(name, r.recs, task) for name, r in read.items()) + "</ul>"]
+        body += ["<h2>Score per iteration</h2>", iteration_plot([row for r in read.values() for row in r.rows]), *experiment_section(own)]
     for b in branches:
-        events = log.read(b.name)
-        kinds = Counter(e.kind for e in events)
+        kinds = read[b.name].kinds if report.ok else Counter(e.kind for e in unverified[b.name])
         origin = f" (forked from {b.base_branch}#{b.base_seq})" if b.base_branch else ""
         body.append(f"<h2 class='branch'>Branch {html.escape(b.name)}{html.escape(origin)}</h2>")
         body.append(f"<p>head <code>{b.head_id or '-'}</code>; events: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "</p>")
         if not report.ok:
             continue  # a history that does not verify is not reduced into claims
-        state, _ = rebuild(log, b.name)
-        prov, rollbacks = collected[b.name]
+        state, prov, rollbacks = read[b.name].state, read[b.name].provenance.versions, read[b.name].provenance.rollbacks
         if state.run is not None:
             body.append(f"<p>run <code>{html.escape(state.run.run_id)}</code>, task {html.escape(state.run.task)}, base model "
                         f"<code>{html.escape(state.run.base_model.id)}</code> (weights sha256 <code>{state.run.base_model.weights_hash or '-'}</code>), "

@@ -1,20 +1,20 @@
 """The audit report's experiment section: each arm's test scores per seed beside the baselines,
-computed from the log alone (``sia_engine.experiment.arms.result_from_events``)."""
+computed from the log alone (``sia_engine.experiment.table.result_from_records``)."""
 
 from __future__ import annotations
 
 import html
 import statistics
+from collections.abc import Mapping, Sequence
 
-from sia_engine.experiment.arms import (
+from sia_engine.domain.projection import Recorded
+from sia_engine.experiment.table import (
     ExperimentResult,
     arm_summary,
     comparisons,
     experiment_names,
-    experiment_rows,
-    result_from_events,
+    result_from_records,
 )
-from store import EventLog
 
 __all__ = ["experiment_section", "experiment_plot"]
 
@@ -76,10 +76,10 @@ def _summary(result: ExperimentResult) -> str:
     return table + "".join(f"<p>{html.escape(p.describe())}</p>" for p in comparisons(result).values() if p is not None)
 
 
-def experiment_section(log: EventLog) -> list[str]:
-    """HTML parts for every experiment recorded in ``log`` (none: no parts)."""
+def experiment_section(own: Mapping[str, Sequence[Recorded]]) -> list[str]:
+    """HTML parts for every experiment among the branches' own records (none: no parts)."""
     parts: list[str] = []
-    for name in experiment_names(log):
-        result = result_from_events(experiment_rows(log, name), name)
+    for name in experiment_names(own):
+        result = result_from_records({b: rs for b, rs in own.items() if b.startswith(f"{name}-")}, name)
         parts += [f"<h3 class='experiment'>Experiment {html.escape(name)}</h3>", experiment_plot(result), _summary(result)]
     return ["<h2>Experiments</h2>", *parts] if parts else []

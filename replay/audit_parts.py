@@ -18,12 +18,11 @@ from sia_engine.domain.events import (
     RolledBack,
     ScaffoldPatched,
     TrajectoryRecorded,
-    decode_envelope,
 )
+from sia_engine.domain.projection import Projection, Recorded
 from sia_engine.domain.state import AgentState, Version
-from store import Envelope
 
-__all__ = ["Provenance", "collect", "iteration_plot", "version_details"]
+__all__ = ["Provenance", "Provenances", "ProvenanceProjection", "iteration_plot", "version_details"]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -37,28 +36,41 @@ class Provenance(msgspec.Struct):
     evidence: list[TrajectoryRecorded] = []
 
 
-def collect(envelopes: list[Envelope]) -> tuple[dict[str, Provenance], list[str]]:
-    """Per version its provenance, and the rollbacks, as text."""
-    prov: dict[str, Provenance] = {}
+class Provenances(msgspec.Struct):
+    """The provenance of each version made on a branch, and its rollbacks as text."""
+
+    versions: dict[str, Provenance] = {}
     rollbacks: list[str] = []
-    verdict: FeedbackVerdict | None = None
-    trajs: dict[str, TrajectoryRecorded] = {}
-    for env in envelopes:
-        e = decode_envelope(env)
+    verdict: FeedbackVerdict | None = None  # the iteration's valid verdict so far
+    trajectories: dict[str, TrajectoryRecorded] = {}  # the iteration's training trajectories so far
+
+
+class ProvenanceProjection(Projection[Provenances]):
+    """Per version: the event that made it, the verdict before it and that verdict's evidence."""
+
+    kinds = frozenset({"iteration_started", "trajectory_recorded", "feedback_verdict", "scaffold_patched", "adapter_checkpointed",
+                       "rolled_back"})
+
+    def initial(self) -> Provenances:
+        return Provenances(versions={}, rollbacks=[], trajectories={})
+
+    def apply(self, p: Provenances, r: Recorded) -> Provenances:
+        e = r.event
         if isinstance(e, IterationStarted):
-            trajs, verdict = {}, None
+            p.trajectories, p.verdict = {}, None
         elif isinstance(e, TrajectoryRecorded) and e.split == "train":
-            trajs[e.trajectory_id] = e
+            p.trajectories[e.trajectory_id] = e
         elif isinstance(e, FeedbackVerdict) and e.valid:
-            verdict = e
+            p.verdict = e
         elif isinstance(e, (ScaffoldPatched, AdapterCheckpointed)):
-            ids = verdict.evidence if verdict else ()
-            if verdict is not None and verdict.training_plan is not None:
-                ids = tuple(verdict.training_plan.trajectory_ids)
-            prov[e.version_id] = Provenance(e, f"{env.branch}#{env.seq}", verdict, [trajs[i] for i in ids if i in trajs])
+            v = p.verdict
+            ids = v.evidence if v else ()
+            if v is not None and v.training_plan is not None:
+                ids = tuple(v.training_plan.trajectory_ids)
+            p.versions[e.version_id] = Provenance(e, r.where, v, [p.trajectories[i] for i in ids if i in p.trajectories])
         elif isinstance(e, RolledBack):
-            rollbacks.append(f"{env.branch}#{env.seq}: head {e.from_version[:12]} -> {e.to_version[:12]} ({e.reason})")
-    return prov, rollbacks
+            p.rollbacks.append(f"{r.where}: head {e.from_version[:12]} -> {e.to_version[:12]} ({e.reason})")
+        return p
 
 
 def iteration_plot(rows: list[dict[str, Any]]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -19,6 +19,13 @@ from sia_engine.cli.api import (
     out,
     store_options,
 )
+from store.files import atomic_write
+
+if TYPE_CHECKING:
+    from replay.reexecute import ReexecuteReport
+    from sia_engine.domain.events import ModelRef
+    from sia_engine.loop.task import Task
+    from store import Store
 
 __all__ = ["show", "audit", "fork", "rollback", "rebuild", "diff", "compare", "export", "replay"]
 
@@ -72,8 +79,8 @@ def audit(store_path: str, as_json: bool, out_path: str, data: str | None) -> No
     with open_store(store_path, read_only=True) as s:
         names = {run.task for b in s.log.branches() if (run := state_at(s.log, b.name).run) is not None}
         task = _task_or_none(next(iter(names)), data) if len(names) == 1 else None  # one task per store, re-scored by it
-        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}", task=task)  # type: ignore[arg-type]
-    Path(out_path).write_text(page, encoding="utf-8")
+        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}", task=task)
+    atomic_write(out_path, page.encode("utf-8"), mode=0o644)  # a symlink at out_path is replaced, never followed
     info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems)}
     if as_json:
         emit_json(info)
@@ -293,38 +300,13 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
             fail(f"branch {branch!r} holds no run")
         assert state.run is not None
         if mode == "recorded":
-            from replay.recorded import ReplayDivergence, replay_recorded
-
-            task = _task_or_none(state.run.task, data)
-            try:
-                report: object = replay_recorded(s, branch, task)
-            except ReplayDivergence as e:
-                if as_json:
-                    emit_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got})
-                else:
-                    out.print(f"[bold red]DIVERGES[/]: {e}", highlight=False, soft_wrap=True)
-                raise SystemExit(1) from None
+            data_out = msgspec.to_builtins(_replay_recorded(s, branch, _task_or_none(state.run.task, data), as_json))
         else:
-            from replay.errors import RebuildMismatch
-            from replay.reexecute import reexecute
-            from sia_engine.models.presets import load_model
-
-            base = state.run.base_model
-            spec = model_spec or {"tiny": "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}.get(base.id)
-            if spec is None:
-                fail(f"the run's base model is {base.id!r}: give it with --model (a folder or a cached hub id)")
-            assert spec is not None
-            model = load_model(spec, device="cpu")
-            if model.ref.weights_hash != base.weights_hash:
-                raise RebuildMismatch(f"base model {base.id!r} weights sha256", base.weights_hash, model.ref.weights_hash)
-            report = reexecute(s, branch, model, limit=limit)
-    data_out = msgspec.to_builtins(report)
-    if mode == "reexecute":
-        data_out["share_identical"] = report.share_identical  # type: ignore[attr-defined]
+            report = _reexecute(s, branch, state.run.base_model, model_spec, limit)
+            data_out = {**msgspec.to_builtins(report), "share_identical": report.share_identical}
     if as_json:
         emit_json({"ok": True, **data_out})
-        return
-    if mode == "recorded":
+    elif mode == "recorded":
         out.print(f"[green]REPLAYS[/]: {data_out['n_events']} events of {branch}; {data_out['rescored']} outputs re-scored, "
                   f"{data_out['evaluations']} evaluations, {data_out['verdicts']} rule verdicts, {data_out['choices']} model choices and {data_out['decisions']} gate "
                   f"decisions recomputed, all as recorded; state {data_out['state_hash'][:16]}", highlight=False)
@@ -333,12 +315,51 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
     else:
         out.print(f"{data_out['identical']} of {data_out['outputs']} outputs identical ({data_out['share_identical']:.1%})", highlight=False)
         if data_out["first_divergence"]:
-            d = data_out["first_divergence"]
-            out.print(f"first divergence at {d['at']} (sample {d['sample']}): recorded {d['recorded']!r}, re-executed {d['reexecuted']!r}",
-                      highlight=False, markup=False)
+            out.print(_divergence_line(data_out["first_divergence"]), highlight=False, markup=False)
 
 
-def _task_or_none(name: str, data: str | None) -> object | None:
+def _replay_recorded(s: Store, branch: str, task: Task | None, as_json: bool) -> object:
+    """``replay_recorded``'s report; at a divergence, say where and exit 1."""
+    from replay.recorded import ReplayDivergence, replay_recorded
+
+    try:
+        return replay_recorded(s, branch, task)
+    except ReplayDivergence as e:
+        if as_json:
+            emit_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got})
+        else:
+            out.print(f"[bold red]DIVERGES[/]: {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+def _reexecute(s: Store, branch: str, base: ModelRef, model_spec: str | None, limit: int | None) -> ReexecuteReport:
+    """Re-run the branch's model calls with its base model (``model_spec``, or the run's own preset),
+    refused unless that model's weights hash is the recorded one."""
+    from replay.errors import RebuildMismatch
+    from replay.reexecute import reexecute
+    from sia_engine.models.presets import load_model
+
+    spec = model_spec or {"tiny": "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}.get(base.id)
+    if spec is None:
+        fail(f"the run's base model is {base.id!r}: give it with --model (a folder or a cached hub id)")
+    assert spec is not None
+    model = load_model(spec, device="cpu")
+    if model.ref.weights_hash != base.weights_hash:
+        raise RebuildMismatch(f"base model {base.id!r} weights sha256", base.weights_hash, model.ref.weights_hash)
+    return reexecute(s, branch, model, limit=limit)
+
+
+def _divergence_line(d: dict[str, Any]) -> str:
+    """Re-execution's first divergence in words: a generated output (one sample of a request), or
+    a model Feedback Agent's option scores (a ``feedback-score`` action, which has no sample)."""
+    if "sample" in d:
+        return f"first divergence at {d['at']} (sample {d['sample']}): recorded {d['recorded']!r}, re-executed {d['reexecuted']!r}"
+    named = "".join(f", {k} {d[k]}" for k in ("action", "stage") if k in d)
+    return (f"first divergence at {d['at']} (feedback-score action{named}: the model Feedback Agent's option scores under version "
+            f"{str(d.get('version', '-'))[:12]}): recorded scores {d['recorded']!r}, recomputed {d['reexecuted']!r}")
+
+
+def _task_or_none(name: str, data: str | None) -> Task | None:
     """The run's task, or None when it cannot be built here (replay then says what it skipped)."""
     from sia_engine.errors import SiaError
     from sia_engine.loop.registry import get_task

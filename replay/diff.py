@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from replay.rebuild import locate, state_at
+from replay.rebuild import locate
 from sia_engine.domain.events import (
     AdapterCheckpointed,
     FeedbackVerdict,
@@ -24,9 +24,9 @@ from sia_engine.domain.events import (
     ScaffoldPatched,
     VersionAccepted,
     VersionRejected,
-    decode_envelope,
 )
-from sia_engine.domain.state import Version
+from sia_engine.domain.projection import Projection, Recorded, StateProjection, project
+from sia_engine.domain.state import AgentState, Version
 from store import EventLog, Store
 from store.blobs import safetensors_metadata
 
@@ -72,7 +72,7 @@ def diff_versions(store: Store, a: str, b: str, *, branch: str = "main") -> dict
     modules = []
     for m in sorted(set(da) | set(db)):
         x, y = da.get(m), db.get(m)
-        diff = (x if y is None else -y if x is None else x - y)
+        diff = (0 if x is None else x) - (0 if y is None else y)  # a module one side lacks counts as zero there
         modules.append({"module": m, "norm_a": float(np.linalg.norm(x)) if x is not None else 0.0,
                         "norm_b": float(np.linalg.norm(y)) if y is not None else 0.0, "norm_diff": float(np.linalg.norm(diff))})
     return {
@@ -85,32 +85,56 @@ def diff_versions(store: Store, a: str, b: str, *, branch: str = "main") -> dict
     }
 
 
+class IterationRows(Projection[list[dict[str, Any]]]):
+    """One row per iteration of a branch: lever, recipe, candidate score, decision, and the head's
+    score after it (``INITIAL`` until a candidate is accepted: the initial version's score, which
+    ``compare_branches`` fills in from the state)."""
+
+    kinds = frozenset({"iteration_started", "feedback_verdict", "adapter_checkpointed", "scaffold_patched", "version_accepted",
+                       "version_rejected"})
+    INITIAL = "initial"
+
+    def __init__(self, branch: str) -> None:
+        self.branch = branch
+
+    def initial(self) -> list[dict[str, Any]]:
+        return []
+
+    def apply(self, rows: list[dict[str, Any]], r: Recorded) -> list[dict[str, Any]]:
+        e = r.event
+        if isinstance(e, IterationStarted):
+            head = rows[-1]["head_score"] if rows else self.INITIAL
+            rows.append({"branch": self.branch, "iteration": e.iteration, "from": r.branch, "lever": "none", "recipe": "",
+                         "candidate_score": None, "decision": "none", "head_score": head})
+        elif not rows:
+            pass
+        elif isinstance(e, FeedbackVerdict) and e.valid:
+            rows[-1]["lever"] = e.lever
+        elif isinstance(e, AdapterCheckpointed):
+            rows[-1]["recipe"] = e.recipe or "rft"
+        elif isinstance(e, ScaffoldPatched):
+            rows[-1]["recipe"] = ""
+        elif isinstance(e, VersionAccepted):
+            rows[-1].update(candidate_score=e.score, decision="accepted", head_score=e.score)
+        elif isinstance(e, VersionRejected):
+            rows[-1].update(candidate_score=e.score, decision="rejected")
+        return rows
+
+    @classmethod
+    def finish(cls, rows: list[dict[str, Any]], state: AgentState) -> list[dict[str, Any]]:
+        """The rows with the initial version's validation score where no candidate was accepted yet."""
+        initial = state.ordered_versions()[0].score("val") if state.versions else None
+        for row in rows:
+            if row["head_score"] == cls.INITIAL:
+                row["head_score"] = initial
+        return rows
+
+
 def compare_branches(store: Store | EventLog, branches: list[str]) -> list[dict[str, Any]]:
     """One row per (branch, iteration): lever, recipe, candidate score, decision, head score after."""
     log: EventLog = store.log if isinstance(store, Store) else store
     rows = []
     for branch in branches:
-        state = state_at(log, branch)  # refuses an unknown branch with the store's own error
-        initial = state.ordered_versions()[0] if state.versions else None
-        head_score = initial.score("val") if initial else None
-        row: dict[str, Any] | None = None
-        for env in log.read(branch):
-            e = decode_envelope(env)
-            if isinstance(e, IterationStarted):
-                row = {"branch": branch, "iteration": e.iteration, "from": env.branch, "lever": "none", "recipe": "",
-                       "candidate_score": None, "decision": "none", "head_score": head_score}
-                rows.append(row)
-            elif row is None:
-                continue
-            elif isinstance(e, FeedbackVerdict) and e.valid:
-                row["lever"] = e.lever
-            elif isinstance(e, AdapterCheckpointed):
-                row["recipe"] = e.recipe or "rft"
-            elif isinstance(e, ScaffoldPatched):
-                row["recipe"] = ""
-            elif isinstance(e, VersionAccepted):
-                row.update(candidate_score=e.score, decision="accepted", head_score=e.score)
-                head_score = e.score
-            elif isinstance(e, VersionRejected):
-                row.update(candidate_score=e.score, decision="rejected", head_score=head_score)
+        state, mine = project(log, branch, StateProjection(), IterationRows(branch))
+        rows += IterationRows.finish(mine, state)
     return rows

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from replay.rebuild import state_at
 from store import Store
-from store.blobs import atomic_write
+from store.files import atomic_write
 
 __all__ = ["export_parquet"]
 
@@ -38,9 +38,9 @@ def export_parquet(store: Store, out: str | Path) -> dict[str, int]:
     for info in store.log.branches():
         own = store.log.read(info.name, after_seq=-1)  # the branch's own events, no ancestry
         for e in own:
-            for k, v in (("id", e.id), ("parent", e.parent), ("branch", e.branch), ("seq", e.seq), ("kind", e.kind),
-                         ("schema", e.schema), ("recorded_at", e.recorded_at), ("payload", e.payload.decode())):
-                events[k].append(v)
+            for k, cell in (("id", e.id), ("parent", e.parent), ("branch", e.branch), ("seq", e.seq), ("kind", e.kind),
+                            ("schema", e.schema), ("recorded_at", e.recorded_at), ("payload", e.payload.decode())):
+                events[k].append(cell)
             if e.kind == "trajectory_recorded":
                 p = msgspec.json.decode(e.payload)
                 trajs["branch"].append(e.branch)

@@ -15,6 +15,7 @@ scrna-denoise, the sandboxed denoiser, once per distinct configuration).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,22 +23,23 @@ import msgspec
 
 from replay.errors import ReplayError
 from sia_engine.domain.events import (
+    Event,
     FeedbackVerdict,
     IterationStarted,
     TrajectoryRecorded,
     VersionAccepted,
     VersionEvaluated,
     VersionRejected,
-    decode_envelope,
 )
+from sia_engine.domain.projection import Recorded, records
 from sia_engine.domain.state import AgentState, apply, state_hash
 from sia_engine.errors import ReducerError
 from sia_engine.loop.feedback.rule import Context, RulePolicy
 from sia_engine.loop.loop import evaluation_score, failure_classes, gate_accepts
-from sia_engine.loop.task import Episode, Score, Task
+from sia_engine.loop.task import Episode, Score, ScoresConcurrently, Task
 from store import EventLog, Store
 
-__all__ = ["ReplayDivergence", "ReplayReport", "replay_recorded"]
+__all__ = ["ReplayDivergence", "ReplayReport", "replay_recorded", "replay_records"]
 
 TOLERANCE = 1e-9
 
@@ -81,7 +83,7 @@ def _context(state: AgentState, train_trajs: list[TrajectoryRecorded], task: Tas
     if task is None or state.run is None or state.head_version is None or state.phase != "started":
         return None
     cfg = state.run.config
-    return Context(state, state.head_version, tuple(train_trajs), failure_classes(train_trajs, task, episodes), state.run.levers,  # type: ignore[arg-type]
+    return Context(state, state.head_version, tuple(train_trajs), failure_classes(train_trajs, task, episodes), state.run.levers,
                    state.iteration, recipe=str(cfg.get("recipe", "auto")), rft_top=float((cfg.get("lora") or {}).get("rft_top", 0.0)))
 
 
@@ -99,14 +101,14 @@ def _check_llm_choice(where: str, e: FeedbackVerdict, ctx: Context | None, task:
     rule_verdict = rule.decide(ctx, task).verdicts[-1] if ctx is not None and task is not None else None
     options = iteration_options(ctx, task, rule) if ctx is not None and task is not None else None
     last = None
-    for stage in e.choice.get("stages", []):
-        opts = None if options is None else options[stage["stage"]]
-        if opts is not None and [o.label for o in opts] != [r["label"] for r in stage["options"]]:
-            raise ReplayDivergence(where, "llm options", [o.label for o in opts], [r["label"] for r in stage["options"]])
-        prefer = preferred(stage["stage"], opts, rule_verdict) if opts is not None and rule_verdict is not None else stage.get("preferred")
-        index, _ = choose_index(stage["options"], stage.get("excluded", []), prefer)
-        if index != stage["chosen"]:
-            raise ReplayDivergence(where, "llm choice", index, stage["chosen"])
+    for stage in e.choice.stages:
+        opts = None if options is None else options[stage.stage]
+        if opts is not None and [o.label for o in opts] != [r.label for r in stage.options]:
+            raise ReplayDivergence(where, "llm options", [o.label for o in opts], [r.label for r in stage.options])
+        prefer = preferred(stage.stage, opts, rule_verdict) if opts is not None and rule_verdict is not None else stage.preferred
+        index, _ = choose_index(stage.options, stage.excluded, prefer)
+        if index != stage.chosen:
+            raise ReplayDivergence(where, "llm choice", index, stage.chosen)
         last = None if opts is None else opts[index]
     if last is not None:
         plan = e.training_plan
@@ -128,7 +130,7 @@ def _prescore(task: Task, episodes: dict[str, Episode], trajs: list[TrajectoryRe
     def one(pair: tuple[str, str]) -> Score:
         return task.score(episodes[pair[0]], pair[1])
 
-    workers = min(os.cpu_count() or 1, 8) if getattr(task, "concurrent_scoring", False) else 1
+    workers = min(os.cpu_count() or 1, 8) if isinstance(task, ScoresConcurrently) and task.concurrent_scoring else 1
     if workers > 1 and len(todo) > 1:
         with ThreadPoolExecutor(workers) as pool:
             return dict(zip(todo, pool.map(one, todo), strict=True))
@@ -140,67 +142,90 @@ def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> 
     ``ReplayDivergence`` at the first disagreement. Without a ``task``, only what needs no scorer
     is recomputed (said in ``skipped``)."""
     log: EventLog = store.log if isinstance(store, Store) else store
-    state = AgentState()
-    episodes = {e.id: e for split in ("train", "val", "test") for e in task.episodes(split)} if task else {}
-    train_trajs: list[TrajectoryRecorded] = []
-    val_trajs: list[TrajectoryRecorded] = []
-    counts = {"rescored": 0, "evaluations": 0, "verdicts": 0, "choices": 0, "decisions": 0}
-    skipped: set[str] = set()
-    if task is None:
-        skipped.add("scores, failure classes, rule verdicts and the model's options: the task is not available here")
-    n = 0
-    decoded = [(env, decode_envelope(env)) for env in log.read(branch)]
-    scores = _prescore(task, episodes, [e for _, e in decoded if isinstance(e, TrajectoryRecorded)]) if task else {}
-    for env, e in decoded:
-        where = f"{env.branch}#{env.seq}"
-        if isinstance(e, IterationStarted):
-            train_trajs = []
-        elif isinstance(e, TrajectoryRecorded):
-            (train_trajs if e.split == "train" else val_trajs).append(e)
-            if task is not None:
-                ep = episodes.get(e.episode_id)
-                if ep is None:
-                    raise ReplayDivergence(where, "episode_id", "an episode of the task", e.episode_id)
-                s = scores[(e.episode_id, e.output)]
-                if _differs(s.score, e.score):
-                    raise ReplayDivergence(where, "score", s.score, e.score)
-                if e.failure and s.failure != e.failure:
-                    raise ReplayDivergence(where, "failure", s.failure, e.failure)
-                counts["rescored"] += 1
-        elif isinstance(e, VersionEvaluated):
-            mine = [t for t in val_trajs if t.version_id == e.version_id]
-            val_trajs = []
-            if mine:
-                again = evaluation_score(mine, str(e.protocol.get("mode", "mean")))[0]
-                if _differs(again, e.score):
-                    raise ReplayDivergence(where, "evaluation score", again, e.score)
-                counts["evaluations"] += 1
-        elif isinstance(e, FeedbackVerdict) and e.policy == "rule" and e.valid:
-            ctx = _context(state, train_trajs, task, episodes)
-            if ctx is not None and task is not None:
-                [again] = RulePolicy().decide(ctx, task).verdicts[-1:]
-                if _verdict_key(again) != _verdict_key(e):
-                    raise ReplayDivergence(where, "rule verdict", _verdict_key(again), _verdict_key(e))
-                counts["verdicts"] += 1
-        elif isinstance(e, FeedbackVerdict) and e.policy == "llm" and e.valid and e.choice:
-            ctx = _context(state, train_trajs, task, episodes)
-            _check_llm_choice(where, e, ctx, task)
-            counts["choices"] += 1
-        elif isinstance(e, (VersionAccepted, VersionRejected)):
-            head = state.head_version
-            cand = state.versions.get(e.version_id)
-            margin = float((state.run.config if state.run else {}).get("margin", 0.0))
-            head_score = head.score("val") if head else None
-            score = cand.score("val") if cand else None
-            if score is not None:
-                accept = gate_accepts(score, head_score, margin)
-                if accept != isinstance(e, VersionAccepted):
-                    raise ReplayDivergence(where, "gate decision", "accepted" if accept else "rejected",
-                                           "accepted" if isinstance(e, VersionAccepted) else "rejected")
-                counts["decisions"] += 1
+    return replay_records(branch, list(records(log, branch)), task)
+
+
+def replay_records(branch: str, recs: Sequence[Recorded], task: Task | None) -> ReplayReport:
+    """``replay_recorded`` over a branch's records already read and decoded (the audit reads
+    each branch once for all its sections)."""
+    r = _Replayer(task)
+    if task is not None:
+        r.scores = _prescore(task, r.episodes, [x.event for x in recs if isinstance(x.event, TrajectoryRecorded)])
+    for rec in recs:
+        r.check(rec.where, rec.event)
         try:
-            state = apply(state, e)
+            r.state = apply(r.state, rec.event)
         except ReducerError as err:
-            raise ReplayDivergence(where, "reducer", "an event consistent with the history", str(err)) from None
-        n += 1
-    return ReplayReport(branch, n, state_hash=state_hash(state), skipped=tuple(sorted(skipped)), **counts)
+            raise ReplayDivergence(rec.where, "reducer", "an event consistent with the history", str(err)) from None
+    skipped = () if task is not None else ("scores, failure classes, rule verdicts and the model's options: the task is not available here",)
+    return ReplayReport(branch, len(recs), state_hash=state_hash(r.state), skipped=skipped, **r.counts)
+
+
+class _Replayer:
+    """What recorded replay carries from event to event: the state so far, the iteration's
+    trajectories, the scores recomputed, and what it has checked."""
+
+    def __init__(self, task: Task | None) -> None:
+        self.task = task
+        self.state = AgentState()
+        self.episodes = {e.id: e for split in ("train", "val", "test") for e in task.episodes(split)} if task else {}
+        self.scores: dict[tuple[str, str], Score] = {}
+        self.train: list[TrajectoryRecorded] = []
+        self.val: list[TrajectoryRecorded] = []
+        self.counts = {"rescored": 0, "evaluations": 0, "verdicts": 0, "choices": 0, "decisions": 0}
+
+    def check(self, where: str, e: Event) -> None:
+        """Recompute what ``e`` records, from the history before it."""
+        if isinstance(e, IterationStarted):
+            self.train = []
+        elif isinstance(e, TrajectoryRecorded):
+            (self.train if e.split == "train" else self.val).append(e)
+            self._rescore(where, e)
+        elif isinstance(e, VersionEvaluated):
+            self._evaluation(where, e)
+        elif isinstance(e, FeedbackVerdict) and e.policy == "rule" and e.valid:
+            ctx = _context(self.state, self.train, self.task, self.episodes)
+            if ctx is not None and self.task is not None:
+                [verdict] = RulePolicy().decide(ctx, self.task).verdicts[-1:]
+                if _verdict_key(verdict) != _verdict_key(e):
+                    raise ReplayDivergence(where, "rule verdict", _verdict_key(verdict), _verdict_key(e))
+                self.counts["verdicts"] += 1
+        elif isinstance(e, FeedbackVerdict) and e.policy == "llm" and e.valid and e.choice:
+            _check_llm_choice(where, e, _context(self.state, self.train, self.task, self.episodes), self.task)
+            self.counts["choices"] += 1
+        elif isinstance(e, (VersionAccepted, VersionRejected)):
+            self._decision(where, e)
+
+    def _rescore(self, where: str, e: TrajectoryRecorded) -> None:
+        if self.task is None:
+            return
+        if e.episode_id not in self.episodes:
+            raise ReplayDivergence(where, "episode_id", "an episode of the task", e.episode_id)
+        s = self.scores[(e.episode_id, e.output)]
+        if _differs(s.score, e.score):
+            raise ReplayDivergence(where, "score", s.score, e.score)
+        if e.failure and s.failure != e.failure:
+            raise ReplayDivergence(where, "failure", s.failure, e.failure)
+        self.counts["rescored"] += 1
+
+    def _evaluation(self, where: str, e: VersionEvaluated) -> None:
+        mine = [t for t in self.val if t.version_id == e.version_id]
+        self.val = []
+        if mine:
+            again = evaluation_score(mine, str(e.protocol.get("mode", "mean")))[0]
+            if _differs(again, e.score):
+                raise ReplayDivergence(where, "evaluation score", again, e.score)
+            self.counts["evaluations"] += 1
+
+    def _decision(self, where: str, e: VersionAccepted | VersionRejected) -> None:
+        state = self.state
+        head = state.head_version
+        cand = state.versions.get(e.version_id)
+        margin = float((state.run.config if state.run else {}).get("margin", 0.0))
+        score = cand.score("val") if cand else None
+        if score is not None:
+            accept = gate_accepts(score, head.score("val") if head else None, margin)
+            if accept != isinstance(e, VersionAccepted):
+                raise ReplayDivergence(where, "gate decision", "accepted" if accept else "rejected",
+                                       "accepted" if isinstance(e, VersionAccepted) else "rejected")
+            self.counts["decisions"] += 1

@@ -16,11 +16,10 @@ from typing import Any
 import msgspec
 
 from sia_engine.domain.events import ActionTaken, decode_envelope
-from sia_engine.domain.scaffold import Decoding
 from sia_engine.domain.state import AgentState, apply
 from sia_engine.loop.feedback.model import scored_options
 from sia_engine.loop.loop import load_adapter
-from sia_engine.models.protocol import Message, Model, Request
+from sia_engine.models.protocol import Model, Request, ScoresOptions
 from store import Store
 
 __all__ = ["ReexecuteReport", "reexecute"]
@@ -46,41 +45,38 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
     for env in store.log.read(branch):
         e = decode_envelope(env)
         state = apply(state, e)
-        if isinstance(e, ActionTaken) and e.actor == "model" and e.name == "generate" and "messages" in e.inputs:
+        if isinstance(e, ActionTaken) and e.is_generation:
             adapters[e.version_id] = state.versions[e.version_id].adapter
-            inp = e.inputs
-            key = (e.version_id, msgspec.json.encode([inp["messages"], inp["decoding"], inp.get("prefix", "")]).decode(),
-                   int(inp["seed"]), int(inp.get("n", 1)))
+            inp = e.generate_inputs()
+            key = (e.version_id, msgspec.json.encode([inp.messages, inp.decoding, inp.prefix]).decode(), inp.seed, inp.n or 1)
             groups.setdefault(key, []).append((f"{env.branch}#{env.seq}", e))
         elif isinstance(e, ActionTaken) and e.actor == "model" and e.name == "feedback-score" and "options" in e.inputs \
                 and "index" not in e.outputs:  # log-likelihood scores (an endpoint's choice has an index instead)
             scored.append((f"{env.branch}#{env.seq}", e))
     done = same = 0
     first: dict[str, Any] | None = None
-    scorer = getattr(model, "score_options", None)
-    for where, a in scored if scorer is not None else ():
-        if limit is not None and done >= limit:
+    scorer = model.score_options if isinstance(model, ScoresOptions) else None  # an endpoint's choices are not re-asked
+    for where, a in scored:
+        if scorer is None or (limit is not None and done >= limit):
             break
-        model.set_adapter(load_adapter(store.blobs, a.inputs.get("adapter")))
-        prior = a.inputs.get("prior_messages")
-        rows = scored_options(scorer, msgspec.convert(a.inputs["messages"], tuple[Message, ...]), a.inputs["options"],
-                              None if prior is None else msgspec.convert(prior, tuple[Message, ...]))
-        got = [r["score"] for r in rows]
+        asked = a.score_inputs()
+        model.set_adapter(load_adapter(store.blobs, asked.adapter))
+        rows = scored_options(scorer, asked.messages, asked.options, asked.prior_messages)
+        scores = [r.score for r in rows]
         done += 1
-        if got == list(a.outputs.get("scores", [])):
+        if scores == list(a.outputs.get("scores", [])):
             same += 1
         elif first is None:
-            first = {"at": where, "version": a.version_id, "recorded": a.outputs.get("scores"), "reexecuted": got}
+            first = {"at": where, "version": a.version_id, "recorded": a.outputs.get("scores"), "reexecuted": scores}
     for (vid, _, seed, n), actions in groups.items():
         if limit is not None and done >= limit:
             break
-        inp = actions[0][1].inputs
-        req = Request(tuple(msgspec.convert(m, Message) for m in inp["messages"]), msgspec.convert(inp["decoding"], Decoding),
-                      seed=seed, prefix=inp.get("prefix", ""), n=n)
+        inp = actions[0][1].generate_inputs()
+        req = Request(inp.messages, inp.decoding, seed=seed, prefix=inp.prefix, n=n)
         model.set_adapter(load_adapter(store.blobs, adapters[vid]))
         gens = model.generate([req])
         for where, a in actions:
-            j = int(a.inputs.get("sample", 0))
+            j = a.generate_inputs().sample or 0
             got, want = gens[j].text, a.outputs.get("text", "")
             done += 1
             if got == want:

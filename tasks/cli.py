@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import click
 import msgspec
 from rich.table import Table
@@ -11,6 +13,16 @@ from sia_engine.cli.api import emit_json, err, fail, out
 from sia_engine.errors import SiaError
 
 __all__ = ["baseline", "score"]
+
+
+class ScoreRow(TypedDict):
+    """One prediction file's scores, as ``sia score`` prints them."""
+
+    task: str
+    model: str
+    score: float
+    abstention_rate: float
+    simplified: bool
 
 
 @click.command()
@@ -64,7 +76,7 @@ def score(benchmark: str, predictions: str, as_json: bool) -> None:
     """
     from tasks.lawbench import load_predictions, prediction_sets, score_file
 
-    rows = []
+    rows: list[ScoreRow] = []
     try:
         for model, files in prediction_sets(predictions).items():
             for task, path in sorted(files.items(), key=lambda kv: [int(x) for x in kv[0].split("-")]):

@@ -141,9 +141,31 @@ def test_the_domain_loads_no_database(mod: str) -> None:
     assert out.strip() == "[]"
 
 
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60  # from `def` to the last line, docstring included (a command's option decorators not)
+
+
 def test_modules_stay_small() -> None:
-    big = [f"{p.relative_to(ROOT)} ({n})" for p in modules() if (n := len(p.read_text().splitlines())) > 450]
+    big = [f"{p.relative_to(ROOT)} ({n})" for p in modules() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
     assert not big, f"one concept per module: split {big}"
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``name:line (n lines)`` for each function (or method) of ``source`` longer than ``limit``."""
+    return [f"{node.name}:{node.lineno} ({n} lines)" for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and (n := (node.end_lineno or node.lineno) - node.lineno + 1) > limit]
+
+
+def test_functions_stay_short() -> None:
+    long = [f"{p.relative_to(ROOT)} {f}" for p in modules() for f in long_functions(p.read_text())]
+    assert not long, f"split these functions (at most {MAX_FUNCTION_LINES} lines each): {long}"
+
+
+def test_the_length_check_sees_a_long_function() -> None:
+    body = "\n".join(f"        x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    source = f"@decorated\ndef short():\n    return 1\n\n\nclass C:\n    def long(self):\n{body}\n"
+    assert long_functions(source) == [f"long:7 ({MAX_FUNCTION_LINES + 1} lines)"]
 
 
 @pytest.mark.parametrize("pkg", ["store", "sia_engine", "replay"])

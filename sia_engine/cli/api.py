@@ -13,6 +13,8 @@ import msgspec
 from rich.console import Console
 
 from sia_engine.errors import SiaError
+from sia_engine.loop.task import NeedsResources, Task
+from sia_engine.models.protocol import Labelled, Model
 from store import Envelope, Store, StoreError
 
 __all__ = ["out", "err", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
@@ -80,10 +82,10 @@ def store_options(f: F) -> F:
 WEAK_MODELS = ("tiny", "smollm2")  # presets that cannot write GPU kernels
 
 
-def load_agent_model(model_spec: str, openai_url: str | None, openai_model: str | None, device: str, task: Any = None) -> Any:
+def load_agent_model(model_spec: str, openai_url: str | None, openai_model: str | None, device: str, task: Task | None = None) -> Model:
     """The model a command runs: an OpenAI-compatible endpoint, or a local model loaded here.
     A task that ``requires`` a "code-model" refuses the small presets before anything loads."""
-    if "code-model" in getattr(task, "requires", ()) and not openai_url and model_spec in WEAK_MODELS:
+    if isinstance(task, NeedsResources) and "code-model" in task.requires and not openai_url and model_spec in WEAK_MODELS:
         fail(f"task {task.name!r} needs a model that writes GPU kernels; {model_spec!r} cannot, and its numbers would mean "
               "nothing: give --openai-url URL (a capable OpenAI-compatible endpoint) or --model FOLDER (a capable local model)")
     if openai_url:
@@ -97,6 +99,6 @@ def load_agent_model(model_spec: str, openai_url: str | None, openai_model: str 
         model = load_model(model_spec, device=device)
     except ValueError as e:  # a device that is not here
         fail(str(e))
-    if getattr(model, "label", ""):
+    if isinstance(model, Labelled) and model.label:
         err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
     return model

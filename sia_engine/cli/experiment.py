@@ -30,7 +30,7 @@ from sia_engine.errors import SiaError
 from store import Store
 
 if TYPE_CHECKING:
-    from sia_engine.experiment.arms import ExperimentResult
+    from sia_engine.experiment.table import ExperimentResult
 
 
 @click.command()
@@ -98,7 +98,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
 
 
 def result_json(result: ExperimentResult) -> dict[str, Any]:
-    from sia_engine.experiment.arms import arm_summary, comparisons
+    from sia_engine.experiment.table import arm_summary, comparisons
 
     return {
         "experiment": result.name,
@@ -112,7 +112,7 @@ def result_json(result: ExperimentResult) -> dict[str, Any]:
 
 
 def print_result(result: ExperimentResult, task_name: str) -> None:
-    from sia_engine.experiment.arms import arm_summary, comparisons
+    from sia_engine.experiment.table import arm_summary, comparisons
 
     t = Table(title=f"experiment {result.name} on {task_name}: arms (test split, scored once per head)")
     for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "evaluations", "model calls",

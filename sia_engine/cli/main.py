@@ -30,7 +30,7 @@ from sia_engine.cli.api import (
     out,
     store_options,
 )
-from store import Envelope, Store
+from store import Envelope, RunsSql, Store
 
 
 class _Sia(click.Group):
@@ -299,9 +299,9 @@ def sql(store_path: str, as_json: bool, query: str, limit: int, max_bytes: int, 
       sia sql "SELECT payload->>'score' AS score FROM events WHERE kind = 'version_evaluated'"
     """
     with open_store(store_path, read_only=True) as s:
-        sql = getattr(s.log, "sql", None)  # the DuckDB log's; a store is always one
-        assert sql is not None
-        cols, rows, truncated = sql(query, max_rows=limit, max_bytes=max_bytes, timeout_s=timeout_s)
+        if not isinstance(s.log, RunsSql):  # a store's log is always DuckDB's, which does
+            fail(f"this store's log ({type(s.log).__name__}) does not answer SQL")
+        cols, rows, truncated = s.log.sql(query, max_rows=limit, max_bytes=max_bytes, timeout_s=timeout_s)
     if as_json:
         emit_json([dict(zip(cols, (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for v in r))) for r in rows])
     else:

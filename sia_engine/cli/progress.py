@@ -62,7 +62,6 @@ def describe_verdict(v: Any) -> str:
     else:
         what = "no change this iteration"
     if v.choice:
-        chosen = "; ".join(f"{st['stage']}: {st['chosen_label']!r}" + (" (tie rule)" if len(st.get("tied", ())) > 1 else "")
-                           for st in v.choice.get("stages", []))
-        what += f" [{chosen}; the rule policy: {v.choice.get('rule_verdict')}]"
+        chosen = "; ".join(f"{st.stage}: {st.chosen_label!r}" + (" (tie rule)" if len(st.tied) > 1 else "") for st in v.choice.stages)
+        what += f" [{chosen}; the rule policy: {v.choice.rule_verdict}]"
     return what

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import (
@@ -27,8 +27,16 @@ from sia_engine.cli.api import (
     store_options,
 )
 from sia_engine.cli.progress import RichHooks
+from sia_engine.domain.projection import RecipeByVersion, project
 from sia_engine.errors import SiaError
 from store import Store
+
+if TYPE_CHECKING:
+    from sia_engine.domain.state import AgentState
+    from sia_engine.loop.feedback.rule import FeedbackAgent
+    from sia_engine.loop.loop import LoopConfig
+    from sia_engine.loop.task import Task
+    from sia_engine.models.protocol import Model
 
 __all__ = ["run", "tasks"]
 
@@ -45,18 +53,6 @@ def _versions_table(state: Any, recipes: dict[str, str]) -> Table:
         lever = v.lever + (f" ({recipes[v.version_id]})" if v.version_id in recipes else "")
         t.add_row(str(v.index), v.version_id[:12], lever, (v.parent or "-")[:12], "-" if sc is None else f"{sc:.3f}", acc)
     return t
-
-
-def _recipes(store: Store, branch: str) -> dict[str, str]:
-    """version id -> the recipe that trained its adapter."""
-    from sia_engine.domain.events import AdapterCheckpointed, decode_envelope
-
-    out: dict[str, str] = {}
-    for env in store.log.read(branch, kinds=["adapter_checkpointed"]):
-        e = decode_envelope(env)
-        assert isinstance(e, AdapterCheckpointed)
-        out[e.version_id] = e.recipe or "rft"
-    return out
 
 
 @click.command()
@@ -104,13 +100,12 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     from sia_engine.loop.feedback.rule import RulePolicy
     from sia_engine.loop.loop import (
         EvalProtocol,
-        Loop,
         LoopConfig,
         check_run,
         check_settings,
     )
     from sia_engine.loop.registry import get_task
-    from sia_engine.loop.summary import run_summary, summary_line
+    from sia_engine.loop.summary import summary_line
     from sia_engine.models.protocol import LoraSettings
 
     chosen = ("scaffold", "weights") if (levers or ("scaffold" if openai_url else "both")) == "both" else (levers or "scaffold",)
@@ -131,20 +126,8 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     except SiaError as e:
         fail(str(e))
     with Store.create(store_path) as s:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=as_json) as bar:
-            loop = Loop(s, task=task, model=model, feedback=agent, config=config, branch=branch, hooks=RichHooks(bar), engine_version=__version__)
-            try:
-                state = loop.run()
-            except KeyboardInterrupt:
-                err.print("[yellow]interrupted[/]: everything recorded so far is kept; run the same command to resume")
-                sys.exit(130)
-        summary = {
-            "store": str(s.root.resolve()), "branch": branch, "task": task_name, "model": model.ref.id,
-            "iterations": state.iteration + 1, "events": s.log.count(), "head": state.head,
-            "versions": [{"version": v.version_id, "lever": v.lever, "val_score": v.score("val"), "status": v.status} for v in state.ordered_versions()],
-            **run_summary(state, task),
-            "recipes": _recipes(s, branch),
-        }
+        state = _run_loop(s, task, model, agent, config, branch, quiet=as_json)
+        summary = _summary(s, state, task, task_name, model.ref.id, branch)
     if as_json:
         emit_json(summary)
         return
@@ -152,6 +135,32 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     out.print(summary_line(summary), highlight=False)
     out.print(f"head {str(state.head)[:12]} after {summary['iterations']} iteration(s), {summary['events']} events. "
               f"Audit it with: sia audit --store {store_path} (also sia log, sia verify)", highlight=False)
+
+
+def _run_loop(s: Store, task: Task, model: Model, agent: FeedbackAgent, config: LoopConfig, branch: str, *, quiet: bool) -> AgentState:
+    """The loop run (or resumed) on ``s`` behind a progress bar (none when ``quiet``); Ctrl-C exits 130."""
+    from sia_engine.loop.loop import Loop
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet) as bar:
+        loop = Loop(s, task=task, model=model, feedback=agent, config=config, branch=branch, hooks=RichHooks(bar), engine_version=__version__)
+        try:
+            return loop.run()
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: everything recorded so far is kept; run the same command to resume")
+            sys.exit(130)
+
+
+def _summary(s: Store, state: AgentState, task: Task, task_name: str, model_id: str, branch: str) -> dict[str, Any]:
+    """What `sia run` reports (all of it with --json): the store, the versions, the scores, the recipes."""
+    from sia_engine.loop.summary import run_summary
+
+    return {
+        "store": str(s.root.resolve()), "branch": branch, "task": task_name, "model": model_id,
+        "iterations": state.iteration + 1, "events": s.log.count(), "head": state.head,
+        "versions": [{"version": v.version_id, "lever": v.lever, "val_score": v.score("val"), "status": v.status} for v in state.ordered_versions()],
+        **run_summary(state, task),
+        "recipes": project(s.log, branch, RecipeByVersion())[0],
+    }
 
 
 @click.command()

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
 from sia_engine.domain.canonical import canonical
+from sia_engine.domain.payloads import ArmOverrides, GenerateInputs, ModelChoice, ScoreInputs
 from sia_engine.domain.scaffold import PatchOp, Scaffold
 from sia_engine.errors import (
     InvalidEvent,
@@ -130,7 +131,10 @@ class IterationStarted(Event, tag="iteration_started", frozen=True):
 
 
 class ActionTaken(Event, tag="action_taken", frozen=True):
-    """A model call or a tool call, with its inputs and outputs."""
+    """A model call or a tool call, with its inputs and outputs. ``inputs`` is the JSON object of
+    the Struct that the action's ``name`` selects (``generate``: ``GenerateInputs``;
+    ``feedback-score``: ``ScoreInputs``; a tool call: the tool's own ``ToolCall.inputs``): read it
+    typed with ``generate_inputs()`` / ``score_inputs()``."""
 
     action_id: str
     episode_id: str
@@ -139,6 +143,19 @@ class ActionTaken(Event, tag="action_taken", frozen=True):
     name: str
     inputs: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
+
+    @property
+    def is_generation(self) -> bool:
+        """A model generation recorded with its request (older demo logs record a bare prompt)."""
+        return self.actor == "model" and self.name == "generate" and "messages" in self.inputs
+
+    def generate_inputs(self) -> GenerateInputs:
+        """The request of a ``generate`` action, typed (``InvalidPayload`` if it is not one)."""
+        return _typed(self, GenerateInputs)
+
+    def score_inputs(self) -> ScoreInputs:
+        """The question and options of a ``feedback-score`` action, typed."""
+        return _typed(self, ScoreInputs)
 
 
 class TrajectoryRecorded(Event, tag="trajectory_recorded", frozen=True):
@@ -176,7 +193,7 @@ class FeedbackVerdict(Event, tag="feedback_verdict", frozen=True):
     training_plan: TrainingPlan | None = None
     valid: bool = True
     raw: str | None = None
-    choice: dict[str, Any] = {}  # a model's constrained choice: each stage's options, scores and the chosen one
+    choice: ModelChoice = ModelChoice()  # a model's constrained choice: each stage's options, scores and the chosen one
 
 
 class ScaffoldPatched(Event, tag="scaffold_patched", frozen=True):
@@ -260,6 +277,15 @@ class BranchForked(Event, tag="branch_forked", frozen=True):
     reason: str
     overrides: dict[str, Any] = {}
 
+    def arm(self) -> ArmOverrides | None:
+        """What an experiment's fork says of its arm (None: a fork not made by an experiment)."""
+        if "experiment" not in self.overrides:
+            return None
+        try:
+            return msgspec.convert(self.overrides, ArmOverrides)
+        except msgspec.ValidationError as e:
+            raise InvalidPayload(self.kind(), "$.overrides", str(e), None) from None
+
 
 class RunConfigured(Event, tag="run_configured", frozen=True):
     """A fork continues with other run settings (``config`` replaces the run's, ``levers`` its
@@ -299,6 +325,16 @@ def upcast_feedback_verdict_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
         plan = {**plan, "recipe": "sft" if plan.get("method") == "gold" else "rft"}
         return {**payload, "training_plan": plan}
     return payload
+
+
+_T = TypeVar("_T")
+
+
+def _typed(action: ActionTaken, cls: type[_T]) -> _T:
+    try:
+        return msgspec.convert(action.inputs, cls)
+    except msgspec.ValidationError as e:
+        raise InvalidPayload(action.kind(), f"$.inputs ({action.action_id}, {action.name})", str(e), None) from None
 
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

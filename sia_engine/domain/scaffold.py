@@ -28,6 +28,19 @@ class Example(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Decoding(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the agent's model decodes: temperature, nucleus and top-k cut-offs, a length limit, stops.
+
+    ``n_samples`` is reserved: meant for how many outputs the agent itself draws per question
+    (best-of-n or a majority vote at answer time, a choice the scaffold would carry). The engine
+    reads it nowhere today: how many samples are drawn is the run's setting (``LoopConfig.samples``
+    for training rollouts, ``EvalProtocol.samples`` for the gate, ``Request.n`` to a model). It
+    only travels where the whole decoding does (a generate action's recorded inputs, the keys of
+    recorded and cached answers, the scaffold JSON that rebuild, diff and the audit show). Like
+    every field it is hashed into every agent version id (``scaffold_hash``), so it can never be
+    dropped or have its default changed silently: either would change every recorded version id.
+    Putting it to use means the same recorded scaffold decodes differently, so say so where the
+    change lands (tests/sia_engine/domain/test_reserved_fields.py pins both facts)."""
+
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=5.0)] = 0.0
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
     top_k: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -37,6 +50,19 @@ class Decoding(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Scaffold(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything about an agent that is not weights: a system prompt, few-shot examples, an output
+    format, the decoding, and a solution template (for tasks whose answer is code).
+
+    ``tools`` is reserved: meant for the tools the agent may call while answering (a name for
+    each, with what the model is told about it), a lever the Feedback Agent could patch. The
+    engine reads it nowhere today: the agent calls no tools (the tool calls in the log are what a
+    task's scorer ran, ``Score.tools``, recorded as ``tool`` actions). It only travels where the
+    whole scaffold does (the scaffold JSON that rebuild, diff and the audit show). Like every
+    field it is hashed into every agent version id (``scaffold_hash``), so it can never be dropped
+    or have its default changed silently: either would change every recorded version id. Putting
+    it to use means recorded agents behave differently, so say so where the change lands
+    (tests/sia_engine/domain/test_reserved_fields.py pins both facts)."""
+
     system_prompt: str = ""
     examples: tuple[Example, ...] = ()
     output_format: str = ""

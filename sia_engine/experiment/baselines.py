@@ -20,32 +20,20 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from sia_engine.domain.events import BaselineScored, TrajectoryRecorded
-from sia_engine.loop.task import Episode, Task
+from sia_engine.domain.projection import Recorded, records
+from sia_engine.loop.task import DrawsRandomAnswers, Episode, Task
 
 if TYPE_CHECKING:
     from sia_engine.loop.loop import Loop
 
-__all__ = ["EventRow", "Baseline", "test_episodes", "candidates_budget", "random_search", "best_of_k", "reference_methods", "record_baselines", "baselines_from_events"]
+__all__ = ["Baseline", "test_episodes", "candidates_budget", "random_search", "best_of_k", "reference_methods", "record_baselines", "baselines_from_records"]
 
 BEST_OF_K_SEED = 1_000_003  # best-of-k for seed s samples from seed BEST_OF_K_SEED * (s + 1) (+ episode index)
-
-
-@dataclass
-class EventRow:
-    """An event as an experiment's table needs it: from the log (``Envelope``) or a Parquet export's row."""
-
-    branch: str
-    seq: int
-    kind: str
-    payload: dict[str, Any]
-    recorded_at: datetime
 
 
 class Baseline(msgspec.Struct, frozen=True):
@@ -89,13 +77,10 @@ def _choose(task: Task, answers: Sequence[str], val: Sequence[Episode], test: Se
 def random_search(task: Task, val: Sequence[Episode], test: Sequence[Episode], *, experiment: str, k: int, seed: int) -> BaselineScored | None:
     """``k`` uniform random answers (seeded by ``seed``), the best on the ``val`` episodes scored
     on the ``test`` ones; None for a task that cannot draw random answers."""
-    draw = getattr(task, "random_answer", None)
-    if draw is None:
-        return None
-    if not val or not test:
+    if not isinstance(task, DrawsRandomAnswers) or not val or not test:
         return None
     rng = random.Random(f"random-search:{seed}")
-    answers = [str(draw(rng, val[0])) for _ in range(k)]
+    answers = [str(task.random_answer(rng, val[0])) for _ in range(k)]
     best, scores, score = _choose(task, answers, val, test)
     return BaselineScored(experiment=experiment, method="random-search", split="test", score=score, seed=seed, val_score=scores[best],
                           evaluations=k * len(val), details={"k": k, "candidates": answers, "val_scores": scores, "chosen": best})
@@ -121,8 +106,7 @@ def best_of_k(loop: Loop, *, experiment: str, k: int, seed: int) -> BaselineScor
 
 def reference_methods(task: Task, *, experiment: str) -> list[BaselineScored]:
     """The task's reference methods (``sia baseline``) on the test split, one event each."""
-    ref = getattr(task, "reference_baselines", None)
-    scores: dict[str, float] = ref("test") if ref is not None else {}
+    scores = task.reference_baselines("test")
     return [BaselineScored(experiment=experiment, method=f"reference:{name}", split="test", score=float(v), details={"source": "sia baseline"})
             for name, v in sorted(scores.items())]
 
@@ -131,10 +115,9 @@ def record_baselines(loop: Loop, *, experiment: str, k: int, seeds: Sequence[int
     """Score and record what is not yet recorded at this ``k`` (a resumed experiment records
     nothing twice; a longer one, with a larger ``k``, records the searches again)."""
     done: set[tuple[str, int | None, int | None]] = set()
-    for e in loop.store.log.read(loop.branch, kinds=["baseline_scored"]):
-        p = msgspec.json.decode(e.payload)
-        if p.get("experiment") == experiment:
-            done.add((p["method"], p.get("seed"), p.get("details", {}).get("k")))
+    for r in records(loop.store.log, loop.branch, kinds=["baseline_scored"]):
+        if isinstance(r.event, BaselineScored) and r.event.experiment == experiment:
+            done.add((r.event.method, r.event.seed, r.event.details.get("k")))
     todo: list[BaselineScored] = []
     if not any(m.startswith("reference:") for m, _, _ in done):
         todo += reference_methods(loop.task, experiment=experiment)
@@ -156,22 +139,21 @@ _NOTES = {
 }
 
 
-def baselines_from_events(rows: Iterable[EventRow], experiment: str) -> list[Baseline]:
+def baselines_from_records(recs: Iterable[Recorded], experiment: str) -> list[Baseline]:
     """The experiment's baselines from its prefix's ``baseline_scored`` events (the last per
     method and seed: a longer experiment's searches replace a shorter one's)."""
-    last: dict[tuple[str, int | None], dict[str, Any]] = {}
-    for r in sorted((r for r in rows if r.branch == f"{experiment}-base" and r.kind == "baseline_scored"), key=lambda r: r.seq):
-        if r.payload.get("experiment") == experiment:
-            last[(r.payload["method"], r.payload.get("seed"))] = r.payload
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for (method, _), p in sorted(last.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
-        by_method.setdefault(method, []).append(p)
+    last: dict[tuple[str, int | None], BaselineScored] = {}
+    for r in sorted((r for r in recs if r.branch == f"{experiment}-base"), key=lambda r: r.seq):
+        if isinstance(r.event, BaselineScored) and r.event.experiment == experiment:
+            last[(r.event.method, r.event.seed)] = r.event
+    by_method: dict[str, list[BaselineScored]] = {}
+    for (method, _), b in sorted(last.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        by_method.setdefault(method, []).append(b)
     order = {"best-of-k": 0, "random-search": 1}
     out = []
-    for method, ps in sorted(by_method.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])):
-        k = ps[0].get("details", {}).get("k")
+    for method, bs in sorted(by_method.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])):
+        k = bs[0].details.get("k")
         note = _NOTES.get(method, "the task's reference method (sia baseline)")
-        out.append(Baseline(method, tuple(p.get("seed") for p in ps), tuple(float(p["score"]) for p in ps),
-                            tuple(p.get("val_score") for p in ps), int(ps[0].get("evaluations", 0)), int(ps[0].get("model_calls", 0)),
-                            f"{k} candidates per seed, {note}" if k is not None else note))
+        out.append(Baseline(method, tuple(b.seed for b in bs), tuple(b.score for b in bs), tuple(b.val_score for b in bs),
+                            bs[0].evaluations, bs[0].model_calls, f"{k} candidates per seed, {note}" if k is not None else note))
     return out

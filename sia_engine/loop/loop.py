@@ -38,6 +38,8 @@ from sia_engine.domain.events import (
     decode_envelope,
 )
 from sia_engine.domain.history import History
+from sia_engine.domain.payloads import GenerateInputs
+from sia_engine.domain.projection import AdaptersTrained, project
 from sia_engine.domain.scaffold import Decoding, Scaffold, apply_patch, scaffold_hash
 from sia_engine.domain.state import AgentState, Version, version_id
 from sia_engine.errors import InvalidSettings, RunMismatch, SiaError
@@ -46,7 +48,7 @@ from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.recipes import gold_episodes, training_examples
 from sia_engine.loop.settings import EvalProtocol, LoopConfig, check_settings
 from sia_engine.loop.task import Episode, Failure, Task
-from sia_engine.models.protocol import Adapter, Model, Request
+from sia_engine.models.protocol import Adapter, Model, Request, ServesOnDevice
 from store import BlobStore, Store
 from store.blobs import safetensors_metadata
 
@@ -164,10 +166,11 @@ class Loop:
 
     def _report_devices(self) -> None:
         """Adapters trained on another device are served here all the same; say so."""
-        here = getattr(self.model, "device", None)
-        if here is None:
+        if not isinstance(self.model, ServesOnDevice):
             return
-        trained = {getattr(decode_envelope(e), "device", "") for e in self.store.log.read(self.branch, kinds=["adapter_checkpointed"])}
+        here = self.model.device
+        [adapters] = project(self.store.log, self.branch, AdaptersTrained())
+        trained = {e.device for _, e in adapters}
         other = sorted(d for d in trained if d and d != here)
         if other:
             self.hooks.note(f"adapters in this history were trained on {', '.join(other)}; serving them on {here}")
@@ -233,15 +236,15 @@ class Loop:
                 outputs: dict[str, Any] = {"text": gen.text, "n_tokens": gen.n_tokens, "finish": gen.finish}
                 if gen.raw:
                     outputs["raw"] = gen.raw
-                inputs: dict[str, Any] = {"messages": msgspec.to_builtins(req.messages), "decoding": msgspec.to_builtins(req.decoding),
-                                          "seed": req.seed, **({"prefix": prefix} if prefix else {}), **({"n": n, "sample": j} if n > 1 else {})}
+                inputs = GenerateInputs(messages=req.messages, decoding=req.decoding, seed=req.seed, prefix=prefix,
+                                        n=n if n > 1 else None, sample=j if n > 1 else None)
                 events.append(ActionTaken(action_id=aid, episode_id=ep.id, version_id=version.version_id, actor="model", name="generate",
-                                          inputs=inputs, outputs=outputs))
+                                          inputs=msgspec.to_builtins(inputs), outputs=outputs))
                 tool_ids = tuple(f"{aid}-tool{i}" for i in range(len(scored.tools)))
                 for tid, call in zip(tool_ids, scored.tools, strict=True):  # what scoring ran (a sandbox, say)
                     events.append(
                         ActionTaken(action_id=tid, episode_id=ep.id, version_id=version.version_id, actor="tool",
-                                    name=str(call.get("name", "tool")), inputs=dict(call.get("inputs", {})), outputs=dict(call.get("outputs", {})))
+                                    name=call.name, inputs=call.inputs, outputs=call.outputs)
                     )
                 events.append(
                     TrajectoryRecorded(trajectory_id=aid, episode_id=ep.id, split=split, version_id=version.version_id,

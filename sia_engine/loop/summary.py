@@ -20,7 +20,7 @@ def run_summary(state: AgentState, task: Task) -> dict[str, Any]:
     head = state.head_version
     init_score = initial.score("val") if initial else None
     head_score = head.score("val") if head else None
-    baselines = dict(task.reference_baselines("val")) if hasattr(task, "reference_baselines") else {}
+    baselines = dict(task.reference_baselines("val"))
     protocol = (state.run.config.get("eval") if state.run else None) or {}
     out: dict[str, Any] = {
         "initial_val_score": init_score,

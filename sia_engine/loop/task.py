@@ -3,14 +3,16 @@ and scoring. Implementations live in ``tasks/``; the loop sees only this protoco
 
 from __future__ import annotations
 
+import random
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Scaffold
 from sia_engine.models.protocol import Message
 
-__all__ = ["Episode", "Score", "Failure", "Task", "chat_messages"]
+__all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "NeedsResources", "chat_messages"]
 
 Failure = Literal["none", "format", "abstain", "content"]
 
@@ -32,7 +34,7 @@ class Score(msgspec.Struct, frozen=True):
     score: float
     failure: Failure = "none"
     metrics: dict[str, float] = {}
-    tools: tuple[dict[str, Any], ...] = ()
+    tools: tuple[ToolCall, ...] = ()
 
 
 @runtime_checkable
@@ -66,6 +68,34 @@ class Task(Protocol):
     def scaffold(self) -> Scaffold:
         """The scaffold a run starts from (prompt, decoding limits suited to the task)."""
         ...
+
+
+# Optional features of a task, each checked with ``isinstance`` where it is used.
+
+
+@runtime_checkable
+class DrawsRandomAnswers(Protocol):
+    """A task that can draw a uniform random answer (the random-search baseline)."""
+
+    def random_answer(self, rng: random.Random, episode: Episode) -> str:
+        """A random well-formed answer to ``episode``, drawn with ``rng``."""
+        ...
+
+
+@runtime_checkable
+class ScoresConcurrently(Protocol):
+    """A task that says whether ``score`` may run on several threads at once (a replay then
+    scores on every core); a task without the attribute is scored on one thread."""
+
+    concurrent_scoring: bool
+
+
+@runtime_checkable
+class NeedsResources(Protocol):
+    """A task that needs more than a CPU and any model: ``requires`` names what ("gpu",
+    "code-model": a model that writes GPU kernels)."""
+
+    requires: tuple[str, ...]
 
 
 def chat_messages(scaffold: Scaffold, user: str) -> tuple[Message, ...]:

@@ -45,28 +45,44 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
     ``train_adapter`` calls this; not imported here, which would make a cycle) with GRPO; the
     curve, one dict a step."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-    from transformers.utils import logging as hf_logging
-    from trl.trainer.grpo_config import GRPOConfig
-    from trl.trainer.grpo_trainer import GRPOTrainer
-
     groups = groups_of(examples)
     k = len(next(iter(groups.values())))
-    tok = model.tok
+    prompt_text = _prompt_texts(model.tok, groups)
+    encoded = _encoded(model, groups, settings.max_length)
+    rollout, reward = _recorded_rollout(groups, prompt_text, encoded, k)
+    curve: list[dict[str, float]] = []
+    per_step = k * max(1, min(len(groups), settings.batch_size // k or 1))
+    max_completion = max(len(completion) for enc in encoded.values() for _, completion in enc)
+    _train(model, [prompt_text[g] for g in groups], settings, seed=seed, k=k, per_step=per_step, max_completion=max_completion,
+           rollout=rollout, reward=reward, callback=_curve_callback(curve, on_step))
+    return curve
+
+
+def _prompt_texts(tok: Any, groups: dict[str, list[TrainExample]]) -> dict[str, str]:
+    """Each group's prompt as the chat template renders it (with the recorded prefix); distinct."""
     prompt_text = {g: tok.apply_chat_template([{"role": m.role, "content": m.content} for m in exs[0].messages],
                                              add_generation_prompt=True, tokenize=False) + exs[0].prefix
                    for g, exs in groups.items()}
-    by_prompt = {t: g for g, t in prompt_text.items()}
-    if len(by_prompt) != len(groups):
+    if len(set(prompt_text.values())) != len(groups):
         raise ValueError("two groups share one prompt: grpo groups must be distinct prompts")
-    # per group, each sample's token ids split into prompt | completion (labels are -100 on the prompt)
+    return prompt_text
+
+
+def _encoded(model: Any, groups: dict[str, list[TrainExample]], max_length: int) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """Per group, each sample's token ids split into prompt | completion (labels are -100 on the prompt)."""
     encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
     for g, exs in groups.items():
         for ex in exs:
-            ids, labels = model.encode_example(ex, settings.max_length)
+            ids, labels = model.encode_example(ex, max_length)
             cut = next(i for i, lab in enumerate(labels) if lab != -100)
             encoded.setdefault(g, []).append((ids[:cut], ids[cut:]))
+    return encoded
+
+
+def _recorded_rollout(groups: dict[str, list[TrainExample]], prompt_text: dict[str, str],
+                      encoded: dict[str, list[tuple[list[int], list[int]]]], k: int) -> tuple[Callable[..., dict[str, list[Any]]], Callable[..., list[float]]]:
+    """TRL's ``rollout_func`` and reward function, both answering from the recorded samples."""
+    by_prompt = {t: g for g, t in prompt_text.items()}
     rewards = {(g, j): float(ex.reward or 0.0) for g, exs in groups.items() for j, ex in enumerate(exs)}
 
     def rollout(prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
@@ -87,7 +103,12 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
     def reward(completions: list[Any], sample: list[str], **_: Any) -> list[float]:
         return [rewards[(s.split("\x00")[0], int(s.split("\x00")[1]))] for s in sample]
 
-    curve: list[dict[str, float]] = []
+    return rollout, reward
+
+
+def _curve_callback(curve: list[dict[str, float]], on_step: Callable[[int, float], None] | None) -> Any:
+    """A trainer callback that appends each logged step to ``curve`` (and tells ``on_step``)."""
+    from transformers import TrainerCallback
 
     class _Curve(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
@@ -98,9 +119,19 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
                 if on_step:
                     on_step(state.global_step, point["loss"])
 
-    per_step = k * max(1, min(len(groups), settings.batch_size // k or 1))
-    max_completion = max(len(completion) for enc in encoded.values() for _, completion in enc)
-    ds = Dataset.from_list([{"prompt": prompt_text[g]} for g in groups])
+    return _Curve()
+
+
+def _train(model: Any, prompts: list[str], settings: LoraSettings, *, seed: int, k: int, per_step: int, max_completion: int,
+           rollout: Callable[..., dict[str, list[Any]]], reward: Callable[..., list[float]], callback: Any) -> None:
+    """TRL's ``GRPOTrainer`` over ``prompts`` (one row each) on ``model.peft``, quietly."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from transformers.utils import logging as hf_logging
+    from trl.trainer.grpo_config import GRPOConfig
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    ds = Dataset.from_list([{"prompt": p} for p in prompts])
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     logging.getLogger("trl").setLevel(logging.ERROR)
@@ -114,11 +145,10 @@ def train_grpo(model: Any, adapter: str, examples: Sequence[TrainExample], setti
             dataloader_num_workers=0, gradient_checkpointing=False, remove_unused_columns=False,
         )
         reward_funcs: Any = reward  # TRL types reward functions as Callable[..., list[float | None]]
-        trainer = GRPOTrainer(model=model.peft, reward_funcs=reward_funcs, args=args, train_dataset=ds, processing_class=tok,
-                              rollout_func=rollout, callbacks=[_Curve()])
+        trainer = GRPOTrainer(model=model.peft, reward_funcs=reward_funcs, args=args, train_dataset=ds, processing_class=model.tok,
+                              rollout_func=rollout, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # the curve is recorded; nothing is printed
         try:
             trainer.train()
         finally:
             hf_logging.set_verbosity(verbosity)
-    return curve

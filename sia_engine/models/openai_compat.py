@@ -21,6 +21,7 @@ from sia_engine.models.protocol import (
     Generation,
     LoraSettings,
     Message,
+    Recipe,
     Request,
     TrainedAdapter,
     TrainExample,
@@ -32,11 +33,12 @@ __all__ = ["OpenAIChatModel", "ModelUnavailable", "NoRecordedResponse", "Weights
 class WeightsUnsupported:
     """A model that serves the scaffold lever only: no adapters, no training."""
 
+    ref: ModelRef
     trains_weights = False
 
     def set_adapter(self, adapter: Adapter | None) -> None:
         if adapter is not None:
-            raise SiaError(f"{self.ref.id} serves no LoRA adapters: this model supports the scaffold lever only")  # type: ignore[attr-defined]
+            raise SiaError(f"{self.ref.id} serves no LoRA adapters: this model supports the scaffold lever only")
 
     def train_adapter(
         self,
@@ -46,8 +48,9 @@ class WeightsUnsupported:
         seed: int,
         parent: Adapter | None = None,
         on_step: Callable[[int, float], None] | None = None,
+        recipe: Recipe = "sft",
     ) -> TrainedAdapter:
-        raise SiaError(f"{self.ref.id} cannot train weights: run it with --levers scaffold")  # type: ignore[attr-defined]
+        raise SiaError(f"{self.ref.id} cannot train weights: run it with --levers scaffold")
 
 
 def inputs_key(messages: Any, decoding: Any, seed: int) -> str:

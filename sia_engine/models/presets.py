@@ -9,10 +9,15 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sia_engine.domain.events import ModelRef
 from sia_engine.errors import ModelNotFound
+from sia_engine.models.protocol import Model
+from store.files import atomic_write, replace_folder
+
+if TYPE_CHECKING:  # torch and transformers load with the model, not with this module
+    from sia_engine.models.hf import HFModel
 
 __all__ = ["ModelNotFound", "load_model", "model_weights_hash", "tiny_model", "smollm2_folder", "cache_dir", "weights_hash", "CHATML"]
 
@@ -54,7 +59,7 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def tiny_model(seed: int = 0, *, device: str = "cpu", init_std: float = 0.02) -> Any:
+def tiny_model(seed: int = 0, *, device: str = "cpu", init_std: float = 0.02) -> HFModel:
     """A 2-layer, 64-wide Llama with random weights and a byte-level tokenizer built in code.
 
     A smoke-test model: fast enough for unit tests (~15 ms per LoRA step), useless as an agent.
@@ -116,13 +121,9 @@ def smollm2_folder() -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "source.txt").write_text(f"converted from {gguf.name} (sha256 {sha}) by sia-engine\n")
-    (tmp / ".complete").write_text(sha)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    atomic_write(tmp / "source.txt", f"converted from {gguf.name} (sha256 {sha}) by sia-engine\n".encode(), mode=0o666)
+    atomic_write(tmp / ".complete", sha.encode(), mode=0o666)
+    replace_folder(tmp, folder)  # every file fsynced, the old folder removed, renamed, parent fsynced
     return folder
 
 
@@ -149,7 +150,7 @@ def model_weights_hash(spec: str) -> str:
     return weights_hash(found)
 
 
-def load_model(spec: str, *, device: str = "auto") -> Any:
+def load_model(spec: str, *, device: str = "auto") -> Model:
     """``tiny``, ``smollm2``, a folder, or a cached hub id -> an ``HFModel`` on ``device``
     (auto: CUDA when present, with bf16 weights; else CPU, fp32)."""
     _quiet_transformers()

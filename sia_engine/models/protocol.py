@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 import msgspec
 
 from sia_engine.domain.events import ModelRef
+from sia_engine.domain.payloads import Message
 from sia_engine.domain.scaffold import Decoding
 
 __all__ = [
@@ -27,13 +28,12 @@ __all__ = [
     "TrainedAdapter",
     "Adapter",
     "Model",
+    "ScoresOptions",
+    "ChoosesOption",
+    "ServesOnDevice",
+    "Labelled",
     "ScriptedModel",
 ]
-
-
-class Message(msgspec.Struct, frozen=True):
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class Request(msgspec.Struct, frozen=True):
@@ -140,6 +140,41 @@ class Model(Protocol):
     ) -> TrainedAdapter:
         """Train a LoRA adapter (from ``parent`` when given) with ``recipe``; deterministic for a seed."""
         ...
+
+
+# Optional features of a model, each checked with ``isinstance`` where it is used.
+
+
+@runtime_checkable
+class ScoresOptions(Protocol):
+    """A model that scores answers it is given (a local model: it owns its log-likelihoods)."""
+
+    def score_options(self, messages: Sequence[Message], options: Sequence[str]) -> list[tuple[float, int]]:
+        """(log-likelihood, tokens) of each option as the answer to ``messages``."""
+        ...
+
+
+@runtime_checkable
+class ChoosesOption(Protocol):
+    """A model that picks one of the options itself (an OpenAI-compatible endpoint)."""
+
+    def choose(self, messages: Sequence[Message], options: Sequence[str]) -> tuple[int | None, list[float], dict[str, Any]]:
+        """(the chosen index or None when the answer was no option, each option's score, the exchange)."""
+        ...
+
+
+@runtime_checkable
+class ServesOnDevice(Protocol):
+    """A model whose weights sit on a device here ("cpu", "cuda", "mps")."""
+
+    device: str
+
+
+@runtime_checkable
+class Labelled(Protocol):
+    """A model with a caveat to show before it runs (e.g. "smoke-test model: random weights"; "" for none)."""
+
+    label: str
 
 
 class ScriptedModel:

@@ -24,8 +24,9 @@ class RecordedModel(WeightsUnsupported):
         self.ref = ref
         self._answers: dict[str, Generation] = {}
         for a in actions:
-            if a.actor == "model" and a.name == "generate" and "messages" in a.inputs:
-                key = inputs_key(a.inputs["messages"], a.inputs["decoding"], a.inputs["seed"] + a.inputs.get("sample", 0))
+            if a.is_generation:
+                inp = a.generate_inputs()
+                key = inputs_key(msgspec.to_builtins(inp.messages), msgspec.to_builtins(inp.decoding), inp.sample_seed)
                 o = a.outputs
                 self._answers[key] = Generation(o["text"], n_tokens=o.get("n_tokens", 0), finish=o.get("finish", "stop"), raw=o.get("raw", {}))
 

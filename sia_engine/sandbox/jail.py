@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -105,79 +105,111 @@ def run_python(
     hidden_all = tuple(sorted({os.path.realpath(os.fspath(p)) for p in (*protect, *hidden)}))
     with tempfile.TemporaryDirectory(prefix="sia-sandbox-") as scratch:
         scratch = os.path.realpath(scratch)
-        for name, data in (files or {}).items():
-            Path(scratch, name).write_bytes(data)
-        Path(scratch, "main.py").write_text(code)
-        blocked_log = os.path.join(scratch, ".blocked")
-        Path(blocked_log).touch()
-        cfg = {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
-               "blocked_log": blocked_log, "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
-               "programs": list(GPU_PROGRAMS) if "gpu" in devices else [], "memory_exit": _MEMORY_EXIT, "blocked_exit": _BLOCKED_EXIT}
-        child_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch, "TMPDIR": scratch,
-            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MPLCONFIGDIR": scratch,
-            "TRITON_CACHE_DIR": os.path.join(scratch, ".triton"),
-            **({"TRITON_LIBCUDA_PATH": lib} if "gpu" in devices and (lib := libcuda_dir()) else {}),
-            **(env or {}),
-        }
+        blocked_log = _prepare_scratch(scratch, code, files)
+        cfg = _runner_config(scratch, blocked_log, abi, hidden_all, protect, devices)
+        child_env = _child_env(scratch, devices, env)
         cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
         nproc = None if cgroup.path is not None or os.geteuid() == 0 else _user_processes() + max_procs + 4
 
         # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
         # with the GPU, the memory limit is not applied (said in ``isolation``)
         address_limit = "gpu" not in devices
-
-        def setup() -> None:  # runs in the child between fork and exec
-            os.setsid()
-            if address_limit:
-                limit = memory_mb * 1024 * 1024
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if nproc is not None:
-                resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-            cgroup.join()
+        setup = _child_setup(memory_mb * 1024 * 1024 if address_limit else None, nproc, cgroup)
+        argv = [*(launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
 
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                [*(launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)], cwd=scratch, env=child_env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, preexec_fn=setup,  # noqa: PLW1509 - the limits must be set in the child
-            )
-            try:
-                out, err = proc.communicate(timeout=timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # unshare dies, its child (the namespace's init) with it, then all
-                timed_out = True
-                try:
-                    out, err = proc.communicate(timeout=_GRACE_S)
-                except subprocess.TimeoutExpired:  # without namespaces an escaped process may hold the pipes
-                    for f in (proc.stdout, proc.stderr):
-                        if f is not None:
-                            f.close()
-                    proc.wait()
-                    out, err = b"", b"sandbox: output lost: a process that left the sandbox's group kept its pipes open\n"
+            exit_code, out, err, timed_out = _launch(argv, scratch, child_env, setup, timeout_s)
         finally:
             cgroup.remove()
         wall = time.monotonic() - t0
         blocked = tuple(x for x in Path(blocked_log).read_text().splitlines() if x)
-        code_ = proc.returncode
-        status: Status
-        if timed_out:
-            status = "timeout"
-        elif blocked or code_ == _BLOCKED_EXIT:
-            status = "blocked"
-        elif code_ == _MEMORY_EXIT or (code_ is not None and code_ < 0 and b"MemoryError" in err):
-            status = "memory"
-        elif code_ == 0:
-            status = "ok"
-        else:
-            status = "error"
+        status = _status(timed_out, blocked, exit_code, err)
         got = {n: Path(scratch, n).read_bytes() for n in outputs if Path(scratch, n).is_file()}
         isolation = tuple(x for x, on in (("landlock", bool(abi)), ("namespaces", launcher is not None),
                                           ("pids-cgroup", cgroup.path is not None), ("rlimit-nproc", nproc is not None),
                                           ("rlimit-as", address_limit)) if on)
-        return SandboxResult(status, None if timed_out else code_, _text(out), _text(err), round(wall, 3), blocked, bool(abi), got, isolation)
+        return SandboxResult(status, None if timed_out else exit_code, _text(out), _text(err), round(wall, 3), blocked, bool(abi), got, isolation)
+
+
+def _prepare_scratch(scratch: str, code: str, files: Mapping[str, bytes] | None) -> str:
+    """Write ``files`` and ``main.py`` into the scratch folder; the (empty) refusal log's path."""
+    for name, data in (files or {}).items():
+        Path(scratch, name).write_bytes(data)
+    Path(scratch, "main.py").write_text(code)
+    blocked_log = os.path.join(scratch, ".blocked")
+    Path(blocked_log).touch()
+    return blocked_log
+
+
+def _runner_config(scratch: str, blocked_log: str, abi: int, hidden_all: tuple[str, ...],
+                   protect: Sequence[str | os.PathLike[str]], devices: Sequence[str]) -> dict[str, object]:
+    """What the child runner (``sandbox.runner``) confines itself with, as JSON-ready values."""
+    return {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
+            "blocked_log": blocked_log, "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
+            "programs": list(GPU_PROGRAMS) if "gpu" in devices else [], "memory_exit": _MEMORY_EXIT, "blocked_exit": _BLOCKED_EXIT}
+
+
+def _child_env(scratch: str, devices: Sequence[str], env: Mapping[str, str] | None) -> dict[str, str]:
+    """The child's whole environment: a PATH, the scratch folder as home and temp, ``env`` on top."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch, "TMPDIR": scratch,
+        "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MPLCONFIGDIR": scratch,
+        "TRITON_CACHE_DIR": os.path.join(scratch, ".triton"),
+        **({"TRITON_LIBCUDA_PATH": lib} if "gpu" in devices and (lib := libcuda_dir()) else {}),
+        **(env or {}),
+    }
+
+
+def _child_setup(address_limit: int | None, nproc: int | None, cgroup: Cgroup) -> Callable[[], None]:
+    """What runs in the child between fork and exec: its own session, the limits, the cgroup."""
+
+    def setup() -> None:
+        os.setsid()
+        if address_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_limit, address_limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if nproc is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        cgroup.join()
+
+    return setup
+
+
+def _launch(argv: list[str], scratch: str, child_env: Mapping[str, str], setup: Callable[[], None],
+            timeout_s: float) -> tuple[int | None, bytes, bytes, bool]:
+    """Run ``argv`` to its end or to the time limit: (exit code, stdout, stderr, timed out)."""
+    proc = subprocess.Popen(
+        argv, cwd=scratch, env=child_env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, preexec_fn=setup,  # noqa: PLW1509 - the limits must be set in the child
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        return proc.returncode, out, err, False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # unshare dies, its child (the namespace's init) with it, then all
+    try:
+        out, err = proc.communicate(timeout=_GRACE_S)
+    except subprocess.TimeoutExpired:  # without namespaces an escaped process may hold the pipes
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+        proc.wait()
+        out, err = b"", b"sandbox: output lost: a process that left the sandbox's group kept its pipes open\n"
+    return proc.returncode, out, err, True
+
+
+def _status(timed_out: bool, blocked: tuple[str, ...], exit_code: int | None, err: bytes) -> Status:
+    """How the run ended, from the first that holds: timeout, blocked, memory, ok, error."""
+    if timed_out:
+        return "timeout"
+    if blocked or exit_code == _BLOCKED_EXIT:
+        return "blocked"
+    if exit_code == _MEMORY_EXIT or (exit_code is not None and exit_code < 0 and b"MemoryError" in err):
+        return "memory"
+    if exit_code == 0:
+        return "ok"
+    return "error"
 
 
 def _user_processes() -> int:

@@ -13,7 +13,8 @@ import difflib
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Set as AbstractSet
 
 __all__ = ["SCORERS", "SIMPLIFIED", "Pair", "score_file", "rc_f1"]
 
@@ -21,7 +22,7 @@ Pair = tuple[str, str, str]  # (prompt text, prediction, reference)
 Result = dict[str, float]
 
 
-def _set_f1(pred: set[str], gold: set[str]) -> float:
+def _set_f1(pred: AbstractSet[Hashable], gold: AbstractSet[Hashable]) -> float:
     hit = len(pred & gold)
     p = hit / len(pred) if pred else 0.0
     r = hit / len(gold) if gold else 0.0
@@ -152,7 +153,7 @@ def _ner(pairs: Sequence[Pair]) -> Result:
 def _to_arabic(text: str) -> str:
     import cn2an
 
-    return cn2an.transform(text, "cn2an")
+    return str(cn2an.transform(text, "cn2an"))
 
 
 def _articles(pairs: Sequence[Pair]) -> Result:

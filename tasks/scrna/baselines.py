@@ -59,7 +59,8 @@ def knn_average(train: np.ndarray, seed: int = 0, k: int = 10) -> np.ndarray:
     sq = np.sum(emb**2, axis=1)
     d2 = sq[:, None] + sq[None, :] - 2 * emb @ emb.T
     idx = np.argsort(d2, axis=1)[:, : k + 1]  # the cell itself and its k neighbours
-    return x[idx].mean(axis=1)
+    out: np.ndarray = x[idx].mean(axis=1)
+    return out
 
 
 BASELINES: dict[str, Callable[..., np.ndarray]] = {

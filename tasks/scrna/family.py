@@ -17,16 +17,17 @@ RANGES = {
 TRANSFORMS = ("sqrt", "log", "none")
 
 
-def pca_embed(z, n_pcs):
+def pca_embed(z: np.ndarray, n_pcs: int) -> np.ndarray:
     """Cells x n_pcs principal components of ``z`` (cells x genes), via the cells' Gram matrix."""
     zc = z - z.mean(axis=0)
     gram = zc @ zc.T  # [cells, cells]
     vals, vecs = np.linalg.eigh(gram)
     order = np.argsort(vals)[::-1][: max(1, min(n_pcs, zc.shape[0] - 1))]
-    return vecs[:, order] * np.sqrt(np.clip(vals[order], 0, None))
+    emb: np.ndarray = vecs[:, order] * np.sqrt(np.clip(vals[order], 0, None))
+    return emb
 
 
-def diffusion_operator(emb, k):
+def diffusion_operator(emb: np.ndarray, k: int) -> np.ndarray:
     """Row-stochastic [cells, cells] kNN affinities; bandwidth = distance to the k-th neighbour."""
     sq = np.sum(emb**2, axis=1)
     d2 = np.clip(sq[:, None] + sq[None, :] - 2 * emb @ emb.T, 0, None)
@@ -37,10 +38,12 @@ def diffusion_operator(emb, k):
     cut = np.sqrt(np.partition(d2, k, axis=1)[:, k : k + 1])
     w = np.where(np.sqrt(d2) <= 3 * cut, w, 0.0)  # keep a local neighbourhood
     w = (w + w.T) / 2
-    return w / w.sum(axis=1, keepdims=True)
+    op: np.ndarray = w / w.sum(axis=1, keepdims=True)
+    return op
 
 
-def family_denoise(train, normalize=True, transform="sqrt", n_pcs=30, k=10, t=3, rescale=True, clip=0.0):
+def family_denoise(train: np.ndarray, normalize: bool = True, transform: str = "sqrt", n_pcs: int = 30, k: int = 10, t: int = 3,
+                   rescale: bool = True, clip: float = 0.0) -> np.ndarray:
     x = np.asarray(train, dtype=np.float64)
     lib = x.sum(axis=1, keepdims=True)
     lib_safe = np.where(lib > 0, lib, 1.0)

@@ -40,7 +40,8 @@ def _normalize_log(x: np.ndarray, target_sum: float = 1e4) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     counts = x.sum(axis=1, keepdims=True)
     counts = counts + (counts == 0)  # scanpy: cells without counts are left at zero
-    return np.log1p(x / counts * target_sum)
+    out: np.ndarray = np.log1p(x / counts * target_sum)
+    return out
 
 
 def mse(test: np.ndarray, denoised: np.ndarray) -> float:

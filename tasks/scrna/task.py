@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Decoding, Scaffold
 from sia_engine.loop.task import Episode, Score, chat_messages
 from sia_engine.models.protocol import Message
@@ -166,7 +167,7 @@ class ScrnaDenoise:
         """A configuration drawn uniformly from the denoiser family's parameter ranges."""
         cfg: dict[str, Any] = {}
         for key, (lo, hi) in RANGES.items():
-            cfg[key] = rng.randint(lo, hi) if isinstance(lo, int) else round(rng.uniform(lo, hi), 2)
+            cfg[key] = rng.randint(lo, hi) if isinstance(lo, int) and isinstance(hi, int) else round(rng.uniform(lo, hi), 2)
         cfg.update(transform=rng.choice(TRANSFORMS), normalize=rng.random() < 0.5, rescale=rng.random() < 0.5)
         return json.dumps(cfg)
 
@@ -178,16 +179,16 @@ class ScrnaDenoise:
         key = (seed, json.dumps(cfg, sort_keys=True))
         if key in self._cache:  # the same configuration on the same split: the recorded run stands
             hit = self._cache[key]
-            tools = tuple({**c, "outputs": {**c["outputs"], "cached": True}} for c in hit.tools)
+            tools = tuple(msgspec.structs.replace(c, outputs={**c.outputs, "cached": True}) for c in hit.tools)
             return msgspec.structs.replace(hit, tools=tools)
         split, controls, train_bytes = self._split(seed)
         code = solution_code(cfg)
         res = run_python(code, files={"train.npy": train_bytes}, outputs=["denoised.npy"], timeout_s=self.timeout_s,
                          memory_mb=self.memory_mb, protect=self.protect, hidden=(str(data_file(self.data)),))
-        call = {"name": "sandbox", "inputs": {"config": cfg, "split_seed": seed},
-                "outputs": {"status": res.status, "exit_code": res.exit_code, "stdout": res.stdout[-2000:],
+        call = ToolCall(name="sandbox", inputs={"config": cfg, "split_seed": seed},
+                        outputs={"status": res.status, "exit_code": res.exit_code, "stdout": res.stdout[-2000:],
                             "stderr": res.stderr[-2000:], "wall_s": res.wall_s, "blocked": list(res.blocked), "landlock": res.landlock,
-                            "isolation": list(res.isolation)}}
+                            "isolation": list(res.isolation)})
         if res.status != "ok" or "denoised.npy" not in res.outputs:
             scored = Score(0.0, "content", {"valid": 1.0, "ran": 0.0}, (call,))
         else:
@@ -198,7 +199,7 @@ class ScrnaDenoise:
                                {"valid": 1.0, "ran": 1.0, "mse": s.mse, "poisson": s.poisson,
                                 "mse_normalized": s.mse_normalized, "poisson_normalized": s.poisson_normalized}, (call,))
             except ValueError as e:
-                call["outputs"]["error"] = str(e)
+                call.outputs["error"] = str(e)
                 scored = Score(0.0, "content", {"valid": 1.0, "ran": 0.0}, (call,))
         self._cache[key] = scored
         return scored

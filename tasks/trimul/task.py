@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Decoding, Scaffold
 from sia_engine.errors import SiaError
 from sia_engine.loop.task import Episode, Score, chat_messages
@@ -161,9 +162,9 @@ class TriMul:
         case = Case(n=32, bs=1, dim=128, masked=bool(m["masked"]), dist=m["dist"], seed=int(m["seed"]))
         res, results = run_submission(src, [case], interpret=True, timeout_s=self.timeout_s, protect=self.protect)
         ok = all(r.correct for r in results)
-        call = {"name": "sandbox", "inputs": {"case": [32, 1, 128, case.masked, case.dist], "interpret": True},
-                "outputs": {"status": res.status, "correct": ok, "reason": results[0].reason, "stderr": res.stderr[-2000:],
-                            "isolation": list(res.isolation)}}
+        call = ToolCall(name="sandbox", inputs={"case": [32, 1, 128, case.masked, case.dist], "interpret": True},
+                        outputs={"status": res.status, "correct": ok, "reason": results[0].reason, "stderr": res.stderr[-2000:],
+                            "isolation": list(res.isolation)})
         return Score(1.0 if ok else 0.0, "none" if ok else "content", {"valid": 1.0, "correct": float(ok), "timed": 0.0}, (call,))
 
     def _timed(self, episode: Episode, src: str) -> Score:
@@ -174,8 +175,8 @@ class TriMul:
         res = run_python(_MAIN, files=files, outputs=["result.json"], timeout_s=self.timeout_s, protect=self.protect, devices=("gpu",))
         got: dict[str, Any] = json.loads(res.outputs["result.json"]) if "result.json" in res.outputs else {
             "status": res.status, "reason": (res.stderr.strip().splitlines() or ["no error text"])[-1]}
-        call = {"name": "sandbox", "inputs": {"episode": spec}, "outputs": {**got, "sandbox": res.status, "wall_s": res.wall_s,
-                                                                              "isolation": list(res.isolation)}}
+        call = ToolCall(name="sandbox", inputs={"episode": spec}, outputs={**got, "sandbox": res.status, "wall_s": res.wall_s,
+                                                                              "isolation": list(res.isolation)})
         if got.get("status") != "ok":
             return Score(0.0, "content", {"valid": 1.0, "correct": 0.0}, (call,))
         speedup = float(got["ref_us"]) / float(got["sub_us"])

@@ -104,14 +104,14 @@ def test_solution_runs_in_the_sandbox_and_is_scored(tmp_path: Path) -> None:
     good = task.score(ep, '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
     assert good.failure == "content" and good.score > 0.5 and good.metrics["ran"] == 1.0  # < 0.9: room to improve
     [call] = good.tools
-    assert call["name"] == "sandbox" and call["outputs"]["status"] == "ok" and call["inputs"]["config"]["clip"] == 2.0
+    assert call.name == "sandbox" and call.outputs["status"] == "ok" and call.inputs["config"]["clip"] == 2.0
     # the same configuration on validation episodes uses another split
     val = task.score(task.episodes("val")[0], '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
     assert val.score != good.score
     assert task.score(ep, "I would use PCA").failure == "format"
     again = task.score(ep, '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
-    assert again.score == good.score and again.tools[0]["outputs"]["cached"] is True  # not run twice, and says so
-    assert "cached" not in good.tools[0]["outputs"]
+    assert again.score == good.score and again.tools[0].outputs["cached"] is True  # not run twice, and says so
+    assert "cached" not in good.tools[0].outputs
 
 
 def test_random_answers_cover_the_family_and_parse_as_drawn() -> None:

@@ -36,11 +36,13 @@ from typing import Any
 import msgspec
 
 from sia_engine.domain.events import ActionTaken, FeedbackVerdict, TrainingPlan
+from sia_engine.domain.payloads import ChoiceStage, FreeText, ModelChoice, OptionScore, ScoreInputs
 from sia_engine.domain.scaffold import Decoding, PatchOp
+from sia_engine.errors import SiaError
 from sia_engine.loop.feedback.rule import Context, Decision, RulePolicy, _new_version
 from sia_engine.loop.recipes import RECIPES, gold_episodes, plan_for
 from sia_engine.loop.task import Task
-from sia_engine.models.protocol import Message, Model, Request
+from sia_engine.models.protocol import ChoosesOption, Message, Model, Request, ScoresOptions
 
 __all__ = ["LLMPolicy", "Option", "pick", "choose_index", "preferred", "iteration_options", "summary_prompt", "prior_prompt", "scored_options", "TIE_RULE", "PROMPT_PREFIX"]
 
@@ -138,10 +140,10 @@ def preferred(stage: str, opts: Sequence[Option], rule_verdict: FeedbackVerdict)
     return None
 
 
-def choose_index(rows: Sequence[dict[str, Any]], excluded: Sequence[int], prefer: int | None) -> tuple[int, list[int]]:
+def choose_index(rows: Sequence[OptionScore], excluded: Sequence[int], prefer: int | None) -> tuple[int, list[int]]:
     """A stage's choice from its recorded option scores: ``pick`` among the options not excluded."""
     live = [i for i in range(len(rows)) if i not in set(excluded)]
-    j, tied = pick([float(rows[i]["score"]) for i in live], live.index(prefer) if prefer in live else None)
+    j, tied = pick([rows[i].score for i in live], live.index(prefer) if prefer in live else None)
     return live[j], [live[t] for t in tied]
 
 
@@ -158,7 +160,7 @@ def summary_prompt(ctx: Context, task: Task, stage: str, max_outputs: int = 6) -
     n = max(len(ctx.trajectories), 1)
     counts = {k: sum(1 for f in ctx.failures.values() if f == k) for k in ("none", "format", "abstain", "content")}
     scores = [t.score or 0.0 for t in ctx.trajectories]
-    lines = [f"Task: {task.name}: {getattr(task, 'description', '')}".rstrip(": "),
+    lines = [f"Task: {task.name}: {task.description}".rstrip(": "),
              f"Iteration {ctx.iteration}; levers allowed: {', '.join(ctx.levers)}.",
              f"This iteration: {len(ctx.trajectories)} outputs, mean score {sum(scores) / n:.3f}, best {max(scores, default=0.0):.3f}; "
              f"{counts['none']} right, {counts['format']} badly formatted, {counts['abstain']} abstained, {counts['content']} wrong."]
@@ -176,13 +178,13 @@ def summary_prompt(ctx: Context, task: Task, stage: str, max_outputs: int = 6) -
     return (Message("system", _SYSTEM), Message("user", "\n".join(lines)))
 
 
-def scored_options(score_options: Callable[..., Any], messages: Sequence[Message], labels: Sequence[str],
-                   prior_messages: Sequence[Message] | None) -> list[dict[str, Any]]:
+def scored_options(score_options: Callable[[Sequence[Message], Sequence[str]], list[tuple[float, int]]], messages: Sequence[Message], labels: Sequence[str],
+                   prior_messages: Sequence[Message] | None) -> list[OptionScore]:
     """Each option's log-probability after ``messages``, less its log-probability after
     ``prior_messages`` (None: no calibration), per token: the rows a verdict records."""
     got = score_options(messages, labels)
     prior = score_options(prior_messages, labels) if prior_messages is not None else [(0.0, nt) for _, nt in got]
-    return [{"label": lab, "logprob": lp, "prior": pp, "tokens": nt, "score": (lp - pp) / max(nt, 1)}
+    return [OptionScore(label=lab, logprob=lp, prior=pp, tokens=nt, score=(lp - pp) / max(nt, 1))
             for lab, (lp, nt), (pp, _) in zip(labels, got, prior, strict=True)]
 
 
@@ -202,31 +204,31 @@ class LLMPolicy:
         self.rule = RulePolicy()
         self.max_prompt_tokens = max_prompt_tokens
 
-    def _score(self, ctx: Context, stage: str, messages: tuple[Message, ...], opts: list[Option]) -> tuple[list[dict[str, Any]], ActionTaken, str]:
+    def _score(self, ctx: Context, stage: str, messages: tuple[Message, ...], opts: list[Option]) -> tuple[list[OptionScore], ActionTaken, str]:
         labels = [o.label for o in opts]
-        score_fn: Callable[..., Any] | None = getattr(self.model, "score_options", None)
         aid = f"feedback-{ctx.iteration}-{stage}"
-        inputs = {"messages": msgspec.to_builtins(messages), "options": labels, "adapter": ctx.head.adapter, "model": self.model.ref.id}
-        if score_fn is not None:
+        inputs = ScoreInputs(messages=messages, options=tuple(labels), adapter=ctx.head.adapter, model=self.model.ref.id)
+        if isinstance(self.model, ScoresOptions):
             bare = prior_prompt(stage) if self.calibrate else None  # what the iteration adds: the question without it
-            if bare is not None:
-                inputs["prior_messages"] = msgspec.to_builtins(bare)
-            rows = scored_options(score_fn, messages, labels, bare)
+            inputs = msgspec.structs.replace(inputs, prior_messages=bare)
+            rows = scored_options(self.model.score_options, messages, labels, bare)
             method = "log-likelihood, calibrated" if self.calibrate else "log-likelihood"
-            outputs: dict[str, Any] = {"scores": [r["score"] for r in rows]}
-        else:
-            index, scores, raw = self.model.choose(messages, labels)  # type: ignore[attr-defined]
-            rows = [{"label": lab, "score": s} for lab, s in zip(labels, scores, strict=True)]
+            outputs: dict[str, Any] = {"scores": [r.score for r in rows]}
+        elif isinstance(self.model, ChoosesOption):
+            index, scores, raw = self.model.choose(messages, labels)
+            rows = [OptionScore(label=lab, score=s) for lab, s in zip(labels, scores, strict=True)]
             method = "structured-output" if raw.get("structured") else "validated-answer"
             outputs = {"index": index, "scores": scores, "raw": raw}
+        else:
+            raise SiaError(f"{self.model.ref.id} neither scores options nor chooses one: the llm Feedback Agent cannot ask it")
         return rows, ActionTaken(action_id=aid, episode_id=aid, version_id=ctx.head.version_id, actor="model", name="feedback-score",
-                                 inputs=inputs, outputs=outputs), method
+                                 inputs=msgspec.to_builtins(inputs), outputs=outputs), method
 
     def _write_prompt(self, ctx: Context, task: Task) -> tuple[str | None, str, ActionTaken]:
         """A new system prompt written by the model after the engine's JSON opening: (text, why invalid, action)."""
         summary = summary_prompt(ctx, task, "change")
         msgs = (*summary[:-1], Message("user", summary[-1].content + "\nWrite a better system prompt for the agent as JSON."))
-        prefill = hasattr(self.model, "score_options")  # a local model continues the engine's opening; an endpoint cannot
+        prefill = isinstance(self.model, ScoresOptions)  # a local model continues the engine's opening; an endpoint cannot
         req = Request(msgs if prefill else (*msgs[:-1], Message("user", msgs[-1].content + ' Answer {"system_prompt": "..."} only.')),
                       Decoding(temperature=0.0, max_new_tokens=self.max_prompt_tokens, stop=('"}',)), seed=ctx.iteration,
                       prefix=PROMPT_PREFIX if prefill else "")
@@ -255,7 +257,7 @@ class LLMPolicy:
     def decide(self, ctx: Context, task: Task) -> Decision:
         [rule_verdict] = self.rule.decide(ctx, task).verdicts[-1:]
         actions: list[ActionTaken] = []
-        stages: list[dict[str, Any]] = []
+        stages: list[ChoiceStage] = []
         options = iteration_options(ctx, task, self.rule)
         final = options["lever"][self._stage(ctx, task, "lever", options["lever"], rule_verdict, actions, stages)]
         if final.lever != "none":
@@ -269,7 +271,7 @@ class LLMPolicy:
                     break
                 value, why, action = self._write_prompt(ctx, task)
                 actions.append(action)
-                stages[-1]["free_text"] = {"valid": value is not None, "why": why}
+                stages[-1] = msgspec.structs.replace(stages[-1], free_text=FreeText(valid=value is not None, why=why))
                 if value is not None:
                     final = Option(final.label, "scaffold", (PatchOp("replace", "/system_prompt", value),))
                     break
@@ -277,24 +279,25 @@ class LLMPolicy:
                 if len(skip) == len(opts):
                     final = Option("none", "none")
                     break
-        chosen = ", ".join(f"{s['chosen_label']} ({s['stage']})" for s in stages)
+        chosen = ", ".join(f"{s.chosen_label} ({s.stage})" for s in stages)
         verdict = FeedbackVerdict(
             version_id=ctx.head.version_id, lever=final.lever, rationale=f"chosen by likelihood: {chosen}", policy=self.name,  # type: ignore[arg-type]
             evidence=tuple(t for t, f in ctx.failures.items() if f != "none")[:8], patch=final.patch, training_plan=final.plan,
-            choice={"stages": stages, "tie_rule": TIE_RULE, "rule_verdict": rule_verdict.lever},
+            choice=ModelChoice(stages=tuple(stages), tie_rule=TIE_RULE, rule_verdict=rule_verdict.lever),
         )
         return Decision((verdict,), tuple(actions))
 
     def _stage(self, ctx: Context, task: Task, stage: str, opts: list[Option], rule_verdict: FeedbackVerdict,
-               actions: list[ActionTaken], stages: list[dict[str, Any]], skip: set[int] | None = None) -> int:
+               actions: list[ActionTaken], stages: list[ChoiceStage], skip: set[int] | None = None) -> int:
+        rows: Sequence[OptionScore]
         if skip:  # a retry after an invalid free text: scored already, choose among the rest
-            rows = stages[-1]["options"]
-            method = stages[-1]["method"]
+            rows = stages[-1].options
+            method = stages[-1].method
         else:
             rows, action, method = self._score(ctx, stage, summary_prompt(ctx, task, stage), opts)
             actions.append(action)
         prefer = preferred(stage, opts, rule_verdict)
         index, tied = choose_index(rows, sorted(skip or ()), prefer)
-        stages.append({"stage": stage, "options": rows, "method": method, "chosen": index, "chosen_label": opts[index].label,
-                       "tied": tied, "preferred": prefer, "excluded": sorted(skip or ())})
+        stages.append(ChoiceStage(stage=stage, options=tuple(rows), method=method, chosen=index, chosen_label=opts[index].label,
+                                  tied=tuple(tied), preferred=prefer, excluded=tuple(sorted(skip or ()))))
         return index

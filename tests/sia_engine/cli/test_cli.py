@@ -184,6 +184,12 @@ def test_audit_report(demo_store: Path, tmp_path: Path) -> None:
     r = run("audit", "--store", str(bad), "--out", str(tmp_path / "bad.html"))
     assert r.exit_code == 1 and "NOT verified" in r.output
     assert "NOT VERIFIED: " in (tmp_path / "bad.html").read_text()
+    # a symlink planted where the page goes is replaced by the page, never written through
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "linked.html").symlink_to(victim)
+    assert run("audit", "--store", str(demo_store), "--out", str(tmp_path / "linked.html")).exit_code == 0
+    assert victim.read_text() == "keep me" and not (tmp_path / "linked.html").is_symlink()
 
 
 def test_large_json_output_is_written_plain(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -239,6 +245,7 @@ def test_run_prints_each_feedback_verdict(tmp_path: Path) -> None:
 def test_describe_verdict_says_what_each_verdict_asks() -> None:
     from sia_engine.cli.progress import describe_verdict
     from sia_engine.domain.events import FeedbackVerdict, TrainingPlan
+    from sia_engine.domain.payloads import ChoiceStage, ModelChoice
     from sia_engine.domain.scaffold import PatchOp
 
     vid = "a" * 64
@@ -249,6 +256,7 @@ def test_describe_verdict_says_what_each_verdict_asks() -> None:
     assert describe_verdict(FeedbackVerdict(vid, "scaffold", "r", "rule", patch=(PatchOp("add", "/examples/-", {"input": "x", "output": "y"}),))) \
         == "patch the scaffold (add /examples/-)"
     assert describe_verdict(FeedbackVerdict(vid, "none", "r", "llm", valid=False, raw="blah")) == "invalid, not acted on ('blah')"
-    chosen = FeedbackVerdict(vid, "none", "r", "llm", choice={"rule_verdict": "weights", "stages": [
-        {"stage": "lever", "chosen_label": "nothing this time", "tied": [1, 2]}]})
+    stage = ChoiceStage(stage="lever", chosen=1, chosen_label="nothing this time", excluded=(), method="logprob",
+                        options=(), preferred=None, tied=(1, 2))
+    chosen = FeedbackVerdict(vid, "none", "r", "llm", choice=ModelChoice(rule_verdict="weights", stages=(stage,)))
     assert describe_verdict(chosen) == "no change this iteration [lever: 'nothing this time' (tie rule); the rule policy: weights]"

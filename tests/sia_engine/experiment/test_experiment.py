@@ -10,16 +10,10 @@ import pytest
 from sia_engine.domain.events import decode_envelope
 from sia_engine.domain.history import rebuild
 from sia_engine.domain.integrity import verify_store
+from sia_engine.domain.projection import Recorded
 from sia_engine.errors import SiaError
-from sia_engine.experiment.arms import (
-    ARMS,
-    EventRow,
-    experiment_result,
-    experiment_table,
-    result_from_events,
-    run_experiment,
-    table_from_events,
-)
+from sia_engine.experiment.arms import run_experiment
+from sia_engine.experiment.table import ARMS, experiment_result, experiment_table, result_from_records, table_from_records
 from sia_engine.loop.feedback.rule import RulePolicy
 from sia_engine.loop.loop import LoopConfig
 from store import Store
@@ -92,7 +86,6 @@ def test_the_loop_never_reads_the_test_split(done) -> None:  # type: ignore[no-u
 
 
 def test_the_table_comes_from_the_log_and_from_its_parquet_export(done, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import json
 
     import pyarrow.parquet as pq
 
@@ -104,9 +97,9 @@ def test_the_table_comes_from_the_log_and_from_its_parquet_export(done, tmp_path
         result = experiment_result(s, "e1")
         export_parquet(s, tmp_path / "pq")
     t = pq.read_table(tmp_path / "pq" / "events.parquet").to_pylist()
-    rows = [EventRow(r["branch"], r["seq"], r["kind"], json.loads(r["payload"]), r["recorded_at"]) for r in t]
-    assert table_from_events(rows, "e1") == list(table)
-    assert result_from_events(rows, "e1") == result and len(result.baselines) == 3  # the baselines too
+    rows = [Recorded.from_row(r["branch"], r["seq"], r["kind"], r["schema"], r["payload"], r["recorded_at"]) for r in t]
+    assert table_from_records(rows, "e1") == list(table)
+    assert result_from_records(rows, "e1") == result and len(result.baselines) == 3  # the baselines too
 
 
 def test_it_resumes_without_recording_anything_twice(done) -> None:  # type: ignore[no-untyped-def]
@@ -234,7 +227,7 @@ def test_budgets_are_parsed_or_refused_with_what_to_write(text: str, says: str |
 
 
 def test_paired_comparison_seed_by_seed() -> None:
-    from sia_engine.experiment.arms import ArmResult, paired
+    from sia_engine.experiment.table import ArmResult, paired
 
     def row(arm: str, seed: int, score: float | None) -> ArmResult:
         return ArmResult(arm, seed, f"e-{arm}-s{seed}", score, None, 1, (), 1, 0, 4, 1, 0, 0.0)

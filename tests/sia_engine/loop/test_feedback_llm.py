@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from sia_engine.domain.events import FeedbackVerdict, decode_envelope
+from sia_engine.domain.payloads import FreeText
 from sia_engine.loop.feedback.model import (
     LEVER_LABELS,
     TIE_RULE,
@@ -65,9 +67,9 @@ def test_all_equal_scores_are_decided_by_the_tie_rule_and_recorded() -> None:
     [v] = d.verdicts
     [rule] = RulePolicy().decide(c, TASK).verdicts
     assert v.valid and v.policy == "llm" and v.lever == rule.lever == "scaffold" and v.patch == rule.patch
-    first = v.choice["stages"][0]
-    assert v.choice["tie_rule"] == TIE_RULE and first["tied"] == list(range(len(first["options"])))
-    assert first["chosen"] == first["preferred"] and all(o["score"] == 0.0 for o in first["options"])
+    first = v.choice.stages[0]
+    assert v.choice.tie_rule == TIE_RULE and first.tied == tuple(range(len(first.options)))
+    assert first.chosen == first.preferred and all(o.score == 0.0 for o in first.options)
     assert [a.name for a in d.actions] == ["feedback-score", "feedback-score"]
 
 
@@ -75,7 +77,7 @@ def test_the_model_s_likelihood_decides_against_the_rules() -> None:
     c = ctx([f"It is {g}." for g in golds(8)])
     prefers_none = ScriptedModel(lambda r, a: "", name="n", loglik=lambda m, o, a: 0.0 if o == NONE else -3.0)
     [v] = LLMPolicy(prefers_none, calibrate=False).decide(c, TASK).verdicts
-    assert v.valid and v.lever == "none" and v.choice["rule_verdict"] == "scaffold"
+    assert v.valid and v.lever == "none" and v.choice.rule_verdict == "scaffold"
     example = "add a worked example with the gold answer of a failed training episode"
     shows = ScriptedModel(lambda r, a: "", name="g", loglik=lambda m, o, a: 0.0 if o in (SCAFFOLD, example) else -1.0)
     [w] = LLMPolicy(shows, calibrate=False).decide(c, TASK).verdicts
@@ -94,8 +96,8 @@ def test_calibration_scores_what_the_iteration_adds_not_the_words_alone() -> Non
     [raw] = LLMPolicy(judge, calibrate=False).decide(c, TASK).verdicts
     [cal] = LLMPolicy(judge).decide(c, TASK).verdicts
     assert raw.lever == "scaffold" and cal.lever == "none"
-    row = {o["label"]: o for o in cal.choice["stages"][0]["options"]}
-    assert row[NONE]["prior"] == -6.0 * 3 and row[NONE]["score"] == 2.5 and row[SCAFFOLD]["score"] == 0.0
+    row = {o.label: o for o in cal.choice.stages[0].options}
+    assert row[NONE].prior == -6.0 * 3 and row[NONE].score == 2.5 and row[SCAFFOLD].score == 0.0
 
 
 def test_a_new_system_prompt_is_prefilled_and_validated() -> None:
@@ -108,14 +110,14 @@ def test_a_new_system_prompt_is_prefilled_and_validated() -> None:
     d = LLMPolicy(good, calibrate=False).decide(c, TASK)
     [v] = d.verdicts
     assert v.patch[0].path == "/system_prompt" and v.patch[0].value == "You add two digits. Reply with the sum as digits only."
-    assert v.choice["stages"][-1]["free_text"] == {"valid": True, "why": ""}
+    assert v.choice.stages[-1].free_text == FreeText(valid=True, why="")
     write = [a for a in d.actions if a.name == "feedback-write"]
     assert write and write[0].inputs["request"]["prefix"] == '{"system_prompt": "'
     bad = ScriptedModel(lambda r, a: 'ok"}', name="b", loglik=wants_prompt)  # too short: the next-best option instead
     [u] = LLMPolicy(bad, calibrate=False).decide(c, TASK).verdicts
     assert u.valid and u.patch[0].path == "/output_format"
-    last = u.choice["stages"][-1]
-    assert last["excluded"] == [len(last["options"]) - 1] and u.choice["stages"][-2]["free_text"]["valid"] is False
+    last = u.choice.stages[-1]
+    assert last.excluded == (len(last.options) - 1,) and u.choice.stages[-2].free_text is not None and u.choice.stages[-2].free_text.valid is False
     leaks = ScriptedModel(lambda r, a: '7"}', name="l", loglik=wants_prompt)  # an answer is never a system prompt
     [x] = LLMPolicy(leaks, calibrate=False).decide(c, TASK).verdicts
     assert x.patch[0].path != "/system_prompt"
@@ -138,15 +140,15 @@ def test_with_the_tiny_model_every_verdict_is_valid_and_replays(tmp_path: Path) 
         vs = verdicts(s)
         assert len(vs) == 3 and all(v.valid and v.policy == "llm" and v.choice for v in vs)  # no fallback to rules
         for v in vs:
-            for stage in v.choice["stages"]:
-                assert stage["method"] == "log-likelihood, calibrated" and all(o["tokens"] > 0 and o["logprob"] < 0 and o["prior"] < 0 for o in stage["options"])
+            for stage in v.choice.stages:
+                assert stage.method == "log-likelihood, calibrated" and all(o.tokens > 0 and o.logprob < 0 and o.prior < 0 for o in stage.options)
         report = replay_recorded(s, "main", TASK)
         assert report.choices == 3 and report.verdicts == 0  # each model choice recomputed from the recorded scores and options
         calls = [decode_envelope(e) for e in s.log.read("main", kinds=["action_taken"]) if b'"feedback-score"' in e.payload]
         first = calls[0]
         fresh = tiny_model()
-        again = fresh.score_options(tuple(Message(**m) for m in first.inputs["messages"]), first.inputs["options"])  # type: ignore[attr-defined]
-        prior = fresh.score_options(tuple(Message(**m) for m in first.inputs["prior_messages"]), first.inputs["options"])  # type: ignore[attr-defined]
+        again = fresh.score_options(first.score_inputs().messages, first.score_inputs().options)  # type: ignore[attr-defined]
+        prior = fresh.score_options(first.score_inputs().prior_messages, first.score_inputs().options)  # type: ignore[attr-defined]
         assert [(lp - pp) / n for (lp, n), (pp, _) in zip(again, prior)] == first.outputs["scores"]  # type: ignore[attr-defined]  # equal on CPU
 
 
@@ -163,9 +165,12 @@ def test_recorded_replay_catches_a_changed_choice(tmp_path: Path) -> None:
         src = Store.open(tmp_path, read_only=True)
         events = [decode_envelope(e) for e in src.log.read("main")]
         src.close()
-        stage = v.choice["stages"][0]
-        other = next(i for i in range(len(stage["options"])) if i != stage["chosen"])
-        stage["options"][other]["score"] = 10.0
+        stage = v.choice.stages[0]
+        other = next(i for i in range(len(stage.options)) if i != stage.chosen)
+        opts = list(stage.options)
+        opts[other] = msgspec.structs.replace(opts[other], score=10.0)
+        stage = msgspec.structs.replace(stage, options=tuple(opts))
+        v = msgspec.structs.replace(v, choice=msgspec.structs.replace(v.choice, stages=(stage, *v.choice.stages[1:])))
         c.log.init_branch("main")
         h = History.open(c.log, "main", blobs=c.blobs)
         for e in events:
@@ -201,10 +206,10 @@ def test_an_endpoint_chooses_with_structured_outputs_or_a_validated_answer() -> 
     index, scores, raw = plain.choose(msgs, ["scaffold", "none"])
     assert index == 0 and not raw["structured"] and scores == [1.0, 0.0] and "response_format" not in raw["request"]
     [v] = LLMPolicy(OpenAIChatModel("http://x/v1", "m", transport=fake_endpoint(True, NONE))).decide(c, TASK).verdicts
-    assert v.valid and v.lever == "none" and v.choice["stages"][0]["method"] == "structured-output"
+    assert v.valid and v.lever == "none" and v.choice.stages[0].method == "structured-output"
     lost = OpenAIChatModel("http://x/v1", "m", transport=fake_endpoint(False, "I would retrain"))
     [w] = LLMPolicy(lost).decide(c, TASK).verdicts  # no option named: all equal, the tie rule decides (recorded)
-    assert w.valid and w.lever == "scaffold" and w.choice["stages"][0]["tied"] == list(range(len(w.choice["stages"][0]["options"])))
+    assert w.valid and w.lever == "scaffold" and w.choice.stages[0].tied == tuple(range(len(w.choice.stages[0].options)))
 
 
 def test_reexecution_recomputes_the_option_scores_exactly(tmp_path: Path) -> None:

@@ -202,7 +202,8 @@ def test_exploration_samples_k_per_episode_and_the_protocol_is_recorded(tmp_path
     acts = {e.action_id: e for e in events if isinstance(e, ActionTaken) and e.name == "generate"}
     for t in train:  # the arith scaffold decodes greedily; training rollouts sample all the same
         a = acts[t.trajectory_id]
-        assert a.inputs["decoding"]["temperature"] == 0.9 and a.inputs["n"] == 3 and a.inputs["sample"] == t.sample
+        inp = a.generate_inputs()
+        assert inp.decoding.temperature == 0.9 and inp.n == 3 and inp.sample == t.sample
     evals = [e for e in events if isinstance(e, VersionEvaluated)]
     assert evals and all(e.protocol == {"mode": "best", "samples": 2, "temperature": 0.5} for e in evals)
     assert all("best_of_k" in e.metrics and "sample_mean" in e.metrics for e in evals)

@@ -17,8 +17,8 @@ from sia_engine.sandbox.confine import namespace_launcher
 from sia_engine.sandbox.jail import landlock_available, run_python
 
 ROOT = Path(__file__).resolve().parents[3]
-needs_landlock = pytest.mark.skipif(not landlock_available(), reason="the kernel has no Landlock: reads are not confined (see the README's table)")
-needs_namespaces = pytest.mark.skipif(namespace_launcher() is None, reason="no network/PID namespaces here (see the README's table)")
+needs_landlock = pytest.mark.skipif(not landlock_available(), reason="the kernel has no Landlock: reads are not confined (see the table in docs/sandbox.md)")
+needs_namespaces = pytest.mark.skipif(namespace_launcher() is None, reason="no network/PID namespaces here (see the table in docs/sandbox.md)")
 
 
 def scanpy_data() -> Path:
