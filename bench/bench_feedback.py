@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sia_engine.domain.events import ActionTaken, FeedbackVerdict, decode_envelope  # noqa: E402
+from sia_engine.domain.events import ActionTaken, FeedbackVerdict, decode_envelope
 
 
 def run_one(root: Path, task_name: str, model, policy: str, seed: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -25,9 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sia_engine.domain.events import (  # noqa: E402
+from sia_engine.domain.events import (
     ActionTaken,
     Event,
     FeedbackVerdict,
@@ -40,13 +38,13 @@ from sia_engine.domain.events import (  # noqa: E402
     VersionRejected,
     encode,
 )
-from sia_engine.domain.history import History, fork, rebuild  # noqa: E402
-from sia_engine.domain.integrity import verify_store  # noqa: E402
-from sia_engine.domain.scaffold import PatchOp, Scaffold, apply_patch, scaffold_hash  # noqa: E402
-from sia_engine.domain.state import AgentState, apply, reduce, version_id  # noqa: E402
-from store import DuckEventLog, NewEvent, event_id  # noqa: E402
-from store.duck import _DDL  # noqa: E402
-from store.duck_write import _ARROW_SCHEMA  # noqa: E402
+from sia_engine.domain.history import History, fork, rebuild
+from sia_engine.domain.integrity import verify_store
+from sia_engine.domain.scaffold import PatchOp, Scaffold, apply_patch, scaffold_hash
+from sia_engine.domain.state import AgentState, apply, reduce, version_id
+from store import DuckEventLog, NewEvent, event_id
+from store.duck.schema import DDL
+from store.duck.write import ARROW_SCHEMA
 
 BASE = ModelRef(id="bench/base", revision="r", weights_hash="0" * 64)
 
@@ -154,9 +152,9 @@ def bench_size(n: int, batch: int, tmp: Path) -> None:
             pa.array(range(s, s + k), pa.int64()), pa.array([x.kind for x in news[s:s + k]], pa.string()),
             pa.array([x.schema for x in news[s:s + k]], pa.int32()), pa.array([now] * k, pa.timestamp("us", tz="UTC")),
             pa.array([x.payload.decode() for x in news[s:s + k]], pa.string()),
-        ], schema=_ARROW_SCHEMA))
+        ], schema=ARROW_SCHEMA))
     raw = {}
-    for label, ddl in [("same DDL", _DDL), ("no constraints", _DDL.replace(", PRIMARY KEY (branch, seq)", ""))]:
+    for label, ddl in [("same DDL", DDL), ("no constraints", DDL.replace(", PRIMARY KEY (branch, seq)", ""))]:
         p = tmp / f"raw-{label.replace(' ', '_')}-{n}.duckdb"
         con = duckdb.connect(str(p))
         con.execute(ddl)

@@ -22,16 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sia_engine.domain.events import FeedbackVerdict, TrainingPlan  # noqa: E402
-from sia_engine.domain.scaffold import PatchOp  # noqa: E402
-from sia_engine.loop.feedback.rule import Context, Decision  # noqa: E402
-from sia_engine.loop.loop import Loop, LoopConfig  # noqa: E402
-from sia_engine.loop.task import Task  # noqa: E402
-from sia_engine.models.protocol import LoraSettings, Request, ScriptedModel  # noqa: E402
-from store import BlobStore, MemoryEventLog, Store  # noqa: E402
-from tasks import get_task  # noqa: E402
+from sia_engine.domain.events import FeedbackVerdict, TrainingPlan
+from sia_engine.domain.scaffold import PatchOp
+from sia_engine.loop.feedback.rule import Context, Decision
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.loop.task import Task
+from sia_engine.models.protocol import LoraSettings, Request, ScriptedModel
+from store import BlobStore, MemoryEventLog, Store
+from tasks import get_task
 
 TASK = get_task("arith")
 GOLD = {e.input: e.gold for s in ("train", "val") for e in TASK.episodes(s)}

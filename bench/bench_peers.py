@@ -39,8 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from sia_engine.domain.events import ModelRef
+
+BASE = ModelRef(id="test/base", revision="r1", weights_hash="0" * 64)  # the base model the histories name (none runs)
 
 PEERS = ["eventsourcing==9.5.6", "langgraph-checkpoint-sqlite==3.1.2"]
 
@@ -70,7 +71,6 @@ class Ours:
         from sia_engine.domain.history import History
         from sia_engine.domain.scaffold import Scaffold
         from store import Store
-        from tests.strategies import BASE
 
         self.store = Store.create(d / "ours")
         self.store.log.init_branch("main")
@@ -299,7 +299,6 @@ def growth_bytes(d: Path, steps: int) -> dict[str, float]:
     )
     from sia_engine.domain.state import version_id
     from store import Store
-    from tests.strategies import BASE
 
     example = "Q: A man took a phone from a shop without paying. Which charge applies? A: theft. " * 3
     out: dict[str, float] = {}

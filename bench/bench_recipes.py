@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sia_engine.models.protocol import LoraSettings, Request, TrainExample  # noqa: E402
+from sia_engine.models.protocol import LoraSettings, Request, TrainExample
 
 
 def _scrna_examples(model, n_eps: int = 4, k: int = 4) -> tuple[list[TrainExample], int, float]:  # type: ignore[no-untyped-def]

@@ -2,6 +2,9 @@
 
     python bench/bench_replay.py [--sizes 10000,1000000] [--store PATH]
 
+(A script, not a module: it imports ``bench_log`` from its own folder, which Python puts first
+on ``sys.path`` for a script; the rest comes from the installed project.)
+
 1. Recorded replay against the run that produced the log: a tiny-model run on arith (4
    iterations, 2 samples per episode) timed live, then ``replay_recorded`` of its branch (every
    output re-scored, rule verdicts and gate decisions recomputed). With ``--store PATH`` also the
@@ -31,16 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_log import synthetic_events
 
-from bench.bench_log import synthetic_events  # noqa: E402
-from replay.recorded import replay_recorded  # noqa: E402
-from sia_engine.domain.events import ActionTaken  # noqa: E402
-from sia_engine.domain.history import History, fork, rebuild  # noqa: E402
-from sia_engine.loop.feedback.rule import RulePolicy  # noqa: E402
-from sia_engine.loop.loop import Loop, LoopConfig  # noqa: E402
-from sia_engine.models.protocol import LoraSettings  # noqa: E402
-from store import Store  # noqa: E402
+from replay.recorded import replay_recorded
+from sia_engine.domain.events import ActionTaken
+from sia_engine.domain.history import History, fork, rebuild
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.models.protocol import LoraSettings
+from store import Store
 
 
 def replay_vs_run(tmp: Path, store_path: str | None) -> None:

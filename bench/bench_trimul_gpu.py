@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from tasks.trimul.reference import RANKED, reference  # noqa: E402
-from tasks.trimul.timing import Incorrect, geometric_mean, time_shape  # noqa: E402
+from tasks.trimul.reference import RANKED, reference
+from tasks.trimul.timing import Incorrect, geometric_mean, time_shape
 
 
 def load_submission(path: str):  # type: ignore[no-untyped-def]

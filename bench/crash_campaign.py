@@ -26,14 +26,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from store import Store, StoreNotFound  # noqa: E402
+from store import Store, StoreNotFound
 
 CHILD = """
 import sys
-sys.path.insert(0, {root!r})
 from store import Store
 from sia_engine.loop.feedback.rule import RulePolicy
 from sia_engine.loop.loop import Loop, LoopConfig
@@ -51,8 +47,8 @@ print("done", flush=True)
 
 
 def start(store: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT)), str(store)], env=env,
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(store)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout is not None
     line = child.stdout.readline().strip()

@@ -8,12 +8,7 @@ It found (2026-11-26, H200): CUDA needs the PID namespace's own /proc (``--mount
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import sia_engine.sandbox.jail as sb  # noqa: E402
+import sia_engine.sandbox.jail as sb
 
 CODE = "import torch\nprint('cuda', torch.cuda.is_available())"
 

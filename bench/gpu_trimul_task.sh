@@ -50,4 +50,5 @@ with Store.create(tempfile.mkdtemp()) as s:
     print("verify:", verify_store(s.log, s.blobs).ok)
 PY
 echo "--- bench_trimul_gpu.py (inputs on the GPU)"
-timeout 150 python3 bench/bench_trimul_gpu.py tests/fixtures/trimul/correct.py --max-reps 10
+# the project is not installed on that machine: the checkout itself is the import path
+timeout 150 env PYTHONPATH="$PWD" python3 bench/bench_trimul_gpu.py tests/fixtures/trimul/correct.py --max-reps 10

@@ -32,15 +32,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sia_engine.errors import SiaError  # noqa: E402
-from store import Store, StoreError  # noqa: E402
+from sia_engine.errors import SiaError
+from store import Store, StoreError
 
 CRASHED_WRITER = """
 import os, sys
-sys.path.insert(0, {root!r})
 from store import Store
 from sia_engine.domain.events import ActionTaken
 from sia_engine.domain.history import History
@@ -48,8 +44,8 @@ s = Store.open(sys.argv[1])
 h = History.open(s.log, "main", blobs=s.blobs)
 head = str(h.state.head)
 for i in range(1100):
-    h.record(ActionTaken(action_id=f"probe{{i}}", episode_id="e", version_id=head, actor="tool", name="probe",
-                         inputs={{"i": i}}, outputs={{"ok": True}}))
+    h.record(ActionTaken(action_id=f"probe{i}", episode_id="e", version_id=head, actor="tool", name="probe",
+                         inputs={"i": i}, outputs={"ok": True}))
 os._exit(0)  # no close: DuckDB's WAL and the journal stay as a killed writer leaves them
 """
 
@@ -66,7 +62,7 @@ def build(folder: Path) -> Path:
     with Store.create(path) as s:
         cfg = LoopConfig(task="arith", iterations=3, train_episodes=6, val_episodes=6, samples=2, lora=LoraSettings(steps=2))
         Loop(s, task=get_task("arith"), model=tiny_model(), feedback=RulePolicy(), config=cfg).run()
-    subprocess.run([sys.executable, "-c", CRASHED_WRITER.format(root=str(ROOT)), str(path)], check=True)
+    subprocess.run([sys.executable, "-c", CRASHED_WRITER, str(path)], check=True)
     return path
 
 

@@ -1,4 +1,4 @@
-"""The reliability campaigns in their short mode (long mode by hand: see README "What we test")."""
+"""The reliability campaigns in their short mode (long mode by hand: see docs/testing.md)."""
 
 from __future__ import annotations
 
