@@ -12,6 +12,8 @@ Schema evolution, as pyeventsourcing does it: an event stored at an older schema
 read, one step at a time (``UPCASTERS[(kind, n)]`` turns a schema-n payload into schema n+1), and
 then decoded as today's class. Stored bytes are never rewritten (their ids hash them); a schema
 newer than this engine's, or an older one without a path of upcasters, is ``UnknownSchema``.
+Each kind's reducer is ``_HANDLERS[EventClass]`` (``state.py``), its read models
+``projection.readers(kind)``; who produces and replays it: the table in ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ Hex64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]  # \Z: "$" woul
 Lever = Literal["scaffold", "weights", "none"]
 Split = Literal["train", "val", "test"]
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+_T = TypeVar("_T")
 
 
 class ModelRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -151,11 +154,17 @@ class ActionTaken(Event, tag="action_taken", frozen=True):
 
     def generate_inputs(self) -> GenerateInputs:
         """The request of a ``generate`` action, typed (``InvalidPayload`` if it is not one)."""
-        return _typed(self, GenerateInputs)
+        return self._inputs_as(GenerateInputs)
 
     def score_inputs(self) -> ScoreInputs:
         """The question and options of a ``feedback-score`` action, typed."""
-        return _typed(self, ScoreInputs)
+        return self._inputs_as(ScoreInputs)
+
+    def _inputs_as(self, cls: type[_T]) -> _T:
+        try:
+            return msgspec.convert(self.inputs, cls)
+        except msgspec.ValidationError as e:
+            raise InvalidPayload(self.kind(), f"$.inputs ({self.action_id}, {self.name})", str(e), None) from None
 
 
 class TrajectoryRecorded(Event, tag="trajectory_recorded", frozen=True):
@@ -325,16 +334,6 @@ def upcast_feedback_verdict_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
         plan = {**plan, "recipe": "sft" if plan.get("method") == "gold" else "rft"}
         return {**payload, "training_plan": plan}
     return payload
-
-
-_T = TypeVar("_T")
-
-
-def _typed(action: ActionTaken, cls: type[_T]) -> _T:
-    try:
-        return msgspec.convert(action.inputs, cls)
-    except msgspec.ValidationError as e:
-        raise InvalidPayload(action.kind(), f"$.inputs ({action.action_id}, {action.name})", str(e), None) from None
 
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

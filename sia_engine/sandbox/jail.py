@@ -3,7 +3,7 @@ PID namespaces, with a wall-time limit, a memory limit, a process limit, a scrat
 only writable place, and reads confined to the Python installation (less any distribution that
 holds a hidden path: the task's data) and the scratch folder. Its exit, stdout, stderr and every
 refused attempt come back in a ``SandboxResult`` for the log; ``isolation`` says which mechanisms
-were in force (Landlock, namespaces, a pids cgroup or RLIMIT_NPROC). How: ``sandbox_confine``.
+were in force (Landlock, namespaces, a pids cgroup or RLIMIT_NPROC). How: ``confine`` (the launcher and the read roots) and ``runner`` (the child that confines itself).
 
 The audit hook that records refusals is a guard against accidents, not a boundary (ctypes can
 bypass it); the kernel's Landlock rules and the namespaces are the boundary.
@@ -99,7 +99,7 @@ def run_python(
     ``protect``: paths (the store) whose writing is refused and recorded as such. ``hidden``:
     paths (a task's data and held-out splits) the code may not read: an installed distribution
     that holds one is left out of what is readable. ``max_procs`` bounds the processes;
-    ``devices`` names device classes the code may use (``"gpu"``). See ``sandbox_confine``."""
+    ``devices`` names device classes the code may use (``"gpu"``). See ``confine`` and ``runner``."""
     abi = landlock_available()
     launcher = namespace_launcher()
     hidden_all = tuple(sorted({os.path.realpath(os.fspath(p)) for p in (*protect, *hidden)}))
