@@ -27,6 +27,7 @@ from sia_engine.domain.events import (
 )
 from sia_engine.domain.payloads import ArmOverrides
 from sia_engine.domain.projection import Projection, Recorded, fold, records
+from sia_engine.errors import InvalidPayload
 from sia_engine.experiment.baselines import Baseline, baselines_from_records
 from store import EventLog, Store
 
@@ -226,12 +227,18 @@ def result_from_records(recs: Iterable[Recorded] | Mapping[str, Sequence[Recorde
 
 
 def experiment_names(own: Mapping[str, Sequence[Recorded]]) -> list[str]:
-    """Names of the experiments among branches' own records (from their arms' ``branch_forked``)."""
+    """Names of the experiments among branches' own records (from their arms' ``branch_forked``;
+    a fork whose overrides name an experiment but do not say an arm is not one of them)."""
     names: dict[str, None] = {}
     for rs in own.values():
         first = rs[0].event if rs else None
-        arm = first.arm() if isinstance(first, BranchForked) else None
-        if arm is not None and isinstance(first, BranchForked) and first.source_branch == f"{arm.experiment}-base":
+        if not isinstance(first, BranchForked):
+            continue
+        try:
+            arm = first.arm()
+        except InvalidPayload:
+            continue
+        if arm is not None and first.source_branch == f"{arm.experiment}-base":
             names[arm.experiment] = None
     return list(names)
 

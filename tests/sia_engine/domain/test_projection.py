@@ -124,3 +124,22 @@ def test_histories_from_own_events_are_what_the_log_reads(golden: MemoryEventLog
     for name in ("deeper", "side"):
         assert [e.id for e in histories(branches, own)[name]] == [e.id for e in golden2.read(name)]
     assert len(histories(branches, own)["side"]) == 21
+
+
+def test_a_fork_that_names_an_experiment_but_no_arm_does_not_stop_the_audit() -> None:
+    """Hostile: a fork recorded from Python with overrides {"experiment": ...} and nothing else."""
+    from replay.audit import audit_report
+    from sia_engine.domain.history import fork
+    from sia_engine.experiment.table import experiment_names, table_from_records
+
+    log, _, _ = replay(GOLDEN)
+    fork(log, "x-base", source="main", at_seq=20, reason="prefix")
+    fork(log, "x-arm", source="x-base", at_seq=0, reason="odd", overrides={"experiment": "x", "arm": 3})
+    own = {b.name: list(records(log, b.name, own=True)) for b in log.branches()}
+    assert experiment_names(own) == []
+    page, report = audit_report(log, None)
+    assert report.ok and "Branch x-arm" in page and "Experiments" not in page
+    from sia_engine.errors import InvalidPayload
+
+    with pytest.raises(InvalidPayload, match="overrides"):  # asked for by name, the arm is refused, saying why
+        table_from_records(own, "x")
