@@ -187,7 +187,8 @@ def _configure(cfg: dict[str, Any]) -> None:
     _PROTECTED_PREFIX = tuple(q + "/" for q in _PROTECTED)
     _EXE_DIR = os.path.dirname(os.path.realpath(sys.executable))
     _PROGRAMS = tuple(cfg.get("programs", ()))
-    _LOG = open(cfg["blocked_log"], "a", buffering=1)  # noqa: SIM115 - open for the process's life
+    # the refusals go to the parent through a pipe as they happen: the code may add to it, never take back
+    _LOG = os.fdopen(cfg["refusals_fd"], "w", buffering=1)  # noqa: SIM115 - open for the process's life
 
 
 def main() -> None:

@@ -1,0 +1,105 @@
+"""Issue 19's sandbox findings on the parent's side, each tried again: what the code leaves in its
+scratch folder is read back without following links and within bounds, the refusals reach the
+parent as they happen (the code cannot take one back), floods of output are not held, and the
+scratch folder goes whatever the code leaves in it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sia_engine.sandbox.jail import Capped, read_outputs, remove_tree, run_python
+
+
+def test_an_output_that_is_a_symlink_to_a_host_file_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    code = f"import os\nos.symlink({str(secret)!r}, 'res.txt')\nos.symlink('/dev/zero', 'zero.bin')\nos.mkdir('adir')\n"
+    r = run_python(code, outputs=["res.txt", "zero.bin", "adir"], timeout_s=30)
+    assert r.outputs == {}, r.outputs
+    assert "output res.txt: not read (a symlink)" in r.blocked and "output zero.bin: not read (a symlink)" in r.blocked
+    assert "output adir: not a regular file" in r.blocked
+    assert all("host secret" not in b for b in r.blocked) and r.status == "blocked"
+
+
+def test_an_output_over_its_limit_is_not_read(tmp_path: Path) -> None:
+    r = run_python("open('big.bin', 'wb').write(b'x' * 5000)\nopen('ok.bin', 'wb').write(b'y' * 10)",
+                   outputs=["big.bin", "ok.bin"], max_output_bytes=1000, timeout_s=30)
+    assert r.outputs == {"ok.bin": b"y" * 10} and "output big.bin: over 1000 bytes" in r.blocked
+
+
+def test_output_names_are_plain_names(tmp_path: Path) -> None:
+    got, refused = read_outputs(str(tmp_path), ["../etc/passwd", "a/b", ".."], 100)
+    assert got == {} and len(refused) == 3
+
+
+def test_the_refusal_record_cannot_be_erased_or_redirected(tmp_path: Path) -> None:
+    """The code used to be able to truncate `.blocked`, or point it at a host file whose lines came
+    back as "refusals"; now the refusals go down a pipe the parent reads."""
+    code = ("import os\n"
+            "try:\n    open('/etc/passwd')\nexcept PermissionError:\n    pass\n"
+            "for p in ('.blocked',):\n"
+            "    try:\n        os.remove(p)\n    except OSError:\n        pass\n"
+            "os.symlink('/etc/hostname', '.blocked')\n")
+    r = run_python(code, timeout_s=30)
+    assert r.blocked[:1] == ("read /etc/passwd",), r.blocked
+    hostname = Path("/etc/hostname").read_text().strip() if Path("/etc/hostname").exists() else None
+    assert not hostname or all(hostname != b for b in r.blocked)
+
+
+def test_a_flood_of_output_is_counted_not_held() -> None:
+    """500 MB on stdout once took the caller to 2.5 GB; the parent now keeps the head and counts the
+    rest. Measured in a fresh process, whose peak RSS says what it held."""
+    probe = ("import resource, sys\nfrom sia_engine.sandbox.jail import run_python\n"
+             "r = run_python('import sys\\nchunk = b\"x\" * (1 << 20)\\nfor _ in range(300):\\n    sys.stdout.buffer.write(chunk)\\n"
+             "    sys.stderr.buffer.write(chunk)\\n', timeout_s=120)\n"
+             "print(r.status, len(r.stdout), len(r.stderr), r.stdout.rsplit('[', 1)[-1], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    status, n_out, n_err, rss_kb = out[0], int(out[1]), int(out[2]), int(out[-1])
+    assert status == "ok" and n_out < 30_000 and n_err < 30_000
+    assert " ".join(out[3:-1]).startswith(str(300 * (1 << 20) - 80_000))  # "... [314492400 more bytes not kept]"
+    assert rss_kb < 400 * 1024, f"the caller held {rss_kb // 1024} MB for 600 MB of output"
+
+
+def test_capped_keeps_the_head_and_counts_the_rest() -> None:
+    c = Capped(5)
+    for chunk in (b"abc", b"defgh", b"ij"):
+        c.add(chunk)
+    assert (c.head, c.total) == (b"abcde", 10) and c.text().endswith("[5 more bytes not kept]")
+
+
+def test_no_file_may_outgrow_the_file_limit() -> None:
+    r = run_python("open('big', 'wb').write(b'x' * (4 << 20))", max_file_bytes=1 << 20, timeout_s=30)
+    assert r.status == "error" and "File too large" in r.stderr and "rlimit-fsize" in r.isolation
+
+
+def test_the_scratch_folder_goes_whatever_the_code_leaves(tmp_path: Path) -> None:
+    code = ("import os\nprint(os.getcwd())\nfd = os.open('.', os.O_RDONLY)\n"
+            "for _ in range(3000):  # deeper than Python's recursion limit\n"
+            "    os.mkdir('d', dir_fd=fd)\n    new = os.open('d', os.O_RDONLY, dir_fd=fd)\n    os.close(fd)\n    fd = new\n"
+            "os.mkdir('ro')\nopen('ro/f', 'w').write('x')\nos.chmod('ro', 0o500)\n")
+    r = run_python(code, timeout_s=60)
+    assert r.status == "ok", r.stderr
+    assert not os.path.exists(r.stdout.strip())
+
+
+def test_remove_tree_takes_an_immutable_file(tmp_path: Path) -> None:
+    import fcntl
+    import struct
+
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    (folder / "stuck").write_text("x")
+    fd = os.open(folder / "stuck", os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, 0x40086602, struct.pack("l", 0x10))  # FS_IOC_SETFLAGS: FS_IMMUTABLE_FL
+    except OSError as e:
+        pytest.skip(f"this file system or user cannot set the immutable flag ({e.strerror})")
+    finally:
+        os.close(fd)
+    remove_tree(str(folder))
+    assert not folder.exists()
