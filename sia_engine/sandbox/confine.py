@@ -37,14 +37,14 @@ _SYSTEM_READ = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/
 
 @functools.lru_cache(maxsize=1)
 def namespace_launcher() -> tuple[str, ...] | None:
-    """The ``unshare`` command line that gives a new network and PID namespace here, or None
+    """The ``unshare`` command line that gives new network, PID, IPC, UTS and mount namespaces here, or None
     (no ``unshare``, or the kernel refuses: then the sandbox runs without namespaces, and says so)."""
     exe = shutil.which("unshare")
     if exe is None:
         return None
     # --mount-proc: a /proc of the new PID namespace (CUDA does not start in a PID namespace that
     # sees the host's /proc; and the host's processes are not listed inside)
-    args = (exe, *(() if os.geteuid() == 0 else ("--user", "--map-root-user")), "--net", "--pid", "--fork", "--kill-child",
+    args = (exe, *(() if os.geteuid() == 0 else ("--user", "--map-root-user")), "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
             "--mount", "--mount-proc", "--")
     try:
         ok = subprocess.run([*args, sys.executable, "-c", "pass"], capture_output=True, timeout=20).returncode == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sia_engine.sandbox.confine import namespace_launcher
 from sia_engine.sandbox.jail import Capped, read_outputs, remove_tree, run_python
 
 
@@ -103,3 +104,41 @@ def test_remove_tree_takes_an_immutable_file(tmp_path: Path) -> None:
         os.close(fd)
     remove_tree(str(folder))
     assert not folder.exists()
+
+
+needs_namespaces = pytest.mark.skipif(namespace_launcher() is None, reason="no namespaces here (see the table in docs/sandbox.md)")
+
+PRIVILEGES = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def err(rc):
+    return 0 if rc != -1 else ctypes.get_errno()
+class Param(ctypes.Structure):
+    _fields_ = [("priority", ctypes.c_int)]
+caps = {l.split(':')[0]: l.split()[1] for l in open('/proc/self/status') if l.startswith('Cap')}
+print(caps['CapEff'], caps['CapBnd'])
+print(err(libc.sethostname(b'owned', 5)), err(libc.sched_setscheduler(0, 1, ctypes.byref(Param(10)))))
+print(err(libc.shmget(KEY, 0, 0)))
+"""
+
+
+@needs_namespaces
+def test_the_code_has_no_capabilities_and_sees_no_host_ipc_or_hostname() -> None:
+    """Finding 2: as root the code had almost every capability and the host's IPC and UTS
+    namespaces: it read the parent's SysV shared memory, sethostname and SCHED_FIFO succeeded."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = 0x51A5000 + os.getpid() % 4096
+    shm = libc.shmget(key, 4096, 0o1600)  # IPC_CREAT | 0600: a segment of the parent's
+    assert shm >= 0, ctypes.get_errno()
+    try:
+        r = run_python(PRIVILEGES.replace("KEY", str(key)), timeout_s=30)
+    finally:
+        libc.shmctl(shm, 0, None)  # IPC_RMID
+    assert r.status == "ok", r.stderr
+    cap_eff, cap_bnd, hostname, fifo, shm_seen = r.stdout.split()
+    assert cap_eff == cap_bnd == "0000000000000000"
+    assert int(hostname) == errno.EPERM and int(fifo) == errno.EPERM
+    assert int(shm_seen) == errno.ENOENT  # another IPC namespace: the parent's segment does not exist there
