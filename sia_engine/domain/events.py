@@ -169,7 +169,7 @@ class ActionTaken(Event, tag="action_taken", frozen=True):
 
 class TrajectoryRecorded(Event, tag="trajectory_recorded", frozen=True):
     """One output for an episode (sample ``sample`` of the k drawn for it), its score and the
-    task's failure class (``failure``: none, format, abstain or content; empty in older logs)."""
+    task's failure class (``failure``: none, format, abstain, content or tampering; empty in older logs)."""
 
     trajectory_id: str
     episode_id: str
@@ -180,7 +180,7 @@ class TrajectoryRecorded(Event, tag="trajectory_recorded", frozen=True):
     metrics: dict[str, float] = {}
     action_ids: tuple[str, ...] = ()
     sample: NonNeg = 0
-    failure: Literal["none", "format", "abstain", "content", ""] = ""
+    failure: Literal["none", "format", "abstain", "content", "tampering", ""] = ""
 
 
 class FeedbackVerdict(Event, tag="feedback_verdict", frozen=True):

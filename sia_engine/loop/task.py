@@ -14,7 +14,8 @@ from sia_engine.models.protocol import Message
 
 __all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "NeedsResources", "chat_messages"]
 
-Failure = Literal["none", "format", "abstain", "content"]
+# tampering: the output interfered with its own scoring (the scorer's channel forged, timings impossible)
+Failure = Literal["none", "format", "abstain", "content", "tampering"]
 
 
 class Episode(msgspec.Struct, frozen=True):

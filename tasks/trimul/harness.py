@@ -13,6 +13,7 @@ from typing import Literal
 
 import msgspec
 import safetensors.torch
+import torch
 
 from sia_engine.sandbox.jail import SandboxResult, run_python
 from tasks.trimul.reference import check, generate_input, reference
@@ -50,6 +51,7 @@ class CaseResult(msgspec.Struct, frozen=True):
     case: Case
     correct: bool
     reason: str
+    tampered: bool = False  # the output file is not what the harness writes (the submission wrote it)
 
 
 def run_submission(
@@ -69,14 +71,25 @@ def run_submission(
         refs.append(reference(x, mask, w))
     env = {"TRITON_INTERPRET": "1"} if interpret else {}
     res = run_python(_MAIN, files=files, outputs=[f"out{i}.safetensors" for i in range(len(cases))], timeout_s=timeout_s,
-                     memory_mb=memory_mb, protect=protect, env=env, devices=() if interpret else ("gpu",))
+                     memory_mb=memory_mb, protect=protect, env=env, devices=() if interpret else ("gpu",),
+                     max_output_bytes=max(4 * c.bs * c.n * c.n * c.dim for c in cases) + (1 << 12))  # a float32 output and its header
     results = []
     for i, (c, ref) in enumerate(zip(cases, refs, strict=True)):
         name = f"out{i}.safetensors"
         if name not in res.outputs:
-            results.append(CaseResult(c, False, f"no output ({res.status}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'no error text'})"))
+            last = res.stderr.strip().splitlines()[-1][-800:] if res.stderr.strip() else "no error text"
+            results.append(CaseResult(c, False, f"no output ({res.status}: {last})", tampered=any(b.startswith("output ") for b in res.blocked)))
             continue
-        out = safetensors.torch.load(res.outputs[name])["out"]
-        ok, why = check(out, ref)
-        results.append(CaseResult(c, ok, why))
+        results.append(_checked(c, res.outputs[name], ref))
     return res, results
+
+
+def _checked(case: Case, data: bytes, ref: torch.Tensor) -> CaseResult:
+    """One case's output against the reference; an output file the harness could not have written
+    (not safetensors, no ``out`` tensor) is a tampered case, never an exception."""
+    try:
+        out = safetensors.torch.load(data)["out"]
+    except Exception as e:  # noqa: BLE001 - whatever the bytes make the reader raise (SafetensorError, KeyError, ...)
+        return CaseResult(case, False, f"the output file is not what the harness writes ({type(e).__name__})", tampered=True)
+    ok, why = check(out, ref)
+    return CaseResult(case, ok, why)

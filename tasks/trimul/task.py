@@ -19,23 +19,28 @@ import ast
 import hashlib
 import inspect
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
+
 from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Decoding, Scaffold
 from sia_engine.errors import SiaError
-from sia_engine.loop.task import Episode, Score, chat_messages
+from sia_engine.loop.task import Episode, Failure, Score, chat_messages
 from sia_engine.models.protocol import Message
-from sia_engine.sandbox.jail import run_python
+from sia_engine.sandbox.jail import SandboxResult, run_python
 from tasks.trimul.harness import Case, run_submission
 from tasks.trimul.reference import HIDDEN, RANKED, TEST_SHAPES
 from tasks.trimul.reference import reference as reference_fn
 
-__all__ = ["TriMul", "TaskUnavailable", "parse_kernel"]
+__all__ = ["TriMul", "TaskUnavailable", "parse_kernel", "TimedResult", "timed_score"]
 
 _HERE = Path(__file__).resolve().parent
+_MAX_RESULT = 1 << 16  # bytes of result.json read back (the harness writes a few hundred)
+_MAX_REASON = 800  # characters of an error's text kept in the tool event
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
 _MAIN = '''
@@ -162,23 +167,61 @@ class TriMul:
         case = Case(n=32, bs=1, dim=128, masked=bool(m["masked"]), dist=m["dist"], seed=int(m["seed"]))
         res, results = run_submission(src, [case], interpret=True, timeout_s=self.timeout_s, protect=self.protect)
         ok = all(r.correct for r in results)
+        failure: Failure = "none" if ok else ("tampering" if any(r.tampered for r in results) else "content")
         call = ToolCall(name="sandbox", inputs={"case": [32, 1, 128, case.masked, case.dist], "interpret": True},
-                        outputs={"status": res.status, "correct": ok, "reason": results[0].reason, "stderr": res.stderr[-2000:],
+                        outputs={"status": res.status, "correct": ok, "reason": results[0].reason[-_MAX_REASON:], "stderr": res.stderr[-2000:],
                             "isolation": list(res.isolation)})
-        return Score(1.0 if ok else 0.0, "none" if ok else "content", {"valid": 1.0, "correct": float(ok), "timed": 0.0}, (call,))
+        return Score(1.0 if ok else 0.0, failure, {"valid": 1.0, "correct": float(ok), "timed": 0.0}, (call,))
 
     def _timed(self, episode: Episode, src: str) -> Score:
         m = episode.meta
         spec = {**{k: m[k] for k in ("n", "bs", "dim", "masked", "dist", "seed")}, "reps": self.reps}
         files = {"submission.py": src.encode(), "episode.json": json.dumps(spec).encode(),
                  "reference.py": (_HERE / "reference.py").read_bytes(), "timing.py": (_HERE / "timing.py").read_bytes()}
-        res = run_python(_MAIN, files=files, outputs=["result.json"], timeout_s=self.timeout_s, protect=self.protect, devices=("gpu",))
-        got: dict[str, Any] = json.loads(res.outputs["result.json"]) if "result.json" in res.outputs else {
-            "status": res.status, "reason": (res.stderr.strip().splitlines() or ["no error text"])[-1]}
-        call = ToolCall(name="sandbox", inputs={"episode": spec}, outputs={**got, "sandbox": res.status, "wall_s": res.wall_s,
-                                                                              "isolation": list(res.isolation)})
-        if got.get("status") != "ok":
-            return Score(0.0, "content", {"valid": 1.0, "correct": 0.0}, (call,))
-        speedup = float(got["ref_us"]) / float(got["sub_us"])
-        return Score(round(speedup, 6), "none", {"valid": 1.0, "correct": 1.0, "speedup": speedup, "sub_us": float(got["sub_us"]),
-                                                "ref_us": float(got["ref_us"])}, (call,))
+        res = run_python(_MAIN, files=files, outputs=["result.json"], timeout_s=self.timeout_s, protect=self.protect, devices=("gpu",),
+                         max_output_bytes=_MAX_RESULT)
+        return timed_score(res, spec)
+
+
+class TimedResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the timing harness (``_MAIN``) writes to ``result.json``, and nothing else."""
+
+    status: Literal["ok", "import", "incorrect", "error"]
+    reason: str = ""
+    ref_us: float | None = None
+    sub_us: float | None = None
+    reps: int | None = None
+
+    def timings_possible(self) -> bool:
+        return (self.ref_us is not None and self.sub_us is not None and self.reps is not None and self.reps >= 1
+                and all(math.isfinite(t) and t > 0 for t in (self.ref_us, self.sub_us)))
+
+
+def timed_score(res: SandboxResult, spec: dict[str, Any]) -> Score:
+    """The score of a timed run from what its sandbox returned. Whatever the submission did to the
+    result channel is a typed failure with bounded text, never an exception: no ``result.json``
+    is a ``content`` failure (it crashed, timed out, was refused); one the harness could not have
+    written (not JSON, not its fields, impossible timings) is ``tampering``."""
+    about = {"sandbox": res.status, "wall_s": res.wall_s, "isolation": list(res.isolation), "blocked": list(res.blocked[:20])}
+    raw = res.outputs.get("result.json")
+    if raw is None:
+        why = (res.stderr.strip().splitlines() or ["no error text"])[-1][-_MAX_REASON:]
+        return _failed(spec, "content", {"status": res.status, "reason": why, **about})
+    try:
+        got = msgspec.json.decode(raw, type=TimedResult)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return _failed(spec, "tampering", {"status": "tampering", "reason": f"result.json is not what the harness writes: {str(e)[:200]}", **about})
+    outputs = {**msgspec.to_builtins(msgspec.structs.replace(got, reason=got.reason[-_MAX_REASON:])), **about}
+    if got.status != "ok":
+        return _failed(spec, "content", outputs)
+    if not got.timings_possible():
+        return _failed(spec, "tampering", {**outputs, "status": "tampering", "reason": "timings no run can give (zero, negative or not finite)"})
+    assert got.ref_us is not None and got.sub_us is not None
+    speedup = got.ref_us / got.sub_us
+    return Score(round(speedup, 6), "none", {"valid": 1.0, "correct": 1.0, "speedup": speedup, "sub_us": got.sub_us, "ref_us": got.ref_us},
+                 (ToolCall(name="sandbox", inputs={"episode": spec}, outputs=outputs),))
+
+
+def _failed(spec: dict[str, Any], failure: Failure, outputs: dict[str, Any]) -> Score:
+    metrics = {"valid": 1.0, "correct": 0.0, **({"tampering": 1.0} if failure == "tampering" else {})}
+    return Score(0.0, failure, metrics, (ToolCall(name="sandbox", inputs={"episode": spec}, outputs=outputs),))

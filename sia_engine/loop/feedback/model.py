@@ -54,7 +54,7 @@ _SYSTEM = ("You are the Feedback Agent of a self-improving agent. You read what 
 # option texts share no word with the iteration's summary, so that calibration measures evidence,
 # not a word the summary happens to repeat (a first version wrote "none" in both and SmolLM2 chose it 10 times in 10)
 LEVER_LABELS = {"scaffold": "a change to its prompt", "weights": "training its weights", "none": "nothing this time"}
-_CLASS = {"none": "right", "format": "badly formatted", "abstain": "abstained", "content": "wrong"}
+_CLASS = {"none": "right", "format": "badly formatted", "abstain": "abstained", "content": "wrong", "tampering": "tampered with its scoring"}
 _QUESTIONS = {
     "lever": "What should improve the agent next: a change to its prompt, training its weights, or nothing?",
     "recipe": "Which training recipe should the adapter learn with?",
