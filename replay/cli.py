@@ -18,6 +18,7 @@ from sia_engine.cli.api import (
     open_store,
     out,
     store_options,
+    styled,
 )
 from store.files import atomic_write
 
@@ -85,7 +86,7 @@ def audit(store_path: str, as_json: bool, out_path: str, data: str | None) -> No
     if as_json:
         emit_json(info)
     else:
-        out.print(f"audit report written to [bold]{info['report']}[/] ({'verified' if report.ok else 'NOT verified'})", highlight=False)
+        out.print(styled("audit report written to ", (str(info["report"]), "bold"), f" ({'verified' if report.ok else 'NOT verified'})"))
     if not report.ok:
         sys.exit(1)
 
@@ -307,11 +308,11 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
     if as_json:
         emit_json({"ok": True, **data_out})
     elif mode == "recorded":
-        out.print(f"[green]REPLAYS[/]: {data_out['n_events']} events of {branch}; {data_out['rescored']} outputs re-scored, "
+        out.print(styled(("REPLAYS", "green"), f": {data_out['n_events']} events of {branch}; {data_out['rescored']} outputs re-scored, "
                   f"{data_out['evaluations']} evaluations, {data_out['verdicts']} rule verdicts, {data_out['choices']} model choices and {data_out['decisions']} gate "
-                  f"decisions recomputed, all as recorded; state {data_out['state_hash'][:16]}", highlight=False)
+                  f"decisions recomputed, all as recorded; state {data_out['state_hash'][:16]}"))
         for why in data_out["skipped"]:
-            out.print(f"[yellow]not recomputed[/]: {why}", highlight=False)
+            out.print(styled(("not recomputed", "yellow"), f": {why}"))
     else:
         out.print(f"{data_out['identical']} of {data_out['outputs']} outputs identical ({data_out['share_identical']:.1%})", highlight=False)
         if data_out["first_divergence"]:
@@ -328,7 +329,7 @@ def _replay_recorded(s: Store, branch: str, task: Task | None, as_json: bool) ->
         if as_json:
             emit_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got})
         else:
-            out.print(f"[bold red]DIVERGES[/]: {e}", highlight=False, soft_wrap=True)
+            out.print(styled(("DIVERGES", "bold red"), f": {e}"), soft_wrap=True)
         raise SystemExit(1) from None
 
 

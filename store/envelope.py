@@ -37,7 +37,9 @@ __all__ = [
     "seal",
 ]
 
-_BRANCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+# segments of letters, digits and ._- (each starting with a letter or digit) joined by single "/":
+# no empty, "." or ".." segment, no leading or trailing "/" (a name is never a path that climbs)
+_BRANCH_RE = re.compile(r"(?=.{1,128}\Z)[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _KIND_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 MAX_SCHEMA = 2**31 - 1
 
@@ -131,7 +133,8 @@ def check_branch_name(name: object) -> str:
         raise InvalidName(
             "branch name",
             name,
-            "use 1-128 characters of letters, digits and ._/-, starting with a letter or digit",
+            "use 1-128 characters: letters, digits and ._- in parts joined by single '/', each part starting with a "
+            "letter or digit (e.g. main, exp-both-s0, team/try.2)",
         )
     return name
 

@@ -9,7 +9,7 @@ import click
 import msgspec
 from rich.table import Table
 
-from sia_engine.cli.api import emit_json, err, fail, out
+from sia_engine.cli.api import emit_json, err, fail, out, styled
 from sia_engine.errors import SiaError
 
 __all__ = ["baseline", "score"]
@@ -83,7 +83,7 @@ def score(benchmark: str, predictions: str, as_json: bool) -> None:
                 try:
                     result = score_file(task, load_predictions(path))
                 except KeyError:
-                    err.print(f"[yellow]skipped {path}: no LawBench task {task!r}[/]", highlight=False)
+                    err.print(styled((f"skipped {path}: no LawBench task {task!r}", "yellow")))
                     continue
                 rows.append({"task": task, "model": model, "score": result["score"],
                              "abstention_rate": result["abstention_rate"], "simplified": bool(result["simplified"])})

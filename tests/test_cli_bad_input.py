@@ -16,7 +16,8 @@ from store import Store
 junk = st.one_of(
     st.text(max_size=24),
     st.sampled_from(["main", "main-whatif", "main@0", "main@-1", "main@99999", "x@y", "@", "-1", "0", "nan", "inf", "1e400",
-                     "../../etc/passwd", "ab", "f" * 64, "main#3", "main#-2", "'; DROP TABLE events; --", "\x00", "é"]),
+                     "../../etc/passwd", "ab", "f" * 64, "main#3", "main#-2", "'; DROP TABLE events; --", "\x00", "é",
+                     "[/x]", "[bold red]x", "main@0[/]", "[/INST]", "[link=file:///etc/passwd]x[/link]"]),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
 )
 
@@ -57,3 +58,17 @@ def test_no_input_makes_a_traceback(tmp_path_factory) -> None:  # type: ignore[n
         shutil.rmtree(store.parent)
 
     run()
+
+
+def test_markup_in_user_text_is_printed_as_it_is(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 19, finding 14: rich markup in a branch name, a ref, a store path or a SQL cell was a
+    MarkupError traceback, or was rendered."""
+    store = tmp_path / "s"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store)]).exit_code == 0
+    for argv in (["fork", "main@0", "[/x]"], ["show", "[/x]"], ["log", "--branch", "[/x]"], ["rollback", "[/x]", "v", "--reason", "[/y]"]):
+        r = CliRunner().invoke(main, [*argv, "--store", str(store)])
+        assert r.exit_code == 2 and r.output.startswith("error:") and "[/x]" in r.output, (argv, r.output)
+    r = CliRunner().invoke(main, ["verify", "--store", str(tmp_path / "no[/x]store")])
+    assert r.exit_code == 2 and "no[/x]store" in r.output
+    r = CliRunner().invoke(main, ["sql", "SELECT '[/INST]' AS a, '[bold red]x[/]' AS b", "--store", str(store)])
+    assert r.exit_code == 0 and "[/INST]" in r.output and "[bold red]x[/]" in r.output, r.output

@@ -11,17 +11,25 @@ from typing import Any, NoReturn, TypeVar
 import click
 import msgspec
 from rich.console import Console
+from rich.text import Text
 
 from sia_engine.errors import SiaError
 from sia_engine.loop.task import NeedsResources, Task
 from sia_engine.models.protocol import Labelled, Model
 from store import Envelope, Store, StoreError
 
-__all__ = ["out", "err", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
+__all__ = ["out", "err", "styled", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console()
-err = Console(stderr=True)
+# markup off: user and model text (branch names, SQL cells, model output) is printed as it is, never
+# read as rich markup; the engine styles its own words with ``styled``
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text of plain parts and (text, style) parts: styling that no user text can open or close."""
+    return Text.assemble(*parts)
 
 
 def to_json(obj: Any) -> str:
@@ -58,7 +66,7 @@ def open_store(path: str, *, read_only: bool = False) -> Iterator[Store]:
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(styled(("error:", "bold red"), f" {msg}"), soft_wrap=True)
     sys.exit(code)
 
 
@@ -100,5 +108,5 @@ def load_agent_model(model_spec: str, openai_url: str | None, openai_model: str 
     except ValueError as e:  # a device that is not here
         fail(str(e))
     if isinstance(model, Labelled) and model.label:
-        err.print(f"[yellow]{model_spec}: {model.label}[/]", highlight=False)
+        err.print(styled((f"{model_spec}: {model.label}", "yellow")))
     return model

@@ -87,7 +87,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     from sia_engine.cli.progress import RichHooks
 
     with Store.create(store_path) as s:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, disable=as_json) as bar:
             result = run_experiment(s, task=task, model=model, feedback=RulePolicy, config=config, name=name, arms=chosen,
                                     seeds=tuple(range(seeds)), iterations=iterations, budget=limits, hooks=RichHooks(bar))
@@ -122,7 +122,7 @@ def print_result(result: ExperimentResult, task_name: str) -> None:
         t.add_row(r.arm, str(r.seed), "-" if r.test_score is None else f"{r.test_score:.3f}", "-" if r.val_score is None else f"{r.val_score:.3f}",
                   f"{r.iterations}{' (budget: ' + r.stopped + ')' if r.stopped else ''}", ",".join(r.levers_used) or "-", str(r.candidates),
                   str(r.accepted), str(r.evaluations), str(r.model_calls), str(r.train_steps), f"{r.wall_s:.0f}")
-    wide = out if out.is_terminal else Console(width=170)  # printed to a file or a pipe, the wide tables stay whole
+    wide = out if out.is_terminal else Console(width=170, markup=False)  # printed to a file or a pipe, the wide tables stay whole
     wide.print(t)
     b = Table(title="baselines (test split)")
     for col in ("baseline", "test per seed", "mean", "evaluations", "model calls", "how"):

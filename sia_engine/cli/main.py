@@ -29,6 +29,7 @@ from sia_engine.cli.api import (
     open_store,
     out,
     store_options,
+    styled,
 )
 from store import Envelope, RunsSql, Store
 
@@ -51,7 +52,7 @@ class _Sia(click.Group):
         try:
             return super().invoke(ctx)
         except (SiaError, StoreError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(styled(("error:", "bold red"), f" {e}"), soft_wrap=True)
             sys.exit(2)
 
 
@@ -84,7 +85,7 @@ def init(store_path: str, as_json: bool, branch: str) -> None:
     if as_json:
         emit_json(info)
     else:
-        out.print(f"store ready at [bold]{info['store']}[/] (branches: {', '.join(names)})", highlight=False)
+        out.print(styled("store ready at ", (str(info["store"]), "bold"), f" (branches: {', '.join(names)})"))
 
 
 @main.command()
@@ -192,17 +193,17 @@ def verify(store_path: str, as_json: bool, checkpoint: str | None, public_key: s
             sys.exit(1)
         return
     if journal:
-        out.print(f"[yellow]note[/]: {journal} events are in the journal, not yet in log.duckdb (a writer stopped without "
+        out.print(styled(("note", "yellow"), f": {journal} events are in the journal, not yet in log.duckdb (a writer stopped without "
                   "closing the store); they were verified from a private copy and the store was left as it is. The next "
-                  "read-write open (sia run, sia fork, ...) moves them in.", highlight=False)
+                  "read-write open (sia run, sia fork, ...) moves them in."))
     if report.ok:
         out.print(
-            f"[green]OK[/]: {report.n_events} events on {report.n_branches} branches, "
-            f"{report.n_blobs} blobs, {report.n_snapshots} snapshots verified"
-            + (f"; the log extends the signed checkpoint {checkpoint}" if checkpoint else ""), highlight=False, soft_wrap=True,
+            styled(("OK", "green"), f": {report.n_events} events on {report.n_branches} branches, "
+                   f"{report.n_blobs} blobs, {report.n_snapshots} snapshots verified"
+                   + (f"; the log extends the signed checkpoint {checkpoint}" if checkpoint else "")), soft_wrap=True,
         )
     else:
-        out.print(f"[bold red]FAILED[/]: {len(report.problems)} problem(s); first: {report.first}", highlight=False, soft_wrap=True)
+        out.print(styled(("FAILED", "bold red"), f": {len(report.problems)} problem(s); first: {report.first}"), soft_wrap=True)
         for p in report.problems[1:20]:
             out.print(f"  {p}", highlight=False, soft_wrap=True)
     if not report.ok:
@@ -312,7 +313,7 @@ def sql(store_path: str, as_json: bool, query: str, limit: int, max_bytes: int, 
             t.add_row(*("NULL" if v is None else str(v) for v in r))
         out.print(t)
     if truncated:  # on stderr, so that --json stays one document
-        err.print(f"[yellow]note[/]: {truncated}", highlight=False)
+        err.print(styled(("note", "yellow"), f": {truncated}"))
 
 
 @main.command()
@@ -358,9 +359,9 @@ def demo(store_path: str, as_json: bool, iterations: int, seed: int) -> None:
             sc = v.score()
             t.add_row(str(v.index), v.version_id[:12], v.lever, "-" if sc is None else f"{sc:.3f}", v.status)
         out.print(t)
-        verdict = "[green]verified[/]" if report.ok else f"[red]NOT verified: {report.first}[/]"
-        out.print(f"{summary['events']} events on {len(list(summary['branches']))} branches, {verdict}. "  # type: ignore[call-overload]
-                  f"Next: sia log --store {store_path} / sia branches / sia sql", highlight=False)
+        verdict = ("verified", "green") if report.ok else (f"NOT verified: {report.first}", "red")
+        out.print(styled(f"{summary['events']} events on {len(list(summary['branches']))} branches, ", verdict,  # type: ignore[call-overload]
+                         f". Next: sia log --store {store_path} / sia branches / sia sql"))
     if not report.ok:
         sys.exit(1)
 

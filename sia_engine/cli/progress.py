@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.progress import Progress
 
+from sia_engine.cli.api import styled
 from sia_engine.loop.hooks import Hooks
 
 __all__ = ["RichHooks", "describe_verdict"]
@@ -20,7 +21,7 @@ class RichHooks(Hooks):
         self.name = ""
 
     def iteration(self, index: int, total: int) -> None:
-        self.p.console.print(f"[bold]iteration {index + 1}/{total}[/]", highlight=False)
+        self.p.console.print(styled((f"iteration {index + 1}/{total}", "bold")))
 
     def phase(self, name: str, total: int | None) -> None:
         if self.task is not None:
@@ -33,15 +34,15 @@ class RichHooks(Hooks):
             self.p.update(self.task, advance=n, description=f"{self.name} (loss {loss:.3f})" if loss is not None else None)
 
     def note(self, message: str) -> None:
-        self.p.console.print(f"[yellow]note[/]: {message}", highlight=False)
+        self.p.console.print(styled(("note", "yellow"), f": {message}"))
 
     def verdict(self, verdict: Any) -> None:
         self.p.console.print(f"  feedback ({verdict.policy}): {describe_verdict(verdict)}", highlight=False, markup=False)
 
     def decided(self, candidate: Any, score: float, head_score: float | None, accepted: bool) -> None:
-        verdict = "[green]accepted[/]" if accepted else "[yellow]rejected[/]"
+        verdict = ("accepted", "green") if accepted else ("rejected", "yellow")
         hs = "-" if head_score is None else f"{head_score:.3f}"
-        self.p.console.print(f"  {candidate.lever} candidate {candidate.version_id[:12]}: val {score:.3f} vs head {hs} -> {verdict}", highlight=False)
+        self.p.console.print(styled(f"  {candidate.lever} candidate {candidate.version_id[:12]}: val {score:.3f} vs head {hs} -> ", verdict))
 
     def finished(self, state: Any) -> None:
         if self.task is not None:

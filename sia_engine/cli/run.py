@@ -25,6 +25,7 @@ from sia_engine.cli.api import (
     load_agent_model,
     out,
     store_options,
+    styled,
 )
 from sia_engine.cli.progress import RichHooks
 from sia_engine.domain.projection import RecipeByVersion, project
@@ -141,12 +142,12 @@ def _run_loop(s: Store, task: Task, model: Model, agent: FeedbackAgent, config: 
     """The loop run (or resumed) on ``s`` behind a progress bar (none when ``quiet``); Ctrl-C exits 130."""
     from sia_engine.loop.loop import Loop
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet) as bar:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=quiet) as bar:
         loop = Loop(s, task=task, model=model, feedback=agent, config=config, branch=branch, hooks=RichHooks(bar), engine_version=__version__)
         try:
             return loop.run()
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]: everything recorded so far is kept; run the same command to resume")
+            err.print(styled(("interrupted", "yellow"), ": everything recorded so far is kept; run the same command to resume"))
             sys.exit(130)
 
 

@@ -129,7 +129,7 @@ class LogContract:
         assert str(exc.value) == "branch 'mian' does not exist (existing: main); create it with init_branch() or fork()"
 
     def test_branch_names(self, log: EventLog) -> None:
-        for bad in ["", "-x", "a b", "a\nb", "x" * 129, None]:
+        for bad in ["", "-x", "a b", "a\nb", "x" * 129, None, "a/../../x", "a/", "a//b", "/a", "..", "a/.b", "a/-b"]:
             with pytest.raises(InvalidName):
                 log.init_branch(bad)  # type: ignore[arg-type]
         log.init_branch("exp/1.a_b-c")
