@@ -18,7 +18,7 @@ from sia_engine.loop.task import NeedsResources, Task
 from sia_engine.models.protocol import Labelled, Model
 from store import Envelope, Store, StoreError
 
-__all__ = ["out", "err", "styled", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
+__all__ = ["out", "err", "styled", "require_verified", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 # markup off: user and model text (branch names, SQL cells, model output) is printed as it is, never
@@ -68,6 +68,18 @@ def open_store(path: str, *, read_only: bool = False) -> Iterator[Store]:
 def fail(msg: str, code: int = 2) -> NoReturn:
     err.print(styled(("error:", "bold red"), f" {msg}"), soft_wrap=True)
     sys.exit(code)
+
+
+def require_verified(s: Store, command: str) -> None:
+    """Refuse (exit 2) to append to a store that does not verify: damage is reported, never built
+    upon. A full ``verify_store``: the chain, every event, every blob's bytes, every snapshot."""
+    from sia_engine.domain.integrity import verify_store
+
+    report = verify_store(s.log, s.blobs)
+    if not report.ok:
+        fail(f"the store at {s.root} does not verify ({len(report.problems)} problem(s); first: {report.first}), so `{command}` "
+             f"appends nothing to it. See every problem with `sia verify --store {s.root}`; restore the store, or the blob "
+             "it names, from a backup (the damage is reported, never repaired), or start a new store")
 
 
 def store_options(f: F) -> F:

@@ -24,6 +24,7 @@ from sia_engine.cli.api import (
     fail,
     load_agent_model,
     out,
+    require_verified,
     store_options,
 )
 from sia_engine.errors import SiaError
@@ -87,6 +88,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     from sia_engine.cli.progress import RichHooks
 
     with Store.create(store_path) as s:
+        require_verified(s, "sia experiment")
         with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, disable=as_json) as bar:
             result = run_experiment(s, task=task, model=model, feedback=RulePolicy, config=config, name=name, arms=chosen,

@@ -24,6 +24,7 @@ from sia_engine.cli.api import (
     fail,
     load_agent_model,
     out,
+    require_verified,
     store_options,
     styled,
 )
@@ -127,6 +128,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     except SiaError as e:
         fail(str(e))
     with Store.create(store_path) as s:
+        require_verified(s, "sia run")
         state = _run_loop(s, task, model, agent, config, branch, quiet=as_json)
         summary = _summary(s, state, task, task_name, model.ref.id, branch)
     if as_json:

@@ -260,3 +260,19 @@ def test_describe_verdict_says_what_each_verdict_asks() -> None:
                         options=(), preferred=None, tied=(1, 2))
     chosen = FeedbackVerdict(vid, "none", "r", "llm", choice=ModelChoice(rule_verdict="weights", stages=(stage,)))
     assert describe_verdict(chosen) == "no change this iteration [lever: 'nothing this time' (tie rule); the rule policy: weights]"
+
+
+def test_run_appends_nothing_to_a_store_that_does_not_verify(tmp_path: Path) -> None:
+    """Issue 19, finding 10: `sia run` resumed and appended onto a store whose blob was deleted."""
+    import shutil
+
+    store = tmp_path / "s"
+    assert run("demo", "--store", str(store)).exit_code == 0
+    blobs = sorted(p for p in (store / "blobs").rglob("*") if p.is_file())
+    blobs[0].unlink()
+    before = (store / "log.duckdb").read_bytes()
+    for argv in (["run", "--task", "arith", "--model", "tiny", "--iterations", "2"], ["experiment", "--task", "arith", "--model", "tiny"]):
+        r = run(*argv, "--store", str(store))
+        assert r.exit_code == 2 and "does not verify" in r.output and "appends nothing" in r.output, r.output
+    assert (store / "log.duckdb").read_bytes() == before
+    shutil.rmtree(store)
