@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from replay.errors import RebuildMismatch
+from replay.errors import RebuildMismatch, check_out_folder
 from replay.rebuild import locate
 from sia_engine.domain.events import AdapterCheckpointed
 from sia_engine.domain.projection import AdaptersTrained, project
@@ -49,7 +49,8 @@ def _provenance(store: Store, branch: str, version: Version) -> dict[str, Any]:
 
 def rebuild_agent(store: Store, ref: str, out: str | Path, *, branch: str = "main", base_weights_hash: str | None = None) -> dict[str, Any]:
     """Write the agent version ``ref`` (a version id or prefix in ``branch``) to ``out``; returns
-    what ``agent.json`` holds."""
+    what ``agent.json`` holds. ``out`` must be a new or empty folder outside the store (``OutputRefused``)."""
+    folder = check_out_folder(out, store.root)
     found = locate(store.log, ref, branch=branch)
     if found.version is None:
         raise RebuildMismatch("reference", "an agent version", f"an event ({ref}); give a version id or prefix")
@@ -79,13 +80,16 @@ def rebuild_agent(store: Store, ref: str, out: str | Path, *, branch: str = "mai
         weights = meta.get("base_model_weights_sha256")
         if weights is not None and weights != base.weights_hash:
             raise RebuildMismatch("adapter's base model weights sha256", base.weights_hash, weights)
+        if "peft_config" not in meta:  # a `sia demo` adapter is a stand-in: weights, no peft config
+            raise RebuildMismatch("adapter's peft config", "one in the adapter file's metadata", "none",
+                                  "this adapter was not trained by a peft backend (a `sia demo` history records stand-ins); "
+                                  "it cannot be rebuilt into a folder peft loads")
         peft_config = json.loads(meta["peft_config"])
         peft_config["base_model_name_or_path"] = base.id  # a name, never a local path
         files["adapter/adapter_model.safetensors"] = data
         files["adapter/adapter_config.json"] = (json.dumps(peft_config, indent=2, sort_keys=True) + "\n").encode()
         agent["provenance"] = _provenance(store, branch, v)
     files["agent.json"] = (json.dumps(agent, indent=2, sort_keys=True) + "\n").encode()
-    folder = Path(out)
     for name, content in files.items():
         atomic_write(folder / name, content)
     return agent

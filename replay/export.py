@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from replay.errors import check_out_folder
 from replay.rebuild import state_at
 from store import Store
 from store.files import atomic_write
@@ -27,10 +28,11 @@ def _write(table: pa.Table, path: Path) -> None:
 
 
 def export_parquet(store: Store, out: str | Path) -> dict[str, int]:
-    """Write the three tables into ``out``; returns their row counts."""
+    """Write the three tables into ``out`` (a new or empty folder outside the store: ``OutputRefused``
+    otherwise); returns their row counts."""
     import msgspec
 
-    folder = Path(out)
+    folder = check_out_folder(out, store.root)
     events: dict[str, list[Any]] = {k: [] for k in ("id", "parent", "branch", "seq", "kind", "schema", "recorded_at", "payload")}
     trajs: dict[str, list[Any]] = {k: [] for k in ("branch", "seq", "trajectory_id", "episode_id", "split", "version_id", "sample",
                                                    "output", "score", "failure")}

@@ -21,12 +21,16 @@ class LawBenchDataError(SiaError):
 
 
 def _read(path: Path) -> Any:
+    if path.is_dir():
+        raise LawBenchDataError(str(path), "a folder, not a JSON file")
     if not path.is_file():
         raise LawBenchDataError(str(path), "no such file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LawBenchDataError(str(path), f"not UTF-8 JSON ({e})") from None
+    except RecursionError:
+        raise LawBenchDataError(str(path), "JSON nested too deep to read (LawBench files are two levels deep)") from None
 
 
 def load_items(folder: str | Path, task: str) -> list[dict[str, str]]:

@@ -247,6 +247,7 @@ def _triggers(pairs: Sequence[Pair]) -> Result:
     return {"score": total / len(pairs), "abstention_rate": 0.0}
 
 
+from tasks.lawbench.data import LawBenchDataError  # noqa: E402
 from tasks.lawbench.labels import CHARGES, DISPUTE_FOCUS, EVENTS, MARITAL, TOPICS  # noqa: E402
 
 SCORERS: dict[str, Callable[[Sequence[Pair]], Result]] = {
@@ -284,6 +285,19 @@ def score_file(task: str, pairs: Sequence[Pair]) -> Result:
         raise ValueError(f"task {task}: no items to score")
     with warnings.catch_warnings():  # cn2an warns on every number it cannot read
         warnings.simplefilter("ignore", UserWarning)
-        out = dict(SCORERS[task](pairs))
+        try:
+            out = dict(SCORERS[task](pairs))
+        except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as e:
+            bad = next((i for i, p in enumerate(pairs) if _fails(task, p)), None)
+            raise LawBenchDataError(f"task {task}", f"item {bad}'s reference {pairs[bad][2][:80]!r} is not in the published format "
+                                    f"({type(e).__name__}: {e})" if bad is not None else f"not in the published format ({type(e).__name__}: {e})") from None
     out["simplified"] = float(task in SIMPLIFIED)
     return out
+
+
+def _fails(task: str, pair: Pair) -> bool:
+    try:
+        SCORERS[task]([pair])
+    except (ValueError, IndexError, KeyError, TypeError, ArithmeticError):
+        return True
+    return False

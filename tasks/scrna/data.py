@@ -37,13 +37,26 @@ def load_counts(path: str | Path) -> np.ndarray:
     p = Path(path)
     if str(path) == DEFAULT_DATA:
         return default_counts()
+    if p.is_dir():
+        raise DataNotFound(str(p), "it is a folder; give the .h5ad file itself")
     if not p.is_file():
         raise DataNotFound(str(p), "the file does not exist")
     try:
-        adata = anndata.read_h5ad(p)
+        adata = anndata.read_h5ad(p, backed="r")  # the shape first: the matrix is read only if it fits
     except Exception as e:  # noqa: BLE001 - h5py and anndata raise many kinds
         raise InvalidCounts(str(p), f"not a readable .h5ad file ({type(e).__name__}: {e})") from None
-    x = _dense(adata.X).astype(np.float64, copy=False)
+    if adata.n_obs * adata.n_vars > _MAX_ENTRIES:
+        raise InvalidCounts(str(p), f".X is {adata.n_obs:,} cells x {adata.n_vars:,} genes, over {_MAX_ENTRIES:,} entries: "
+                            "subsample it (scrna-denoise works on a dense matrix)")
+    try:
+        x = _dense(adata.to_memory().X).astype(np.float64, copy=False)
+    except MemoryError:
+        raise InvalidCounts(str(p), f".X ({adata.n_obs:,} x {adata.n_vars:,}) does not fit in memory as a dense matrix") from None
+    except Exception as e:  # noqa: BLE001
+        raise InvalidCounts(str(p), f"not a readable .h5ad file ({type(e).__name__}: {e})") from None
+    finally:
+        if adata.isbacked:
+            adata.file.close()
     if x.ndim != 2 or min(x.shape) < 2:
         raise InvalidCounts(str(p), f".X has shape {x.shape}, expected at least 2 cells x 2 genes")
     if not np.all(np.isfinite(x)):
@@ -64,6 +77,7 @@ def load_counts(path: str | Path) -> np.ndarray:
     return x.astype(np.int64)
 
 
+_MAX_ENTRIES = 200_000_000  # cells x genes read dense (1.6 GB as float64)
 _MAX_COUNT = 2**31 - 1  # numpy's binomial draws (the cross-validation split) take counts up to this
 
 
