@@ -106,4 +106,5 @@ class RunsSql(Protocol):
         max_rows: int = 10_000,
         max_bytes: int = 8_000_000,
         timeout_s: float = 60.0,
+        memory_mb: int = 1024,
     ) -> tuple[list[str], list[tuple[Any, ...]], str | None]: ...

@@ -288,11 +288,13 @@ def snapshots(store_path: str, as_json: bool, clear: bool) -> None:
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1), help="At most this many rows.")
 @click.option("--max-bytes", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="At most about this many bytes of values (longer text is cut, and said).")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=click.FloatRange(min=0.1), help="Stop the query after this many seconds.")
-def sql(store_path: str, as_json: bool, query: str, limit: int, max_bytes: int, timeout_s: float) -> None:
+@click.option("--memory-mb", default=1024, show_default=True, type=click.IntRange(min=64), help="Stop the query past this much memory (and as much spilled to disk).")
+def sql(store_path: str, as_json: bool, query: str, limit: int, max_bytes: int, timeout_s: float, memory_mb: int) -> None:
     """Run one read-only SELECT over the log (tables: events, branches, snapshots).
 
     DuckDB's access to files and the network is off for the query (read_text, read_csv, httpfs
-    ... are refused), and what comes back is bounded (--limit rows, --max-bytes, --timeout).
+    ... are refused), and what it takes and gives back is bounded (--limit rows, --max-bytes,
+    --timeout, --memory-mb).
 
     \b
     Example:
@@ -302,7 +304,7 @@ def sql(store_path: str, as_json: bool, query: str, limit: int, max_bytes: int, 
     with open_store(store_path, read_only=True) as s:
         if not isinstance(s.log, RunsSql):  # a store's log is always DuckDB's, which does
             fail(f"this store's log ({type(s.log).__name__}) does not answer SQL")
-        cols, rows, truncated = s.log.sql(query, max_rows=limit, max_bytes=max_bytes, timeout_s=timeout_s)
+        cols, rows, truncated = s.log.sql(query, max_rows=limit, max_bytes=max_bytes, timeout_s=timeout_s, memory_mb=memory_mb)
     if as_json:
         emit_json([dict(zip(cols, (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for v in r))) for r in rows])
     else:

@@ -312,14 +312,16 @@ class DuckEventLog:
         max_rows: int = 10_000,
         max_bytes: int = 8_000_000,
         timeout_s: float = 60.0,
+        memory_mb: int = 1024,
     ) -> SqlResult:
         """Run one read-only SELECT with DuckDB's access to files and the network disabled (for
         this database instance, for good: DuckDB cannot turn it back on while it runs; the
         engine itself needs neither). At most ``max_rows`` rows and about ``max_bytes`` bytes of
         values come back (a longer text value is cut, and ``truncated`` says what was left out);
-        a query still running after ``timeout_s`` is interrupted (``StoreError``)."""
+        a query still running after ``timeout_s`` is interrupted, and one that needs more than
+        ``memory_mb`` of memory (and as much spilled to disk) is stopped (``StoreError`` both)."""
         self.flush()
-        return self._sql.run(query, params, max_rows=max_rows, max_bytes=max_bytes, timeout_s=timeout_s)
+        return self._sql.run(query, params, max_rows=max_rows, max_bytes=max_bytes, timeout_s=timeout_s, memory_mb=memory_mb, temp_mb=memory_mb)
 
     def close(self) -> None:
         try:

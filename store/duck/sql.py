@@ -3,8 +3,9 @@ output."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import duckdb
@@ -24,12 +25,16 @@ class SqlResult(NamedTuple):
 
 
 def _cap_row(row: tuple[Any, ...], budget: int) -> tuple[tuple[Any, ...], int]:
-    """The row with text values cut to fit ``budget`` bytes, and the bytes it takes (-1: cut)."""
+    """The row with values cut to fit ``budget`` bytes, and the bytes it takes (-1: cut). Text and
+    bytes are cut in place; a LIST, MAP or STRUCT (or any other value) that does not fit becomes
+    its text, cut the same way."""
     out, used, cut = [], 0, False
     for v in row:
         n = len(v) if isinstance(v, (str, bytes)) else len(str(v))
-        if used + n > budget and isinstance(v, (str, bytes)):
+        if used + n > budget:
             keep = max(0, budget - used)
+            if not isinstance(v, (str, bytes)):
+                v = str(v)
             v = v[:keep] + f"... [cut: {n - keep:,} more]" if isinstance(v, str) else v[:keep]
             cut, n = True, keep
         used += n
@@ -79,11 +84,16 @@ class SqlRunner:
             raise ReadOnlyQuery(query, st.type.name)
 
     def run(
-        self, query: str, params: Sequence[Any] | None, *, max_rows: int, max_bytes: int, timeout_s: float
+        self, query: str, params: Sequence[Any] | None, *, max_rows: int, max_bytes: int, timeout_s: float,
+        memory_mb: int = 1024, temp_mb: int = 1024,
     ) -> SqlResult:
         """See ``DuckEventLog.sql``."""
         self._check_select(query)
         self._con.execute("SET enable_external_access = false")
+        with _limits(self._con, memory_mb, temp_mb):
+            return self._run(query, params, max_rows=max_rows, max_bytes=max_bytes, timeout_s=timeout_s, memory_mb=memory_mb)
+
+    def _run(self, query: str, params: Sequence[Any] | None, *, max_rows: int, max_bytes: int, timeout_s: float, memory_mb: int) -> SqlResult:
         cur = self._con.cursor()
         timer = threading.Timer(timeout_s, cur.interrupt)
         timer.start()
@@ -93,6 +103,8 @@ class SqlRunner:
             rows, truncated = _fetch_capped(cur, max_rows, max_bytes)
         except duckdb.InterruptException as e:
             raise StoreError(f"query stopped after {timeout_s:g} s (the time limit); narrow it, or raise the limit") from e
+        except duckdb.OutOfMemoryException as e:
+            raise StoreError(f"query stopped at its memory limit ({memory_mb} MB, and as much spilled to disk); narrow it") from e
         except duckdb.Error as e:
             if is_damage(str(e)):
                 raise StoreDamaged(self.path, "DuckDB could not read log.duckdb", str(e)) from e
@@ -101,3 +113,16 @@ class SqlRunner:
             timer.cancel()
             cur.close()
         return SqlResult(cols, rows, truncated)
+
+
+@contextlib.contextmanager
+def _limits(con: duckdb.DuckDBPyConnection, memory_mb: int, temp_mb: int) -> Iterator[None]:
+    """DuckDB's memory and spill limits for one query; DuckDB's defaults (which the engine never
+    changes) put back after it."""
+    con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
+    con.execute(f"SET max_temp_directory_size = '{int(temp_mb)}MB'")
+    try:
+        yield
+    finally:
+        con.execute("RESET memory_limit")
+        con.execute("RESET max_temp_directory_size")

@@ -108,6 +108,20 @@ def test_sql_is_read_only(tmp_path: Path) -> None:
         assert log.count() == 1
 
 
+def test_sql_bounds_memory_and_cuts_lists(tmp_path: Path) -> None:
+    """Issue 19, finding 13: a LIST of 3 million values came back whole past --max-bytes 100, and a
+    doubling recursive CTE reached 2.96 GB."""
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        log.init_branch("main")
+        _, rows, truncated = log.sql("SELECT list(i) AS l, map([1], [2]) AS m FROM range(3000000) t(i)", max_bytes=100)
+        assert isinstance(rows[0][0], str) and len(rows[0][0]) < 200 and "[cut: " in rows[0][0] and truncated is not None
+        doubling = "WITH RECURSIVE t(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM t WHERE length(s) < 1e12) SELECT length(s) FROM t"
+        with pytest.raises(StoreError, match="memory limit"):
+            log.sql(doubling, memory_mb=128, timeout_s=60)
+        default = log.sql("SELECT current_setting('memory_limit')")[1][0][0]
+        assert "128" not in str(default)  # the store's connection has its own limit back
+
+
 def test_sql_cannot_reach_files_and_its_output_is_bounded(tmp_path: Path) -> None:
     """D10: no file or network access from a query, and rows, bytes and time are bounded."""
     secret = tmp_path / "secret.txt"
