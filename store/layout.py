@@ -11,7 +11,7 @@ from pathlib import Path
 
 from store.blobs import BlobStore
 from store.duck import HEADS_SUFFIX, JOURNAL_SUFFIX, SNAPSHOT_SUFFIX, DuckEventLog, utcnow
-from store.errors import StoreNotFound
+from store.errors import StoreDamaged, StoreNotFound
 from store.protocol import EventLog
 
 __all__ = ["Store", "LOG_FILE", "BLOB_DIR"]
@@ -71,6 +71,9 @@ class Store:
             log = DuckEventLog(
                 scratch / LOG_FILE, create=False, read_only=True, clock=clock, snapshot_dir=root / (LOG_FILE + SNAPSHOT_SUFFIX)
             )
+        except StoreDamaged as e:  # said of the store, not of its private copy
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise StoreDamaged(str(root / LOG_FILE), e.what, e.detail.replace(str(scratch), str(root))) from None
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

@@ -15,6 +15,7 @@ import os
 import duckdb
 
 from store.duck.errors import OPEN_WRITERS, READ_ALL, translate_open_error
+from store.duck.heads import HEADS_SUFFIX
 from store.duck.schema import DDL, FORMAT_VERSION, fetch_one
 from store.duck.write import JOURNAL_SUFFIX
 from store.errors import StoreDamaged, StoreError, StoreLocked, StoreNotFound
@@ -98,6 +99,10 @@ def prepare_tables(
         if existed and _nonempty(wal):  # a log that did not replay: damaged, not absent
             con.close()
             raise StoreDamaged(path, "log.duckdb holds no event log", _missing_tables_detail(wal))
+        if existed and (written := [f for f in (JOURNAL_SUFFIX, HEADS_SUFFIX) if _nonempty(path + f)]):
+            con.close()  # events were written once (their journal or heads file says so): never a fresh log over them
+            raise StoreDamaged(path, "log.duckdb holds no event log", f"yet {', '.join(os.path.basename(path) + f for f in written)} "
+                               "say events were written to it: its write-ahead log was lost before DuckDB folded it into the file")
         if read_only or not create:
             con.close()
             raise StoreNotFound(path)

@@ -89,6 +89,30 @@ def test_committed_events_lost_with_a_skipped_wal_are_reported(tmp_path: Path) -
     assert files(tmp_path) == before
 
 
+JOURNALLED_WRITER = """
+import os, sys
+sys.path.insert(0, {root!r})
+from store import NewEvent, Store
+s = Store.create(sys.argv[1])
+s.log.init_branch("main")
+s.log.append("main", [NewEvent("k", 1, b'{{}}')], expected_head=None)  # journalled: the tables themselves only in the WAL
+os._exit(0)
+"""
+
+
+def test_a_store_killed_before_its_first_checkpoint_whose_wal_is_gone_is_damaged_and_untouched(tmp_path: Path) -> None:
+    """Issue 19, finding 9: `sia verify` said "no store at <a temporary copy>", and `sia run` said
+    damaged but had written a fresh schema into log.duckdb (12 KB to 780 KB)."""
+    subprocess.run([sys.executable, "-c", JOURNALLED_WRITER.format(root=str(ROOT)), str(tmp_path)], check=True)
+    (tmp_path / "log.duckdb.wal").unlink()
+    before = files(tmp_path)
+    for argv in (["verify"], ["log"], ["run", "--task", "arith", "--model", "tiny", "--iterations", "1"], ["init"]):
+        r = CliRunner().invoke(main, [*argv, "--store", str(tmp_path)])
+        assert r.exit_code == 2 and "is damaged" in r.output and "holds no event log" in r.output, (argv, r.output)
+        assert "sia-readonly" not in r.output and str(tmp_path) in r.output  # the store named, not a private copy
+    assert files(tmp_path) == before
+
+
 def test_a_damaged_block_is_a_typed_error_in_every_command(tmp_path: Path) -> None:
     """D1: a flipped byte inside a DuckDB data block: verify, log and sql say the store is
     damaged (exit 2, one line), never a traceback; a read-write open refuses and leaves it."""
