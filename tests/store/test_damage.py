@@ -113,6 +113,38 @@ def test_a_store_killed_before_its_first_checkpoint_whose_wal_is_gone_is_damaged
     assert files(tmp_path) == before
 
 
+JOURNAL_FORKS = """
+import os, sys
+sys.path.insert(0, {root!r})
+from sia_engine.domain.history import fork
+from store import Store
+s = Store.open(sys.argv[1])
+for i in range(3):
+    fork(s.log, f"x{{i}}", source="main", at_seq=3, reason="r")  # journalled, never moved into DuckDB
+os._exit(0)
+"""
+
+
+def test_a_journal_cut_short_is_invisible_to_verify_but_not_to_a_signed_checkpoint(tmp_path: Path) -> None:
+    """Issue 19, finding 11, as far as the design allows: a journal cut inside its first line
+    looks like a torn write (`sia verify` says OK over fewer events); a checkpoint signed while
+    the batches were journalled says they were removed."""
+    store = tmp_path / "s"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store)]).exit_code == 0
+    subprocess.run([sys.executable, "-c", JOURNAL_FORKS.format(root=str(ROOT)), str(store)], check=True)
+    journal = store / "log.duckdb.journal"
+    assert journal.stat().st_size > 200
+    key = tmp_path / "k.key"
+    assert CliRunner().invoke(main, ["keygen", "--out", str(key)]).exit_code == 0
+    r = CliRunner().invoke(main, ["checkpoint", "--sign", str(key), "--out", str(tmp_path / "cp.json"), "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    journal.write_bytes(journal.read_bytes()[:200])
+    r = CliRunner().invoke(main, ["verify", "--store", str(store)])
+    assert r.exit_code == 0 and "OK: 53 events" in r.output  # the design cannot tell this from a crash (the last fork was journalled)
+    r = CliRunner().invoke(main, ["verify", "--checkpoint", str(tmp_path / "cp.json"), "--public-key", f"{key}.pub", "--store", str(store)])
+    assert r.exit_code == 1 and "events were removed" in r.output and "54 events were signed, the log holds 53" in r.output, r.output
+
+
 def test_a_damaged_block_is_a_typed_error_in_every_command(tmp_path: Path) -> None:
     """D1: a flipped byte inside a DuckDB data block: verify, log and sql say the store is
     damaged (exit 2, one line), never a traceback; a read-write open refuses and leaves it."""
