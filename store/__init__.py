@@ -35,6 +35,7 @@ from store.errors import (
     ReadOnlyQuery,
     StoreDamaged,
     StoreError,
+    StoreFull,
     StoreLocked,
     StoreNotFound,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "StoreDamaged",
     "JournalDamaged",
     "StoreNotFound",
+    "StoreFull",
     "VerifyReport",
     "event_id",
 ]

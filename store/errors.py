@@ -30,6 +30,7 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "StoreNotFound",
+    "StoreFull",
     "StoreDamaged",
     "JournalDamaged",
     "InvalidName",
@@ -72,6 +73,17 @@ class StoreNotFound(StoreError):
     def __init__(self, path: str) -> None:
         self.path = path
         super().__init__(f"no store at {path}: create one with `sia init --store {path}`")
+
+
+class StoreFull(StoreError):
+    """The disk (or a quota) is full: the write was refused whole. What was acknowledged before it
+    is kept; nothing of the refused write was recorded."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"disk full: store {path} could not record the write ({detail}). Everything recorded before it is "
+                         "kept and nothing of this write was recorded: free space on its disk and run the same command again")
 
 
 class StoreDamaged(StoreError):

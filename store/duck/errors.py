@@ -9,6 +9,7 @@ also holds the log's lock, so threads sharing a log take turns.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import re
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from store.errors import StoreDamaged, StoreError, StoreLocked
+from store.errors import StoreDamaged, StoreError, StoreFull, StoreLocked
 
 __all__ = ["OPEN_WRITERS", "READ_ALL", "is_damage", "translate_duckdb_errors", "translate_open_error"]
 
@@ -60,7 +61,13 @@ def _as_store_error(path: str, e: duckdb.Error) -> StoreError:
     msg = str(e)
     if is_damage(msg):
         return StoreDamaged(path, "DuckDB could not read log.duckdb", msg)
+    if is_full(msg):
+        return StoreFull(path, msg)
     return StoreError(f"DuckDB failed on store {path} ({type(e).__name__}): {msg}")
+
+
+def is_full(msg: str) -> bool:
+    return "No space left on device" in msg or "Disk quota exceeded" in msg
 
 
 def _translated(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,6 +91,10 @@ def _translated(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return fn(self, *a, **kw)
             except duckdb.Error as e:
                 raise _as_store_error(self.path, e) from e
+            except OSError as e:  # the journal's or heads file's own writes
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreFull(self.path, str(e)) from e
+                raise
 
     return method
 

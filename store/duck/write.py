@@ -9,6 +9,7 @@ See ``store.journal`` for why small batches take the journal.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -81,7 +82,8 @@ class DuckWriter:
             )
             self._con.commit()
         except BaseException:
-            self._con.rollback()
+            with contextlib.suppress(duckdb.Error):
+                self._con.rollback()
             raise
         self._heads[info.name] = self._committed[info.name] = (info.head_seq, info.head_id)
 
@@ -150,7 +152,8 @@ class DuckWriter:
                             [v for row in snaps for v in row])
             con.commit()
         except BaseException:
-            con.rollback()
+            with contextlib.suppress(duckdb.Error):  # a failed commit may have ended it: the first error is the one to tell
+                con.rollback()
             self._heads.clear()  # re-read from the refs, which the rollback restored
             raise
         for b in batches:

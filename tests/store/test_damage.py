@@ -3,6 +3,7 @@ D1 damaged DuckDB blocks, D3 a masked error, D4 a damaged WAL, lost committed ev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -200,3 +201,43 @@ def test_a_deeply_nested_payload_is_refused_with_a_typed_error(tmp_path: Path) -
 
 def test_store_error_is_the_root_of_damage(tmp_path: Path) -> None:
     assert issubclass(StoreDamaged, StoreError)
+
+
+def _fill_until_full(root: Path, per_batch: int) -> int:
+    """Append 20 KB events until the disk is full; the batches acknowledged before it."""
+    from store import StoreFull
+
+    acknowledged = 0
+    s = Store.create(root)
+    s.log.init_branch("main")
+    head = None
+    with pytest.raises(StoreFull, match="disk full: store .* could not record the write") as exc:
+        for _ in range(10_000):
+            head = s.log.append("main", [NewEvent("k", 1, b'{"x":"' + b"y" * 20_000 + b'"}')] * per_batch, expected_head=head)[-1]
+            acknowledged += 1
+    assert "cannot rollback" not in str(exc.value)
+    with contextlib.suppress(StoreFull):  # closing moves the journal into DuckDB: still no room (it stays in the journal)
+        s.close()
+    return acknowledged
+
+
+def test_a_full_disk_is_said_to_be_full_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Issue 19, finding 12: a full disk was `TransactionContext Error: cannot rollback - no
+    transaction is active` (DuckDB's commit failed, and the rollback's error hid it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN) to fill a disk")
+    try:
+        for per_batch, name in ((1, "journalled"), (300, "direct")):
+            root = disk / name
+            acknowledged = _fill_until_full(root, per_batch)
+            for p in disk.glob("*/blobs"):  # make room to open and read it
+                p.rmdir()
+            for other in (d for d in disk.iterdir() if d.name != name):
+                subprocess.run(["rm", "-rf", str(other)], check=True)
+            with Store.open(root, read_only=True) as s:
+                assert s.log.count() == acknowledged * per_batch  # every acknowledged batch, nothing of the refused one
+            subprocess.run(["rm", "-rf", str(root)], check=True)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
