@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import errno
+import functools
 import json
 import os
 import resource
@@ -44,7 +46,7 @@ from sia_engine.sandbox.confine import (
     read_roots,
 )
 
-__all__ = ["SandboxResult", "SandboxCleanupError", "run_python", "landlock_available", "read_outputs", "remove_tree"]
+__all__ = ["SandboxResult", "SandboxCleanupError", "run_python", "landlock_available", "read_outputs", "remove_tree", "seccomp_library"]
 
 Status = Literal["ok", "error", "timeout", "memory", "blocked"]
 _MEMORY_EXIT = 86
@@ -80,6 +82,20 @@ class SandboxResult(msgspec.Struct, frozen=True):
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
+
+
+@functools.lru_cache(maxsize=1)
+def seccomp_library() -> str | None:
+    """The path of libseccomp, whose filter the runner installs (None: not installed here, and
+    ``isolation`` says the sandbox ran without one)."""
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        return name if hasattr(lib, "seccomp_rule_add_array") else None
+    except OSError:
+        return None
 
 
 def landlock_available() -> int:
@@ -146,8 +162,8 @@ def run_python(
         wall = time.monotonic() - t0
         got, unread = read_outputs(scratch, outputs, max_output_bytes)
         status = _status(timed_out, blocked := (*_lines(refused), *unread), exit_code, err.head)
-        walls = {"landlock": bool(abi), "namespaces": launcher is not None, "pids-cgroup": cgroup.path is not None,
-                 "rlimit-nproc": nproc is not None, "rlimit-as": address_limit, "rlimit-fsize": True}
+        walls = {"landlock": bool(abi), "namespaces": launcher is not None, "seccomp": seccomp_library() is not None,
+                 "pids-cgroup": cgroup.path is not None, "rlimit-nproc": nproc is not None, "rlimit-as": address_limit, "rlimit-fsize": True}
         return SandboxResult(status, None if timed_out else exit_code, out.text(), err.text(), round(wall, 3), blocked, bool(abi), got,
                              tuple(k for k, on in walls.items() if on))
     finally:
@@ -168,7 +184,7 @@ def _runner_config(scratch: str, refusals_fd: int, abi: int, hidden_all: tuple[s
                    protect: Sequence[str | os.PathLike[str]], devices: Sequence[str]) -> dict[str, object]:
     """What the child runner (``sandbox.runner``) confines itself with, as JSON-ready values."""
     return {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
-            "refusals_fd": refusals_fd, "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
+            "refusals_fd": refusals_fd, "seccomp": seccomp_library(), "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
             "programs": list(GPU_PROGRAMS) if "gpu" in devices else [], "memory_exit": _MEMORY_EXIT, "blocked_exit": _BLOCKED_EXIT}
 
 

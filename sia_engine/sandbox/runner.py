@@ -108,6 +108,50 @@ def _drop_privileges() -> None:
         raise OSError(ctypes.get_errno(), "capset failed")
 
 
+# what no scoring code needs and a way out would: other processes' memory, the kernel's keyrings,
+# modules, mounts and namespaces (a new user namespace would give back every capability), BPF,
+# perf, the clock, and a file made in memory to run (``memfd_create``: left on for the GPU, whose
+# driver uses it)
+_DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root", "chroot", "bpf", "keyctl",
+           "add_key", "request_key", "perf_event_open", "init_module", "finit_module", "delete_module", "kexec_load",
+           "kexec_file_load", "reboot", "swapon", "swapoff", "sethostname", "setdomainname", "unshare", "setns", "userfaultfd",
+           "open_by_handle_at", "name_to_handle_at", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+           "iopl", "ioperm", "quotactl", "lookup_dcookie", "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount",
+           "fspick", "mount_setattr", "io_uring_setup")
+_CLONE_NAMESPACES = (0x10000000, 0x00020000, 0x04000000, 0x08000000, 0x20000000, 0x40000000, 0x02000000, 0x00000080)  # user mnt uts ipc pid net cgroup time
+
+
+def _seccomp(lib: Any, gpu: bool) -> None:
+    """A seccomp filter (libseccomp): the calls in ``_DENIED`` fail with EPERM, ``clone`` with a
+    namespace flag too, and ``clone3`` (whose flags a filter cannot read) with ENOSYS, so that
+    the C library falls back to ``clone``. Inherited by every child; cannot be removed."""
+
+    class ArgCmp(ctypes.Structure):
+        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    ctx = lib.seccomp_init(ctypes.c_uint32(0x7FFF0000))  # SCMP_ACT_ALLOW
+    eperm, enosys = ctypes.c_uint32(0x00050000 | 1), ctypes.c_uint32(0x00050000 | 38)  # SCMP_ACT_ERRNO(EPERM / ENOSYS)
+
+    def rule(action: Any, name: str, *cmps: Any) -> None:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:  # not a call on this architecture
+            return
+        arr = (ArgCmp * max(len(cmps), 1))(*cmps)
+        if lib.seccomp_rule_add_array(ctypes.c_void_p(ctx), action, nr, len(cmps), arr) != 0:
+            raise OSError("seccomp_rule_add failed for " + name)
+
+    for name in _DENIED + (() if gpu else ("memfd_create",)):
+        rule(eperm, name)
+    for flag in _CLONE_NAMESPACES:
+        rule(eperm, "clone", ArgCmp(0, 7, flag, flag))  # SCMP_CMP_MASKED_EQ: flags & flag == flag
+    rule(enosys, "clone3")
+    if lib.seccomp_load(ctypes.c_void_p(ctx)) != 0:
+        raise OSError("seccomp_load failed")
+    lib.seccomp_release(ctypes.c_void_p(ctx))
+
+
 def _real(path: Any) -> str | None:
     try:
         return os.path.realpath(os.fsdecode(path))
@@ -211,8 +255,11 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     sys.argv = ["-c"]  # what the code sees, as under a plain ``python -c``
     _configure(cfg)
+    seccomp = ctypes.CDLL(cfg["seccomp"]) if cfg.get("seccomp") else None  # loaded before Landlock confines reads
     _landlock()
     _drop_privileges()
+    if seccomp is not None:
+        _seccomp(seccomp, bool(cfg["devices"]))
     sys.addaudithook(_hook)
     try:
         with open("main.py") as f:

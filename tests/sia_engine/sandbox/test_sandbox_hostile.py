@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sia_engine.sandbox.confine import namespace_launcher
-from sia_engine.sandbox.jail import Capped, read_outputs, remove_tree, run_python
+from sia_engine.sandbox.jail import Capped, read_outputs, remove_tree, run_python, seccomp_library
 
 
 def test_an_output_that_is_a_symlink_to_a_host_file_is_not_read(tmp_path: Path) -> None:
@@ -142,3 +142,26 @@ def test_the_code_has_no_capabilities_and_sees_no_host_ipc_or_hostname() -> None
     assert cap_eff == cap_bnd == "0000000000000000"
     assert int(hostname) == errno.EPERM and int(fifo) == errno.EPERM
     assert int(shm_seen) == errno.ENOENT  # another IPC namespace: the parent's segment does not exist there
+
+
+SYSCALLS = """
+import ctypes, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def err(rc):
+    return 0 if rc != -1 else ctypes.get_errno()
+print(err(libc.unshare(0x10000000)), err(libc.ptrace(0, 0, 0, 0)), err(libc.memfd_create(b"x", 0)), err(libc.syscall(250, 0, 0, 0, 0)))
+print(subprocess.run([sys.executable, "-c", "print('child')"], capture_output=True, text=True).stdout.strip())
+"""
+
+
+@pytest.mark.skipif(seccomp_library() is None, reason="libseccomp is not installed (Debian: libseccomp2); the sandbox says so in isolation")
+def test_a_seccomp_filter_refuses_what_no_scorer_needs() -> None:
+    """Finding 3 and Deliver 1: a new user namespace (every capability back), ptrace, a file in
+    memory to run (memfd_create) and the kernel's keyrings are refused by the kernel; an ordinary
+    child process still starts (clone3 is ENOSYS, and the C library falls back to clone)."""
+    import errno
+
+    r = run_python(SYSCALLS, timeout_s=60)
+    assert r.status == "ok" and "seccomp" in r.isolation, (r.status, r.stderr[-500:])
+    unshare, ptrace, memfd, keyctl, child = r.stdout.split()
+    assert {int(unshare), int(ptrace), int(memfd), int(keyctl)} == {errno.EPERM} and child == "child"
