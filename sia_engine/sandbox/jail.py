@@ -14,26 +14,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import functools
 import json
 import os
 import resource
-import selectors
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
-from sia_engine.errors import SiaError
 from sia_engine.sandbox import runner
 from sia_engine.sandbox.confine import (
     GPU_PROGRAMS,
@@ -45,27 +40,18 @@ from sia_engine.sandbox.confine import (
     namespace_launcher,
     read_roots,
 )
+from sia_engine.sandbox.readback import _MAX_TEXT, Capped, SandboxCleanupError, _drain, _lines, read_outputs, remove_tree  # noqa: F401 - the error re-exported
 
-__all__ = ["SandboxResult", "SandboxCleanupError", "run_python", "landlock_available", "read_outputs", "remove_tree", "seccomp_library"]
+__all__ = ["SandboxResult", "SandboxCleanupError", "run_python", "landlock_available", "seccomp_library"]
 
 Status = Literal["ok", "error", "timeout", "memory", "blocked"]
 _MEMORY_EXIT = 86
 _BLOCKED_EXIT = 87
-_MAX_TEXT = 20_000
 _MAX_REFUSALS = 64 << 10  # bytes of refusal lines kept
 _RELAX: tuple[str, ...] = ()  # Landlock parts left off, for diagnosis only ("ioctl", "net", "unix", "signal", "read")
 _WRITE_EXTRA: tuple[str, ...] = ()  # more writable places, for diagnosis only
-_GRACE_S = 5.0  # after the time limit: how long the killed tree may take to let go of its pipes
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
-
-
-class SandboxCleanupError(SiaError):
-    """The scratch folder could not be removed after a run."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(f"the sandbox's scratch folder {path} could not be removed (the code left something even root "
-                         "cannot delete there); remove it by hand")
 
 
 class SandboxResult(msgspec.Struct, frozen=True):
@@ -106,11 +92,6 @@ def landlock_available() -> int:
     return max(int(v), 0)
 
 
-def _text(data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + f"\n... [{len(text) - _MAX_TEXT} more characters]"
-
-
 def run_python(
     code: str,
     *,
@@ -125,6 +106,7 @@ def run_python(
     devices: Sequence[str] = (),
     max_output_bytes: int = 64 << 20,
     max_file_bytes: int = 1 << 30,
+    disk_mb: int = 2048,
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh scratch folder holding ``files``; return what
     happened and the bytes of ``outputs`` (names in the scratch folder) that exist afterwards.
@@ -139,12 +121,9 @@ def run_python(
     abi = landlock_available()
     launcher = namespace_launcher()
     hidden_all = tuple(sorted({os.path.realpath(os.fspath(p)) for p in (*protect, *hidden)}))
-    scratch = os.path.realpath(tempfile.mkdtemp(prefix="sia-sandbox-"))
-    refusals_r, refusals_w = os.pipe()  # the child sends each refusal as it happens; it cannot take one back
-    launched = False
-    try:
+    with _scratch_folder(disk_mb) as (scratch, sized), _refusal_pipe() as refusals:
         _prepare_scratch(scratch, code, files)
-        cfg = _runner_config(scratch, refusals_w, abi, hidden_all, protect, devices)
+        cfg = _runner_config(scratch, refusals[1], abi, hidden_all, protect, devices)
         child_env = _child_env(scratch, devices, env)
         cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
         nproc = None if cgroup.path is not None or os.geteuid() == 0 else _user_processes() + max_procs + 4
@@ -152,25 +131,59 @@ def run_python(
         address_limit = "gpu" not in devices  # with the GPU, no memory limit (said in ``isolation``)
         setup = _child_setup(memory_mb * 1024 * 1024 if address_limit else None, nproc, cgroup, max_file_bytes)
         argv = [*(launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
-
         t0 = time.monotonic()
-        launched = True  # _launch closes the write end, whatever happens
         try:
-            exit_code, out, err, refused, timed_out = _launch(argv, scratch, child_env, setup, timeout_s, (refusals_r, refusals_w))
+            exit_code, out, err, refused, timed_out = _launch(argv, scratch, child_env, setup, timeout_s, refusals)
         finally:
             cgroup.remove()
         wall = time.monotonic() - t0
         got, unread = read_outputs(scratch, outputs, max_output_bytes)
         status = _status(timed_out, blocked := (*_lines(refused), *unread), exit_code, err.head)
         walls = {"landlock": bool(abi), "namespaces": launcher is not None, "seccomp": seccomp_library() is not None,
-                 "pids-cgroup": cgroup.path is not None, "rlimit-nproc": nproc is not None, "rlimit-as": address_limit, "rlimit-fsize": True}
+                 "pids-cgroup": cgroup.path is not None, "rlimit-nproc": nproc is not None, "rlimit-as": address_limit,
+                 "rlimit-fsize": True, "scratch-tmpfs": sized}
         return SandboxResult(status, None if timed_out else exit_code, out.text(), err.text(), round(wall, 3), blocked, bool(abi), got,
                              tuple(k for k, on in walls.items() if on))
+
+
+@contextlib.contextmanager
+def _scratch_folder(disk_mb: int) -> Iterator[tuple[str, bool]]:
+    """A fresh scratch folder (on a tmpfs of ``disk_mb`` where it can be mounted), removed after."""
+    scratch = os.path.realpath(tempfile.mkdtemp(prefix="sia-sandbox-"))
+    sized = _mount_scratch(scratch, disk_mb)  # all the code may write, in all
+    try:
+        yield scratch, sized
     finally:
-        os.close(refusals_r)
-        if not launched:
-            os.close(refusals_w)
+        if sized:
+            _unmount_scratch(scratch)
         remove_tree(scratch)
+
+
+@contextlib.contextmanager
+def _refusal_pipe() -> Iterator[list[int]]:
+    """The pipe the child sends its refusals down: [read end, write end]. ``_launch`` closes the
+    write end once the child has it (and sets it to -1); what is still open is closed after."""
+    fds = list(os.pipe())
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _mount_scratch(scratch: str, disk_mb: int) -> bool:
+    """A tmpfs of ``disk_mb`` over the scratch folder (as root): what the code writes is bounded
+    in all, and goes with the unmount whatever it is. False where it cannot be mounted (not root,
+    or a container without CAP_SYS_ADMIN): then only RLIMIT_FSIZE bounds a file, said in ``isolation``."""
+    if os.geteuid() != 0:
+        return False
+    opts = f"size={int(disk_mb)}m,mode=0700".encode()
+    return bool(_libc().mount(b"tmpfs", os.fsencode(scratch), b"tmpfs", ctypes.c_ulong(0x2 | 0x4), opts) == 0)  # MS_NOSUID | MS_NODEV
+
+
+def _unmount_scratch(scratch: str) -> None:
+    _libc().umount2(os.fsencode(scratch), 2)  # MNT_DETACH: at once, even if a stray process still holds a file there
 
 
 def _prepare_scratch(scratch: str, code: str, files: Mapping[str, bytes] | None) -> None:
@@ -216,7 +229,7 @@ def _child_setup(address_limit: int | None, nproc: int | None, cgroup: Cgroup, f
 
 
 def _launch(argv: list[str], scratch: str, child_env: Mapping[str, str], setup: Callable[[], None], timeout_s: float,
-            refusals: tuple[int, int]) -> tuple[int | None, Capped, Capped, Capped, bool]:
+            refusals: list[int]) -> tuple[int | None, Capped, Capped, Capped, bool]:
     """Run ``argv`` to its end or to the time limit, reading stdout, stderr and the refusals pipe
     as they come, each kept up to its cap: (exit code, stdout, stderr, refusals, timed out)."""
     try:
@@ -226,6 +239,7 @@ def _launch(argv: list[str], scratch: str, child_env: Mapping[str, str], setup: 
         )
     finally:
         os.close(refusals[1])  # the parent's copy: the pipe ends when the sandbox's processes have all let go of it
+        refusals[1] = -1
     assert proc.stdout is not None and proc.stderr is not None
     caps = {proc.stdout.fileno(): Capped(4 * _MAX_TEXT), proc.stderr.fileno(): Capped(4 * _MAX_TEXT), refusals[0]: Capped(_MAX_REFUSALS)}
     timed_out = _drain(caps, time.monotonic() + timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
@@ -236,121 +250,6 @@ def _launch(argv: list[str], scratch: str, child_env: Mapping[str, str], setup: 
         f.close()
     proc.wait()
     return proc.returncode, out, err, refused, timed_out is not False
-
-
-def _drain(caps: dict[int, Capped], deadline: float, kill: Callable[[], None]) -> bool | None:
-    """Read every fd of ``caps`` to its end; at ``deadline`` call ``kill`` and allow ``_GRACE_S``
-    more. False: all ended in time; True: killed, then all ended; None: still open after the grace."""
-    sel = selectors.DefaultSelector()
-    for fd in caps:
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    killed = False
-    try:
-        while sel.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if killed:
-                    return None
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    kill()
-                killed, deadline = True, time.monotonic() + _GRACE_S
-                continue
-            for key, _ in sel.select(timeout=left):
-                try:
-                    chunk = os.read(key.fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-                if chunk:
-                    caps[key.fd].add(chunk)
-                else:
-                    sel.unregister(key.fd)
-        return killed
-    finally:
-        sel.close()
-
-
-class Capped:
-    """The first ``cap`` bytes of a stream, and how many bytes it had in all."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap, self.head, self.total = cap, b"", 0
-
-    def add(self, chunk: bytes) -> None:
-        if len(self.head) < self.cap:
-            self.head += chunk[: self.cap - len(self.head)]
-        self.total += len(chunk)
-
-    def text(self) -> str:
-        text = _text(self.head)
-        return text if self.total <= len(self.head) else text + f"\n... [{self.total - len(self.head)} more bytes not kept]"
-
-
-def _lines(refused: Capped) -> tuple[str, ...]:
-    lines = tuple(x for x in refused.head.decode("utf-8", "replace").splitlines() if x)
-    return lines if refused.total <= len(refused.head) else (*lines, f"... [{refused.total - len(refused.head)} more bytes of refusals]")
-
-
-def read_outputs(scratch: str, names: Sequence[str], limit: int) -> tuple[dict[str, bytes], tuple[str, ...]]:
-    """The files ``names`` of the scratch folder the code left, each read only if it is a regular
-    file (opened without following a symlink, checked on the open file) of at most ``limit`` bytes;
-    what was refused, as refusal lines."""
-    got: dict[str, bytes] = {}
-    refused: list[str] = []
-    dir_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        for name in names:
-            if os.path.basename(name) != name or name in (".", ".."):
-                refused.append(f"output {name!r}: not a plain file name")
-                continue
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            except FileNotFoundError:
-                continue
-            except OSError as e:  # ELOOP: a symlink
-                refused.append(f"output {name}: not read ({'a symlink' if e.errno == errno.ELOOP else e.strerror})")
-                continue
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    refused.append(f"output {name}: not a regular file")
-                elif st.st_size > limit or len(data := _read_upto(fd, limit + 1)) > limit:
-                    refused.append(f"output {name}: over {limit} bytes")
-                else:
-                    got[name] = data
-            finally:
-                os.close(fd)
-    finally:
-        os.close(dir_fd)
-    return got, tuple(refused)
-
-
-def _read_upto(fd: int, n: int) -> bytes:
-    os.set_blocking(fd, True)
-    parts, left = [], n
-    while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def remove_tree(path: str) -> None:
-    """Remove the scratch folder whatever the code left in it: any depth (``rm -rf`` walks it
-    without recursion), read-only folders, immutable files (their flag cleared when root)."""
-    try:
-        shutil.rmtree(path)
-        return
-    except FileNotFoundError:
-        return
-    except (OSError, RecursionError):  # a chain deeper than Python's recursion, or something it may not delete
-        pass
-    rm = subprocess.run(["rm", "-rf", "--one-file-system", "--", path], capture_output=True, check=False)
-    if rm.returncode != 0 and os.path.lexists(path) and shutil.which("chattr"):
-        subprocess.run(["chattr", "-R", "-i", "-a", path], capture_output=True, check=False)
-        subprocess.run(["chmod", "-R", "u+rwx", path], capture_output=True, check=False)
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], capture_output=True, check=False)
-    if os.path.lexists(path):
-        raise SandboxCleanupError(path)
 
 
 def _status(timed_out: bool, blocked: tuple[str, ...], exit_code: int | None, err: bytes) -> Status:

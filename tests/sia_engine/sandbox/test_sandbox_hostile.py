@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from sia_engine.sandbox.confine import namespace_launcher
-from sia_engine.sandbox.jail import Capped, read_outputs, remove_tree, run_python, seccomp_library
+from sia_engine.sandbox.jail import run_python, seccomp_library
+from sia_engine.sandbox.readback import Capped, read_outputs, remove_tree
 
 
 def test_an_output_that_is_a_symlink_to_a_host_file_is_not_read(tmp_path: Path) -> None:
@@ -165,3 +166,13 @@ def test_a_seccomp_filter_refuses_what_no_scorer_needs() -> None:
     assert r.status == "ok" and "seccomp" in r.isolation, (r.status, r.stderr[-500:])
     unshare, ptrace, memfd, keyctl, child = r.stdout.split()
     assert {int(unshare), int(ptrace), int(memfd), int(keyctl)} == {errno.EPERM} and child == "child"
+
+
+def test_the_scratch_folder_is_bounded_in_all() -> None:
+    """Finding 4: 2 GiB went to scratch in 7 s. As root the scratch folder is a tmpfs of
+    ``disk_mb``: files each under the per-file limit still stop at the total."""
+    r = run_python("import errno\nfor i in range(6):\n    try:\n        open(f'f{i}', 'wb').write(b'x' * (3 << 20))\n"
+                   "    except OSError as e:\n        print(i, errno.errorcode[e.errno])\n        break\n", disk_mb=8, timeout_s=30)
+    if "scratch-tmpfs" not in r.isolation:
+        pytest.skip("no tmpfs can be mounted here (not root, or no CAP_SYS_ADMIN): only RLIMIT_FSIZE bounds a file")
+    assert r.status == "ok" and r.stdout.split() == ["2", "ENOSPC"], (r.stdout, r.stderr[-300:])
