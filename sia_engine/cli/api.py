@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from sia_engine.loop.task import NeedsResources, Task
 from sia_engine.models.protocol import Labelled, Model
 from store import Envelope, Store, StoreError
 
-__all__ = ["out", "err", "styled", "require_verified", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
+__all__ = ["out", "err", "styled", "require_verified", "weak_sandbox_option", "store_options", "to_json", "envelope_dict", "fail", "open_store", "emit_json", "load_agent_model"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 # markup off: user and model text (branch names, SQL cells, model output) is printed as it is, never
@@ -80,6 +81,21 @@ def require_verified(s: Store, command: str) -> None:
         fail(f"the store at {s.root} does not verify ({len(report.problems)} problem(s); first: {report.first}), so `{command}` "
              f"appends nothing to it. See every problem with `sia verify --store {s.root}`; restore the store, or the blob "
              "it names, from a backup (the damage is reported, never repaired), or start a new store")
+
+
+def _allow_weak(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from sia_engine.sandbox.jail import ALLOW_WEAK_ENV
+
+        os.environ[ALLOW_WEAK_ENV] = "1"
+
+
+def weak_sandbox_option(f: F) -> F:
+    """``--allow-weak-sandbox``: run model-written code where a wall of the sandbox (Landlock,
+    namespaces, seccomp) is missing, instead of refusing (what was in force is recorded)."""
+    return click.option("--allow-weak-sandbox", is_flag=True, expose_value=False, callback=_allow_weak,
+                        help="Run model-written code even where a wall of the sandbox (Landlock, namespaces, seccomp) is "
+                             "missing; each tool event records what was in force.")(f)
 
 
 def store_options(f: F) -> F:

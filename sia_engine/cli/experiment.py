@@ -26,6 +26,7 @@ from sia_engine.cli.api import (
     out,
     require_verified,
     store_options,
+    weak_sandbox_option,
 )
 from sia_engine.errors import SiaError
 from store import Store
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 @click.option("--eval", "eval_mode", type=click.Choice(["greedy", "mean", "best"]), default="mean", show_default=True)
 @click.option("--lora-steps", default=8, show_default=True)
 @click.option("--budget", default=None, help="Per arm: calls=N (model calls), steps=N (LoRA steps), wall=SECONDS; an arm stops starting iterations once one is spent.")
+@weak_sandbox_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data", default=None, help="Data for tasks that take it.")
 def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None, arms: str, seeds: int, iterations: int, name: str,

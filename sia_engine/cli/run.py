@@ -27,6 +27,7 @@ from sia_engine.cli.api import (
     require_verified,
     store_options,
     styled,
+    weak_sandbox_option,
 )
 from sia_engine.cli.progress import RichHooks
 from sia_engine.domain.projection import RecipeByVersion, project
@@ -82,6 +83,7 @@ def _versions_table(state: Any, recipes: dict[str, str]) -> Table:
 @click.option("--lora-steps", default=8, show_default=True)
 @click.option("--lora-r", default=8, show_default=True)
 @click.option("--lora-lr", default=3e-4, show_default=True)
+@weak_sandbox_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where a local model runs and trains (auto: CUDA when present; bf16 on a GPU).")
 @click.option("--wall-time", default=None, type=float, help="Stop starting iterations after this many seconds.")

@@ -29,6 +29,7 @@ from typing import Literal
 
 import msgspec
 
+from sia_engine.errors import SiaError
 from sia_engine.sandbox import runner
 from sia_engine.sandbox.confine import (
     GPU_PROGRAMS,
@@ -42,7 +43,8 @@ from sia_engine.sandbox.confine import (
 )
 from sia_engine.sandbox.readback import _MAX_TEXT, Capped, SandboxCleanupError, _drain, _lines, read_outputs, remove_tree  # noqa: F401 - the error re-exported
 
-__all__ = ["SandboxResult", "SandboxCleanupError", "run_python", "landlock_available", "seccomp_library"]
+__all__ = ["SandboxResult", "SandboxCleanupError", "WeakSandbox", "run_python", "landlock_available", "seccomp_library", "missing_walls",
+           "STRONG_WALLS", "ALLOW_WEAK_ENV"]
 
 Status = Literal["ok", "error", "timeout", "memory", "blocked"]
 _MEMORY_EXIT = 86
@@ -52,6 +54,28 @@ _RELAX: tuple[str, ...] = ()  # Landlock parts left off, for diagnosis only ("io
 _WRITE_EXTRA: tuple[str, ...] = ()  # more writable places, for diagnosis only
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
+
+
+STRONG_WALLS = ("landlock", "namespaces", "seccomp")  # without any of them, model-written code is not run unless allowed
+ALLOW_WEAK_ENV = "SIA_ALLOW_WEAK_SANDBOX"  # "1": run it anyway (`--allow-weak-sandbox`); isolation records what was missing
+
+
+class WeakSandbox(SiaError):
+    """The jail cannot start here with every wall, and the code to run is the model's."""
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        self.missing = tuple(missing)
+        super().__init__(
+            f"the sandbox cannot start here with all its walls ({', '.join(missing)} missing), and model-written code is not run "
+            "in a weaker one. Install what is missing (landlock: Linux 5.13 or later with Landlock enabled; namespaces: "
+            "util-linux `unshare`, and user namespaces when not root; seccomp: Debian `libseccomp2`), or pass "
+            "--allow-weak-sandbox to run it anyway (each tool event's `isolation` then records what was in force)")
+
+
+def missing_walls() -> tuple[str, ...]:
+    """The strong walls this machine cannot raise (empty: all of them)."""
+    have = {"landlock": bool(landlock_available()), "namespaces": namespace_launcher() is not None, "seccomp": seccomp_library() is not None}
+    return tuple(w for w in STRONG_WALLS if not have[w])
 
 
 class SandboxResult(msgspec.Struct, frozen=True):
@@ -107,6 +131,7 @@ def run_python(
     max_output_bytes: int = 64 << 20,
     max_file_bytes: int = 1 << 30,
     disk_mb: int = 2048,
+    untrusted: bool = True,
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh scratch folder holding ``files``; return what
     happened and the bytes of ``outputs`` (names in the scratch folder) that exist afterwards.
@@ -117,7 +142,11 @@ def run_python(
     ``devices`` names device classes the code may use (``"gpu"``). An output is read back only if
     it is a regular file (never through a symlink) of at most ``max_output_bytes`` (else refused, and
     recorded); no file may exceed ``max_file_bytes`` (RLIMIT_FSIZE); stdout and stderr are kept up
-    to ``_MAX_TEXT`` characters each as they are read, the rest counted. See ``confine``, ``runner``."""
+    to ``_MAX_TEXT`` characters each as they are read, the rest counted. ``untrusted`` code (the
+    model's) is refused (``WeakSandbox``) where a strong wall is missing, unless allowed
+    (``ALLOW_WEAK_ENV``). See ``confine``, ``runner``, ``readback``."""
+    if untrusted and (missing := missing_walls()) and os.environ.get(ALLOW_WEAK_ENV) != "1":
+        raise WeakSandbox(missing)
     abi = landlock_available()
     launcher = namespace_launcher()
     hidden_all = tuple(sorted({os.path.realpath(os.fspath(p)) for p in (*protect, *hidden)}))

@@ -183,7 +183,7 @@ class ScrnaDenoise:
             return msgspec.structs.replace(hit, tools=tools)
         split, controls, train_bytes = self._split(seed)
         code = solution_code(cfg)
-        res = run_python(code, files={"train.npy": train_bytes}, outputs=["denoised.npy"], timeout_s=self.timeout_s,
+        res = run_python(code, files={"train.npy": train_bytes}, outputs=["denoised.npy"], timeout_s=self.timeout_s, untrusted=False,
                          memory_mb=self.memory_mb, protect=self.protect, hidden=(str(data_file(self.data)),))
         call = ToolCall(name="sandbox", inputs={"config": cfg, "split_seed": seed},
                         outputs={"status": res.status, "exit_code": res.exit_code, "stdout": res.stdout[-2000:],
