@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -176,3 +177,20 @@ def device_reads(names: Sequence[str]) -> list[str]:
         if lib is not None:
             out.append(lib)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def python_programs() -> tuple[str, ...]:
+    """What running Python needs the right to execute: its own folder, and the dynamic loader its
+    executable names (the kernel executes that too). Other programs are not run."""
+    exe = os.path.realpath(sys.executable)
+    out = [os.path.dirname(exe)]
+    try:
+        with open(exe, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return tuple(out)
+    if (m := re.search(rb"(/[\w/.+-]*ld-[\w.+-]*\.so[\w.]*)\x00", head)) is not None:
+        loader = os.fsdecode(m.group(1))
+        out += [p for p in dict.fromkeys((loader, os.path.realpath(loader))) if os.path.exists(p)]
+    return tuple(out)

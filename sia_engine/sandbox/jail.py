@@ -39,6 +39,7 @@ from sia_engine.sandbox.confine import (
     libcuda_dir,
     list_roots,
     namespace_launcher,
+    python_programs,
     read_roots,
 )
 from sia_engine.sandbox.readback import _MAX_TEXT, Capped, SandboxCleanupError, _drain, _lines, read_outputs, remove_tree  # noqa: F401 - the error re-exported
@@ -226,7 +227,7 @@ def _runner_config(scratch: str, refusals_fd: int, abi: int, hidden_all: tuple[s
                    protect: Sequence[str | os.PathLike[str]], devices: Sequence[str]) -> dict[str, object]:
     """What the child runner (``sandbox.runner``) confines itself with, as JSON-ready values."""
     return {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
-            "refusals_fd": refusals_fd, "seccomp": seccomp_library(), "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
+            "refusals_fd": refusals_fd, "seccomp": seccomp_library(), "python_exec": list(python_programs()), "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
             "programs": list(GPU_PROGRAMS) if "gpu" in devices else [], "memory_exit": _MEMORY_EXIT, "blocked_exit": _BLOCKED_EXIT}
 
 

@@ -75,7 +75,12 @@ def _landlock() -> None:
             raise OSError(err, "landlock_add_rule failed for " + path)
         os.close(pfd)
 
+    # programs may be run only from Python's own folder (the GPU's compilers aside): shared libraries
+    # load whatever (Landlock's EXECUTE right governs execve, not mmap), binaries under /usr/lib do not run
+    may_exec = bool(CFG.get("programs"))
     for p in (("/",) if read_all else _READ):
+        allow(p, (EXEC if may_exec else 0) | READ | READ_DIR)
+    for p in () if may_exec else CFG["python_exec"]:
         allow(p, EXEC | READ | READ_DIR)
     for p in _LIST:  # the folders that hold what is readable: listed, their other files not read
         allow(p, READ_DIR)

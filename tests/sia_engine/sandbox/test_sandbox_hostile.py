@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sia_engine.sandbox.confine import namespace_launcher
-from sia_engine.sandbox.jail import run_python, seccomp_library
+from sia_engine.sandbox.jail import landlock_available, run_python, seccomp_library
 from sia_engine.sandbox.readback import Capped, read_outputs, remove_tree
 
 
@@ -198,3 +198,28 @@ def test_model_written_code_is_not_run_in_a_weaker_jail_unless_allowed(monkeypat
     assert os.environ.get(jail.ALLOW_WEAK_ENV) == "1"
     r = run_python("print(1)", timeout_s=30)
     assert r.status == "ok" and "seccomp" not in r.isolation and r.stdout.strip() == "1"
+
+
+EXEC_PAST_THE_HOOK = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+sys.stdout.flush()
+for path, args in ((b'/usr/lib/x86_64-linux-gnu/libc.so.6', []), (b'/usr/bin/id', []), (sys.executable.encode(), [b'-c', b'pass'])):
+    pid = os.fork()
+    if pid == 0:
+        libc.execv(path, (ctypes.c_char_p * (len(args) + 2))(path, *args, None))
+        os._exit(100 + ctypes.get_errno())
+    _, st = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(st))
+"""
+
+
+@pytest.mark.skipif(not landlock_available(), reason="the kernel has no Landlock (see the table in docs/sandbox.md)")
+def test_programs_other_than_python_cannot_be_executed_past_the_hook() -> None:
+    """Finding 3: with the hook's flag cleared, or through ctypes, the code ran binaries under
+    /usr/lib; Landlock now grants the right to execute only Python's folder and its loader."""
+    r = run_python(EXEC_PAST_THE_HOOK, timeout_s=60)
+    libc_so, id_bin, python = r.stdout.split()
+    if not os.path.exists("/usr/lib/x86_64-linux-gnu/libc.so.6"):
+        libc_so = str(100 + 13)
+    assert (int(libc_so), int(id_bin), int(python)) == (113, 113, 0), r.stdout
