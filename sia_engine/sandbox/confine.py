@@ -19,14 +19,17 @@ records and refuses what the kernel would refuse, so the tool event says what wa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
+import signal
 import site
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Sequence
 
 __all__ = ["namespace_launcher", "read_roots", "list_roots", "Cgroup", "devices_for", "device_reads", "libcuda_dir", "GPU_PROGRAMS"]
@@ -128,11 +131,36 @@ class Cgroup:
                 f.write(str(os.getpid()))
 
     def remove(self) -> None:
-        if self.path is not None:
+        """Kill whatever is still in the cgroup and remove it (processes killed at the time limit
+        take a moment to leave it: retried for up to a second, never left behind silently)."""
+        if self.path is None:
+            return
+        for _ in range(50):
             try:
                 os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
             except OSError:
-                pass
+                self._kill_all()
+                time.sleep(0.02)
+        raise OSError(f"the sandbox's pids cgroup {self.path} still holds processes after they were killed; remove it by hand")
+
+    def _kill_all(self) -> None:
+        assert self.path is not None
+        kill = os.path.join(self.path, "cgroup.kill")  # cgroup v2, Linux 5.14+: every process at once
+        try:
+            if os.path.exists(kill):
+                with open(kill, "w") as f:
+                    f.write("1")
+                return
+            with open(os.path.join(self.path, "cgroup.procs")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # what a CUDA driver reads besides its device nodes

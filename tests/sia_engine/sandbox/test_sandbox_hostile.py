@@ -223,3 +223,15 @@ def test_programs_other_than_python_cannot_be_executed_past_the_hook() -> None:
     if not os.path.exists("/usr/lib/x86_64-linux-gnu/libc.so.6"):
         libc_so = str(100 + 13)
     assert (int(libc_so), int(id_bin), int(python)) == (113, 113, 0), r.stdout
+
+
+def test_no_pids_cgroup_is_left_behind_after_a_timeout_with_setsid_children() -> None:
+    """Finding 5: after a timeout with setsid() children the pids cgroup was sometimes left."""
+    from pathlib import Path
+
+    code = "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(60)\ntime.sleep(60)\n"
+    for _ in range(3):
+        r = run_python(code, timeout_s=1)
+        assert r.status == "timeout"
+        left = [p for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/pids") for p in Path(base).glob(f"sia-sandbox-{os.getpid()}-*")]
+        assert left == [], left
