@@ -112,6 +112,8 @@ def read_outputs(scratch: str, names: Sequence[str], limit: int) -> tuple[dict[s
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     refused.append(f"output {name}: not a regular file")
+                elif st.st_nlink != 1:  # a hard link: its bytes may be a file outside the scratch folder
+                    refused.append(f"output {name}: not read (a hard link)")
                 elif st.st_size > limit or len(data := _read_upto(fd, limit + 1)) > limit:
                     refused.append(f"output {name}: over {limit} bytes")
                 else:

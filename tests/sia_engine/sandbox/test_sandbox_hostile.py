@@ -28,6 +28,13 @@ def test_an_output_that_is_a_symlink_to_a_host_file_is_not_read(tmp_path: Path) 
     assert all("host secret" not in b for b in r.blocked) and r.status == "blocked"
 
 
+def test_an_output_that_is_a_hard_link_is_not_read(tmp_path: Path) -> None:
+    """A hard link's bytes may be another file's (outside the scratch folder, where the kernel
+    allows the link): an output with more than one link is refused."""
+    r = run_python("import os\nopen('a.txt', 'w').write('x')\nos.link('a.txt', 'res.txt')\n", outputs=["res.txt"], timeout_s=30)
+    assert r.outputs == {} and "output res.txt: not read (a hard link)" in r.blocked, (r.blocked, r.stderr[-300:])
+
+
 def test_an_output_over_its_limit_is_not_read(tmp_path: Path) -> None:
     r = run_python("open('big.bin', 'wb').write(b'x' * 5000)\nopen('ok.bin', 'wb').write(b'y' * 10)",
                    outputs=["big.bin", "ok.bin"], max_output_bytes=1000, timeout_s=30)
