@@ -15,6 +15,7 @@ either already in DuckDB (checked by id) or follows the branch's head there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from datetime import datetime
@@ -100,10 +101,17 @@ class Journal:
         fd = self._open()
         body = _ENC.encode(msgspec.structs.replace(batch, sum=""))[: -len(_EMPTY_SUM)]
         data = body + _SUM_KEY + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+        start = os.fstat(fd).st_size
         view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:  # disk full, a quota, an I/O error: the batch was not acknowledged, so no part of it stays
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            raise
 
     def read(self) -> list[Batch]:
         """Every batch, in order, each as decoded (``check_batch`` checks its ids). Only the last

@@ -119,7 +119,8 @@ class Cgroup:
                 with open(os.path.join(p, "pids.max"), "w") as f:
                     f.write(str(max_procs))
             except OSError:
-                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) and not os.listdir(p) else None
+                with contextlib.suppress(OSError):
+                    os.rmdir(p)  # a cgroup folder lists its interface files, yet rmdir removes it
                 continue
             self.path = p
             break

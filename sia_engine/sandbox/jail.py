@@ -155,14 +155,14 @@ def run_python(
         _prepare_scratch(scratch, code, files)
         cfg = _runner_config(scratch, refusals[1], abi, hidden_all, protect, devices)
         child_env = _child_env(scratch, devices, env)
-        cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
-        nproc = None if cgroup.path is not None or os.geteuid() == 0 else _user_processes() + max_procs + 4
         # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
         address_limit = "gpu" not in devices  # with the GPU, no memory limit (said in ``isolation``)
-        setup = _child_setup(memory_mb * 1024 * 1024 if address_limit else None, nproc, cgroup, max_file_bytes)
         argv = [*(launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
         t0 = time.monotonic()
+        cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
         try:
+            nproc = None if cgroup.path is not None or os.geteuid() == 0 else _user_processes() + max_procs + 4
+            setup = _child_setup(memory_mb * 1024 * 1024 if address_limit else None, nproc, cgroup, max_file_bytes)
             exit_code, out, err, refused, timed_out = _launch(argv, scratch, child_env, setup, timeout_s, refusals)
         finally:
             cgroup.remove()
@@ -180,8 +180,9 @@ def run_python(
 def _scratch_folder(disk_mb: int) -> Iterator[tuple[str, bool]]:
     """A fresh scratch folder (on a tmpfs of ``disk_mb`` where it can be mounted), removed after."""
     scratch = os.path.realpath(tempfile.mkdtemp(prefix="sia-sandbox-"))
-    sized = _mount_scratch(scratch, disk_mb)  # all the code may write, in all
+    sized = False
     try:
+        sized = _mount_scratch(scratch, disk_mb)  # all the code may write, in all
         yield scratch, sized
     finally:
         if sized:
@@ -213,7 +214,10 @@ def _mount_scratch(scratch: str, disk_mb: int) -> bool:
 
 
 def _unmount_scratch(scratch: str) -> None:
-    _libc().umount2(os.fsencode(scratch), 2)  # MNT_DETACH: at once, even if a stray process still holds a file there
+    libc = _libc()
+    if libc.umount2(os.fsencode(scratch), 2) != 0:  # MNT_DETACH: at once, even if a stray process still holds a file there
+        err = ctypes.get_errno()
+        raise SandboxCleanupError(scratch, f"its tmpfs could not be unmounted ({os.strerror(err)})")
 
 
 def _prepare_scratch(scratch: str, code: str, files: Mapping[str, bytes] | None) -> None:
@@ -271,15 +275,30 @@ def _launch(argv: list[str], scratch: str, child_env: Mapping[str, str], setup: 
         os.close(refusals[1])  # the parent's copy: the pipe ends when the sandbox's processes have all let go of it
         refusals[1] = -1
     assert proc.stdout is not None and proc.stderr is not None
-    caps = {proc.stdout.fileno(): Capped(4 * _MAX_TEXT), proc.stderr.fileno(): Capped(4 * _MAX_TEXT), refusals[0]: Capped(_MAX_REFUSALS)}
-    timed_out = _drain(caps, time.monotonic() + timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
-    out, err, refused = caps.values()
-    if timed_out is None:  # without namespaces an escaped process may hold the pipes
-        err.add(b"\nsandbox: output cut: a process that left the sandbox's group kept its pipes open\n")
-    for f in (proc.stdout, proc.stderr):
-        f.close()
-    proc.wait()
-    return proc.returncode, out, err, refused, timed_out is not False
+    deadline = time.monotonic() + timeout_s
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    try:
+        caps = {proc.stdout.fileno(): Capped(4 * _MAX_TEXT), proc.stderr.fileno(): Capped(4 * _MAX_TEXT), refusals[0]: Capped(_MAX_REFUSALS)}
+        timed_out = _drain(caps, deadline, kill)
+        out, err, refused = caps.values()
+        if timed_out is None:  # without namespaces an escaped process may hold the pipes
+            err.add(b"\nsandbox: output cut: a process that left the sandbox's group kept its pipes open\n")
+        try:  # the pipes can end (closed by the code) long before the process does
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            kill()
+            timed_out = True
+        return proc.wait(), out, err, refused, timed_out is not False
+    finally:
+        if proc.returncode is None:  # an exception on the way: nothing is left running
+            kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            f.close()
 
 
 def _status(timed_out: bool, blocked: tuple[str, ...], exit_code: int | None, err: bytes) -> Status:

@@ -31,9 +31,8 @@ def _text(data: bytes) -> str:
 class SandboxCleanupError(SiaError):
     """The scratch folder could not be removed after a run."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"the sandbox's scratch folder {path} could not be removed (the code left something even root "
-                         "cannot delete there); remove it by hand")
+    def __init__(self, path: str, why: str = "the code left something even root cannot delete there") -> None:
+        super().__init__(f"the sandbox's scratch folder {path} could not be removed ({why}); remove it by hand")
 
 
 class Capped:

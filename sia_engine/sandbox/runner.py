@@ -123,6 +123,9 @@ _DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2"
            "open_by_handle_at", "name_to_handle_at", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
            "iopl", "ioperm", "quotactl", "lookup_dcookie", "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount",
            "fspick", "mount_setattr", "io_uring_setup")
+# numbers shared by every architecture (Linux 5.1+), for a libseccomp too old to name them
+_UNIFIED = {"clone3": 435, "io_uring_setup": 425, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsmount": 432,
+            "fspick": 433, "mount_setattr": 442}
 _CLONE_NAMESPACES = (0x10000000, 0x00020000, 0x04000000, 0x08000000, 0x20000000, 0x40000000, 0x02000000, 0x00000080)  # user mnt uts ipc pid net cgroup time
 
 
@@ -141,7 +144,9 @@ def _seccomp(lib: Any, gpu: bool) -> None:
 
     def rule(action: Any, name: str, *cmps: Any) -> None:
         nr = lib.seccomp_syscall_resolve_name(name.encode())
-        if nr < 0:  # not a call on this architecture
+        if nr < 0:  # not a call on this architecture, or newer than this libseccomp: the essentials by number
+            nr = _UNIFIED.get(name, -1)
+        if nr < 0:
             return
         arr = (ArgCmp * max(len(cmps), 1))(*cmps)
         if lib.seccomp_rule_add_array(ctypes.c_void_p(ctx), action, nr, len(cmps), arr) != 0:

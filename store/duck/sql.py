@@ -119,10 +119,11 @@ class SqlRunner:
 def _limits(con: duckdb.DuckDBPyConnection, memory_mb: int, temp_mb: int) -> Iterator[None]:
     """DuckDB's memory and spill limits for one query; DuckDB's defaults (which the engine never
     changes) put back after it."""
-    con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
-    con.execute(f"SET max_temp_directory_size = '{int(temp_mb)}MB'")
     try:
+        con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
+        con.execute(f"SET max_temp_directory_size = '{int(temp_mb)}MB'")
         yield
     finally:
-        con.execute("RESET memory_limit")
-        con.execute("RESET max_temp_directory_size")
+        for setting in ("memory_limit", "max_temp_directory_size"):
+            with contextlib.suppress(duckdb.Error):  # the query's own error is the one to tell
+                con.execute(f"RESET {setting}")

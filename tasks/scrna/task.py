@@ -183,8 +183,11 @@ class ScrnaDenoise:
             return msgspec.structs.replace(hit, tools=tools)
         split, controls, train_bytes = self._split(seed)
         code = solution_code(cfg)
+        out_bytes = 2 * len(train_bytes) + (1 << 20)  # a float64 matrix of the train counts' shape (int64 or smaller), and its header
         res = run_python(code, files={"train.npy": train_bytes}, outputs=["denoised.npy"], timeout_s=self.timeout_s, untrusted=False,
-                         memory_mb=self.memory_mb, protect=self.protect, hidden=(str(data_file(self.data)),))
+                         memory_mb=self.memory_mb, protect=self.protect, hidden=(str(data_file(self.data)),),
+                         max_output_bytes=out_bytes, max_file_bytes=max(out_bytes, 1 << 30),
+                         disk_mb=max(2048, (len(train_bytes) + 2 * out_bytes) >> 20))
         call = ToolCall(name="sandbox", inputs={"config": cfg, "split_seed": seed},
                         outputs={"status": res.status, "exit_code": res.exit_code, "stdout": res.stdout[-2000:],
                             "stderr": res.stderr[-2000:], "wall_s": res.wall_s, "blocked": list(res.blocked), "landlock": res.landlock,

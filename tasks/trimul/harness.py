@@ -78,7 +78,7 @@ def run_submission(
         name = f"out{i}.safetensors"
         if name not in res.outputs:
             last = res.stderr.strip().splitlines()[-1][-800:] if res.stderr.strip() else "no error text"
-            results.append(CaseResult(c, False, f"no output ({res.status}: {last})", tampered=any(b.startswith("output ") for b in res.blocked)))
+            results.append(CaseResult(c, False, f"no output ({res.status}: {last})", tampered=any(b.startswith(f"output {name}: not") for b in res.blocked)))  # a link or not a file: not its size
             continue
         results.append(_checked(c, res.outputs[name], ref))
     return res, results

@@ -206,7 +206,10 @@ def timed_score(res: SandboxResult, spec: dict[str, Any]) -> Score:
     raw = res.outputs.get("result.json")
     if raw is None:
         why = (res.stderr.strip().splitlines() or ["no error text"])[-1][-_MAX_REASON:]
-        return _failed(spec, "content", {"status": res.status, "reason": why, **about})
+        swapped = any(b.startswith("output result.json: not") for b in res.blocked)  # a link or not a file where the harness writes
+        return _failed(spec, "tampering" if swapped else "content", {"status": "tampering" if swapped else res.status, "reason": why, **about})
+    if res.status != "ok":  # a run that timed out or was refused does not score, whatever it left
+        return _failed(spec, "content", {"status": res.status, "reason": f"the run ended {res.status}", **about})
     try:
         got = msgspec.json.decode(raw, type=TimedResult)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:

@@ -241,3 +241,27 @@ def test_a_full_disk_is_said_to_be_full_and_loses_nothing_acknowledged(tmp_path:
             subprocess.run(["rm", "-rf", str(root)], check=True)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_journal_write_that_fails_leaves_no_part_of_its_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose fsync fails (disk full, a quota checked late) was not acknowledged: it must not
+    be replayed on the next open, or a rerun of the same command records it twice."""
+    import errno as _errno
+    import os as _os
+
+    from store import StoreFull
+
+    with Store.create(tmp_path / "s") as s:
+        s.log.init_branch("main")
+        head = s.log.append("main", [NewEvent("k", 1, b'{"i":0}')], expected_head=None)[-1]
+        real = _os.fsync
+
+        def failing(fd: int) -> None:
+            raise OSError(_errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(_os, "fsync", failing)
+        with pytest.raises(StoreFull):
+            s.log.append("main", [NewEvent("k", 1, b'{"i":1}')], expected_head=head)
+        monkeypatch.setattr(_os, "fsync", real)
+    with Store.open(tmp_path / "s", read_only=True) as s:
+        assert s.log.count() == 1

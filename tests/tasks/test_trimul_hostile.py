@@ -53,3 +53,13 @@ def test_a_garbage_output_file_is_tampering_not_a_traceback() -> None:
     code = "def custom_kernel(data):\n    import os\n    open('out0.safetensors', 'wb').write(b'garbage')\n    os._exit(0)\n"
     res, [r] = run_submission(code, [Case(32, 1, 128, False, "normal", 7)])
     assert not r.correct and r.tampered and "not what the harness writes" in r.reason
+
+
+def test_a_run_that_did_not_end_ok_does_not_score_and_a_swapped_result_file_is_tampering() -> None:
+    honest = b'{"status": "ok", "ref_us": 300.0, "sub_us": 100.0, "reps": 3}'
+    for status in ("timeout", "blocked", "error"):
+        s = timed_score(result(honest, status), SPEC)
+        assert (s.score, s.failure) == (0.0, "content"), status
+    swapped = SandboxResult("blocked", 0, "", "", 1.0, blocked=("output result.json: not read (a symlink)",))  # type: ignore[arg-type]
+    s = timed_score(swapped, SPEC)
+    assert (s.score, s.failure) == (0.0, "tampering")

@@ -244,3 +244,17 @@ def test_no_pids_cgroup_is_left_behind_after_a_timeout_with_setsid_children() ->
         assert r.status == "timeout"
         left = [p for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/pids") for p in Path(base).glob(f"sia-sandbox-{os.getpid()}-*")]
         assert left == [], left
+
+
+def test_code_that_closes_every_pipe_then_sleeps_still_meets_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without namespaces nothing else holds the pipes: the code closed stdout, stderr and the
+    refusal pipe, and the parent then waited for the process without a limit."""
+    import time
+
+    from sia_engine.sandbox import jail
+
+    monkeypatch.setattr(jail, "namespace_launcher", lambda: None)
+    code = "import os, sys, time\nsys.modules['__main__']._LOG.close()\nos.close(1)\nos.close(2)\ntime.sleep(60)\n"
+    t0 = time.monotonic()
+    r = run_python(code, timeout_s=2)
+    assert r.status == "timeout" and time.monotonic() - t0 < 15, (r.status, time.monotonic() - t0)
