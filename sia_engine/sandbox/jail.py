@@ -42,7 +42,7 @@ from sia_engine.sandbox.confine import (
     python_programs,
     read_roots,
 )
-from sia_engine.sandbox.readback import _MAX_TEXT, Capped, SandboxCleanupError, _drain, _lines, read_outputs, remove_tree  # noqa: F401 - the error re-exported
+from sia_engine.sandbox.readback import MAX_TEXT, Capped, SandboxCleanupError, drain, read_outputs, refusal_lines, remove_tree
 
 __all__ = ["SandboxResult", "SandboxCleanupError", "WeakSandbox", "run_python", "landlock_available", "seccomp_library", "missing_walls",
            "STRONG_WALLS", "ALLOW_WEAK_ENV"]
@@ -143,7 +143,7 @@ def run_python(
     ``devices`` names device classes the code may use (``"gpu"``). An output is read back only if
     it is a regular file (never through a symlink) of at most ``max_output_bytes`` (else refused, and
     recorded); no file may exceed ``max_file_bytes`` (RLIMIT_FSIZE); stdout and stderr are kept up
-    to ``_MAX_TEXT`` characters each as they are read, the rest counted. ``untrusted`` code (the
+    to ``MAX_TEXT`` characters each as they are read, the rest counted. ``untrusted`` code (the
     model's) is refused (``WeakSandbox``) where a strong wall is missing, unless allowed
     (``ALLOW_WEAK_ENV``). See ``confine``, ``runner``, ``readback``."""
     if untrusted and (missing := missing_walls()) and os.environ.get(ALLOW_WEAK_ENV) != "1":
@@ -168,7 +168,7 @@ def run_python(
             cgroup.remove()
         wall = time.monotonic() - t0
         got, unread = read_outputs(scratch, outputs, max_output_bytes)
-        status = _status(timed_out, blocked := (*_lines(refused), *unread), exit_code, err.head)
+        status = _status(timed_out, blocked := (*refusal_lines(refused), *unread), exit_code, err.head)
         walls = {"landlock": bool(abi), "namespaces": launcher is not None, "seccomp": seccomp_library() is not None,
                  "pids-cgroup": cgroup.path is not None, "rlimit-nproc": nproc is not None, "rlimit-as": address_limit,
                  "rlimit-fsize": True, "scratch-tmpfs": sized}
@@ -282,8 +282,8 @@ def _launch(argv: list[str], scratch: str, child_env: Mapping[str, str], setup: 
             os.killpg(proc.pid, signal.SIGKILL)
 
     try:
-        caps = {proc.stdout.fileno(): Capped(4 * _MAX_TEXT), proc.stderr.fileno(): Capped(4 * _MAX_TEXT), refusals[0]: Capped(_MAX_REFUSALS)}
-        timed_out = _drain(caps, deadline, kill)
+        caps = {proc.stdout.fileno(): Capped(4 * MAX_TEXT), proc.stderr.fileno(): Capped(4 * MAX_TEXT), refusals[0]: Capped(_MAX_REFUSALS)}
+        timed_out = drain(caps, deadline, kill)
         out, err, refused = caps.values()
         if timed_out is None:  # without namespaces an escaped process may hold the pipes
             err.add(b"\nsandbox: output cut: a process that left the sandbox's group kept its pipes open\n")

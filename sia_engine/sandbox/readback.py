@@ -5,7 +5,6 @@ removed whatever it holds."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import selectors
@@ -17,15 +16,15 @@ from collections.abc import Callable, Sequence
 
 from sia_engine.errors import SiaError
 
-__all__ = ["Capped", "SandboxCleanupError", "read_outputs", "remove_tree"]
+__all__ = ["MAX_TEXT", "Capped", "SandboxCleanupError", "drain", "refusal_lines", "read_outputs", "remove_tree"]
 
-_MAX_TEXT = 20_000  # characters of stdout and of stderr kept
+MAX_TEXT = 20_000  # characters of stdout and of stderr kept
 _GRACE_S = 5.0  # after the time limit: how long the killed tree may take to let go of its pipes
 
 
 def _text(data: bytes) -> str:
     text = data.decode("utf-8", "replace")
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + f"\n... [{len(text) - _MAX_TEXT} more characters]"
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"\n... [{len(text) - MAX_TEXT} more characters]"
 
 
 class SandboxCleanupError(SiaError):
@@ -51,7 +50,7 @@ class Capped:
         return text if self.total <= len(self.head) else text + f"\n... [{self.total - len(self.head)} more bytes not kept]"
 
 
-def _drain(caps: dict[int, Capped], deadline: float, kill: Callable[[], None]) -> bool | None:
+def drain(caps: dict[int, Capped], deadline: float, kill: Callable[[], None]) -> bool | None:
     """Read every fd of ``caps`` to its end; at ``deadline`` call ``kill`` and allow ``_GRACE_S``
     more. False: all ended in time; True: killed, then all ended; None: still open after the grace."""
     sel = selectors.DefaultSelector()
@@ -65,8 +64,7 @@ def _drain(caps: dict[int, Capped], deadline: float, kill: Callable[[], None]) -
             if left <= 0:
                 if killed:
                     return None
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    kill()
+                kill()  # the caller's: it copes with a process already gone
                 killed, deadline = True, time.monotonic() + _GRACE_S
                 continue
             for key, _ in sel.select(timeout=left):
@@ -83,7 +81,7 @@ def _drain(caps: dict[int, Capped], deadline: float, kill: Callable[[], None]) -
         sel.close()
 
 
-def _lines(refused: Capped) -> tuple[str, ...]:
+def refusal_lines(refused: Capped) -> tuple[str, ...]:
     lines = tuple(x for x in refused.head.decode("utf-8", "replace").splitlines() if x)
     return lines if refused.total <= len(refused.head) else (*lines, f"... [{refused.total - len(refused.head)} more bytes of refusals]")
 

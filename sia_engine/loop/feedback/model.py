@@ -39,7 +39,7 @@ from sia_engine.domain.events import ActionTaken, FeedbackVerdict, TrainingPlan
 from sia_engine.domain.payloads import ChoiceStage, FreeText, ModelChoice, OptionScore, ScoreInputs
 from sia_engine.domain.scaffold import Decoding, PatchOp
 from sia_engine.errors import SiaError
-from sia_engine.loop.feedback.rule import Context, Decision, RulePolicy, _new_version
+from sia_engine.loop.feedback.rule import Context, Decision, RulePolicy, new_version
 from sia_engine.loop.recipes import RECIPES, gold_episodes, plan_for
 from sia_engine.loop.task import Task
 from sia_engine.models.protocol import ChoosesOption, Message, Model, Request, ScoresOptions
@@ -90,7 +90,7 @@ def _change_options(ctx: Context, task: Task, rule: RulePolicy) -> list[Option]:
     examples = rule._example_ops(ctx, task)
     gold_inputs = {e.input for e in task.episodes("train") if e.gold is not None}
     for ops in rule._format_ops(ctx, task) + examples:
-        if not _new_version(ctx, ops):
+        if not new_version(ctx, ops):
             continue
         label = _describe(ops)
         if ops[0].path.startswith("/examples") and isinstance(ops[0].value, dict):
@@ -250,7 +250,7 @@ class LLMPolicy:
             return None, "the same as the current system prompt", action
         if task.parse_answer(value) is not None:
             return None, "it holds an answer", action
-        if not _new_version(ctx, (PatchOp("replace", "/system_prompt", value),)):
+        if not new_version(ctx, (PatchOp("replace", "/system_prompt", value),)):
             return None, "it gives a version already tried", action
         return value, "", action
 

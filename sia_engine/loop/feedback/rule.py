@@ -24,7 +24,7 @@ from sia_engine.loop.recipes import RECIPES, choose_recipe, gold_episodes, plan_
 from sia_engine.loop.task import Failure, Task
 from sia_engine.models.protocol import Recipe
 
-__all__ = ["Context", "Decision", "FeedbackAgent", "RulePolicy"]
+__all__ = ["Context", "Decision", "FeedbackAgent", "RulePolicy", "new_version"]
 
 MAX_EXAMPLES = 4
 
@@ -58,7 +58,7 @@ class FeedbackAgent(Protocol):
     def decide(self, ctx: Context, task: Task) -> Decision: ...
 
 
-def _new_version(ctx: Context, ops: Sequence[PatchOp]) -> bool:
+def new_version(ctx: Context, ops: Sequence[PatchOp]) -> bool:
     """True if ``ops`` apply to the head scaffold and give a version not seen before."""
     assert ctx.state.run is not None
     try:
@@ -154,7 +154,7 @@ class RulePolicy:
 
         def scaffold(options: list[tuple[PatchOp, ...]], why: str) -> Decision | None:
             for ops in options:
-                if _new_version(ctx, ops):
+                if new_version(ctx, ops):
                     v = FeedbackVerdict(version_id=ctx.head.version_id, lever="scaffold", rationale=f"{why}: {summary}", policy=self.name, evidence=evidence, patch=ops)
                     return Decision((v,))
             return None
