@@ -31,6 +31,7 @@ import msgspec
 
 from sia_engine.errors import SiaError
 from sia_engine.sandbox import runner
+from sia_engine.sandbox.channel import CHANNEL_ENV, Channel, talking
 from sia_engine.sandbox.confine import (
     GPU_PROGRAMS,
     Cgroup,
@@ -133,6 +134,7 @@ def run_python(
     max_file_bytes: int = 1 << 30,
     disk_mb: int = 2048,
     untrusted: bool = True,
+    talk: Callable[[Channel], None] | None = None,
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh scratch folder holding ``files``; return what
     happened and the bytes of ``outputs`` (names in the scratch folder) that exist afterwards.
@@ -145,16 +147,17 @@ def run_python(
     recorded); no file may exceed ``max_file_bytes`` (RLIMIT_FSIZE); stdout and stderr are kept up
     to ``MAX_TEXT`` characters each as they are read, the rest counted. ``untrusted`` code (the
     model's) is refused (``WeakSandbox``) where a strong wall is missing, unless allowed
-    (``ALLOW_WEAK_ENV``). See ``confine``, ``runner``, ``readback``."""
+    (``ALLOW_WEAK_ENV``). ``talk``: the caller's part of a live channel with the code (``channel``),
+    run beside it in a thread and ended before this returns. See ``confine``, ``runner``, ``readback``."""
     if untrusted and (missing := missing_walls()) and os.environ.get(ALLOW_WEAK_ENV) != "1":
         raise WeakSandbox(missing)
     abi = landlock_available()
     launcher = namespace_launcher()
     hidden_all = tuple(sorted({os.path.realpath(os.fspath(p)) for p in (*protect, *hidden)}))
-    with _scratch_folder(disk_mb) as (scratch, sized), _refusal_pipe() as refusals:
+    with _scratch_folder(disk_mb) as (scratch, sized), _refusal_pipe() as refusals, talking(talk) as (channel_fd, start_talk, end_talk):
         _prepare_scratch(scratch, code, files)
         cfg = _runner_config(scratch, refusals[1], abi, hidden_all, protect, devices)
-        child_env = _child_env(scratch, devices, env)
+        child_env = {**_child_env(scratch, devices, env), **({CHANNEL_ENV: str(channel_fd)} if channel_fd is not None else {})}
         # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
         address_limit = "gpu" not in devices  # with the GPU, no memory limit (said in ``isolation``)
         argv = [*(launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
@@ -163,9 +166,10 @@ def run_python(
         try:
             nproc = None if cgroup.path is not None or os.geteuid() == 0 else _user_processes() + max_procs + 4
             setup = _child_setup(memory_mb * 1024 * 1024 if address_limit else None, nproc, cgroup, max_file_bytes)
-            exit_code, out, err, refused, timed_out = _launch(argv, scratch, child_env, setup, timeout_s, refusals)
+            exit_code, out, err, refused, timed_out = _launch(argv, scratch, child_env, setup, timeout_s, refusals, channel_fd, start_talk)
         finally:
             cgroup.remove()
+        end_talk()  # the processes have ended: what the code did not say by now it never will
         wall = time.monotonic() - t0
         got, unread = read_outputs(scratch, outputs, max_output_bytes)
         status = _status(timed_out, blocked := (*refusal_lines(refused), *unread), exit_code, err.head)
@@ -263,17 +267,21 @@ def _child_setup(address_limit: int | None, nproc: int | None, cgroup: Cgroup, f
 
 
 def _launch(argv: list[str], scratch: str, child_env: Mapping[str, str], setup: Callable[[], None], timeout_s: float,
-            refusals: list[int]) -> tuple[int | None, Capped, Capped, Capped, bool]:
+            refusals: list[int], channel_fd: int | None = None,
+            started: Callable[[], None] = lambda: None) -> tuple[int | None, Capped, Capped, Capped, bool]:
     """Run ``argv`` to its end or to the time limit, reading stdout, stderr and the refusals pipe
-    as they come, each kept up to its cap: (exit code, stdout, stderr, refusals, timed out)."""
+    as they come, each kept up to its cap: (exit code, stdout, stderr, refusals, timed out).
+    ``channel_fd`` is passed on too; ``started`` is called once the process runs."""
     try:
         proc = subprocess.Popen(
-            argv, cwd=scratch, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(refusals[1],),
+            argv, cwd=scratch, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(refusals[1], *(() if channel_fd is None else (channel_fd,))),
             preexec_fn=setup,  # noqa: PLW1509 - the limits must be set in the child
         )
     finally:
         os.close(refusals[1])  # the parent's copy: the pipe ends when the sandbox's processes have all let go of it
         refusals[1] = -1
+    started()
     assert proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + timeout_s
 

@@ -1,5 +1,7 @@
 """Run a TriMul kernel submission (Triton source defining ``custom_kernel(data)``) in the
-sandbox on seeded cases, and check each output against the reference.
+sandbox on seeded cases, and check each output against the reference: a correctness check of
+a kernel on known cases (tests, ``bench/gpu_sandbox_check.sh``). The task's scorer does not use
+it: its inputs are known in advance, so a scored submission goes through ``judge.py`` instead.
 
 On a CPU the sandbox sets ``TRITON_INTERPRET=1`` before anything imports Triton, so kernels run
 in Triton's interpreter: correctness on small shapes only, never a timing.

@@ -1,9 +1,11 @@
-"""TriMul as a ``sia run`` task: the model writes a Triton kernel module, the sandbox checks it
-against the reference and times it on a GPU by the benchmark's rules (``timing.py``).
+"""TriMul as a ``sia run`` task: the model writes a Triton kernel module, which runs in the
+sandbox while a judge outside it (``judge.py``) asks for each call, checks the outputs against
+the reference it computes itself, and bounds the harness's timings with its own clock.
 
-An episode is one shape: the submission's output is checked on that shape's seeded inputs
-before every timed repetition, and its score is the speed-up over the PyTorch reference timed in
-the same sandboxed process (0 when it fails or is wrong anywhere). Splits: train = the four
+An episode is one shape: the reference and then the submission are called on fresh inputs from
+seeds the judge keeps (``reps`` timed calls each, after a warm-up); the score is the speed-up
+over the reference (0 when the submission fails, is wrong anywhere it was checked, or forged
+anything the judge can see: ``tampering``). Splits: train = the four
 smaller test shapes, val = the three larger, test = the 7 ranked benchmark shapes (the
 benchmark's own score is the geometric mean of those times; ``bench/bench_trimul_gpu.py``
 prints it for any submission file).
@@ -19,53 +21,27 @@ import ast
 import hashlib
 import inspect
 import json
-import math
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
-
-from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Decoding, Scaffold
 from sia_engine.errors import SiaError
-from sia_engine.loop.task import Episode, Failure, Score, chat_messages
+from sia_engine.loop.task import Episode, Score, chat_messages
 from sia_engine.models.protocol import Message
-from sia_engine.sandbox.jail import SandboxResult, run_python
-from tasks.trimul.harness import Case, run_submission
+from sia_engine.sandbox.jail import run_python
+from tasks.trimul.judge import Judge, Plan
 from tasks.trimul.reference import HIDDEN, RANKED, TEST_SHAPES
 from tasks.trimul.reference import reference as reference_fn
 
-__all__ = ["TriMul", "TaskUnavailable", "parse_kernel", "TimedResult", "timed_score"]
+__all__ = ["TriMul", "TaskUnavailable", "parse_kernel"]
 
 _HERE = Path(__file__).resolve().parent
-_MAX_RESULT = 1 << 16  # bytes of result.json read back (the harness writes a few hundred)
-_MAX_REASON = 800  # characters of an error's text kept in the tool event
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
-_MAIN = '''
-import json, os, sys
-sys.path.insert(0, os.getcwd())
-import torch
-import reference, timing
-spec = json.load(open("episode.json"))
-shape = (spec["n"], spec["bs"], spec["dim"], spec["masked"], spec["dist"])
-try:
-    import submission
-    fn = submission.custom_kernel
-except BaseException as e:
-    out = {"status": "import", "reason": repr(e)[-800:]}
-else:
-    try:
-        ref_us, _ = timing.time_shape(lambda d: reference.reference(*d[:3]), *shape, max_reps=spec["reps"], verify=False, seed0=spec["seed"])
-        sub_us, reps = timing.time_shape(fn, *shape, max_reps=spec["reps"], verify=True, seed0=spec["seed"])
-        out = {"status": "ok", "ref_us": ref_us, "sub_us": sub_us, "reps": reps}
-    except timing.Incorrect as e:
-        out = {"status": "incorrect", "reason": str(e)[-800:]}
-    except BaseException as e:
-        out = {"status": "error", "reason": repr(e)[-800:]}
-json.dump(out, open("result.json", "w"))
-'''
+# the sandbox's main: the harness, which does what the judge asks over the channel
+_MAIN = "import os, sys\nsys.path.insert(0, os.getcwd())\nimport inside\ninside.main()\n"
 
 
 class TaskUnavailable(SiaError):
@@ -103,7 +79,10 @@ class TriMul:
                    "returns the output tensor of shape [bs, N, N, dim].")
     answer_prefix = ""
 
-    def __init__(self, *, protect: tuple[str, ...] = (), interpret: bool | None = None, reps: int = 10, timeout_s: float = 300.0) -> None:
+    def __init__(self, *, protect: tuple[str, ...] = (), interpret: bool | None = None, reps: int = 10, timeout_s: float = 300.0,
+                 allowance_us: float | None = None, secret: bytes | None = None) -> None:
+        if reps < 1:
+            raise ValueError(f"reps must be at least 1 (got {reps})")
         if interpret is None:
             import torch
 
@@ -116,6 +95,9 @@ class TriMul:
         self.protect = protect
         self.reps = reps
         self.timeout_s = timeout_s
+        # how much unexplained time per call the judge lets pass: on a CPU, scheduling noise is milliseconds
+        self.allowance_us = allowance_us if allowance_us is not None else (100_000.0 if interpret else 200.0)
+        self._key = secret if secret is not None else secrets.token_bytes(32)  # the judge's: never enters the sandbox
         self._cache: dict[tuple[str, str], Score] = {}
 
     def _shapes(self, split: Literal["train", "val", "test"]) -> list[tuple[int, int, int, bool, str]]:
@@ -159,72 +141,23 @@ class TriMul:
             return Score(0.0, "format", {"valid": 0.0})
         key = (episode.id, hashlib.sha256(src.encode()).hexdigest())
         if key not in self._cache:
-            self._cache[key] = self._interpreted(episode, src) if self.interpret else self._timed(episode, src)
+            self._cache[key] = self._judged(episode, src)
         return self._cache[key]
 
-    def _interpreted(self, episode: Episode, src: str) -> Score:
+    def _judged(self, episode: Episode, src: str) -> Score:
+        """The submission run in the sandbox, driven and checked by a ``Judge`` outside it: on a GPU
+        on the episode's shape, timed; in Triton's interpreter on N=32, correctness only."""
         m = episode.meta
-        case = Case(n=32, bs=1, dim=128, masked=bool(m["masked"]), dist=m["dist"], seed=int(m["seed"]))
-        res, results = run_submission(src, [case], interpret=True, timeout_s=self.timeout_s, protect=self.protect)
-        ok = all(r.correct for r in results)
-        failure: Failure = "none" if ok else ("tampering" if any(r.tampered for r in results) else "content")
-        call = ToolCall(name="sandbox", inputs={"case": [32, 1, 128, case.masked, case.dist], "interpret": True},
-                        outputs={"status": res.status, "correct": ok, "reason": results[0].reason[-_MAX_REASON:], "stderr": res.stderr[-2000:],
-                            "isolation": list(res.isolation)})
-        return Score(1.0 if ok else 0.0, failure, {"valid": 1.0, "correct": float(ok), "timed": 0.0}, (call,))
-
-    def _timed(self, episode: Episode, src: str) -> Score:
-        m = episode.meta
-        spec = {**{k: m[k] for k in ("n", "bs", "dim", "masked", "dist", "seed")}, "reps": self.reps}
-        files = {"submission.py": src.encode(), "episode.json": json.dumps(spec).encode(),
-                 "reference.py": (_HERE / "reference.py").read_bytes(), "timing.py": (_HERE / "timing.py").read_bytes()}
-        res = run_python(_MAIN, files=files, outputs=["result.json"], timeout_s=self.timeout_s, protect=self.protect, devices=("gpu",),
-                         max_output_bytes=_MAX_RESULT)
-        return timed_score(res, spec)
-
-
-class TimedResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What the timing harness (``_MAIN``) writes to ``result.json``, and nothing else."""
-
-    status: Literal["ok", "import", "incorrect", "error"]
-    reason: str = ""
-    ref_us: float | None = None
-    sub_us: float | None = None
-    reps: int | None = None
-
-    def timings_possible(self) -> bool:
-        return (self.ref_us is not None and self.sub_us is not None and self.reps is not None and self.reps >= 1
-                and all(math.isfinite(t) and t > 0 for t in (self.ref_us, self.sub_us)))
-
-
-def timed_score(res: SandboxResult, spec: dict[str, Any]) -> Score:
-    """The score of a timed run from what its sandbox returned. Whatever the submission did to the
-    result channel is a typed failure with bounded text, never an exception: no ``result.json``
-    is a ``content`` failure (it crashed, timed out, was refused); one the harness could not have
-    written (not JSON, not its fields, impossible timings) is ``tampering``."""
-    about = {"sandbox": res.status, "wall_s": res.wall_s, "isolation": list(res.isolation), "blocked": list(res.blocked[:20])}
-    raw = res.outputs.get("result.json")
-    if raw is None:
-        why = (res.stderr.strip().splitlines() or ["no error text"])[-1][-_MAX_REASON:]
-        swapped = any(b.startswith("output result.json: not") for b in res.blocked)  # a link or not a file where the harness writes
-        return _failed(spec, "tampering" if swapped else "content", {"status": "tampering" if swapped else res.status, "reason": why, **about})
-    if res.status != "ok":  # a run that timed out or was refused does not score, whatever it left
-        return _failed(spec, "content", {"status": res.status, "reason": f"the run ended {res.status}", **about})
-    try:
-        got = msgspec.json.decode(raw, type=TimedResult)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        return _failed(spec, "tampering", {"status": "tampering", "reason": f"result.json is not what the harness writes: {str(e)[:200]}", **about})
-    outputs = {**msgspec.to_builtins(msgspec.structs.replace(got, reason=got.reason[-_MAX_REASON:])), **about}
-    if got.status != "ok":
-        return _failed(spec, "content", outputs)
-    if not got.timings_possible():
-        return _failed(spec, "tampering", {**outputs, "status": "tampering", "reason": "timings no run can give (zero, negative or not finite)"})
-    assert got.ref_us is not None and got.sub_us is not None
-    speedup = got.ref_us / got.sub_us
-    return Score(round(speedup, 6), "none", {"valid": 1.0, "correct": 1.0, "speedup": speedup, "sub_us": got.sub_us, "ref_us": got.ref_us},
-                 (ToolCall(name="sandbox", inputs={"episode": spec}, outputs=outputs),))
-
-
-def _failed(spec: dict[str, Any], failure: Failure, outputs: dict[str, Any]) -> Score:
-    metrics = {"valid": 1.0, "correct": 0.0, **({"tampering": 1.0} if failure == "tampering" else {})}
-    return Score(0.0, failure, metrics, (ToolCall(name="sandbox", inputs={"episode": spec}, outputs=outputs),))
+        n, bs, dim = (32, 1, 128) if self.interpret else (int(m["n"]), int(m["bs"]), int(m["dim"]))
+        plan = Plan(n=n, bs=bs, dim=dim, masked=bool(m["masked"]), dist=str(m["dist"]), device="cpu" if self.interpret else "cuda",
+                    key=self._key, salt=f"{episode.id}|{hashlib.sha256(src.encode()).hexdigest()}",
+                    reps=min(self.reps, 2) if self.interpret else self.reps,
+                    allowance_us=self.allowance_us)
+        judge = Judge(plan)
+        out_bytes = 4 * plan.numel()
+        files = {"submission.py": src.encode(), "episode.json": json.dumps(plan.public()).encode(),
+                 "reference.py": (_HERE / "reference.py").read_bytes(), "inside.py": (_HERE / "inside.py").read_bytes()}
+        res = run_python(_MAIN, files=files, outputs=["full.safetensors"], talk=judge.talk, timeout_s=self.timeout_s, protect=self.protect,
+                         env={"TRITON_INTERPRET": "1"} if self.interpret else {}, devices=() if self.interpret else ("gpu",),
+                         max_output_bytes=out_bytes + (1 << 12), max_file_bytes=out_bytes + (1 << 20), disk_mb=2048 + (out_bytes >> 20))
+        return judge.verdict(res)

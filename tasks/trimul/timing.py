@@ -1,8 +1,8 @@
-"""TriMul timing by the benchmark's rules, shared by ``bench/bench_trimul_gpu.py`` and the task's
-scorer (which copies this file and ``reference.py`` into the sandbox: both import only torch).
+"""TriMul timing by the benchmark's rules, for ``bench/bench_trimul_gpu.py`` (a submission file
+you trust, timed in this process; the task's scorer runs untrusted ones through ``judge.py``).
 
 For one shape: inputs regenerated on the device (a new seed) before every repetition and, when
-``verify``, the output of that very input rechecked against the reference; CUDA events around
+``verify``, the timed call's own output checked against the reference; CUDA events around
 each call; the first call is a warm-up (compilation, autotuning); at least 3 and at most
 ``max_reps`` timed repetitions, stopping early once the standard error of the mean is under 0.1%
 of it or after ``budget_s`` seconds of timing. Needs CUDA: CPU timings of Triton's interpreter
@@ -41,16 +41,16 @@ def time_shape(fn: Callable[[Any], torch.Tensor], n: int, bs: int, dim: int, mas
     for rep in range(max_reps + 1):
         x, mask, w = generate_input(n, bs, dim, masked=masked, dist=dist, seed=seed0 + rep, device="cuda")  # type: ignore[arg-type]
         data = (x, mask, w, {"n": n, "bs": bs, "dim": dim, "masked": masked, "dist": dist})
-        if verify:
-            ok, why = check(fn(data), reference(x, mask, w))
-            if not ok:
-                raise Incorrect(f"incorrect on N={n} bs={bs} dim={dim} masked={masked} {dist} (rep {rep}): {why}")
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn(data)
+        out = fn(data)
         end.record()
         torch.cuda.synchronize()
+        if verify:  # the timed call's own output, on inputs no earlier call saw
+            ok, why = check(out, reference(x, mask, w))
+            if not ok:
+                raise Incorrect(f"incorrect on N={n} bs={bs} dim={dim} masked={masked} {dist} (rep {rep}): {why}")
         if rep == 0:
             continue  # warm-up
         times.append(start.elapsed_time(end) * 1e3)  # microseconds

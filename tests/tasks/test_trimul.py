@@ -119,7 +119,7 @@ def test_the_task_scores_kernels_in_the_sandbox_interpreted_on_cpu() -> None:
     ep = task.episodes("train")[1]  # masked
     good = task.score(ep, f"```python\n{CORRECT}```")
     assert good.score == 1.0 and good.failure == "none" and good.metrics["timed"] == 0.0  # correctness only: never a timing
-    assert good.tools[0].outputs["correct"] is True and good.tools[0].inputs["interpret"] is True
+    assert good.tools[0].outputs["status"] == "ok" and good.tools[0].inputs["episode"]["device"] == "cpu"  # Triton's interpreter
     bad = task.score(ep, TRANSPOSED)
     assert bad.score == 0.0 and bad.failure == "content" and "elements outside" in bad.tools[0].outputs["reason"]
     assert task.score(ep, "I would use tl.dot.") == type(good)(0.0, "format", {"valid": 0.0})

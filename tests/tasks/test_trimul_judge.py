@@ -1,0 +1,189 @@
+"""Issue 19, finding 6 and Deliver 2: TriMul scores a submission cannot forge. The judge drives the
+harness from outside the sandbox, checks outputs against its own reference on inputs from seeds it
+keeps, and bounds the harness's clock with its own. Each attack below scored before (a forged
+result file scored 1,000,000); here each is a failure on the trajectory, typed, with bounded text.
+
+Submissions are plain torch (no Triton: seconds each), run on CPU in the judge's interpreter mode;
+the judge's logic is the same on a GPU, where the clock is CUDA events (``bench/gpu_trimul_editable.sh``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import safetensors.torch
+import torch
+
+from sia_engine.sandbox.jail import SandboxResult
+from tasks.trimul.judge import Judge, Plan, Rep, Transcript
+from tasks.trimul.reference import generate_input, reference
+from tasks.trimul.task import TriMul
+
+HONEST = '''
+import torch
+def custom_kernel(data):
+    x, mask, w, cfg = data
+    return _ref(x, mask, w)
+def _ref(x, mask, w):
+    dim = x.shape[-1]
+    x = torch.nn.functional.layer_norm(x, (dim,), w["norm.weight"], w["norm.bias"])
+    m = mask.unsqueeze(-1).to(x.dtype)
+    left = (x @ w["left_proj.weight"].T) * m * torch.sigmoid(x @ w["left_gate.weight"].T)
+    right = (x @ w["right_proj.weight"].T) * m * torch.sigmoid(x @ w["right_gate.weight"].T)
+    out = torch.einsum("bikh,bjkh->bijh", left, right)
+    out = torch.nn.functional.layer_norm(out, (128,), w["to_out_norm.weight"], w["to_out_norm.bias"])
+    out = out * torch.sigmoid(x @ w["out_gate.weight"].T)
+    return out @ w["to_out.weight"].T
+'''
+
+
+def judged(src: str, **kw: object) -> tuple[float, str, dict[str, object]]:
+    task = TriMul(interpret=True, secret=b"test key", **kw)  # type: ignore[arg-type]
+    s = task.score(task.episodes("train")[1], f"```python\n{src}\n```")
+    out = s.tools[0].outputs
+    assert len(str(out.get("reason", ""))) <= 800
+    return s.score, s.failure, out
+
+
+def test_an_honest_submission_scores_and_the_judge_says_what_it_measured() -> None:
+    score, failure, out = judged(HONEST)
+    assert (score, failure, out["status"], out["sandbox"], out["blocked"]) == (1.0, "none", "ok", "ok", []), out
+    assert out["calls"] == [3, 3] and out["reps"] == 2  # a warm-up and two timed calls, each side
+    assert math.isfinite(float(out["sub_unexplained_us"])) and float(out["allowance_us"]) == 100_000.0  # type: ignore[arg-type]
+
+
+def test_a_forged_result_file_and_an_exit_at_import_is_tampering() -> None:
+    forged = ("import json, os\njson.dump({'status': 'ok', 'ref_us': 1e6, 'sub_us': 1.0, 'reps': 3}, open('result.json', 'w'))\n"
+              "os._exit(0)\n\ndef custom_kernel(data):\n    return data[0]\n")
+    score, failure, out = judged(forged)
+    assert (score, failure) == (0.0, "tampering") and "before the harness finished" in str(out["reason"])
+
+
+def test_a_cache_by_input_pointer_is_caught_on_fresh_inputs() -> None:
+    cached = HONEST.replace("def custom_kernel(data):\n    x, mask, w, cfg = data\n    return _ref(x, mask, w)",
+                            "_C = {}\ndef custom_kernel(data):\n    p = data[0].data_ptr()\n"
+                            "    if p not in _C:\n        _C[p] = _ref(*data[:3])\n    return _C[p]")
+    assert cached != HONEST
+    score, failure, out = judged(cached)
+    assert (score, failure) == (0.0, "content") and "incorrect on timed call" in str(out["reason"])
+
+
+def test_writing_the_channel_itself_is_tampering() -> None:
+    forger = HONEST + ('import os\nos.write(int(os.environ["SIA_CHANNEL_FD"]), '
+                       'b\'{"t":"imported"}\\n{"t":"done","us":1.0,"shape":[1,32,32,128]}\\n\')\n')
+    score, failure, out = judged(forger)
+    assert (score, failure) == (0.0, "tampering") and "never sends" in str(out["reason"])
+
+
+def test_a_flood_down_the_channel_is_cut_and_is_tampering() -> None:
+    flood = HONEST + 'import os\nfd = int(os.environ["SIA_CHANNEL_FD"])\nfor _ in range(40):\n    os.write(fd, b"x" * (1 << 20))\n'
+    score, failure, out = judged(flood)
+    assert (score, failure) == (0.0, "tampering") and "cut" in str(out["reason"])
+
+
+def test_a_patched_clock_is_caught_by_the_judges_clock() -> None:
+    """The harness's timer reads a clock bound before the import; code in the process can still
+    reach the closure and swap it: the claimed times shrink, the judge's window does not."""
+    patched = HONEST.replace("    return _ref(x, mask, w)", "    import time\n    time.sleep(0.4)\n    return _ref(x, mask, w)") + '''
+import gc, itertools
+_tick = itertools.count(step=1000)
+for f in gc.get_objects():
+    if callable(f) and getattr(f, "__name__", "") == "timed_cpu" and f.__closure__:
+        for cell in f.__closure__:
+            if getattr(cell.cell_contents, "__name__", "") == "perf_counter_ns":
+                cell.cell_contents = lambda: next(_tick)
+'''
+    score, failure, out = judged(patched)
+    assert (score, failure) == (0.0, "tampering") and "the claimed times do not explain" in str(out["reason"]), out
+
+
+def test_a_patched_harness_that_computes_the_checked_elements_late_is_caught() -> None:
+    """The harness answering fast with a wrong output and computing the right one only when the
+    judge names the elements it checks: the wait for those elements gives it away."""
+    lazy = HONEST.replace("    return _ref(x, mask, w)", "    _last[:] = [data]\n    return torch.zeros(1, 32, 32, 128)") + '''
+import inside, time
+_last = []
+_serve = inside._serve
+def _late(op, m, t, state, timed, shape, say):
+    if op in ("pick", "save"):
+        time.sleep(0.5 if op == "pick" else 0)  # the real kernel, run only now
+        state["out"] = _ref(*_last[0][:3])
+    return _serve(op, m, t, state, timed, shape, say)
+inside._serve = _late
+'''
+    score, failure, out = judged(lazy)
+    assert (score, failure) == (0.0, "tampering") and "computed after the timing" in str(out["reason"]), out
+
+
+@pytest.mark.parametrize(("body", "failure", "says"), [
+    ("    raise RuntimeError('no kernel')", "content", "a call failed (go): RuntimeError('no kernel')"),
+    ("    import ctypes\n    ctypes.string_at(0)", "content", "before the harness finished"),  # a real segfault
+    ("    return data[0][..., :4]", "content", "the output's shape is"),
+    ("    return [1, 2]", "content", "not a tensor"),
+    ("    import os\n    os._exit(3)", "tampering", "the submission ended it"),
+])
+def test_crashes_are_content_and_exits_are_tampering(body: str, failure: str, says: str) -> None:
+    score, got, out = judged("def custom_kernel(data):\n" + body + "\n")
+    assert (score, got) == (0.0, failure) and says in str(out["reason"]), out
+
+
+# the verdict from transcripts the submission could make the judge see, without a sandbox
+
+PLAN = Plan(n=8, bs=1, dim=16, masked=False, dist="normal", device="cpu", key=b"k", salt="s", reps=3, picks=64)
+
+
+def honest_transcript() -> tuple[Transcript, SandboxResult]:
+    tr = Transcript(imported=True, bye=True)
+    for phase in ("ref", "sub"):
+        for i in range(4):
+            rep = Rep(phase, i, PLAN.seed(phase, i), 100.0, 300.0, 50.0)
+            out = reference(*generate_input(8, 1, 16, masked=False, dist="normal", seed=rep.seed))
+            rep.vals = out.reshape(-1)[PLAN.pick(phase, i)].numpy().tobytes()
+            getattr(tr, phase).append(rep)
+            if phase == "sub" and i == 0:
+                full = safetensors.torch.save({"out": out})
+    return tr, SandboxResult("ok", 0, "", "", 1.0, outputs={"full.safetensors": full})
+
+
+def test_an_honest_transcript_scores() -> None:
+    tr, res = honest_transcript()
+    j = Judge(PLAN)
+    j.tr = tr
+    s = j.verdict(res)
+    assert (s.score, s.failure) == (1.0, "none")
+
+
+@pytest.mark.parametrize("us", [0.0, -1.0, float("nan"), float("inf"), 301.5])
+def test_times_no_run_can_give_are_tampering(us: float) -> None:
+    tr, res = honest_transcript()
+    tr.sub[2].us = us
+    j = Judge(PLAN)
+    j.tr = tr
+    s = j.verdict(res)
+    assert (s.score, s.failure) == (0.0, "tampering") and "window on the judge's clock" in s.tools[0].outputs["reason"]
+
+
+@pytest.mark.parametrize("full", [None, b"garbage", safetensors.torch.save({"x": torch.zeros(1)})])
+def test_a_missing_or_foreign_saved_output_is_tampering(full: bytes | None) -> None:
+    tr, res = honest_transcript()
+    res = SandboxResult("ok", 0, "", "", 1.0, outputs={} if full is None else {"full.safetensors": full})
+    j = Judge(PLAN)
+    j.tr = tr
+    assert j.verdict(res).failure == "tampering"
+
+
+def test_a_wrong_picked_element_is_incorrect_and_runs_not_ok_never_score() -> None:
+    tr, res = honest_transcript()
+    vals = bytearray(tr.sub[3].vals)
+    vals[0:4] = torch.tensor([1e6]).numpy().tobytes()
+    tr.sub[3].vals = bytes(vals)
+    j = Judge(PLAN)
+    j.tr = tr
+    s = j.verdict(res)
+    assert (s.score, s.failure) == (0.0, "content") and "timed call 3" in s.tools[0].outputs["reason"]
+    tr, _ = honest_transcript()
+    for status, code in (("timeout", None), ("blocked", 87), ("memory", 86), ("error", -9)):
+        j = Judge(PLAN)
+        j.tr = tr
+        s = j.verdict(SandboxResult(status, code, "", "y" * 50_000, 1.0, outputs=res.outputs))  # type: ignore[arg-type]
+        assert (s.score, s.failure) == (0.0, "content") and len(s.tools[0].outputs["reason"]) <= 800, status
