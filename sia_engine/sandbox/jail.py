@@ -43,6 +43,7 @@ from sia_engine.sandbox.confine import (
     python_programs,
     read_roots,
 )
+from sia_engine.sandbox.view import view_launcher
 from sia_engine.sandbox.readback import MAX_TEXT, Capped, SandboxCleanupError, drain, read_outputs, refusal_lines, remove_tree
 
 __all__ = ["SandboxResult", "SandboxCleanupError", "WeakSandbox", "run_python", "landlock_available", "seccomp_library", "missing_walls",
@@ -160,7 +161,9 @@ def run_python(
         child_env = {**_child_env(scratch, devices, env), **({CHANNEL_ENV: str(channel_fd)} if channel_fd is not None else {})}
         # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
         address_limit = "gpu" not in devices  # with the GPU, no memory limit (said in ``isolation``)
-        argv = [*(launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
+        # the read-only view where bubblewrap runs (it gives the namespaces too); else unshare's namespaces
+        view = None if devices else view_launcher([*read_roots(hidden_all), *python_programs()], scratch)
+        argv = [*(view or launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
         t0 = time.monotonic()
         cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
         try:
@@ -170,10 +173,12 @@ def run_python(
         finally:
             cgroup.remove()
         end_talk()  # the processes have ended: what the code did not say by now it never will
+        if view is not None and exit_code is not None and exit_code > 128:  # bwrap exits 128 + n for a child killed by signal n
+            exit_code = 128 - exit_code  # as subprocess (and unshare) say it: -n
         wall = time.monotonic() - t0
         got, unread = read_outputs(scratch, outputs, max_output_bytes)
         status = _status(timed_out, blocked := (*refusal_lines(refused), *unread), exit_code, err.head)
-        walls = {"landlock": bool(abi), "namespaces": launcher is not None, "seccomp": seccomp_library() is not None,
+        walls = {"landlock": bool(abi), "namespaces": bool(view or launcher), "mount-view": view is not None, "seccomp": seccomp_library() is not None,
                  "pids-cgroup": cgroup.path is not None, "rlimit-nproc": nproc is not None, "rlimit-as": address_limit,
                  "rlimit-fsize": True, "scratch-tmpfs": sized}
         return SandboxResult(status, None if timed_out else exit_code, out.text(), err.text(), round(wall, 3), blocked, bool(abi), got,
@@ -234,7 +239,7 @@ def _prepare_scratch(scratch: str, code: str, files: Mapping[str, bytes] | None)
 def _runner_config(scratch: str, refusals_fd: int, abi: int, hidden_all: tuple[str, ...],
                    protect: Sequence[str | os.PathLike[str]], devices: Sequence[str]) -> dict[str, object]:
     """What the child runner (``sandbox.runner``) confines itself with, as JSON-ready values."""
-    return {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect],
+    return {"scratch": scratch, "read": list(read_roots(hidden_all)) + device_reads(devices), "list": list(list_roots()), "protected": [os.fspath(p) for p in protect], "hidden": list(hidden_all),
             "refusals_fd": refusals_fd, "seccomp": seccomp_library(), "python_exec": list(python_programs()), "landlock": abi, "devices": devices_for(devices), "relax": list(_RELAX), "write_extra": list(_WRITE_EXTRA),
             "programs": list(GPU_PROGRAMS) if "gpu" in devices else [], "memory_exit": _MEMORY_EXIT, "blocked_exit": _BLOCKED_EXIT}
 

@@ -26,6 +26,8 @@ _LIST: tuple[str, ...] = ()
 _READ_PREFIX: tuple[str, ...] = ()
 _PROTECTED: tuple[str, ...] = ()
 _PROTECTED_PREFIX: tuple[str, ...] = ()
+_HIDDEN: tuple[str, ...] = ()
+_HIDDEN_PREFIX: tuple[str, ...] = ()
 _EXE_DIR = ""
 _PROGRAMS: tuple[str, ...] = ()  # names of other programs it may run (the GPU's compiler)
 _SELF: list[str] = []
@@ -199,8 +201,8 @@ def _hook_open(args: tuple[Any, ...]) -> None:
     if writing:
         _check_write(p, null_ok=True)
     elif (not _inside(p, (SCRATCH, *_READ), (SCRATCH + "/", *_READ_PREFIX)) and p not in CFG["devices"]
-          and not (p in _LIST and os.path.isdir(p)) and os.path.exists(p)):
-        _block("read " + p)  # (a path that does not exist is left to the system: ENOENT)
+          and not (p in _LIST and os.path.isdir(p)) and (os.path.exists(p) or _inside(p, _HIDDEN, _HIDDEN_PREFIX))):
+        _block("read " + p)  # (a path that does not exist is left to the system: ENOENT; a hidden one, absent from the view, is recorded)
 
 
 def _hook_exec(event: str, args: tuple[Any, ...]) -> None:
@@ -242,7 +244,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
 
 
 def _configure(cfg: dict[str, Any]) -> None:
-    global CFG, SCRATCH, _SELF, _READ, _LIST, _READ_PREFIX, _PROTECTED, _PROTECTED_PREFIX, _EXE_DIR, _PROGRAMS, _LOG
+    global CFG, SCRATCH, _SELF, _READ, _LIST, _READ_PREFIX, _PROTECTED, _PROTECTED_PREFIX, _HIDDEN, _HIDDEN_PREFIX, _EXE_DIR, _PROGRAMS, _LOG
     CFG = cfg
     SCRATCH = cfg["scratch"]
     try:  # this process's own /proc entry
@@ -254,6 +256,8 @@ def _configure(cfg: dict[str, Any]) -> None:
     _READ_PREFIX = tuple(r + "/" for r in _READ)
     _PROTECTED = tuple(os.path.realpath(p) for p in cfg["protected"])
     _PROTECTED_PREFIX = tuple(q + "/" for q in _PROTECTED)
+    _HIDDEN = tuple(cfg.get("hidden", ()))
+    _HIDDEN_PREFIX = tuple(h + "/" for h in _HIDDEN)
     _EXE_DIR = os.path.dirname(os.path.realpath(sys.executable))
     _PROGRAMS = tuple(cfg.get("programs", ()))
     # the refusals go to the parent through a pipe as they happen: the code may add to it, never take back

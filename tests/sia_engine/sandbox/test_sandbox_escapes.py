@@ -46,7 +46,12 @@ def test_held_out_data_cannot_be_read_or_recomputed(tmp_path: Path) -> None:
     }
     for what, code in tries.items():
         r = run_python(code, protect=[store], hidden=[str(data)])
-        assert r.status == "blocked" and r.stdout == "", (what, r.status, r.stdout, r.stderr)
+        assert r.stdout == "", (what, r.stdout)
+        if "mount-view" in r.isolation and what in ("the held-out split, recomputed", "any file"):
+            # in bubblewrap's view the project's source and /etc/passwd are not there at all
+            assert r.status == "error" and ("No module named 'tasks'" in r.stderr or "No such file" in r.stderr), (what, r.stderr)
+            continue
+        assert r.status == "blocked", (what, r.status, r.stderr)  # the data and the store: refused and recorded, view or not
         assert any(b.startswith("read ") for b in r.blocked), (what, r.blocked)
     # past the audit hook (ctypes), the kernel still refuses
     r = run_python(f"import ctypes\nprint(ctypes.CDLL(None).open({str(data).encode()!r}, 0))", hidden=[str(data)])

@@ -1,0 +1,60 @@
+"""Issue 19, Deliver 1: bubblewrap's read-only view. The code sees only what it may read; what it
+may not is not hidden by a rule there, it does not exist. Without bwrap the sandbox still runs
+(through unshare), and says so."""
+
+from __future__ import annotations
+
+import os
+import site
+from pathlib import Path
+
+import pytest
+
+from sia_engine.sandbox import jail
+from sia_engine.sandbox.jail import run_python
+from sia_engine.sandbox.view import bwrap_program
+
+needs_bwrap = pytest.mark.skipif(bwrap_program() is None, reason="bubblewrap (Debian `bubblewrap`) is not installed or cannot start here")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@needs_bwrap
+def test_the_host_beyond_the_read_roots_does_not_exist_inside(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the data")
+    probe = ("import os, json\n"
+             f"paths = {[str(ROOT), '/etc/passwd', '/usr/bin/id', '/etc/hostname', str(tmp_path), '/var', '/home']!r}\n"
+             "print(json.dumps([os.path.exists(p) for p in paths]))\n"
+             "print(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+             f"try:\n    open({str(secret)!r})\nexcept OSError as e:\n    print(type(e).__name__)\n")
+    r = run_python(probe, hidden=[str(secret)], timeout_s=60)
+    assert "mount-view" in r.isolation and "namespaces" in r.isolation, r.isolation
+    lines = r.stdout.split("\n")
+    assert lines[0] == "[false, false, false, false, false, false, false]", r.stdout
+    assert lines[1].split()[1] == "0000000000000000"  # no capability
+    assert lines[2] == "PermissionError" and f"read {secret}" in r.blocked  # the hidden path: absent, and still recorded
+    assert r.status == "blocked"
+
+
+@needs_bwrap
+def test_a_hidden_distribution_is_absent_from_site_packages() -> None:
+    """scrna-denoise hides its data by leaving the distribution that ships it out of the view."""
+    sp = next(p for p in site.getsitepackages() if os.path.isdir(os.path.join(p, "numpy")))
+    probe = f"import os\nprint(sorted(os.listdir({sp!r})).count('numpy'), os.path.exists({os.path.join(sp, 'numpy')!r}))\n"
+    r = run_python(probe, hidden=[os.path.join(sp, "numpy", "__init__.py")], timeout_s=60)
+    assert r.stdout.split() == ["0", "False"], (r.stdout, r.stderr[-500:])
+    r = run_python(probe, timeout_s=60)
+    assert r.stdout.split() == ["1", "True"], (r.stdout, r.stderr[-500:])
+
+
+@needs_bwrap
+def test_a_crash_inside_the_view_is_reported_as_its_signal() -> None:
+    """bwrap exits 128 + n for a child killed by signal n; the jail reports -n, as without it."""
+    r = run_python("import ctypes\nctypes.string_at(0)\n", timeout_s=60)
+    assert r.exit_code == -11 and r.status == "error", (r.exit_code, r.status)
+
+
+def test_without_bubblewrap_the_sandbox_runs_through_unshare_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jail, "view_launcher", lambda *a, **k: None)
+    r = run_python("print(6 * 7)", timeout_s=60)
+    assert r.status == "ok" and r.stdout.strip() == "42" and "mount-view" not in r.isolation, (r.status, r.isolation)
