@@ -30,8 +30,8 @@ _JOIN_S = 60.0  # how long the caller's part may take to finish once the sandbox
 
 class Channel:
     """The caller's end. ``recv``: (a line without its newline, or None at the end; the
-    ``time.monotonic_ns`` at which it arrived). ``send``: the ``time.monotonic_ns`` just after it
-    left, or None when the code's end is gone."""
+    ``time.monotonic_ns`` at which it arrived). ``send``: the ``time.monotonic_ns`` just before it
+    left (so no answer can predate it), or None when the code's end is gone."""
 
     def __init__(self, sock: socket.socket, *, max_line: int = 1 << 20, max_total: int = 256 << 20) -> None:
         self._sock = sock
@@ -44,12 +44,14 @@ class Channel:
     def send(self, message: dict[str, Any]) -> int | None:
         if self.closed:
             return None
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        t = time.monotonic_ns()  # before it can arrive: a window measured from here is never shorter than the work it holds
         try:
-            self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self._sock.sendall(data)
         except OSError:  # the code's end is closed, or the sandbox has ended
             self.closed = True
             return None
-        return time.monotonic_ns()
+        return t
 
     def recv(self) -> tuple[bytes | None, int]:
         while b"\n" not in self._buf:

@@ -44,7 +44,9 @@ def _tools(cuda: bool) -> dict[str, Any]:
         "read": os.read, "write": os.write, "loads": json.loads, "dumps": json.dumps, "b64d": base64.b64decode,
         "b64e": base64.b64encode, "frombuffer": torch.frombuffer, "int64": torch.int64, "Tensor": torch.Tensor,
         "gen": generate_input, "reference": reference, "save": safetensors.torch.save_file, "perf": time.perf_counter_ns,
-        "exit": os._exit, "repr": repr, "isinstance": isinstance, "list": list, "float": float, "bytearray": bytearray,
+        "exit": os._exit, "repr": repr, "type": type, "list": list, "float": float, "int": int, "bytearray": bytearray,
+        "unravel": torch.unravel_index, "Generator": torch.Generator, "randint": torch.randint, "where": torch.where,
+        "isfinite": torch.isfinite, "int8": torch.int8, "float64": torch.float64,
     }
     if cuda:
         ev = torch.cuda.Event
@@ -54,7 +56,7 @@ def _tools(cuda: bool) -> dict[str, Any]:
 
 
 def _timer(t: dict[str, Any], cuda: bool) -> Callable[[Callable[[Any], Any], Any], tuple[Any, float]]:
-    """(output, microseconds) of one call: CUDA events around it on a GPU, the process clock on a CPU."""
+    """(output, microseconds) of one call: CUDA events around it on a GPU, ``perf_counter_ns`` (a monotonic wall clock) on a CPU."""
     if cuda:
         sync, record, elapsed, (start, end) = t["sync"], t["record"], t["elapsed"], t["events"]
 
@@ -119,7 +121,8 @@ def main() -> None:
 def _serve(op: str, m: dict[str, Any], t: dict[str, Any], state: dict[str, Any],
            timed: Callable[[Callable[[Any], Any], Any], tuple[Any, float]], shape: dict[str, Any], say: Callable[..., None]) -> None:
     """One request: ``go`` (a call on fresh inputs, timed), ``pick`` (elements of the last
-    output), ``save`` (the last output whole, for the judge), ``import`` (the submission)."""
+    output, and signed sums of all of it), ``save`` (the last output whole, for the judge),
+    ``import`` (the submission)."""
     if op == "import":
         sys.path.insert(0, os.getcwd())
         import submission  # noqa: PLC0415 - only now, when the judge asks
@@ -131,19 +134,31 @@ def _serve(op: str, m: dict[str, Any], t: dict[str, Any], state: dict[str, Any],
         x, mask, w = t["gen"](shape["n"], shape["bs"], shape["dim"], masked=shape["masked"], dist=shape["dist"], seed=m["seed"],
                               device="cuda" if "sync" in t else "cpu")
         out, us = timed(state["fn"], (x, mask, w, dict(shape)))
-        if not t["isinstance"](out, t["Tensor"]):
-            raise TypeError(f"custom_kernel returned {type(out).__name__}, not a tensor")
+        if t["type"](out) is not t["Tensor"]:  # a subclass could compute what is asked of it only when asked
+            raise TypeError(f"custom_kernel returned {t['type'](out).__name__}, not a plain torch.Tensor")
         state["out"] = out
         say(t="done", us=t["float"](us), shape=t["list"](out.shape))
     elif op == "pick":
-        idx = t["frombuffer"](t["bytearray"](t["b64d"](m["idx"])), dtype=t["int64"]).to(state["out"].device)
-        vals = state["out"].detach().reshape(-1)[idx].float().cpu().contiguous()
-        say(t="vals", b64=t["b64e"](vals.numpy().tobytes()).decode())
+        out = state["out"].detach()
+        idx = t["frombuffer"](t["bytearray"](t["b64d"](m["idx"])), dtype=t["int64"]).to(out.device)
+        vals = out[t["unravel"](idx, out.shape)].float().cpu().contiguous()  # indexed in place: a view is never copied whole
+        say(t="vals", b64=t["b64e"](vals.numpy().tobytes()).decode(), proj=[_projection(t, out, seed) for seed in m["proj"]],
+            nonfinite=t["int"]((~t["isfinite"](out)).sum()))
     elif op == "save":
         t["save"]({"out": state["out"].detach().float().contiguous().cpu()}, "full.safetensors")
         say(t="saved")
     else:
         raise ValueError(f"unknown request {op!r}")
+
+
+def _projection(t: dict[str, Any], out: Any, seed: int) -> float:
+    """The sum of the output's finite elements, each times a sign drawn from ``seed`` (which the
+    judge sends only after the call): no answer but the whole output gives it."""
+    g = t["Generator"](device=out.device).manual_seed(seed)
+    signs = t["randint"](0, 2, out.shape, generator=g, device=out.device, dtype=t["int8"]) * 2 - 1
+    finite = t["where"](t["isfinite"](out), out.float(), 0.0)
+    total: float = t["float"]((finite * signs).sum(dtype=t["float64"]))
+    return total
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,16 +10,23 @@ process says (a result file, a time, an "all correct") the submission could have
   pointer returns the last call's output, which the checks catch);
 - **correctness checked outside**: the warm-up call's whole output is saved and compared here,
   element by element, with the reference computed here on the same device from the same seed;
-  after each timed call the judge names ``picks`` elements at random (only then) and compares
-  those (the benchmark's rule, |out - ref| <= 2e-2 + 2e-2 |ref|, same NaN/inf positions);
-- **timings bounded by a clock outside**: the harness times each call with CUDA events (the
-  process clock on a CPU) bound before the submission was imported, and the judge times, on its
-  own clock, each request from send to answer. The reference is timed first, before the
-  submission is in the process, and is the calibration: a call's unexplained time (the judge's
-  window less the claimed time) and the wait for the picked elements may exceed the reference's
-  by at most ``allowance_us`` (and half again) in the median, or the run is ``tampering``. So a
-  forged time (a patched clock, work left running on another stream, output computed lazily when
-  the picks come) can hide at most about that much per call: the figures are in the tool event;
+  after each timed call the judge names ``picks`` elements at random and asks for ``projections``
+  sums of all the output's elements, each times a random sign; both drawn only then, so only the
+  whole output answers them (computing just the picked elements fails the sums). Elements are
+  held to the benchmark's rule (|out - ref| <= 2e-2 + 2e-2 |ref|, same NaN/inf positions), a sum
+  to within 6 standard deviations of what in-tolerance errors can give. The output must be a
+  plain ``torch.Tensor`` (a subclass could compute what is asked of it only when asked);
+- **timings bounded by a clock outside**: the harness times each call with CUDA events (a
+  monotonic clock in the interpreter) bound before the submission was imported, and the judge
+  times, on its own clock, each request from before it leaves to its answer. The reference is
+  timed first, before the submission is in the process, and is the calibration: the median call's
+  unexplained time (the judge's window less the claimed time) and the median wait for the picks
+  and sums may exceed the reference's by at most half again plus ``allowance_us``, or the run is
+  ``tampering``. The score is the ratio of the medians, so a forged time on fewer than half the
+  calls does not move it, and on more it moves the medians the judge bounds: a patched clock or
+  work left on another stream can hide at most about the allowance per call, and output
+  computed when the picks come must be computed whole within it. The figures are in the tool
+  event;
 - **a run that did not finish the conversation** (exited at import, ``os._exit``, a line the
   harness never sends, a flood) scores 0 as ``tampering``; one that crashed, ran out of time or
   memory, or was refused scores 0 as ``content``; every text kept is bounded.
@@ -64,6 +71,7 @@ class Plan(msgspec.Struct, frozen=True):
     reps: int = 10  # timed calls of each of the reference and the submission (at least 3 unless the budget ends them)
     budget_s: float = 10.0  # seconds of timed calls per side, after the first 3
     picks: int = 4096  # output elements checked after each timed call
+    projections: int = 2  # signed sums of the whole output checked after each timed call
     allowance_us: float = 200.0
 
     def numel(self) -> int:
@@ -80,6 +88,9 @@ class Plan(msgspec.Struct, frozen=True):
         g = torch.Generator().manual_seed(self._draw(f"picks|{phase}|{i}"))
         return torch.randint(0, self.numel(), (min(self.picks, self.numel()),), generator=g, dtype=torch.int64)
 
+    def proj_seeds(self, phase: str, i: int) -> list[int]:
+        return [self._draw(f"signs|{phase}|{i}|{k}") for k in range(self.projections)]
+
     def public(self) -> dict[str, Any]:
         return {"n": self.n, "bs": self.bs, "dim": self.dim, "masked": self.masked, "dist": self.dist, "device": self.device}
 
@@ -95,6 +106,8 @@ class Rep(msgspec.Struct):
     window_us: float
     pick_us: float | None = None
     vals: bytes = b""
+    proj: list[float] = []
+    nonfinite: int = 0
 
 
 class Transcript(msgspec.Struct):
@@ -104,6 +117,7 @@ class Transcript(msgspec.Struct):
     bye: bool = False
     error: tuple[str, str] | None = None  # (request, what the harness said went wrong)
     protocol: str = ""  # what the channel carried that the harness never sends ("": nothing)
+    judge_error: str = ""  # the judge's own failure, not the submission's
     wrong_shape: str = ""
 
 
@@ -114,6 +128,8 @@ class _Done(msgspec.Struct, tag_field="t", tag="done", forbid_unknown_fields=Tru
 
 class _Vals(msgspec.Struct, tag_field="t", tag="vals", forbid_unknown_fields=True):
     b64: str
+    proj: list[float]
+    nonfinite: int
 
 
 class _Saved(msgspec.Struct, tag_field="t", tag="saved", forbid_unknown_fields=True):
@@ -153,6 +169,8 @@ class Judge:
             self._converse(ch)
         except _Stop:
             pass
+        except Exception as e:  # noqa: BLE001 - the judge's own failure: said in the verdict, never a traceback through the loop
+            self.tr.judge_error = repr(e)[-_REASON:]
 
     def _converse(self, ch: Channel) -> None:
         self._calls(ch, "ref")  # before the submission is in the process: the calibration
@@ -184,7 +202,12 @@ class Judge:
             raise _Stop
         if pick:
             idx = self.plan.pick(phase, i)
-            vals, rep.pick_us = self._ask(ch, {"op": "pick", "idx": base64.b64encode(idx.numpy().tobytes()).decode()}, _Vals)
+            vals, rep.pick_us = self._ask(ch, {"op": "pick", "idx": base64.b64encode(idx.numpy().tobytes()).decode(),
+                                               "proj": self.plan.proj_seeds(phase, i)}, _Vals)
+            rep.proj, rep.nonfinite = vals.proj, vals.nonfinite
+            if len(rep.proj) != self.plan.projections:
+                self.tr.protocol = f"{len(rep.proj)} signed sums for call {phase} {i}, not {self.plan.projections}"
+                raise _Stop
             try:
                 rep.vals = base64.b64decode(vals.b64, validate=True)
             except ValueError:
@@ -204,7 +227,7 @@ class Judge:
             raise _Stop
         try:
             reply = _DECODE.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except Exception as e:  # noqa: BLE001 - DecodeError, ValidationError, RecursionError of a 5,000-deep line: whatever it is
             self.tr.protocol = f"an answer to {request['op']!r} the harness never sends ({str(e)[:200]}): {line[:200]!r}"
             raise _Stop from None
         if isinstance(reply, _Error):
@@ -218,17 +241,18 @@ class Judge:
 
     def verdict(self, res: SandboxResult) -> Score:
         """The score, from the transcript and the sandbox's result; never raises on what the
-        submission did."""
+        submission did. The score is the median call of each side: a forged time on fewer than half
+        the calls does not move it, and on more it moves the medians the judge bounds."""
         about = {"sandbox": res.status, "wall_s": res.wall_s, "isolation": list(res.isolation), "blocked": list(res.blocked[:20]),
                  "calls": [len(self.tr.ref), len(self.tr.sub)]}
-        failed = self._unfinished(res) or self._incorrect(res) or self._forged()
+        failed = self._unfinished(res) or self._checked(res) or self._forged()
         if failed is not None:
             failure, reason = failed
             metrics = {"valid": 1.0, "correct": 0.0, **({"tampering": 1.0} if failure == "tampering" else {})}
             return self._score(0.0, failure, metrics, {"status": failure if failure == "tampering" else "failed",
                                                        "reason": reason[-_REASON:], **about})
-        ref_us = statistics.fmean(r.us for r in self.tr.ref[1:])
-        sub_us = statistics.fmean(r.us for r in self.tr.sub[1:])
+        ref_us = statistics.median(r.us for r in self.tr.ref[1:])
+        sub_us = statistics.median(r.us for r in self.tr.sub[1:])
         figures = {"status": "ok", "ref_us": ref_us, "sub_us": sub_us, "reps": len(self.tr.sub) - 1, **self.clock(), **about}
         if self.plan.device != "cuda":  # Triton's interpreter: correctness only, never a timing
             return self._score(1.0, "none", {"valid": 1.0, "correct": 1.0, "timed": 0.0}, figures)
@@ -243,6 +267,8 @@ class Judge:
     def _unfinished(self, res: SandboxResult) -> tuple[Failure, str] | None:
         """The conversation did not end as the harness ends it: why, and whose doing."""
         tr = self.tr
+        if tr.judge_error:
+            return "content", f"the judge failed (not the submission's doing; scored 0 unchecked): {tr.judge_error}"
         if tr.protocol:
             return "tampering", f"the channel carried what the harness never sends: {tr.protocol}"
         if tr.error is not None:
@@ -260,22 +286,52 @@ class Judge:
             return "content", f"the run ended {res.status}: {', '.join(res.blocked[:3]) or res.stderr[-200:]}"
         return None
 
+    def _checked(self, res: SandboxResult) -> tuple[Failure, str] | None:
+        try:
+            return self._incorrect(res)
+        except Exception as e:  # noqa: BLE001 - the judge's own failure (its device out of memory, ...): never a traceback
+            return "content", f"the judge could not compute its reference (not the submission's doing; scored 0): {e!r}"[:_REASON]
+        finally:
+            if self.plan.device == "cuda":
+                torch.cuda.empty_cache()
+
     def _incorrect(self, res: SandboxResult) -> tuple[Failure, str] | None:
-        """The outputs against the reference computed here: the warm-up whole, the picks of the rest."""
-        warm = self.tr.sub[0]
+        """The outputs against the reference computed here: the warm-up whole; of each timed call,
+        the picked elements and the signed sums of all its elements."""
         try:
             out = safetensors.torch.load(res.outputs["full.safetensors"])["out"]
         except Exception as e:  # noqa: BLE001 - missing, not safetensors, no `out`: the harness writes none of those
             return "tampering", f"the warm-up's saved output is not what the harness writes ({type(e).__name__})"
-        ok, why = check(out, self._reference(warm.seed))
+        ok, why = check(out, self._reference(self.tr.sub[0].seed))
         if not ok:
             return "content", f"incorrect on the warm-up call: {why}"
         for rep in self.tr.sub[1:]:
-            ref = self._reference(rep.seed).reshape(-1)[self.plan.pick("sub", rep.i).to(self.plan.device)]
-            ok, why = check(torch.frombuffer(bytearray(rep.vals), dtype=torch.float32), ref)
+            ref = self._reference(rep.seed)
+            picked = ref[torch.unravel_index(self.plan.pick("sub", rep.i).to(ref.device), ref.shape)]
+            ok, why = check(torch.frombuffer(bytearray(rep.vals), dtype=torch.float32), picked)
+            if ok:
+                ok, why = self._sums_agree(ref, rep)
             if not ok:
-                return "content", f"incorrect on timed call {rep.i} (its picked elements): {why}"
+                return "content", f"incorrect on timed call {rep.i} (its picked elements and signed sums): {why}"
         return None
+
+    def _sums_agree(self, ref: torch.Tensor, rep: Rep, *, rtol: float = 2e-2, atol: float = 2e-2) -> tuple[bool, str]:
+        """Each signed sum within 6 standard deviations of what elements all within the tolerance
+        could make it differ by (the signs are drawn after the call: independent of its errors)."""
+        finite = torch.isfinite(ref)
+        nonfinite = int((~finite).sum())
+        if rep.nonfinite != nonfinite:
+            return False, f"{rep.nonfinite} non-finite elements, the reference has {nonfinite}"
+        delta = torch.where(finite, atol + rtol * ref.abs(), 0.0).double()
+        bound = 6.0 * float(delta.square().sum().sqrt()) + 1e-6 * float(delta.sum())
+        for k, seed in enumerate(self.plan.proj_seeds("sub", rep.i)):
+            g = torch.Generator(device=ref.device).manual_seed(seed)
+            signs = torch.randint(0, 2, ref.shape, generator=g, device=ref.device, dtype=torch.int8) * 2 - 1
+            want = float((torch.where(finite, ref.float(), 0.0) * signs).sum(dtype=torch.float64))
+            got = rep.proj[k]
+            if not (math.isfinite(got) and abs(got - want) <= bound):
+                return False, f"signed sum {k} is {got:.6g}, the reference's {want:.6g} (allowed difference {bound:.3g})"
+        return True, ""
 
     def _reference(self, seed: int) -> torch.Tensor:
         p = self.plan
@@ -285,7 +341,7 @@ class Judge:
 
     def clock(self) -> dict[str, float]:
         """Medians over the timed calls, in microseconds: the judge's window less the claimed time,
-        and the wait for the picked elements, for the reference and the submission."""
+        and the wait for the picked elements and sums, for the reference and the submission."""
         def med(xs: list[float]) -> float:
             return statistics.median(xs) if xs else math.nan
 
@@ -295,10 +351,14 @@ class Judge:
                 "allowance_us": self.plan.allowance_us}
 
     def _forged(self) -> tuple[Failure, str] | None:
-        """Times no run can give, or more time than the claims explain, seen on the judge's clock."""
+        """Times no run can give, or more time than the claims explain, seen on the judge's clock.
+        The window starts before the request leaves, so it holds all of the call; 1% and 2 us of
+        slack for a GPU's clock against the host's."""
         for r in (*self.tr.ref[1:], *self.tr.sub[1:]):
-            if not (math.isfinite(r.us) and 0 < r.us <= r.window_us + 1.0):
-                return "tampering", f"{r.phase} call {r.i} claims {r.us} us in a {r.window_us:.1f} us window on the judge's clock"
+            if not (math.isfinite(r.us) and 0 < r.us <= 1.01 * r.window_us + 2.0):
+                who = "the reference's timing (before the submission was imported: not its doing)" if r.phase == "ref" else "submission"
+                return ("content" if r.phase == "ref" else "tampering",
+                        f"{r.phase} call {r.i} claims {r.us} us in a {r.window_us:.1f} us window on the judge's clock ({who})")
         c, a = self.clock(), self.plan.allowance_us
         if c["sub_unexplained_us"] > 1.5 * c["ref_unexplained_us"] + a:
             return "tampering", (f"the judge's clock saw {c['sub_unexplained_us']:.0f} us per call the claimed times do not explain, "

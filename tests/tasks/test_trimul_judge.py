@@ -121,7 +121,7 @@ inside._serve = _late
     ("    raise RuntimeError('no kernel')", "content", "a call failed (go): RuntimeError('no kernel')"),
     ("    import ctypes\n    ctypes.string_at(0)", "content", "before the harness finished"),  # a real segfault
     ("    return data[0][..., :4]", "content", "the output's shape is"),
-    ("    return [1, 2]", "content", "not a tensor"),
+    ("    return [1, 2]", "content", "not a plain torch.Tensor"),
     ("    import os\n    os._exit(3)", "tampering", "the submission ended it"),
 ])
 def test_crashes_are_content_and_exits_are_tampering(body: str, failure: str, says: str) -> None:
@@ -134,6 +134,12 @@ def test_crashes_are_content_and_exits_are_tampering(body: str, failure: str, sa
 PLAN = Plan(n=8, bs=1, dim=16, masked=False, dist="normal", device="cpu", key=b"k", salt="s", reps=3, picks=64)
 
 
+def signed_sum(out: torch.Tensor, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, out.shape, generator=g, dtype=torch.int8) * 2 - 1
+    return float((out * signs).sum(dtype=torch.float64))
+
+
 def honest_transcript() -> tuple[Transcript, SandboxResult]:
     tr = Transcript(imported=True, bye=True)
     for phase in ("ref", "sub"):
@@ -141,21 +147,25 @@ def honest_transcript() -> tuple[Transcript, SandboxResult]:
             rep = Rep(phase, i, PLAN.seed(phase, i), 100.0, 300.0, 50.0)
             out = reference(*generate_input(8, 1, 16, masked=False, dist="normal", seed=rep.seed))
             rep.vals = out.reshape(-1)[PLAN.pick(phase, i)].numpy().tobytes()
+            rep.proj = [signed_sum(out, seed) for seed in PLAN.proj_seeds(phase, i)]
             getattr(tr, phase).append(rep)
             if phase == "sub" and i == 0:
                 full = safetensors.torch.save({"out": out})
     return tr, SandboxResult("ok", 0, "", "", 1.0, outputs={"full.safetensors": full})
 
 
-def test_an_honest_transcript_scores() -> None:
+def test_an_honest_transcript_scores_and_a_reference_timing_fault_is_not_the_submissions() -> None:
     tr, res = honest_transcript()
     j = Judge(PLAN)
     j.tr = tr
     s = j.verdict(res)
     assert (s.score, s.failure) == (1.0, "none")
+    tr.ref[1].us = 1e6  # the reference ran before the submission was imported
+    s = j.verdict(res)
+    assert (s.score, s.failure) == (0.0, "content") and "not its doing" in s.tools[0].outputs["reason"]
 
 
-@pytest.mark.parametrize("us", [0.0, -1.0, float("nan"), float("inf"), 301.5])
+@pytest.mark.parametrize("us", [0.0, -1.0, float("nan"), float("inf"), 306.0])
 def test_times_no_run_can_give_are_tampering(us: float) -> None:
     tr, res = honest_transcript()
     tr.sub[2].us = us
@@ -189,3 +199,66 @@ def test_a_wrong_picked_element_is_incorrect_and_runs_not_ok_never_score() -> No
         j.tr = tr
         s = j.verdict(SandboxResult(status, code, "", "y" * 50_000, 1.0, outputs=res.outputs))  # type: ignore[arg-type]
         assert (s.score, s.failure) == (0.0, "content") and len(s.tools[0].outputs["reason"]) <= 800, status
+
+
+def test_signed_sums_catch_an_output_right_only_where_picked_and_allow_in_tolerance_errors() -> None:
+    tr, res = honest_transcript()
+    ref = reference(*generate_input(8, 1, 16, masked=False, dist="normal", seed=tr.sub[2].seed))
+    noisy = ref + (0.02 + 0.02 * ref.abs()) * (torch.rand(ref.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    tr.sub[2].proj = [signed_sum(noisy, seed) for seed in PLAN.proj_seeds("sub", 2)]  # every element within the tolerance
+    j = Judge(PLAN)
+    j.tr = tr
+    assert j.verdict(res).failure == "none"
+    lazy = torch.zeros_like(ref).reshape(-1)
+    idx = PLAN.pick("sub", 2)
+    lazy[idx] = ref.reshape(-1)[idx]  # only the elements the judge named are right
+    tr.sub[2].proj = [signed_sum(lazy.reshape(ref.shape), seed) for seed in PLAN.proj_seeds("sub", 2)]
+    s = j.verdict(res)
+    assert (s.score, s.failure) == (0.0, "content") and "signed sum" in s.tools[0].outputs["reason"]
+
+
+def test_the_judge_itself_failing_is_said_and_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    tr, res = honest_transcript()
+    j = Judge(PLAN)
+    j.tr = tr
+    monkeypatch.setattr(j, "_reference", lambda seed: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    s = j.verdict(res)
+    assert (s.score, s.failure) == (0.0, "content") and "not the submission's doing" in s.tools[0].outputs["reason"]
+
+
+def test_a_line_nested_thousands_deep_is_tampering_not_a_traceback() -> None:
+    deep = HONEST + ('import os\nos.write(int(os.environ["SIA_CHANNEL_FD"]), '
+                     "b'{\"x\":' + b'[' * 5000 + b']' * 5000 + b',\"t\":\"imported\"}\\n')\n")
+    score, failure, out = judged(deep)
+    assert (score, failure) == (0.0, "tampering") and "never sends" in str(out["reason"]), out
+
+
+def test_a_tensor_subclass_is_refused_and_a_view_is_fine() -> None:
+    lazy = HONEST.replace("    return _ref(x, mask, w)", "    return _Lazy(_ref(x, mask, w))") + "class _Lazy(torch.Tensor):\n    pass\n"
+    score, failure, out = judged(lazy)
+    assert (score, failure) == (0.0, "content") and "not a plain torch.Tensor" in str(out["reason"]), out
+    view = HONEST.replace("    return _ref(x, mask, w)", "    return _ref(x, mask, w).permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)")
+    score, failure, out = judged(view)
+    assert (score, failure) == (1.0, "none"), out
+
+
+def test_a_patched_harness_that_answers_only_the_picked_elements_is_caught() -> None:
+    """It returns zeros, and when the picks come puts the right values at just those places."""
+    picky = HONEST.replace("    return _ref(x, mask, w)", "    _last[:] = [data]\n    return torch.zeros(1, 32, 32, 128)") + '''
+import inside
+_last = []
+_serve = inside._serve
+def _picky(op, m, t, state, timed, shape, say):
+    if op == "save":
+        state["out"] = _ref(*_last[0][:3])
+    if op == "pick":
+        idx = torch.frombuffer(bytearray(__import__("base64").b64decode(m["idx"])), dtype=torch.int64)
+        full = _ref(*_last[0][:3]).reshape(-1)
+        out = torch.zeros_like(full)
+        out[idx] = full[idx]
+        state["out"] = out.reshape(1, 32, 32, 128)
+    return _serve(op, m, t, state, timed, shape, say)
+inside._serve = _picky
+'''
+    score, failure, out = judged(picky)
+    assert (score, failure) == (0.0, "content") and "signed sum" in str(out["reason"]), out
