@@ -2,8 +2,15 @@
 # On a GPU machine (device tool): the sandbox with the GPU (devices=("gpu",)): torch sees CUDA
 # inside it, and the TriMul harness compiles and runs a correct Triton kernel for real (no
 # interpreter). The machine lacks msgspec and jsonpatch: their wheels are carried in .whl/.
+# Then the same in bubblewrap's read-only view (SIA_SANDBOX_GPU_VIEW=1; issue 19): bwrap from the
+# machine, or from a carried Debian package (.whl/bubblewrap_*.deb, `apt-get download bubblewrap`).
 python3 -m pip install -q --no-deps .whl/msgspec-*.whl .whl/jsonpatch-*.whl .whl/jsonpointer-*.whl 2>&1 | grep -v WARNING | tail -1
-python3 - <<'PY'
+if ! command -v bwrap >/dev/null && ls .whl/bubblewrap_*.deb >/dev/null 2>&1; then
+  mkdir -p /tmp/bw && dpkg -x .whl/bubblewrap_*.deb /tmp/bw && export PATH="/tmp/bw/usr/bin:$PATH"
+fi
+for view in 0 1; do
+echo "=== SIA_SANDBOX_GPU_VIEW=$view (bwrap: $(command -v bwrap || echo none))"
+SIA_SANDBOX_GPU_VIEW=$view python3 - <<'PY'
 import sys, time
 sys.path.insert(0, ".")
 from pathlib import Path
@@ -26,3 +33,4 @@ print("trimul:", res.status, res.isolation, res.blocked[:20], res.wall_s)
 print([(r.correct, r.reason) for r in results])
 print(res.stderr[-2000:])
 PY
+done

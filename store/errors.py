@@ -76,12 +76,19 @@ class StoreNotFound(StoreError):
 
 
 class StoreFull(StoreError):
-    """The disk (or a quota) is full: the write was refused whole. What was acknowledged before it
-    is kept; nothing of the refused write was recorded."""
+    """The disk (or a quota) is full. Usually the write was refused whole: what was acknowledged
+    before it is kept, nothing of it was recorded. With ``recorded`` the write itself was committed
+    and only the heads file (a record of the heads, which may lag behind) could not be updated."""
 
-    def __init__(self, path: str, detail: str) -> None:
+    def __init__(self, path: str, detail: str, *, recorded: bool = False) -> None:
         self.path = path
         self.detail = detail
+        self.recorded = recorded
+        if recorded:
+            super().__init__(f"disk full: store {path} recorded the write, but could not update its heads file ({detail}); "
+                             "nothing is lost (the heads file may lag behind the log). Free space on its disk before going on: "
+                             "a run resumes from what was recorded")
+            return
         super().__init__(f"disk full: store {path} could not record the write ({detail}). Everything recorded before it is "
                          "kept and nothing of this write was recorded: free space on its disk and run the same command again")
 

@@ -43,7 +43,7 @@ from sia_engine.sandbox.confine import (
     python_programs,
     read_roots,
 )
-from sia_engine.sandbox.view import view_launcher
+from sia_engine.sandbox.view import GPU_VIEW_ENV, view_launcher
 from sia_engine.sandbox.readback import MAX_TEXT, Capped, SandboxCleanupError, drain, read_outputs, refusal_lines, remove_tree
 
 __all__ = ["SandboxResult", "SandboxCleanupError", "WeakSandbox", "run_python", "landlock_available", "seccomp_library", "missing_walls",
@@ -162,7 +162,9 @@ def run_python(
         # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
         address_limit = "gpu" not in devices  # with the GPU, no memory limit (said in ``isolation``)
         # the read-only view where bubblewrap runs (it gives the namespaces too); else unshare's namespaces
-        view = None if devices else view_launcher([*read_roots(hidden_all), *python_programs()], scratch)
+        gpu_view = os.environ.get(GPU_VIEW_ENV) == "1"  # for the GPU check only, until the view is checked on one
+        view = None if devices and not gpu_view else view_launcher([*cfg["read"], *python_programs()], scratch,  # type: ignore[misc]
+                                                                    devices=devices_for(devices))
         argv = [*(view or launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
         t0 = time.monotonic()
         cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own

@@ -11,7 +11,8 @@ inside, as second walls.
 
 Where it is missing (or the kernel refuses it), the sandbox starts through ``unshare`` as before,
 and ``isolation`` lacks ``mount-view``. Runs that use a GPU keep ``unshare`` too until the view is
-checked on one (``bench/gpu_sandbox_check.sh`` tries it).
+checked on one: ``SIA_SANDBOX_GPU_VIEW=1`` puts them in the view (with the device nodes and the
+driver's files), for that check (``bench/gpu_sandbox_check.sh``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-__all__ = ["bwrap_program", "view_launcher"]
+__all__ = ["bwrap_program", "view_launcher", "GPU_VIEW_ENV"]
+
+GPU_VIEW_ENV = "SIA_SANDBOX_GPU_VIEW"
 
 _SKIP = ("/proc", "/dev")  # given fresh (``--proc``, ``--dev``), never bound from the host
 
@@ -43,14 +46,16 @@ def _binds(roots: Sequence[str]) -> list[str]:
     return out
 
 
-def view_launcher(roots: Sequence[str], scratch: str, program: str | None = None) -> list[str] | None:
+def view_launcher(roots: Sequence[str], scratch: str, program: str | None = None, devices: Sequence[str] = ()) -> list[str] | None:
     """The bwrap command line (to put before the Python command) that shows the code ``roots``
-    read-only and ``scratch`` writable, and nothing else; None where bwrap is missing or fails here."""
+    read-only, ``scratch`` writable and the device nodes ``devices``, and nothing else; None where
+    bwrap is missing or fails here."""
     exe = program or bwrap_program()
     if exe is None:
         return None
+    nodes = [a for d in devices if os.path.exists(d) for a in ("--dev-bind", d, d)]
     return [exe, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--proc", "/proc", "--dev", "/dev",
-            "--tmpfs", "/tmp", *_binds(roots), "--bind", scratch, scratch, "--chdir", scratch, "--"]
+            "--tmpfs", "/tmp", *_binds(roots), *nodes, "--bind", scratch, scratch, "--chdir", scratch, "--"]
 
 
 @functools.lru_cache(maxsize=1)

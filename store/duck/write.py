@@ -10,6 +10,7 @@ See ``store.journal`` for why small batches take the journal.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ import pyarrow as pa
 from store.duck.heads import HeadsFile
 from store.duck.schema import COLS, branch_names, fetch_one
 from store.envelope import BranchInfo, NewEvent, seal
-from store.errors import BranchExists, BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError
+from store.errors import BranchExists, BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError, StoreFull
 from store.journal import Batch, Journal
 
 __all__ = ["ARROW_SCHEMA", "JOURNAL_SUFFIX", "DuckWriter"]
@@ -158,7 +159,12 @@ class DuckWriter:
             raise
         for b in batches:
             self._committed[b.branch] = (self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1]))
-        self.write_heads()
+        try:
+            self.write_heads()
+        except OSError as e:  # committed already: a full disk here must not say the write was lost
+            if e.errno in (errno.ENOSPC, errno.EDQUOT) and self._heads_file is not None:
+                raise StoreFull(self._heads_file.log_path, str(e), recorded=True) from e
+            raise
 
     def _move_refs(self, by_branch: dict[str, list[Batch]]) -> list[list[Any]]:
         """Move each branch's ref past its batches (inside the open transaction); the rows to

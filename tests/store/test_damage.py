@@ -265,3 +265,28 @@ def test_a_journal_write_that_fails_leaves_no_part_of_its_batch(tmp_path: Path, 
         monkeypatch.setattr(_os, "fsync", real)
     with Store.open(tmp_path / "s", read_only=True) as s:
         assert s.log.count() == 1
+
+
+def test_a_full_disk_when_only_the_heads_file_is_left_to_write_says_the_write_was_recorded(tmp_path: Path,
+                                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """After DuckDB committed, the heads file (a record that may lag) could not be written: the
+    error used to say "nothing of this write was recorded", and the write was in the log."""
+    import errno as _errno
+
+    from store import StoreFull
+    from store.duck.heads import HeadsFile
+
+    with Store.create(tmp_path / "s") as s:
+        s.log.init_branch("main")
+        head = s.log.append("main", [NewEvent("k", 1, b'{"i":0}')] * 300, expected_head=None)[-1]  # straight into DuckDB
+
+        def full(self: HeadsFile, committed: object) -> None:
+            raise OSError(_errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(HeadsFile, "write", full)
+        with pytest.raises(StoreFull, match="recorded the write") as exc:
+            s.log.append("main", [NewEvent("k", 1, b'{"i":1}')] * 300, expected_head=head)
+        assert exc.value.recorded and "nothing is lost" in str(exc.value)
+        monkeypatch.undo()
+    with Store.open(tmp_path / "s", read_only=True) as s:
+        assert s.log.count() == 600

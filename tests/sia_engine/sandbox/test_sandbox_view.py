@@ -58,3 +58,22 @@ def test_without_bubblewrap_the_sandbox_runs_through_unshare_and_says_so(monkeyp
     monkeypatch.setattr(jail, "view_launcher", lambda *a, **k: None)
     r = run_python("print(6 * 7)", timeout_s=60)
     assert r.status == "ok" and r.stdout.strip() == "42" and "mount-view" not in r.isolation, (r.status, r.isolation)
+
+
+def test_the_views_command_line_binds_read_only_skips_what_a_parent_shows_and_adds_devices(tmp_path: Path) -> None:
+    from sia_engine.sandbox.view import view_launcher
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.so").write_text("")
+    (tmp_path / "link").symlink_to("lib")
+    node = tmp_path / "nvidia0"
+    node.write_text("")
+    argv = view_launcher([str(tmp_path / "lib"), str(tmp_path / "lib" / "a.so"), str(tmp_path / "link"), "/proc/cpuinfo", "/dev/null"],
+                         "/scratch", program="/bin/bwrap", devices=[str(node), "/dev/not-there"])
+    assert argv is not None and argv[0] == "/bin/bwrap" and argv[-1] == "--"
+    pairs = [tuple(argv[i:i + 3]) for i in range(len(argv) - 2)]
+    assert ("--ro-bind", str(tmp_path / "lib"), str(tmp_path / "lib")) in pairs
+    assert ("--symlink", "lib", str(tmp_path / "link")) in pairs
+    assert str(tmp_path / "lib" / "a.so") not in argv and "/proc/cpuinfo" not in argv and "/dev/null" not in argv  # shown already, or fresh
+    assert ("--dev-bind", str(node), str(node)) in pairs and "/dev/not-there" not in argv
+    assert ("--bind", "/scratch", "/scratch") in pairs and "--cap-drop" in argv and "--unshare-all" in argv
