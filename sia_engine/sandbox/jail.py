@@ -138,9 +138,7 @@ def run_python(
     talk: Callable[[Channel], None] | None = None,
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh scratch folder holding ``files``; return what
-    happened and the bytes of ``outputs`` (names in the scratch folder) that exist afterwards.
-
-    ``protect``: paths (the store) whose writing is refused and recorded as such. ``hidden``:
+    happened and the bytes of ``outputs`` (names in the scratch folder) that exist afterwards. ``protect``: paths (the store) whose writing is refused and recorded as such. ``hidden``:
     paths (a task's data and held-out splits) the code may not read: an installed distribution
     that holds one is left out of what is readable. ``max_procs`` bounds the processes;
     ``devices`` names device classes the code may use (``"gpu"``). An output is read back only if
@@ -161,10 +159,7 @@ def run_python(
         child_env = {**_child_env(scratch, devices, env), **({CHANNEL_ENV: str(channel_fd)} if channel_fd is not None else {})}
         # CUDA reserves far more address space than it uses and fails under RLIMIT_AS (error 304):
         address_limit = "gpu" not in devices  # with the GPU, no memory limit (said in ``isolation``)
-        # the read-only view where bubblewrap runs (it gives the namespaces too); else unshare's namespaces
-        gpu_view = os.environ.get(GPU_VIEW_ENV) == "1"  # for the GPU check only, until the view is checked on one
-        view = None if devices and not gpu_view else view_launcher([*cfg["read"], *python_programs()], scratch,  # type: ignore[misc]
-                                                                    devices=devices_for(devices))
+        view = _view(cfg, scratch, devices)
         argv = [*(view or launcher or ()), sys.executable, "-I", "-c", runner.source(), json.dumps(cfg)]
         t0 = time.monotonic()
         cgroup = Cgroup(max_procs + 4)  # + unshare and the runner's own
@@ -175,8 +170,7 @@ def run_python(
         finally:
             cgroup.remove()
         end_talk()  # the processes have ended: what the code did not say by now it never will
-        if view is not None and exit_code is not None and exit_code > 128:  # bwrap exits 128 + n for a child killed by signal n
-            exit_code = 128 - exit_code  # as subprocess (and unshare) say it: -n
+        exit_code = _signalled(exit_code) if view is not None else exit_code
         wall = time.monotonic() - t0
         got, unread = read_outputs(scratch, outputs, max_output_bytes)
         status = _status(timed_out, blocked := (*refusal_lines(refused), *unread), exit_code, err.head)
@@ -185,6 +179,19 @@ def run_python(
                  "rlimit-fsize": True, "scratch-tmpfs": sized}
         return SandboxResult(status, None if timed_out else exit_code, out.text(), err.text(), round(wall, 3), blocked, bool(abi), got,
                              tuple(k for k, on in walls.items() if on))
+
+
+def _view(cfg: Mapping[str, object], scratch: str, devices: Sequence[str]) -> list[str] | None:
+    """bubblewrap's read-only view where it runs (it gives the namespaces too); None: unshare's
+    namespaces. With a GPU only for its check (``GPU_VIEW_ENV``), until the view is checked on one."""
+    if devices and os.environ.get(GPU_VIEW_ENV) != "1":
+        return None
+    return view_launcher([*cfg["read"], *python_programs()], scratch, devices=devices_for(devices))  # type: ignore[misc]
+
+
+def _signalled(code: int | None) -> int | None:
+    """bwrap exits 128 + n for a child killed by signal n: said as subprocess (and unshare) say it, -n."""
+    return 128 - code if code is not None and code > 128 else code
 
 
 @contextlib.contextmanager
