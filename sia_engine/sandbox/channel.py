@@ -115,7 +115,7 @@ def talking(talk: Callable[[Channel], None] | None) -> Iterator[tuple[int | None
         ended = True
         with contextlib.suppress(OSError):
             mine.shutdown(socket.SHUT_RDWR)
-        if thread.is_alive() or thread.ident is not None:
+        if thread.ident is not None:  # started
             thread.join(_JOIN_S)
         mine.close()
         if failure:

@@ -43,8 +43,8 @@ from sia_engine.sandbox.confine import (
     python_programs,
     read_roots,
 )
-from sia_engine.sandbox.view import GPU_VIEW_ENV, view_launcher
 from sia_engine.sandbox.readback import MAX_TEXT, Capped, SandboxCleanupError, drain, read_outputs, refusal_lines, remove_tree
+from sia_engine.sandbox.view import GPU_VIEW_ENV, view_launcher
 
 __all__ = ["SandboxResult", "SandboxCleanupError", "WeakSandbox", "run_python", "landlock_available", "seccomp_library", "missing_walls",
            "STRONG_WALLS", "ALLOW_WEAK_ENV"]
@@ -137,17 +137,15 @@ def run_python(
     untrusted: bool = True,
     talk: Callable[[Channel], None] | None = None,
 ) -> SandboxResult:
-    """Run ``code`` as ``main.py`` in a fresh scratch folder holding ``files``; return what
-    happened and the bytes of ``outputs`` (names in the scratch folder) that exist afterwards. ``protect``: paths (the store) whose writing is refused and recorded as such. ``hidden``:
-    paths (a task's data and held-out splits) the code may not read: an installed distribution
-    that holds one is left out of what is readable. ``max_procs`` bounds the processes;
-    ``devices`` names device classes the code may use (``"gpu"``). An output is read back only if
-    it is a regular file (never through a symlink) of at most ``max_output_bytes`` (else refused, and
-    recorded); no file may exceed ``max_file_bytes`` (RLIMIT_FSIZE); stdout and stderr are kept up
-    to ``MAX_TEXT`` characters each as they are read, the rest counted. ``untrusted`` code (the
-    model's) is refused (``WeakSandbox``) where a strong wall is missing, unless allowed
-    (``ALLOW_WEAK_ENV``). ``talk``: the caller's part of a live channel with the code (``channel``),
-    run beside it in a thread and ended before this returns. See ``confine``, ``runner``, ``readback``."""
+    """Run ``code`` as ``main.py`` in a fresh scratch folder holding ``files``; return what happened and the bytes of ``outputs``
+    (names in the scratch folder) that exist afterwards. ``protect``: paths (the store) whose writing is refused and recorded as
+    such. ``hidden``: paths (a task's data and held-out splits) the code may not read: an installed distribution that holds one is
+    left out of what is readable. ``max_procs`` bounds the processes; ``devices`` names device classes the code may use (``"gpu"``).
+    An output is read back only if it is a regular file (never through a symlink) of at most ``max_output_bytes`` (else refused, and
+    recorded); no file may exceed ``max_file_bytes`` (RLIMIT_FSIZE); stdout and stderr are kept up to ``MAX_TEXT`` characters each
+    as they are read, the rest counted. ``untrusted`` code (the model's) is refused (``WeakSandbox``) where a strong wall is
+    missing, unless allowed (``ALLOW_WEAK_ENV``). ``talk``: the caller's part of a live channel with the code (``channel``), run
+    beside it in a thread and ended before this returns. See ``confine``, ``runner``, ``readback``."""
     if untrusted and (missing := missing_walls()) and os.environ.get(ALLOW_WEAK_ENV) != "1":
         raise WeakSandbox(missing)
     abi = landlock_available()

@@ -8,6 +8,7 @@ the judge's logic is the same on a GPU, where the clock is CUDA events (``bench/
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -16,25 +17,12 @@ import torch
 
 from sia_engine.sandbox.jail import SandboxResult
 from tasks.trimul.judge import Judge, Plan, Rep, Transcript
-from tasks.trimul.reference import generate_input, reference
+from tasks.trimul.reference import HIDDEN, generate_input, reference
 from tasks.trimul.task import TriMul
 
-HONEST = '''
-import torch
-def custom_kernel(data):
-    x, mask, w, cfg = data
-    return _ref(x, mask, w)
-def _ref(x, mask, w):
-    dim = x.shape[-1]
-    x = torch.nn.functional.layer_norm(x, (dim,), w["norm.weight"], w["norm.bias"])
-    m = mask.unsqueeze(-1).to(x.dtype)
-    left = (x @ w["left_proj.weight"].T) * m * torch.sigmoid(x @ w["left_gate.weight"].T)
-    right = (x @ w["right_proj.weight"].T) * m * torch.sigmoid(x @ w["right_gate.weight"].T)
-    out = torch.einsum("bikh,bjkh->bijh", left, right)
-    out = torch.nn.functional.layer_norm(out, (128,), w["to_out_norm.weight"], w["to_out_norm.bias"])
-    out = out * torch.sigmoid(x @ w["out_gate.weight"].T)
-    return out @ w["to_out.weight"].T
-'''
+# the reference's own source as a submission (it runs in the sandbox, where `tasks` cannot be imported)
+HONEST = (f"import torch\nHIDDEN = {HIDDEN}\n{inspect.getsource(reference)}_ref = reference\n"
+          "def custom_kernel(data):\n    x, mask, w, cfg = data\n    return _ref(x, mask, w)\n")
 
 
 def judged(src: str, **kw: object) -> tuple[float, str, dict[str, object]]:
