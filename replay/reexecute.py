@@ -2,8 +2,13 @@
 how many outputs come back identical (reproducibility measured, not claimed).
 
 Every recorded ``generate`` action names its version, prompt, decoding, seed, sample index and
-group size; the requests of one group are asked again as one request (the backend draws a
-group's samples together), under the version's adapter loaded from its blob. A model Feedback
+group size, and, when it was generated in a batch, the batch and its row there: a batch is asked
+again whole, as one call, its requests rebuilt in row order (a model's outputs depend on the
+batch's shape); an output without a batch (a serial run, or one recorded before batching) is
+asked again alone, its group's samples together, through ``generate_serial`` where the model
+keeps it. Each runs under the version's adapter loaded from its blob. A batch the log holds
+only part of (a run that stopped mid-batch and never resumed) cannot be rebuilt: its outputs
+are counted in ``skipped``. A model Feedback
 Agent's option scores (``feedback-score`` actions, log-likelihood) are computed again under the
 adapter it was served with, and compared exactly. The report gives the share identical and the
 first output (or score list) that differs.
@@ -19,7 +24,8 @@ from sia_engine.domain.events import ActionTaken, decode_envelope
 from sia_engine.domain.state import AgentState, apply
 from sia_engine.loop.feedback.model import scored_options
 from sia_engine.loop.loop import load_adapter
-from sia_engine.models.protocol import Model, Request, ScoresOptions
+from sia_engine.domain.payloads import GenerateInputs
+from sia_engine.models.protocol import GeneratesSerially, Model, Request, ScoresOptions
 from store import Store
 
 __all__ = ["ReexecuteReport", "reexecute"]
@@ -30,15 +36,22 @@ class ReexecuteReport(msgspec.Struct, frozen=True):
     outputs: int
     identical: int
     first_divergence: dict[str, Any] | None = None
+    skipped: int = 0  # outputs of batches the log holds only part of
 
     @property
     def share_identical(self) -> float:
         return self.identical / self.outputs if self.outputs else 1.0
 
 
-def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = None) -> ReexecuteReport:
-    """Re-run up to ``limit`` recorded outputs of ``branch`` (all when None) with ``model``."""
-    groups: dict[tuple[str, str, int, int], list[tuple[str, ActionTaken]]] = {}
+Job = tuple[str, bool, list[tuple[str, ActionTaken, GenerateInputs]]]  # version, batched, its outputs
+
+
+def _jobs(store: Store, branch: str) -> tuple[list[Job], dict[str, str | None], list[tuple[str, ActionTaken]]]:
+    """The branch's generations as calls to make again (a batch, or a group of one request),
+    each version's adapter, and the option-scoring actions."""
+    jobs: list[Job] = []
+    where_is: dict[tuple[str, str, str | None, int], int] = {}
+    key: tuple[str, str, str | None, int]
     state = AgentState()
     adapters: dict[str, str | None] = {}
     scored: list[tuple[str, ActionTaken]] = []
@@ -48,12 +61,38 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
         if isinstance(e, ActionTaken) and e.is_generation:
             adapters[e.version_id] = state.versions[e.version_id].adapter
             inp = e.generate_inputs()
-            key = (e.version_id, msgspec.json.encode([inp.messages, inp.decoding, inp.prefix]).decode(), inp.seed, inp.n or 1)
-            groups.setdefault(key, []).append((f"{env.branch}#{env.seq}", e))
+            if inp.batch is not None:
+                key = (e.version_id, "batch", inp.batch, 0)
+            else:
+                key = (e.version_id, msgspec.json.encode([inp.messages, inp.decoding, inp.prefix]).decode(), None, inp.seed * 4096 + (inp.n or 1))
+            i = where_is.get(key)
+            rows = [x[2].row or 0 for x in jobs[i][2]] if i is not None else []
+            if i is None or (inp.batch is not None and (inp.row or 0) <= max(rows)):  # a batch id met again: another call
+                where_is[key] = i = len(jobs)
+                jobs.append((e.version_id, inp.batch is not None, []))
+            jobs[i][2].append((f"{env.branch}#{env.seq}", e, inp))
         elif isinstance(e, ActionTaken) and e.actor == "model" and e.name == "feedback-score" and "options" in e.inputs \
                 and "index" not in e.outputs:  # log-likelihood scores (an endpoint's choice has an index instead)
             scored.append((f"{env.branch}#{env.seq}", e))
-    done = same = 0
+    return jobs, adapters, scored
+
+
+def _requests(outputs: list[tuple[str, ActionTaken, GenerateInputs]]) -> list[Request] | None:
+    """A batch's requests in row order (None when rows are missing: it cannot be rebuilt)."""
+    outputs.sort(key=lambda x: x[2].row or 0)
+    if [x[2].row for x in outputs] != list(range(len(outputs))):
+        return None
+    reqs: list[Request] = []
+    for _, _, inp in outputs:
+        if not inp.sample:  # the first sample of a request (or a single one)
+            reqs.append(Request(inp.messages, inp.decoding, seed=inp.seed, prefix=inp.prefix, n=inp.n or 1))
+    return reqs
+
+
+def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = None) -> ReexecuteReport:
+    """Re-run up to ``limit`` recorded outputs of ``branch`` (all when None) with ``model``."""
+    jobs, adapters, scored = _jobs(store, branch)
+    done = same = skipped = 0
     first: dict[str, Any] | None = None
     scorer = model.score_options if isinstance(model, ScoresOptions) else None  # an endpoint's choices are not re-asked
     for where, a in scored:
@@ -68,19 +107,24 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
             same += 1
         elif first is None:
             first = {"at": where, "version": a.version_id, "recorded": a.outputs.get("scores"), "reexecuted": scores}
-    for (vid, _, seed, n), actions in groups.items():
+    for vid, batched, outputs in jobs:
         if limit is not None and done >= limit:
             break
-        inp = actions[0][1].generate_inputs()
-        req = Request(inp.messages, inp.decoding, seed=seed, prefix=inp.prefix, n=n)
+        if batched:
+            reqs = _requests(outputs)
+            if reqs is None:
+                skipped += len(outputs)
+                continue
+        else:
+            inp = outputs[0][2]
+            reqs = [Request(inp.messages, inp.decoding, seed=inp.seed, prefix=inp.prefix, n=inp.n or 1)]
         model.set_adapter(load_adapter(store.blobs, adapters[vid]))
-        gens = model.generate([req])
-        for where, a in actions:
-            j = a.generate_inputs().sample or 0
-            got, want = gens[j].text, a.outputs.get("text", "")
+        gens = model.generate_serial(reqs) if not batched and isinstance(model, GeneratesSerially) else model.generate(reqs)
+        for where, a, inp in outputs:
+            got, want = gens[(inp.row or 0) if batched else (inp.sample or 0)].text, a.outputs.get("text", "")
             done += 1
             if got == want:
                 same += 1
             elif first is None:
-                first = {"at": where, "version": vid, "sample": j, "recorded": want, "reexecuted": got}
-    return ReexecuteReport(branch, done, same, first)
+                first = {"at": where, "version": vid, "sample": inp.sample or 0, "recorded": want, "reexecuted": got}
+    return ReexecuteReport(branch, done, same, first, skipped)

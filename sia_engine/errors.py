@@ -16,6 +16,7 @@ Tree::
     ├── ModelUnavailable        an OpenAI-compatible endpoint that failed or answered oddly
     ├── NoRecordedResponse      a replay asked something the recorded run never asked
     ├── RunMismatch             resuming a run with settings other than the recorded ones
+    ├── GenerationMismatch      a batch generated again on resume that differs from its recorded rows
     └── InvalidSettings         run or training settings out of range (refused before anything is recorded)
 
 Task packages add their own under SiaError (tasks.UnknownTask, tasks.scrna.data.InvalidCounts).
@@ -40,6 +41,7 @@ __all__ = [
     "ModelUnavailable",
     "NoRecordedResponse",
     "RunMismatch",
+    "GenerationMismatch",
     "InvalidSettings",
 ]
 
@@ -147,6 +149,19 @@ class RunMismatch(SiaError):
         super().__init__(
             f"this branch holds a run with {what} {recorded!r}, not {given!r}; resume with the recorded "
             f"settings, or fork the branch (sia fork BRANCH@SEQ NEW) and run the fork with the new ones"
+        )
+
+
+class GenerationMismatch(SiaError):
+    """A batch interrupted mid-way is generated again whole on resume; a row it had already
+    recorded came out different. Nothing is recorded after the recorded rows."""
+
+    def __init__(self, action_id: str, field: str, recorded: object, regenerated: object) -> None:
+        self.action_id, self.field, self.recorded, self.regenerated = action_id, field, recorded, regenerated
+        super().__init__(
+            f"resuming generated {action_id!r} again and its {field} differs: recorded {recorded!r}, now {regenerated!r}. "
+            f"Generation is deterministic only on the same device, dtype, thread count and library versions as the "
+            f"recording; resume there, or fork the branch before this step (sia fork BRANCH@SEQ NEW) and run the fork"
         )
 
 

@@ -51,12 +51,14 @@ if TYPE_CHECKING:
 @click.option("--temperature", default=0.7, show_default=True)
 @click.option("--eval", "eval_mode", type=click.Choice(["greedy", "mean", "best"]), default="mean", show_default=True)
 @click.option("--lora-steps", default=8, show_default=True)
+@click.option("--batch-rows", default=32, show_default=True, type=click.IntRange(min=0, max=4096),
+              help="Model rows per generation batch (0: one request at a time).")
 @click.option("--budget", default=None, help="Per arm: calls=N (model calls), steps=N (LoRA steps), wall=SECONDS; an arm stops starting iterations once one is spent.")
 @weak_sandbox_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data", default=None, help="Data for tasks that take it.")
 def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None, arms: str, seeds: int, iterations: int, name: str,
-               train_episodes: int, val_episodes: int, samples: int, temperature: float, eval_mode: str, lora_steps: int,
+               train_episodes: int, val_episodes: int, samples: int, temperature: float, eval_mode: str, lora_steps: int, batch_rows: int,
                budget: str | None, device: str, data: str | None) -> None:
     """Run (or resume) an experiment: one shared, evaluated prefix forked into one branch per arm
     and seed, each improved for the same iterations (and budget), each head then scored once on
@@ -81,7 +83,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     try:
         config = check_settings(LoopConfig(task=task_name, iterations=0, train_episodes=train_episodes, val_episodes=val_episodes,
                                            samples=samples, temperature=temperature, eval=EvalProtocol(mode=eval_mode),  # type: ignore[arg-type]
-                                           lora=LoraSettings(steps=lora_steps)))
+                                           lora=LoraSettings(steps=lora_steps), batch_rows=batch_rows))
         limits = None if budget is None else parse_budget(budget)
     except SiaError as e:
         fail(str(e))

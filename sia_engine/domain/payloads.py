@@ -32,7 +32,10 @@ class Message(msgspec.Struct, frozen=True):
 class GenerateInputs(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """What a ``generate`` action asked of the model: the messages, the decoding, the seed, the
     answer prefix the engine wrote (``""``: none), and for a group of ``n`` samples drawn from one
-    seed, which ``sample`` this is (None for a single sample: older logs leave both out)."""
+    seed, which ``sample`` this is (None for a single sample: older logs leave both out). A batched
+    generation names its ``batch`` (the step's tag and the batch's index) and the output's
+    ``row`` in it: the batch is asked again as one call, whole (logs from before batching, or of
+    a serial run, leave both out)."""
 
     messages: tuple[Message, ...]
     decoding: Decoding
@@ -40,6 +43,8 @@ class GenerateInputs(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     prefix: str = ""
     n: int | None = None
     sample: int | None = None
+    batch: str | None = None
+    row: int | None = None
 
     @property
     def sample_seed(self) -> int:

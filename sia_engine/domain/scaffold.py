@@ -43,7 +43,7 @@ class Decoding(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=5.0)] = 0.0
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
-    top_k: Annotated[int, msgspec.Meta(ge=0)] = 0
+    top_k: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: the backend's default (a local model: 50, as transformers')
     max_new_tokens: Annotated[int, msgspec.Meta(ge=1, le=32768)] = 256
     stop: tuple[str, ...] = ()
     n_samples: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1

@@ -18,7 +18,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -38,12 +38,12 @@ from sia_engine.domain.events import (
     decode_envelope,
 )
 from sia_engine.domain.history import History
-from sia_engine.domain.payloads import GenerateInputs
 from sia_engine.domain.projection import AdaptersTrained, project
 from sia_engine.domain.scaffold import Decoding, Scaffold, apply_patch, scaffold_hash
 from sia_engine.domain.state import AgentState, Version, version_id
 from sia_engine.errors import InvalidSettings, RunMismatch, SiaError
 from sia_engine.loop.feedback.rule import Context, FeedbackAgent
+from sia_engine.loop.batches import Step, StepRunner, rows_by_id
 from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.recipes import gold_episodes, training_examples
 from sia_engine.loop.settings import EvalProtocol, LoopConfig, check_settings
@@ -127,6 +127,7 @@ class Loop:
             store.log.init_branch(branch)
         self.hist = History.open(store.log, branch, blobs=store.blobs)
         self._open: list[Event] | None = None  # events of the open iteration, when recorded here
+        self._resumed = False  # whether an unfinished step's recorded outputs were looked for
         self.val = task.episodes("val")[: config.val_episodes]
         self.train = task.episodes("train")
         if not self.val or not self.train:
@@ -179,6 +180,7 @@ class Loop:
         """Run (or resume) until ``iterations`` iterations are done, the wall time is spent, or
         ``stop()`` says so (asked before each iteration starts: an experiment's budget)."""
         self._start_or_check()
+        self._resumed = False
         t0 = time.monotonic()
         while True:
             s = self.hist.state
@@ -194,6 +196,11 @@ class Loop:
                 self._open = None
                 self._roll_out(head, s.iteration + 1)
             elif s.phase == "started":
+                if not self._rollouts_done():
+                    head = s.head_version
+                    assert head is not None
+                    self._open = None
+                    self._roll_out(head, s.iteration, resume=True)
                 self._decide()
             elif s.phase == "decided":
                 self._apply_lever()
@@ -211,57 +218,49 @@ class Loop:
 
     def _episodes(self, version: Version, episodes: Sequence[Episode], split: Literal["train", "val", "test"], seed: int, tag: str,
                   decoding: Decoding, n: int) -> list[Event]:
-        """Generate ``n`` samples per episode under ``version`` and score each: an action and a
-        trajectory per sample (episode ``k`` draws its samples from seed ``seed + k``)."""
+        """Generate ``n`` samples per episode under ``version``, score and record each: an
+        action and a trajectory per sample (episode ``k`` draws its samples from seed ``seed + k``),
+        in batches (``sia_engine.loop.batches``); returns the step's events, those recorded
+        before a resume included."""
         self._serve(version)
-        sc = version.scaffold
         prefix = self.task.answer_prefix
-        requests = [Request(self.task.messages(sc, ep), decoding, seed=seed + k, prefix=prefix, n=n) for k, ep in enumerate(episodes)]
+        requests = tuple(Request(self.task.messages(version.scaffold, ep), decoding, seed=seed + k, prefix=prefix, n=n)
+                         for k, ep in enumerate(episodes))
         self.hooks.phase(f"{split} rollouts ({n} sample{'s' if n > 1 else ''} per episode)", len(requests) * n)
-        per_call = max(1, 8 // n)
-        gens = []
-        for i in range(0, len(requests), per_call):
-            chunk = requests[i : i + per_call]
-            gens += self.model.generate(chunk)
-            self.hooks.advance(len(chunk) * n)
-        if len(gens) != len(requests) * n:
-            raise SiaError(f"model {self.model.ref.id!r} answered {len(gens)} generations for {len(requests)} requests of {n}")
-        events: list[Event] = []
-        for k, (ep, req) in enumerate(zip(episodes, requests, strict=True)):
-            for j in range(n):
-                gen = gens[k * n + j]
-                answer = prefix + gen.text  # the whole answer, as the agent gave it
-                scored = self.task.score(ep, answer)
-                aid = f"{tag}-{k}" if n == 1 else f"{tag}-{k}.{j}"
-                outputs: dict[str, Any] = {"text": gen.text, "n_tokens": gen.n_tokens, "finish": gen.finish}
-                if gen.raw:
-                    outputs["raw"] = gen.raw
-                inputs = GenerateInputs(messages=req.messages, decoding=req.decoding, seed=req.seed, prefix=prefix,
-                                        n=n if n > 1 else None, sample=j if n > 1 else None)
-                events.append(ActionTaken(action_id=aid, episode_id=ep.id, version_id=version.version_id, actor="model", name="generate",
-                                          inputs=msgspec.to_builtins(inputs), outputs=outputs))
-                tool_ids = tuple(f"{aid}-tool{i}" for i in range(len(scored.tools)))
-                for tid, call in zip(tool_ids, scored.tools, strict=True):  # what scoring ran (a sandbox, say)
-                    events.append(
-                        ActionTaken(action_id=tid, episode_id=ep.id, version_id=version.version_id, actor="tool",
-                                    name=call.name, inputs=call.inputs, outputs=call.outputs)
-                    )
-                events.append(
-                    TrajectoryRecorded(trajectory_id=aid, episode_id=ep.id, split=split, version_id=version.version_id,
-                                       output=answer, score=scored.score, metrics=dict(scored.metrics), action_ids=(aid, *tool_ids),
-                                       sample=j, failure=scored.failure)
-                )
-        return events
+        step = Step(tag, split, version.version_id, tuple(episodes), requests, prefix)
+        runner = StepRunner(self.model, self.task, batch_rows=self.config.batch_rows, record=self._record_rows,
+                            advance=self.hooks.advance)
+        return runner.run(step, rows_by_id(self._tail(), tag))
 
-    def _roll_out(self, head: Version, iteration: int) -> None:
+    def _record_rows(self, events: list[Event]) -> None:
+        self.hist.record(*events)
+
+    def _tail(self) -> list[Event]:
+        """Outputs recorded at the end of the branch by a step that did not finish (read once,
+        when the loop resumes; afterwards every step this loop starts is its own)."""
+        if self._resumed:
+            return []
+        self._resumed = True
+        events = [decode_envelope(e) for e in self.store.log.read(self.branch)]
+        start = len(events)
+        while start and isinstance(events[start - 1], ActionTaken | TrajectoryRecorded):
+            start -= 1
+        return events[start:]
+
+    def _roll_out(self, head: Version, iteration: int, *, resume: bool = False) -> None:
         seed = iteration_seed(self.config.seed, iteration)
         episodes = random.Random(seed).sample(self.train, min(self.config.train_episodes, len(self.train)))
         self.hooks.iteration(iteration, self.config.iterations)
-        start = IterationStarted(iteration=iteration, head_version=head.version_id, seed=seed)
+        if not resume:
+            self.hist.record(IterationStarted(iteration=iteration, head_version=head.version_id, seed=seed))
+            self._resumed = True  # nothing of this step is recorded yet
         decoding = msgspec.structs.replace(head.scaffold.decoding, temperature=self.config.temperature)  # training rollouts sample
-        events = self._episodes(head, episodes, "train", seed, f"i{iteration}-train", decoding, self.config.samples)
-        self.hist.record(start, *events)
-        self._open = events
+        self._open = self._episodes(head, episodes, "train", seed, f"i{iteration}-train", decoding, self.config.samples)
+
+    def _rollouts_done(self) -> bool:
+        """Whether the open iteration recorded all its rollouts (a run killed mid-way did not)."""
+        want = min(self.config.train_episodes, len(self.train)) * self.config.samples
+        return sum(isinstance(e, TrajectoryRecorded) and e.split == "train" for e in self._iteration_events()) >= want
 
     def _iteration_events(self) -> list[Event]:
         """Events of the open iteration after its ``iteration_started`` (read back from the log,
@@ -353,20 +352,18 @@ class Loop:
         metrics = {k: sum(t.metrics.get(k, 0.0) for t in trajs) / len(trajs) for k in keys}
         metrics.update(sample_mean=sum(means) / len(means), best_of_k=sum(bests) / len(bests),
                        distinct_outputs=float(len({t.output for t in trajs})))
-        events.append(VersionEvaluated(version_id=version.version_id, split=split, score=score, n_episodes=len(means), metrics=metrics,
-                                       protocol={"mode": protocol.mode, "samples": n, "temperature": decoding.temperature}))
+        done: list[Event] = [VersionEvaluated(version_id=version.version_id, split=split, score=score, n_episodes=len(means), metrics=metrics,
+                                 protocol={"mode": protocol.mode, "samples": n, "temperature": decoding.temperature})]
         if decide:
-            events.append(self._decision(version, score))
-        self.hist.record(*events)
+            done.append(self._decision(version, score))
+        self.hist.record(*done)
 
     def sample(self, version: Version, episodes: Sequence[Episode], *, split: Literal["val", "test"], seed: int, tag: str, n: int) -> list[Event]:
         """Record ``n`` outputs of ``version`` per episode, sampled at the run's ``temperature``
         (episode ``k`` from seed ``seed + k``), each scored on its episode; returns the events.
         No decision reads them: an experiment's best-of-k baseline draws its candidates here."""
         decoding = msgspec.structs.replace(version.scaffold.decoding, temperature=self.config.temperature)
-        events = self._episodes(version, episodes, split, seed, tag, decoding, n)
-        self.hist.record(*events)
-        return events
+        return self._episodes(version, episodes, split, seed, tag, decoding, n)
 
     def _decision(self, cand: Version, score: float) -> Event:
         head = self.hist.state.head_version

@@ -40,7 +40,9 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     ``samples`` outputs per training episode are drawn at ``temperature`` (exploration for the
     weights lever); ``eval`` is the gate's protocol; ``recipe`` forces a training recipe
-    (``auto``: the Feedback Agent chooses)."""
+    (``auto``: the Feedback Agent chooses). ``batch_rows``: model rows per generation batch
+    (``sia_engine.loop.batches``); 0 generates one request at a time as before batching, the
+    setting a run recorded before it existed resumes with."""
 
     task: str
     levers: Annotated[tuple[Literal["scaffold", "weights"], ...], msgspec.Meta(min_length=1)] = ("scaffold", "weights")
@@ -56,11 +58,14 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     temperature: Annotated[float, msgspec.Meta(gt=0.0, le=2.0)] = 0.7
     eval: EvalProtocol = EvalProtocol()
     recipe: Literal["auto", "sft", "rft", "grpo"] = "auto"
+    batch_rows: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 32
 
     def recorded(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
         d.pop("iterations")
         d.pop("wall_time_s")
+        if not d["batch_rows"]:  # one request at a time: what runs recorded before batching did
+            d.pop("batch_rows")
         return d
 
 

@@ -12,7 +12,7 @@ from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Scaffold
 from sia_engine.models.protocol import Message
 
-__all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "NeedsResources", "chat_messages"]
+__all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "KeysScores", "NeedsResources", "chat_messages"]
 
 # tampering: the output interfered with its own scoring (the scorer's channel forged, timings impossible)
 Failure = Literal["none", "format", "abstain", "content", "tampering"]
@@ -89,6 +89,17 @@ class ScoresConcurrently(Protocol):
     scores on every core); a task without the attribute is scored on one thread."""
 
     concurrent_scoring: bool
+
+
+@runtime_checkable
+class KeysScores(Protocol):
+    """A task whose scorer caches: outputs with the same key score the same. Scoring on several
+    threads asks a later output with an earlier one's key only once the earlier is scored, so the
+    log (which output ran, which was a cache hit) is the one a serial run records."""
+
+    def score_key(self, episode: Episode, output: str) -> str | None:
+        """The cache key of ``output`` on ``episode`` (None: scoring it runs nothing)."""
+        ...
 
 
 @runtime_checkable

@@ -1,9 +1,8 @@
 """``HFModel``: a local Hugging Face causal LM with peft LoRA adapters (both levers).
 
-Generation is batched for greedy decoding and one request at a time, seeded, for sampling (so a
-request's output never depends on what it was batched with; a request's ``n`` samples are drawn
-together from its seed). Training builds a fresh LoRA adapter (from the parent adapter's weights
-when given) with a recipe: ``sft`` and ``rft`` learn completions by cross-entropy (rft's are
+Generation takes one call as one batch, every row sampled from its own seeded generator
+(``sia_engine.models.decode``); the generation before batching stays as ``generate_serial``.
+Training builds a fresh LoRA adapter (from the parent adapter's weights when given) with a recipe: ``sft`` and ``rft`` learn completions by cross-entropy (rft's are
 selected samples), ``grpo`` runs TRL's GRPO trainer on recorded sampled outputs and their
 rewards (``sia_engine.models.grpo``). Deterministic for a seed on CPU; the tensors come back as
 safetensors bytes. Serving an adapter always goes through
@@ -31,6 +30,7 @@ from peft import (
 )
 
 from sia_engine.domain.events import ModelRef
+from sia_engine.models.decode import Row, RowOutput, sample_rows
 from sia_engine.models.protocol import (
     Adapter,
     Generation,
@@ -45,6 +45,9 @@ from sia_engine.models.protocol import (
 __all__ = ["HFModel", "peft_config_dict", "export_adapter", "resolve_device"]
 
 _MAX_LOADED = 8  # adapters kept in memory at once
+# top_k 0 in a decoding is the backend's default: transformers' generate samples from the 50 most
+# likely tokens when none is named, and every run recorded before batched generation drew so
+DEFAULT_TOP_K = 50
 # peft calls a transformers method that transformers 5 deprecates; nothing for our users to act on
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 _IDLE = "sia_idle"
@@ -102,6 +105,9 @@ class HFModel:
     def prompt_ids(self, messages: Sequence[Message], prefix: str = "") -> list[int]:
         text = self.tok.apply_chat_template(_messages(messages), add_generation_prompt=True, tokenize=False)
         return list(self.tok(text + prefix, add_special_tokens=False)["input_ids"])
+
+    def prompt_tokens(self, messages: Sequence[Message], prefix: str = "") -> int:
+        return len(self.prompt_ids(messages, prefix))
 
     @property
     def net(self) -> Any:
@@ -179,7 +185,60 @@ class HFModel:
         self.active = name
 
     # -- generation ---------------------------------------------------------------------------
-    def _generate(self, batch: list[Request]) -> list[Generation]:
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """One call is one batch (``sia_engine.models.decode``): every request's samples are rows
+        of it, row ``j`` of a request sampled from its own generator seeded ``seed + j``. At
+        temperature 0 a request is one row, its ``n`` samples copies of it. A decoding's top_k
+        0 samples from the ``DEFAULT_TOP_K`` most likely tokens, as transformers' generate does."""
+        rows: list[Row] = []
+        for r in requests:
+            d = r.decoding
+            prompt = tuple(self.prompt_ids(r.messages, r.prefix))
+            rows += [Row(prompt, r.seed + j, d.temperature, d.top_p, d.top_k or DEFAULT_TOP_K, d.max_new_tokens, tuple(d.stop))
+                     for j in range(r.n if d.temperature > 0 else 1)]
+        with torch.no_grad(), self._serving():
+            outs = iter(sample_rows(self.net, self.tok, rows, device=self.device))
+        gens: list[Generation] = []
+        for r in requests:
+            if r.decoding.temperature > 0:
+                gens += [self._finished(next(outs), r.decoding.stop) for _ in range(r.n)]
+            else:
+                gens += [self._finished(next(outs), r.decoding.stop)] * r.n
+        return gens
+
+    def _finished(self, out: RowOutput, stop: Sequence[str]) -> Generation:
+        text = self.tok.decode(list(out.tokens), skip_special_tokens=True)
+        finish = out.finish
+        for s in stop:
+            if s in text:
+                text, finish = text[: text.index(s)], "stop"
+        return Generation(text, n_tokens=len(out.tokens), finish=finish)
+
+    def generate_serial(self, requests: Sequence[Request]) -> list[Generation]:
+        """The generation before batching, kept for comparison and for histories recorded with
+        it: sampled requests one at a time through ``transformers``' ``generate``, a request's
+        ``n`` samples drawn together from ``torch.manual_seed(seed)``; greedy ones in batches of 16."""
+        out: list[Generation] = []
+        greedy: list[Request] = []
+        for r in requests:
+            if r.decoding.temperature > 0:
+                out += self._serial_flush(greedy) + self._serial([r])
+                greedy = []
+            elif greedy and greedy[0].decoding != r.decoding:
+                out += self._serial_flush(greedy)
+                greedy = [r]
+            else:
+                greedy.append(r)
+        return out + self._serial_flush(greedy)
+
+    def _serial_flush(self, greedy: list[Request]) -> list[Generation]:
+        out: list[Generation] = []
+        for i in range(0, len(greedy), 16):
+            chunk = greedy[i : i + 16]
+            out += [g for r, g in zip(chunk, self._serial(chunk), strict=True) for _ in range(r.n)]
+        return out
+
+    def _serial(self, batch: list[Request]) -> list[Generation]:
         d = batch[0].decoding
         prompts = [self.prompt_ids(r.messages, r.prefix) for r in batch]
         width = max(map(len, prompts))
@@ -188,48 +247,18 @@ class HFModel:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": d.max_new_tokens, "pad_token_id": pad, "do_sample": d.temperature > 0}
         if d.temperature > 0:
-            assert len(batch) == 1, "sampled requests are generated one at a time"
             kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k or None, num_return_sequences=batch[0].n)
             torch.manual_seed(batch[0].seed)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.no_grad(), self._serving():
             out = self.net.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        gens = []
         eos = self.tok.eos_token_id
+        gens = []
         for row in out[:, width:].tolist():
-            n = len(row)
-            finish = "length"
-            if eos in row:
-                n, finish = row.index(eos), "stop"
-            text = self.tok.decode(row[:n], skip_special_tokens=True)
-            for s in d.stop:
-                if s in text:
-                    text, finish = text[: text.index(s)], "stop"
-            gens.append(Generation(text, n_tokens=n, finish=finish))
+            n, finish = (row.index(eos), "stop") if eos in row else (len(row), "length")
+            gens.append(self._finished(RowOutput(tuple(row[:n]), finish), d.stop))
         return gens
-
-    def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        out: list[Generation] = []
-        greedy: list[Request] = []
-        for r in requests:
-            if r.decoding.temperature > 0:
-                out += self._flush(greedy) + self._generate([r])
-                greedy = []
-            elif greedy and greedy[0].decoding != r.decoding:
-                out += self._flush(greedy)
-                greedy = [r]
-            else:
-                greedy.append(r)
-        return out + self._flush(greedy)
-
-    def _flush(self, greedy: list[Request]) -> list[Generation]:
-        out: list[Generation] = []
-        for i in range(0, len(greedy), 16):
-            chunk = greedy[i : i + 16]
-            # greedy decoding gives one answer: its n samples are copies of it
-            out += [g for r, g in zip(chunk, self._generate(chunk), strict=True) for _ in range(r.n)]
-        return out
 
     # -- training -----------------------------------------------------------------------------
     def encode_example(self, ex: TrainExample, max_length: int) -> tuple[list[int], list[int]]:

@@ -31,6 +31,8 @@ __all__ = [
     "ScoresOptions",
     "ChoosesOption",
     "ServesOnDevice",
+    "CountsPromptTokens",
+    "GeneratesSerially",
     "Labelled",
     "ScriptedModel",
 ]
@@ -39,9 +41,10 @@ __all__ = [
 class Request(msgspec.Struct, frozen=True):
     """One generation request; ``seed`` drives sampling when ``decoding.temperature > 0``.
 
-    ``n`` samples are drawn from one seed as one group (a backend answers ``n`` generations
-    for the request, in order): the group's outputs depend on the prompt, the decoding, the seed
-    and ``n`` only, never on what else was asked in the same call."""
+    A backend answers ``n`` generations for the request, in order; sample ``j`` is drawn from
+    seed ``seed + j``. One ``generate`` call is one batch: a local model's outputs are a pure
+    function of the call's requests, all of them in order (its arithmetic depends on the batch's
+    shape), which is why the loop plans batches and records each output's batch and row."""
 
     messages: tuple[Message, ...]
     decoding: Decoding
@@ -168,6 +171,21 @@ class ServesOnDevice(Protocol):
     """A model whose weights sit on a device here ("cpu", "cuda", "mps")."""
 
     device: str
+
+
+@runtime_checkable
+class CountsPromptTokens(Protocol):
+    """A model that says how many tokens a prompt takes (the loop buckets batches by it)."""
+
+    def prompt_tokens(self, messages: Sequence[Message], prefix: str = "") -> int: ...
+
+
+@runtime_checkable
+class GeneratesSerially(Protocol):
+    """A model that keeps its generation from before batching (one sampled request at a time),
+    for runs recorded with it and for comparison (``--batch-rows 0``)."""
+
+    def generate_serial(self, requests: Sequence[Request]) -> list[Generation]: ...
 
 
 @runtime_checkable

@@ -171,6 +171,11 @@ class ScrnaDenoise:
         cfg.update(transform=rng.choice(TRANSFORMS), normalize=rng.random() < 0.5, rescale=rng.random() < 0.5)
         return json.dumps(cfg)
 
+    def score_key(self, episode: Episode, output: str) -> str | None:
+        """Outputs naming the same configuration on the same split score the same (cached)."""
+        cfg = parse_config(output)
+        return None if cfg is None else f"{int(episode.meta.get('split_seed', 0))}:{json.dumps(cfg, sort_keys=True)}"
+
     def score(self, episode: Episode, output: str) -> Score:
         cfg = parse_config(output)
         if cfg is None:
