@@ -144,11 +144,11 @@ class ModelNotFound(SiaError):
 
 
 class RunMismatch(SiaError):
-    def __init__(self, what: str, recorded: object, given: object) -> None:
+    def __init__(self, what: str, recorded: object, given: object, hint: str = "") -> None:
         self.what = what
         super().__init__(
-            f"this branch holds a run with {what} {recorded!r}, not {given!r}; resume with the recorded "
-            f"settings, or fork the branch (sia fork BRANCH@SEQ NEW) and run the fork with the new ones"
+            f"this branch holds a run with {what} {recorded!r}, not {given!r}; {hint or 'resume with the recorded settings'}, "
+            f"or fork the branch (sia fork BRANCH@SEQ NEW) and run the fork with the new ones"
         )
 
 

@@ -156,7 +156,8 @@ class Loop:
                     self.hist.record(RunConfigured(config=self.config.recorded(), levers=tuple(self.config.levers),
                                                    reason=f"settings of branch {self.branch!r}, first changed: {key}"))
                     break
-                raise RunMismatch(key, run.config.get(key), given.get(key))
+                hint = "it was recorded before batched generation: resume it with --batch-rows 0" if key == "batch_rows" else ""
+                raise RunMismatch(key, run.config.get(key), given.get(key), hint)
         self._report_devices()
 
     def _fresh_fork(self) -> bool:
