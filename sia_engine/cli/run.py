@@ -83,6 +83,8 @@ def _versions_table(state: Any, recipes: dict[str, str]) -> Table:
 @click.option("--lora-steps", default=8, show_default=True)
 @click.option("--batch-rows", default=32, show_default=True, type=click.IntRange(min=0, max=4096),
               help="Model rows per generation batch (0: one request at a time, as runs recorded before batching did).")
+@click.option("--lora-packing/--no-lora-packing", default=True, show_default=True,
+              help="Pack a training batch's examples into one sequence (no padding); --no-lora-packing pads them, as runs before packing did.")
 @click.option("--lora-r", default=8, show_default=True)
 @click.option("--lora-lr", default=3e-4, show_default=True)
 @weak_sandbox_option
@@ -93,7 +95,7 @@ def _versions_table(state: Any, recipes: dict[str, str]) -> Table:
 def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None,
         levers: str | None, iterations: int, seed: int, branch: str, feedback: str, train_episodes: int, val_episodes: int,
         margin: float, samples: int, temperature: float, eval_mode: str, eval_samples: int, eval_temperature: float | None,
-        recipe: str, lora_steps: int, batch_rows: int, lora_r: int, lora_lr: float, device: str, wall_time: float | None, data: str | None) -> None:
+        recipe: str, lora_steps: int, batch_rows: int, lora_packing: bool, lora_r: int, lora_lr: float, device: str, wall_time: float | None, data: str | None) -> None:
     """Run (or resume) the improvement loop on a task; every step is recorded in the store.
 
     Re-running the same command on the same store resumes where it stopped.
@@ -118,7 +120,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     try:  # every setting checked before a model loads or anything is recorded
         config = check_settings(LoopConfig(
             task=task_name, levers=chosen, seed=seed, train_episodes=train_episodes, val_episodes=val_episodes, margin=margin,  # type: ignore[arg-type]
-            lora=LoraSettings(steps=lora_steps, r=lora_r, alpha=2 * lora_r, lr=lora_lr), feedback=feedback,  # type: ignore[arg-type]
+            lora=LoraSettings(steps=lora_steps, r=lora_r, alpha=2 * lora_r, lr=lora_lr, packing=lora_packing), feedback=feedback,  # type: ignore[arg-type]
             iterations=iterations, wall_time_s=wall_time, samples=samples, temperature=temperature,
             eval=EvalProtocol(mode=eval_mode, samples=eval_samples, temperature=eval_temperature), recipe=recipe,  # type: ignore[arg-type]
             batch_rows=batch_rows,

@@ -156,7 +156,9 @@ class Loop:
                     self.hist.record(RunConfigured(config=self.config.recorded(), levers=tuple(self.config.levers),
                                                    reason=f"settings of branch {self.branch!r}, first changed: {key}"))
                     break
-                hint = "it was recorded before batched generation: resume it with --batch-rows 0" if key == "batch_rows" else ""
+                hint = {"batch_rows": "it was recorded before batched generation: resume it with --batch-rows 0",
+                        "lora": "it was recorded before packed training: resume it with --no-lora-packing"
+                        if "packing" not in (run.config.get("lora") or {"packing": 0}) else ""}.get(key, "")
                 raise RunMismatch(key, run.config.get(key), given.get(key), hint)
         self._report_devices()
 

@@ -66,6 +66,8 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         d.pop("wall_time_s")
         if not d["batch_rows"]:  # one request at a time: what runs recorded before batching did
             d.pop("batch_rows")
+        if not d["lora"]["packing"]:  # padded batches: what runs recorded before packing did
+            d["lora"].pop("packing")
         return d
 
 

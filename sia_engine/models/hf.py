@@ -261,6 +261,28 @@ class HFModel:
         return gens
 
     # -- training -----------------------------------------------------------------------------
+    def _ce_loss(self, batch: list[tuple[list[int], list[int]]], packing: bool) -> torch.Tensor:
+        """Mean cross-entropy over the batch's completion tokens. Packed: the examples one after
+        another in one sequence, each one's positions from 0 (transformers then keeps attention
+        within each example) and its first label ignored (nothing before it is its own), so the
+        loss is the padded batch's over the same tokens, with no padding computed."""
+        assert self.peft is not None
+        if packing:
+            ids = [t for i, _ in batch for t in i]
+            labels = [t for _, lab in batch for t in [-100, *lab[1:]]]
+            pos = [p for i, _ in batch for p in range(len(i))]
+            as_row = lambda x: torch.tensor([x], device=self.device)  # noqa: E731
+            out = self.peft(input_ids=as_row(ids), position_ids=as_row(pos), labels=as_row(labels), use_cache=False)
+        else:
+            width = max(len(i) for i, _ in batch)
+            pad = self.tok.pad_token_id
+            ids_t = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=self.device)  # [b, t]
+            labels_t = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=self.device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=self.device)
+            out = self.peft(input_ids=ids_t, attention_mask=mask, labels=labels_t, use_cache=False)
+        loss: torch.Tensor = out.loss
+        return loss
+
     def encode_example(self, ex: TrainExample, max_length: int) -> tuple[list[int], list[int]]:
         """Token ids and labels (-100 on the prompt) of a prompt + completion + end of turn."""
         prompt = self.prompt_ids(ex.messages, ex.prefix)
@@ -351,13 +373,8 @@ class HFModel:
                 k = order.pop()
                 batch.append(data[k])
                 rewards.append(examples[k].reward)
-            width = max(len(i) for i, _ in batch)
-            pad = self.tok.pad_token_id
-            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=self.device)  # [b, t]
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=self.device)
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=self.device)
             with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
-                loss = self.peft(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = self._ce_loss(batch, settings.packing)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -95,6 +95,9 @@ class LoraSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # grpo: KL coefficient against the parent (0: none, as TRL's default) and PPO clip range
     grpo_beta: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] = 0.0
     grpo_epsilon: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.2
+    # sft / rft: a batch's examples packed into one sequence (no padding; attention kept within
+    # each example by its positions); False pads them to the longest, as runs before packing did
+    packing: bool = True
 
 
 class TrainedAdapter(msgspec.Struct, frozen=True):

@@ -93,3 +93,19 @@ def test_the_generation_before_batching_stays_as_an_option() -> None:
     m = tiny_model(init_std=0.5)
     gens = m.generate_serial([_req("hello", 3, 2), _req("bye", 4, 1)])
     assert len(gens) == 3 and m.generate_serial([_req("hello", 3, 2), _req("bye", 4, 1)]) == gens
+
+
+def test_packed_training_loss_is_the_padded_batchs_over_the_same_tokens() -> None:
+    from sia_engine.models.protocol import LoraSettings, TrainExample
+
+    m = tiny_model(init_std=0.5)
+    m._training_adapter(LoraSettings(), 3, None)
+    exs = [TrainExample((Message("user", "q" * (1 + 7 * i)),), "answer " * (i + 1)) for i in range(3)]
+    batch = [m.encode_example(e, 256) for e in exs]
+    assert len({len(i) for i, _ in batch}) == 3  # lengths differ: padding would be computed
+    with torch.no_grad():
+        packed, padded = m._ce_loss(batch, True), m._ce_loss(batch, False)
+    assert torch.allclose(packed, padded, atol=1e-5), (packed, padded)
+    with torch.no_grad():
+        other_order = m._ce_loss(batch[::-1], True)  # a packed example never attends to its neighbours
+    assert torch.allclose(packed, other_order, atol=1e-5)
