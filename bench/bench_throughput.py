@@ -52,7 +52,7 @@ def forward_limit(m: HFModel, prompt: tuple[int, ...], batch: int, steps: int = 
     """Decode-step tokens/s at ``batch`` rows over a preallocated cache (prefill not timed)."""
     rows = [Row(prompt, seed=i, temperature=0.0, max_new_tokens=steps + 1) for i in range(batch)]
     with torch.no_grad():
-        b = _Batch(net or m.base, rows, m.tok.pad_token_id, m.device)
+        b = _Batch(m.base if net is None else net, rows, m.tok.pad_token_id, m.device)
         tok = torch.full((batch,), 28, device=m.device)
         b.step(tok)  # warm
         _sync(m)

@@ -31,6 +31,7 @@ from peft import (
 
 from sia_engine.domain.events import ModelRef
 from sia_engine.models.decode import Row, RowOutput, sample_rows
+from sia_engine.models.packing import packed_attention
 from sia_engine.models.protocol import (
     Adapter,
     Generation,
@@ -263,16 +264,17 @@ class HFModel:
     # -- training -----------------------------------------------------------------------------
     def _ce_loss(self, batch: list[tuple[list[int], list[int]]], packing: bool) -> torch.Tensor:
         """Mean cross-entropy over the batch's completion tokens. Packed: the examples one after
-        another in one sequence, each one's positions from 0 (transformers then keeps attention
-        within each example) and its first label ignored (nothing before it is its own), so the
-        loss is the padded batch's over the same tokens, with no padding computed."""
+        another in one sequence, each one's positions from 0 and attention within each
+        (``sia_engine.models.packing``), its first label ignored (nothing before it is its own),
+        so the loss is the padded batch's over the same tokens, with no padding computed."""
         assert self.peft is not None
         if packing:
             ids = [t for i, _ in batch for t in i]
             labels = [t for _, lab in batch for t in [-100, *lab[1:]]]
             pos = [p for i, _ in batch for p in range(len(i))]
             as_row = lambda x: torch.tensor([x], device=self.device)  # noqa: E731
-            out = self.peft(input_ids=as_row(ids), position_ids=as_row(pos), labels=as_row(labels), use_cache=False)
+            with packed_attention(self.base):
+                out = self.peft(input_ids=as_row(ids), position_ids=as_row(pos), labels=as_row(labels), use_cache=False)
         else:
             width = max(len(i) for i, _ in batch)
             pad = self.tok.pad_token_id
