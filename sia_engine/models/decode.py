@@ -12,7 +12,7 @@ How the forward pass is kept near the machine's limit:
 - the prompts' common prefix (system prompt, worked examples) is encoded once, at batch 1, and
   every row reads its keys and values from there; each distinct prompt's remainder is encoded
   once, then its rows (samples) share it;
-- a preallocated key/value cache (written in place, never concatenated step by step);
+- a key/value cache written in place (never concatenated step by step), grown by doubling;
 - rows that finished leave the batch (compacted once a quarter of it is done);
 - stop strings are checked on each row's decoded tail, one token's text at a time, never by
   decoding whole rows at every step; sampling is one uniform number per row (inverse CDF).
@@ -49,12 +49,17 @@ class RowOutput(msgspec.Struct, frozen=True):
 
 
 class _Layer(DynamicLayer):  # type: ignore[no-untyped-call]
-    """A key/value cache layer whose tensors are allocated once for ``capacity`` positions and
-    written in place (a dynamic layer concatenates, copying the whole cache at every step)."""
+    """A key/value cache layer written in place (a dynamic layer concatenates, copying the whole
+    cache at every step). Its tensors start with room for the prompt and ``GROW`` new tokens and
+    double when full, up to ``limit`` positions: memory follows what the rows generate, not the
+    worst case their ``max_new_tokens`` allows, and copies stay a constant cost per token."""
 
-    def __init__(self, capacity: int) -> None:
+    GROW = 64
+
+    def __init__(self, capacity: int, limit: int) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.capacity = capacity
+        self.capacity = min(capacity, limit)
+        self.limit = limit
         self.length = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> None:
@@ -68,6 +73,11 @@ class _Layer(DynamicLayer):  # type: ignore[no-untyped-call]
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         t = key_states.shape[-2]
+        if self.length + t > self.capacity:
+            self.capacity = min(max(self.length + t, 2 * self.capacity), self.limit)
+            more = self.capacity - self.kbuf.shape[2]
+            self.kbuf = torch.cat([self.kbuf, self.kbuf.new_zeros(*self.kbuf.shape[:2], more, self.kbuf.shape[3])], dim=2)
+            self.vbuf = torch.cat([self.vbuf, self.vbuf.new_zeros(*self.vbuf.shape[:2], more, self.vbuf.shape[3])], dim=2)
         self.kbuf[:, :, self.length : self.length + t] = key_states
         self.vbuf[:, :, self.length : self.length + t] = value_states
         self.length += t
@@ -117,7 +127,7 @@ class _Batch:
         c = common_prefix(distinct)
         width = c + max(len(p) - c for p in distinct)
         capacity = width + max(r.max_new_tokens for r in rows)
-        layers = [_Layer(capacity) for _ in range(net.config.num_hidden_layers)]
+        layers = [_Layer(width + _Layer.GROW, capacity) for _ in range(net.config.num_hidden_layers)]
         self.cache = Cache(layers=layers)  # type: ignore[arg-type]
         if c:  # the shared prefix, once
             self._forward(torch.tensor([distinct[0][:c]], device=device), None, None, torch.arange(c, device=device))

@@ -39,7 +39,7 @@ def test_shared_prefix_and_padding_give_the_logits_of_a_plain_forward_pass() -> 
 
 
 def _req(text: str, seed: int, n: int, **decoding: object) -> Request:
-    return Request((Message("user", text),), Decoding(temperature=1.0, max_new_tokens=12, **decoding), seed=seed, n=n)  # type: ignore[arg-type]
+    return Request((Message("user", text),), Decoding(**{"temperature": 1.0, "max_new_tokens": 12, **decoding}), seed=seed, n=n)  # type: ignore[arg-type]
 
 
 def test_a_batch_asked_again_is_bit_identical_and_samples_are_rows_seeded_seed_plus_j() -> None:
@@ -109,3 +109,23 @@ def test_packed_training_loss_is_the_padded_batchs_over_the_same_tokens() -> Non
     with torch.no_grad():
         other_order = m._ce_loss(batch[::-1], True)  # a packed example never attends to its neighbours
     assert torch.allclose(packed, other_order, atol=1e-5)
+
+
+def test_the_cache_grows_as_rows_generate_and_growing_changes_no_output(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sia_engine.models import decode
+
+    m = tiny_model(init_std=0.5)
+    batch = [_req("a long answer", 1, 2, max_new_tokens=40), _req("b", 2, 1, max_new_tokens=40)]
+    roomy = m.generate(batch)
+    monkeypatch.setattr(decode._Layer, "GROW", 2)  # start with room for 2 new tokens: grows many times
+    sizes: list[int] = []
+    real = decode._Layer.update
+
+    def spy(self, *a, **k):  # type: ignore[no-untyped-def]
+        out = real(self, *a, **k)
+        sizes.append(self.kbuf.shape[2])
+        return out
+
+    monkeypatch.setattr(decode._Layer, "update", spy)
+    assert m.generate(batch) == roomy
+    assert min(sizes) < max(sizes)  # it grew, and the outputs are the same
