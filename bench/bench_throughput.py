@@ -48,8 +48,13 @@ def main_job_requests(task: Any) -> list[Request]:
     return [Request(task.messages(sc, ep), dec, seed=100 + k, prefix=task.answer_prefix, n=4) for k, ep in enumerate(task.episodes("train")[:8])]
 
 
-def forward_limit(m: HFModel, prompt: tuple[int, ...], batch: int, steps: int = 24, net: Any = None) -> float:
-    """Decode-step tokens/s at ``batch`` rows over a preallocated cache (prefill not timed)."""
+def forward_limit(m: HFModel, prompt: tuple[int, ...], batch: int, steps: int = 48, net: Any = None) -> float:
+    """Decode-step tokens/s at ``batch`` rows over the engine's cache (prefill not timed), the
+    best of two runs."""
+    return max(_forward_once(m, prompt, batch, steps, net) for _ in range(2))
+
+
+def _forward_once(m: HFModel, prompt: tuple[int, ...], batch: int, steps: int, net: Any) -> float:
     rows = [Row(prompt, seed=i, temperature=0.0, max_new_tokens=steps + 1) for i in range(batch)]
     with torch.no_grad():
         b = _Batch(m.base if net is None else net, rows, m.tok.pad_token_id, m.device)
@@ -167,7 +172,7 @@ def main() -> None:
     if args.try_compile:
         t0 = time.perf_counter()
         compiled = torch.compile(m.base)
-        first = forward_limit(m, prompt, 32, steps=2, net=compiled)
+        first = _forward_once(m, prompt, 32, 2, compiled)
         warm = time.perf_counter() - t0
         print(f"    torch.compile, batch 32: {forward_limit(m, prompt, 32, net=compiled):.0f} tok/s after {warm:.0f} s of compiling ({first:.1f} tok/s while it did)")
     sampled(m, reqs[:1], serial=False)  # warm
@@ -183,9 +188,12 @@ def main() -> None:
         if getattr(args, flag):
             with tempfile.TemporaryDirectory() as d:
                 r = main_job(Path(d) / "s", extra + (["--device", args.device]))
-            label = "after" if not extra else "before (--batch-rows 0 --no-lora-packing)"
-            print(f"(c) main job {label}: {r['wall_s']:.0f} s wall; from the log ({r['log_s']:.0f} s): generation {r['generation_s']:.0f} s, "
-                  f"scoring {r['scoring_s']:.0f} s, training {r['training_s']:.0f} s, rest {r['rest_s']:.0f} s; head val {r['head_val']}")
+            if extra:  # one request per batch: scoring overlaps generation all along, the split from timestamps would not hold
+                print(f"(c) main job before (--batch-rows 0 --no-lora-packing): {r['wall_s']:.0f} s wall; head val {r['head_val']}")
+                continue
+            print(f"(c) main job: {r['wall_s']:.0f} s wall; from the log ({r['log_s']:.0f} s): generation {r['generation_s']:.0f} s, "
+                  f"scoring {r['scoring_s']:.0f} s, training {r['training_s']:.0f} s, the rest (feedback, recording between steps) "
+                  f"{r['rest_s']:.1f} s; head val {r['head_val']}")
 
 
 if __name__ == "__main__":

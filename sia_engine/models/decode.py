@@ -178,29 +178,28 @@ class _Batch:
 
 def _pick(logits: torch.Tensor, rows: Sequence[Row], uniforms: torch.Tensor) -> torch.Tensor:
     """The next token of each row: argmax at temperature 0, else one draw (inverse CDF with the
-    row's uniform number) from its distribution at its temperature, top-k and top-p."""
+    row's uniform number) from its distribution at its temperature, top-k and top-p; rows with
+    the same top-k and top-p are drawn together, over their k most likely tokens only."""
     out = logits.argmax(dim=-1)
-    hot = [i for i, r in enumerate(rows) if r.temperature > 0]
-    if not hot:
-        return out
-    idx = torch.tensor(hot, device=logits.device)
-    lg = logits.index_select(0, idx) / torch.tensor([rows[i].temperature for i in hot], device=logits.device)[:, None]
-    for k in sorted({rows[i].top_k for i in hot} - {0}):
-        sel = torch.tensor([a for a, i in enumerate(hot) if rows[i].top_k == k], device=logits.device)
-        part = lg.index_select(0, sel)
-        kth = part.topk(min(k, part.shape[-1]), dim=-1).values[:, -1:]
-        lg[sel] = part.masked_fill(part < kth, float("-inf"))
-    probs = torch.softmax(lg, dim=-1)
-    for p in sorted({rows[i].top_p for i in hot} - {1.0}):
-        sel = torch.tensor([a for a, i in enumerate(hot) if rows[i].top_p == p], device=logits.device)
-        part = probs.index_select(0, sel)
-        srt, order = part.sort(dim=-1, descending=True)
-        drop = (srt.cumsum(-1) - srt) >= p  # keep the smallest set whose mass reaches p
-        probs[sel] = part.scatter(-1, order, srt.masked_fill(drop, 0.0))
-    cdf = probs.cumsum(dim=-1)
-    x = (uniforms.index_select(0, idx).to(cdf.dtype) * cdf[:, -1])[:, None]
-    drawn = torch.searchsorted(cdf, x, right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
-    out[idx] = drawn
+    groups: dict[tuple[int, float], list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.temperature > 0:
+            groups.setdefault((r.top_k, r.top_p), []).append(i)
+    dev = logits.device
+    for (k, p), members in groups.items():
+        sel = torch.tensor(members, device=dev)
+        lg = logits.index_select(0, sel) / torch.tensor([rows[i].temperature for i in members], device=dev)[:, None]
+        if k > 0 or p < 1.0:  # most likely first
+            vals, idx = lg.topk(min(k, lg.shape[-1]), dim=-1) if k > 0 else lg.sort(dim=-1, descending=True)
+        else:
+            vals, idx = lg, None
+        probs = torch.softmax(vals, dim=-1)
+        if p < 1.0:  # keep the smallest set whose mass reaches p
+            probs = probs.masked_fill((probs.cumsum(-1) - probs) >= p, 0.0)
+        cdf = probs.cumsum(dim=-1)
+        x = (uniforms.index_select(0, sel).to(cdf.dtype) * cdf[:, -1])[:, None]
+        j = torch.searchsorted(cdf, x, right=True).clamp(max=cdf.shape[-1] - 1)
+        out[sel] = (j if idx is None else idx.gather(1, j)).squeeze(1)
     return out
 
 
