@@ -244,6 +244,9 @@ class Loop:
         if self._resumed:
             return []
         self._resumed = True
+        head = self.store.log.branch(self.branch).head_seq
+        if head is None or head < 0 or self.store.log.at(self.branch, head).kind not in ("action_taken", "trajectory_recorded"):
+            return []  # the last step finished: nothing to read
         events = [decode_envelope(e) for e in self.store.log.read(self.branch)]
         start = len(events)
         while start and isinstance(events[start - 1], ActionTaken | TrajectoryRecorded):
