@@ -86,6 +86,16 @@ def failure_classes(trajs: Sequence[TrajectoryRecorded], task: Task, episodes: d
     return {t.trajectory_id: t.failure or task.score(episodes[t.episode_id], t.output).failure for t in trajs}
 
 
+def _resume_hint(key: str, recorded: dict[str, object]) -> str:
+    """What to resume a run recorded before a setting existed with (empty: nothing to say)."""
+    lora = recorded.get("lora")
+    if key == "batch_rows" and "batch_rows" not in recorded:
+        return "it was recorded before batched generation: resume it with --batch-rows 0"
+    if key == "lora" and isinstance(lora, dict) and "packing" not in lora:
+        return "it was recorded before packed training: resume it with --no-lora-packing"
+    return ""
+
+
 def iteration_seed(seed: int, iteration: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{iteration}".encode()).digest()[:4], "little")
 
@@ -156,10 +166,7 @@ class Loop:
                     self.hist.record(RunConfigured(config=self.config.recorded(), levers=tuple(self.config.levers),
                                                    reason=f"settings of branch {self.branch!r}, first changed: {key}"))
                     break
-                hint = {"batch_rows": "it was recorded before batched generation: resume it with --batch-rows 0",
-                        "lora": "it was recorded before packed training: resume it with --no-lora-packing"
-                        if "packing" not in (run.config.get("lora") or {"packing": 0}) else ""}.get(key, "")
-                raise RunMismatch(key, run.config.get(key), given.get(key), hint)
+                raise RunMismatch(key, run.config.get(key), given.get(key), _resume_hint(key, run.config))
         self._report_devices()
 
     def _fresh_fork(self) -> bool:

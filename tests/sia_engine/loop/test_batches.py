@@ -129,13 +129,15 @@ def test_a_batch_that_comes_out_different_on_resume_is_refused_and_nothing_is_re
 
 
 def test_a_run_recorded_before_batching_resumes_only_with_batch_rows_0(tmp_path: Path) -> None:
-    serial = msgspec.structs.replace(CFG, batch_rows=0, iterations=1)
+    serial = msgspec.structs.replace(CFG, batch_rows=0, iterations=1, lora=msgspec.structs.replace(CFG.lora, packing=False))
     with Store.create(tmp_path) as s:
         Loop(s, task=TASK, model=tiny_model(), feedback=RulePolicy(), config=serial).run()
         run = Loop(s, task=TASK, model=tiny_model(), feedback=RulePolicy(), config=serial).hist.state.run
-        assert run is not None and "batch_rows" not in run.config  # recorded as runs before batching were
+        assert run is not None and "batch_rows" not in run.config and "packing" not in run.config["lora"]  # as runs before this change
         with pytest.raises(RunMismatch, match="recorded before batched generation: resume it with --batch-rows 0"):
             Loop(s, task=TASK, model=tiny_model(), feedback=RulePolicy(), config=msgspec.structs.replace(CFG, iterations=2)).run()
+        with pytest.raises(RunMismatch, match="recorded before packed training: resume it with --no-lora-packing"):
+            Loop(s, task=TASK, model=tiny_model(), feedback=RulePolicy(), config=msgspec.structs.replace(CFG, batch_rows=0, iterations=2)).run()
         Loop(s, task=TASK, model=tiny_model(), feedback=RulePolicy(), config=msgspec.structs.replace(serial, iterations=2)).run()
         inputs = [decode_envelope(e) for e in s.log.read("main", kinds=["action_taken"])]
         assert all(i.generate_inputs().batch is None for i in inputs if isinstance(i, ActionTaken) and i.is_generation)
