@@ -50,8 +50,8 @@ def _jobs(store: Store, branch: str) -> tuple[list[Job], dict[str, str | None], 
     """The branch's generations as calls to make again (a batch, or a group of one request),
     each version's adapter, and the option-scoring actions."""
     jobs: list[Job] = []
-    where_is: dict[tuple[str, str, str | None, int], int] = {}
-    key: tuple[str, str, str | None, int]
+    where_is: dict[tuple[object, ...], int] = {}
+    key: tuple[object, ...]
     state = AgentState()
     adapters: dict[str, str | None] = {}
     scored: list[tuple[str, ActionTaken]] = []
@@ -62,9 +62,9 @@ def _jobs(store: Store, branch: str) -> tuple[list[Job], dict[str, str | None], 
             adapters[e.version_id] = state.versions[e.version_id].adapter
             inp = e.generate_inputs()
             if inp.batch is not None:
-                key = (e.version_id, "batch", inp.batch, 0)
+                key = (e.version_id, "batch", inp.batch)
             else:
-                key = (e.version_id, msgspec.json.encode([inp.messages, inp.decoding, inp.prefix]).decode(), None, inp.seed * 4096 + (inp.n or 1))
+                key = (e.version_id, msgspec.json.encode([inp.messages, inp.decoding, inp.prefix]).decode(), inp.seed, inp.n or 1)
             i = where_is.get(key)
             rows = [x[2].row or 0 for x in jobs[i][2]] if i is not None else []
             if i is None or (inp.batch is not None and (inp.row or 0) <= max(rows)):  # a batch id met again: another call
