@@ -101,11 +101,11 @@ def _by_lever(versions: list[Version]) -> str:
     return "<table><tr><th>lever</th><th>candidates</th><th>accepted</th><th>best val score</th></tr>" + "".join(rows) + "</table>"
 
 
-def _replay_line(branch: str, recs: list[Recorded], task: Task | None) -> str:
+def _replay_line(branch: str, recs: list[Recorded], task: Task | None, blobs: BlobStore | None) -> str:
     from replay.recorded import ReplayDivergence, replay_records
 
     try:
-        r = replay_records(branch, recs, task)
+        r = replay_records(branch, recs, task, blobs=blobs)
     except ReplayDivergence as e:
         return f'<li class="bad">{html.escape(branch)}: DIVERGES: {html.escape(str(e))}</li>'
     skipped = "".join(f' <span class="warn">(not recomputed: {html.escape(x)})</span>' for x in r.skipped)
@@ -143,7 +143,7 @@ def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = 
     if not report.ok:
         body.append("<p>A history that does not verify is not replayed or reduced into claims.</p>")
     else:
-        body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(name, r.recs, task) for name, r in read.items()) + "</ul>"]
+        body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(name, r.recs, task, blobs) for name, r in read.items()) + "</ul>"]
         body += ["<h2>Score per iteration</h2>", iteration_plot([row for r in read.values() for row in r.rows]), *experiment_section(own)]
     for b in branches:
         kinds = read[b.name].kinds if report.ok else Counter(e.kind for e in unverified[b.name])

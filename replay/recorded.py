@@ -1,124 +1,113 @@
-"""Recorded replay: recompute everything that follows from a branch's recorded outputs.
+"""Recorded replay: run the loop's own step functions against a branch's recorded outputs and
+scores, and compare every event they would record with the log.
 
 Hashes catch a changed byte; they cannot catch a history rewritten with every hash recomputed.
-Recorded replay does: it re-reduces the branch (version ids and scaffold hashes are recomputed by
-the reducer), re-scores every recorded output with the task's own scorer (score and failure
-class), recomputes every evaluation's score from its trajectories under the recorded protocol,
-re-runs the rule policy on each iteration's recorded trajectories and compares its verdict, and
-re-applies the gate to every decision. The first disagreement is ``ReplayDivergence(seq, field,
+Recorded replay does, the way Temporal's replayer runs the workflow code itself against its
+history: the loop (``sia_engine.loop.loop.Loop``) is built from the run's recorded settings and
+steps through the branch (rollouts, the Feedback Agent's verdict, the lever, the evaluation, the
+gate; an experiment's test evaluations and baselines), served by stand-ins (``replay.stand_ins``):
+a model that answers with the recorded outputs and option scores and hands back the recorded
+adapters, a task that scores each output as recorded, and a history that compares each event
+the loop records, field by field, with the log's next one. Events the loop does not make (the
+run's start, a fork, new settings, a rollback) are applied as recorded. Separately, every output
+is re-scored with the task's own scorer. The first disagreement is ``ReplayDivergence(seq, field,
 expected, got)``: ``expected`` is what the recomputation gives, ``got`` what the log says.
 
-Nothing is generated and no model is loaded; re-scoring runs the task's scorer (for
-scrna-denoise, the sandboxed denoiser, once per distinct configuration).
+What that proves: every verdict follows from its iteration (rule, model or later policy), every
+scaffold patch from its verdict, every adapter's data, recipe, seed and settings from its
+training plan, and every evaluation and gate decision from its outputs. An adapter's weights are
+proven only with ``retrain`` (a model to train them again: the blob must come out byte for byte).
+
+Nothing is generated. Without the task (or the store's blobs) only what needs neither is
+recomputed: the reducer, evaluation scores and gate decisions (said in ``skipped``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from replay.errors import ReplayError
+from replay.stand_ins import (
+    AdapterDiffers,
+    CheckedHistory,
+    LogEnds,
+    NotRecorded,
+    ReplayChooser,
+    ReplayDivergence,
+    ReplayModel,
+    ReplayTask,
+    ScratchBlobs,
+    compare,
+    first_tensor_difference,
+)
 from sia_engine.domain.events import (
+    ActionTaken,
+    AdapterCheckpointed,
+    BaselineScored,
+    BranchForked,
     Event,
     FeedbackVerdict,
     IterationStarted,
+    ModelRef,
+    RolledBack,
+    RunConfigured,
+    RunStarted,
+    ScaffoldPatched,
     TrajectoryRecorded,
     VersionAccepted,
     VersionEvaluated,
     VersionRejected,
 )
 from sia_engine.domain.projection import Recorded, records
-from sia_engine.domain.state import AgentState, apply, state_hash
-from sia_engine.errors import ReducerError
-from sia_engine.loop.feedback.rule import Context, RulePolicy
-from sia_engine.loop.loop import evaluation_score, failure_classes, gate_accepts
+from sia_engine.domain.state import AgentState, RunInfo, apply, state_hash
+from sia_engine.errors import ReducerError, SiaError
+from sia_engine.experiment.baselines import best_of_k, random_search, reference_methods, test_episodes
+from sia_engine.loop.feedback.model import LLMPolicy
+from sia_engine.loop.feedback.rule import FeedbackAgent, RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig, evaluation_score, gate_accepts
+from sia_engine.loop.pins import data_difference, data_pin, environment, environment_differences
 from sia_engine.loop.task import Episode, Score, ScoresConcurrently, Task
-from store import EventLog, Store
+from sia_engine.models.protocol import Model
+from store import BlobStore, EventLog, MemoryEventLog, Store
 
-__all__ = ["ReplayDivergence", "ReplayReport", "replay_recorded", "replay_records"]
+__all__ = ["ReplayDivergence", "AdapterDiffers", "ReplayReport", "replay_recorded", "replay_records"]
 
 TOLERANCE = 1e-9
-
-
-class ReplayDivergence(ReplayError):
-    def __init__(self, seq: str, field: str, expected: Any, got: Any) -> None:
-        self.seq = seq
-        self.field = field
-        self.expected = expected
-        self.got = got
-        super().__init__(f"replay diverges at {seq}: {field} recomputes to {expected!r}, the log says {got!r}")
+_BEST_OF = re.compile(r"(?P<experiment>.+)-best-of-(?P<k>[0-9]+)-s(?P<seed>[0-9]+)")
+_NO_MODEL = ModelRef(id="")
 
 
 class ReplayReport(msgspec.Struct, frozen=True):
     branch: str
     n_events: int
-    rescored: int  # trajectories re-scored by the task's scorer
-    evaluations: int  # evaluation scores recomputed from their trajectories
-    verdicts: int  # rule-policy verdicts recomputed
+    rescored: int  # outputs re-scored by the task's own scorer
+    evaluations: int  # evaluations recomputed by the loop
+    verdicts: int  # Feedback Agent verdicts recomputed (rule, model or later policy)
     decisions: int  # gate decisions recomputed
     state_hash: str
     skipped: tuple[str, ...] = ()  # what could not be recomputed, and why
-    choices: int = 0  # model (llm) verdicts whose choice was recomputed from the recorded option scores
+    choices: int = 0  # of the verdicts, a model's constrained choices
+    patches: int = 0  # scaffold patches recomputed from their verdicts
+    adapters: int = 0  # adapter checkpoints recomputed from their plans (data, recipe, seed, settings)
+    rederived: int = 0  # of them, trained again and identical byte for byte (``retrain``)
+    adapter_seconds: tuple[float, ...] = ()  # time to train each one again
+    outputs: int = 0  # recorded outputs the loop's steps asked for and recorded again
+    baselines: int = 0  # an experiment's baselines recomputed
+    data: str = ""  # the task's data against the run's pin: "as recorded", "not pinned", or "" (no task here)
+    environment: tuple[str, ...] = ()  # how the software here differs from the recorded (empty: the same, or not recorded)
+    unfinished: str = ""  # the branch ends inside a step: what was left unrecomputed
 
 
 def _differs(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is not b
     return abs(a - b) > TOLERANCE
-
-
-def _verdict_key(v: FeedbackVerdict) -> dict[str, Any]:
-    plan = v.training_plan
-    return {"lever": v.lever, "patch": msgspec.to_builtins(v.patch),
-            "training_plan": None if plan is None else {"trajectory_ids": list(plan.trajectory_ids), "recipe": plan.effective_recipe}}
-
-
-def _context(state: AgentState, train_trajs: list[TrajectoryRecorded], task: Task | None, episodes: dict[str, Episode]) -> Context | None:
-    """What the Feedback Agent saw when the iteration's verdict was made (None: no task here, or
-    not at a verdict's point in the history)."""
-    if task is None or state.run is None or state.head_version is None or state.phase != "started":
-        return None
-    cfg = state.run.config
-    return Context(state, state.head_version, tuple(train_trajs), failure_classes(train_trajs, task, episodes), state.run.levers,
-                   state.iteration, recipe=str(cfg.get("recipe", "auto")), rft_top=float((cfg.get("lora") or {}).get("rft_top", 0.0)))
-
-
-def _check_llm_choice(where: str, e: FeedbackVerdict, ctx: Context | None, task: Task | None) -> None:
-    """A model's constrained choice, recomputed: each stage's chosen option from its recorded
-    scores and the tie rule; with the task, the options rebuilt from the iteration (the same
-    labels), the rule policy's preference recomputed, and the verdict equal to the option chosen."""
-    from sia_engine.loop.feedback.model import (
-        choose_index,
-        iteration_options,
-        preferred,
-    )
-
-    rule = RulePolicy()
-    rule_verdict = rule.decide(ctx, task).verdicts[-1] if ctx is not None and task is not None else None
-    options = iteration_options(ctx, task, rule) if ctx is not None and task is not None else None
-    last = None
-    for stage in e.choice.stages:
-        opts = None if options is None else options[stage.stage]
-        if opts is not None and [o.label for o in opts] != [r.label for r in stage.options]:
-            raise ReplayDivergence(where, "llm options", [o.label for o in opts], [r.label for r in stage.options])
-        prefer = preferred(stage.stage, opts, rule_verdict) if opts is not None and rule_verdict is not None else stage.preferred
-        index, _ = choose_index(stage.options, stage.excluded, prefer)
-        if index != stage.chosen:
-            raise ReplayDivergence(where, "llm choice", index, stage.chosen)
-        last = None if opts is None else opts[index]
-    if last is not None:
-        plan = e.training_plan
-        got = (e.lever, None if last.free_text else msgspec.to_builtins(e.patch), None if plan is None else list(plan.trajectory_ids))
-        want = (last.lever, None if last.free_text else msgspec.to_builtins(last.patch), None if last.plan is None else list(last.plan.trajectory_ids))
-        if last.free_text:  # the model's own text: only where it goes is the engine's
-            got = (got[0], [op.path for op in e.patch], got[2])
-            want = (want[0], ["/system_prompt"] if e.patch else [], want[2])
-        if got != want and not (last.free_text and e.lever == "none"):
-            raise ReplayDivergence(where, "llm verdict", want, got)
 
 
 def _prescore(task: Task, episodes: dict[str, Episode], trajs: list[TrajectoryRecorded]) -> dict[tuple[str, str], Score]:
@@ -137,68 +126,271 @@ def _prescore(task: Task, episodes: dict[str, Episode], trajs: list[TrajectoryRe
     return {pair: one(pair) for pair in todo}
 
 
-def replay_recorded(store: Store | EventLog, branch: str, task: Task | None) -> ReplayReport:
-    """Recompute ``branch`` of a store (or an event log) from its recorded outputs; raises
-    ``ReplayDivergence`` at the first disagreement. Without a ``task``, only what needs no scorer
-    is recomputed (said in ``skipped``)."""
+def replay_recorded(store: Store | EventLog, branch: str, task: Task | None, *, retrain: Model | None = None) -> ReplayReport:
+    """Replay ``branch`` of a store (or an event log: then only what needs no blob) from its
+    recorded outputs; raises ``ReplayDivergence`` at the first disagreement. ``retrain``: a
+    model (the run's base model) that trains every adapter again, compared byte for byte."""
     log: EventLog = store.log if isinstance(store, Store) else store
-    return replay_records(branch, list(records(log, branch)), task)
+    blobs = store.blobs if isinstance(store, Store) else None
+    return replay_records(branch, list(records(log, branch)), task, blobs=blobs, retrain=retrain)
 
 
-def replay_records(branch: str, recs: Sequence[Recorded], task: Task | None) -> ReplayReport:
+def replay_records(branch: str, recs: Sequence[Recorded], task: Task | None, *, blobs: BlobStore | None = None,
+                   retrain: Model | None = None) -> ReplayReport:
     """``replay_recorded`` over a branch's records already read and decoded (the audit reads
     each branch once for all its sections)."""
-    r = _Replayer(task)
-    if task is not None:
-        r.scores = _prescore(task, r.episodes, [x.event for x in recs if isinstance(x.event, TrajectoryRecorded)])
+    if task is None or blobs is None:
+        why = "the task is not available here" if task is None else "the store's blobs are not available here"
+        return _light(branch, recs, f"verdicts, patches, adapters' plans and scores: {why}")
+    return _Replay(branch, recs, task, blobs, retrain).run()
+
+
+def _light(branch: str, recs: Sequence[Recorded], why: str) -> ReplayReport:
+    """What needs neither the task nor the blobs: the reducer, evaluation scores, gate decisions."""
+    state = AgentState()
+    val: list[TrajectoryRecorded] = []
+    counts = {"evaluations": 0, "decisions": 0}
     for rec in recs:
-        r.check(rec.where, rec.event)
-        try:
-            r.state = apply(r.state, rec.event)
-        except ReducerError as err:
-            raise ReplayDivergence(rec.where, "reducer", "an event consistent with the history", str(err)) from None
-    skipped = () if task is not None else ("scores, failure classes, rule verdicts and the model's options: the task is not available here",)
-    return ReplayReport(branch, len(recs), state_hash=state_hash(r.state), skipped=skipped, **r.counts)
-
-
-class _Replayer:
-    """What recorded replay carries from event to event: the state so far, the iteration's
-    trajectories, the scores recomputed, and what it has checked."""
-
-    def __init__(self, task: Task | None) -> None:
-        self.task = task
-        self.state = AgentState()
-        self.episodes = {e.id: e for split in ("train", "val", "test") for e in task.episodes(split)} if task else {}
-        self.scores: dict[tuple[str, str], Score] = {}
-        self.train: list[TrajectoryRecorded] = []
-        self.val: list[TrajectoryRecorded] = []
-        self.counts = {"rescored": 0, "evaluations": 0, "verdicts": 0, "choices": 0, "decisions": 0}
-
-    def check(self, where: str, e: Event) -> None:
-        """Recompute what ``e`` records, from the history before it."""
-        if isinstance(e, IterationStarted):
-            self.train = []
-        elif isinstance(e, TrajectoryRecorded):
-            (self.train if e.split == "train" else self.val).append(e)
-            self._rescore(where, e)
+        e = rec.event
+        if isinstance(e, TrajectoryRecorded) and e.split != "train":
+            val.append(e)
         elif isinstance(e, VersionEvaluated):
-            self._evaluation(where, e)
-        elif isinstance(e, FeedbackVerdict) and e.policy == "rule" and e.valid:
-            ctx = _context(self.state, self.train, self.task, self.episodes)
-            if ctx is not None and self.task is not None:
-                [verdict] = RulePolicy().decide(ctx, self.task).verdicts[-1:]
-                if _verdict_key(verdict) != _verdict_key(e):
-                    raise ReplayDivergence(where, "rule verdict", _verdict_key(verdict), _verdict_key(e))
-                self.counts["verdicts"] += 1
-        elif isinstance(e, FeedbackVerdict) and e.policy == "llm" and e.valid and e.choice:
-            _check_llm_choice(where, e, _context(self.state, self.train, self.task, self.episodes), self.task)
-            self.counts["choices"] += 1
+            mine, val = [t for t in val if t.version_id == e.version_id], []
+            if mine:
+                again = evaluation_score(mine, str(e.protocol.get("mode", "mean")))[0]
+                if _differs(again, e.score):
+                    raise ReplayDivergence(rec.where, "evaluation score", again, e.score)
+                counts["evaluations"] += 1
         elif isinstance(e, (VersionAccepted, VersionRejected)):
-            self._decision(where, e)
+            _check_gate(rec.where, state, e)
+            counts["decisions"] += 1
+        state = _apply(rec, state)
+    return ReplayReport(branch, len(recs), 0, counts["evaluations"], 0, counts["decisions"], state_hash(state), skipped=(why,))
+
+
+def _check_gate(where: str, state: AgentState, e: VersionAccepted | VersionRejected) -> None:
+    head, cand = state.head_version, state.versions.get(e.version_id)
+    score = cand.score("val") if cand else None
+    if score is not None:
+        accept = gate_accepts(score, head.score("val") if head else None, float((state.run.config if state.run else {}).get("margin", 0.0)))
+        if accept != isinstance(e, VersionAccepted):
+            word = {True: "accepted", False: "rejected"}
+            raise ReplayDivergence(where, "gate decision", word[accept], word[isinstance(e, VersionAccepted)])
+
+
+def _apply(rec: Recorded, state: AgentState) -> AgentState:
+    try:
+        return apply(state, rec.event)
+    except ReducerError as err:
+        raise ReplayDivergence(rec.where, "reducer", "an event consistent with the history", str(err)) from None
+
+
+def loop_config(run: RunInfo) -> LoopConfig:
+    """The loop's settings as the run recorded them (a setting a run recorded before it existed
+    ran without it: no batching, no packing)."""
+    d: dict[str, Any] = {**run.config, "levers": list(run.levers)}
+    d.setdefault("batch_rows", 0)
+    d["lora"] = {"packing": False, **(d.get("lora") or {})}
+    return msgspec.convert(d, LoopConfig)
+
+
+def _step_tag(action_id: str) -> str:
+    return action_id.rsplit("-", 1)[0]
+
+
+class _Replay:
+    """One branch replayed by the loop (see the module's docstring)."""
+
+    def __init__(self, branch: str, recs: Sequence[Recorded], task: Task, blobs: BlobStore, retrain: Model | None) -> None:
+        self.branch, self.recs, self.task, self.blobs, self.retrain = branch, recs, task, blobs, retrain
+        self.episodes = {e.id: e for split in ("train", "val", "test") for e in task.episodes(split)}
+        self.scores = _prescore(task, self.episodes, [r.event for r in recs if isinstance(r.event, TrajectoryRecorded)])
+        self.rtask = ReplayTask(task, dict(self.scores))
+        self.model = ReplayModel(recs[0].event.base_model if recs and isinstance(recs[0].event, RunStarted) else _NO_MODEL, blobs, retrain)
+        self.judge: ReplayModel | ReplayChooser | None = None  # a model Feedback Agent's model (it may not be the agent's)
+        self.scratch = Store(Path("/nonexistent/sia-replay-scratch"), MemoryEventLog(), ScratchBlobs())
+        self.scratch.log.init_branch("replay")
+        self.hist = CheckedHistory(self.scratch.log, "replay", self.scratch.blobs, recs, self._check)
+        self.loop: Loop | None = None
+        self.counts = {k: 0 for k in ("rescored", "evaluations", "verdicts", "choices", "decisions", "patches", "adapters", "rederived",
+                                      "outputs", "baselines")}
+        self.report: dict[str, Any] = {"data": "", "environment": ()}
+
+    def run(self) -> ReplayReport:
+        unfinished = ""
+        while (rec := self.hist.peek()) is not None:
+            try:
+                self._next(rec)
+            except ReducerError as err:
+                at = self.hist.peek() or rec
+                raise ReplayDivergence(at.where, "reducer", "an event consistent with the history", str(err)) from None
+            except (LogEnds, NotRecorded) as err:
+                if isinstance(err, NotRecorded) and not self._step_runs_to_end():
+                    at = self.hist.peek() or rec
+                    raise ReplayDivergence(at.where, "model request", "one the log recorded", f"not recorded: {err.what}") from None
+                left = len(self.recs) - self.hist.at
+                while self.hist.peek() is not None:
+                    self.hist.apply_recorded()
+                unfinished = f"the branch ends inside a step (a run stopped and not resumed): its last {left} event(s) applied as recorded, not recomputed"
+                break
+        return ReplayReport(self.branch, len(self.recs), state_hash=state_hash(self.hist.state), **self._finish(unfinished))
+
+    def _finish(self, unfinished: str) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.counts, **self.report, "unfinished": unfinished}
+        out["adapter_seconds"] = tuple(round(s, 3) for s in self.model.train_seconds)
+        return out
+
+    # -- what the loop is asked to do next, from the log's next event -----------------------------
+    def _next(self, rec: Recorded) -> None:
+        e = rec.event
+        if isinstance(e, (RunStarted, BranchForked, RunConfigured, RolledBack)):  # what a user asked: applied as recorded
+            self.hist.apply_recorded()
+            if isinstance(e, RunStarted):
+                self.model.ref = e.base_model
+                self._pins(rec, e)
+            if isinstance(e, (RunStarted, RunConfigured)):
+                self._new_loop(rec)
+            return
+        loop, s = self.loop, self.hist.state
+        if loop is None or s.run is None:
+            raise ReplayDivergence(rec.where, "event", "run_started first", e.kind())
+        if s.phase == "idle":
+            self._idle(rec, loop)
+        elif s.phase == "started":
+            self._load_feedback()
+            loop.decide()
+        elif s.phase == "decided":
+            self.model.load_training(e if isinstance(e, AdapterCheckpointed) else None)
+            loop.apply_lever()
+        elif s.phase == "candidate":
+            assert s.candidate is not None
+            self._load_step()
+            loop.evaluate(s.versions[s.candidate], decide=True)
+        else:  # "evaluated": a history whose decision was recorded after its evaluation
+            loop.gate()
+
+    def _idle(self, rec: Recorded, loop: Loop) -> None:
+        """An idle branch: the head's first evaluation, an iteration, or an experiment's last steps."""
+        e, head = rec.event, self.hist.state.head_version
+        assert head is not None
+        tag = _step_tag(e.action_id) if isinstance(e, ActionTaken) and e.is_generation else ""
+        best = _BEST_OF.fullmatch(tag)
+        if isinstance(e, IterationStarted) and head.score("val") is not None:
+            self._load_step(skip=1)
+            loop.roll_out(head, self.hist.state.iteration + 1)
+        elif tag.startswith("eval-") and head.score("val") is None:
+            self._load_step()
+            loop.evaluate(head, decide=False)
+        elif tag.startswith("test-") and head.score("test") is None:  # an experiment's test score of an arm's (or the base's) head
+            self._load_step()
+            loop.evaluate(head, decide=False, split="test", episodes=test_episodes(loop))
+        elif best is not None:
+            self._load_step()
+            loop.hist.record(best_of_k(loop, experiment=best["experiment"], k=int(best["k"]), seed=int(best["seed"])))
+            self.counts["baselines"] += 1
+        elif isinstance(e, BaselineScored) and e.method != "best-of-k":
+            loop.hist.record(self._baseline(rec, e, loop))
+        else:
+            raise ReplayDivergence(rec.where, "step", "a step the loop takes next", tag or e.kind())
+
+    def _baseline(self, rec: Recorded, e: BaselineScored, loop: Loop) -> BaselineScored:
+        """A search or reference method an experiment recorded, computed again by its own function."""
+        made: BaselineScored | None = None
+        if e.method.startswith("reference:"):
+            made = next((b for b in reference_methods(self.task, experiment=e.experiment) if b.method == e.method), None)
+        elif e.method == "random-search" and e.seed is not None and isinstance(k := e.details.get("k"), int):
+            made = random_search(self.task, loop.val, test_episodes(loop), experiment=e.experiment, k=k, seed=e.seed)
+        if made is None:
+            raise ReplayDivergence(rec.where, "method", "a baseline this task computes", e.method)
+        self.counts["baselines"] += 1
+        return made
+
+    def _new_loop(self, rec: Recorded) -> None:
+        """The loop, built from the run's recorded settings (again after a fork's new ones)."""
+        run = self.hist.state.run
+        assert run is not None
+        try:
+            cfg = loop_config(run)
+            feedback: FeedbackAgent = self._llm_policy() if cfg.feedback == "llm" else RulePolicy()
+            loop = Loop(self.scratch, task=self.rtask, model=self.model, feedback=feedback, config=cfg, branch="replay")
+        except (msgspec.ValidationError, SiaError) as err:
+            raise ReplayDivergence(rec.where, "config", "settings this engine runs", str(err)) from None
+        loop.hist = self.hist
+        self.loop = loop
+
+    def _llm_policy(self) -> LLMPolicy:
+        """The model Feedback Agent as the log shows it ran: the model it asked (by the name its
+        questions record), whether it calibrated (its questions record a prior), how it chose
+        (log-likelihoods, or an endpoint's choice) and how long a free text it allowed."""
+        asked = [r.event for r in self.recs if isinstance(r.event, ActionTaken) and r.event.name in ("feedback-score", "feedback-write")]
+        scored = [a.score_inputs() for a in asked if a.name == "feedback-score"]
+        chooser = any("index" in a.outputs for a in asked if a.name == "feedback-score")
+        ref = ModelRef(id=scored[0].model) if scored else self.model.ref
+        self.judge = (ReplayChooser if chooser else ReplayModel)(ref, self.blobs)
+        writes = [a.inputs.get("request", {}) for a in asked if a.name == "feedback-write"]
+        longest = int(writes[0].get("decoding", {}).get("max_new_tokens", 200)) if writes else 200
+        return LLMPolicy(self.judge, calibrate=not scored or scored[0].prior_messages is not None, max_prompt_tokens=longest)
+
+    def _pins(self, rec: Recorded, e: RunStarted) -> None:
+        """The task's data here against the run's pin (other data: a divergence), and the software."""
+        if e.data is None:
+            self.report["data"] = "not pinned (recorded before run_started schema 2)"
+        elif (diff := data_difference(e.data, data_pin(self.task))) is not None:
+            what, recorded, found = diff
+            raise ReplayDivergence(rec.where, what, found, recorded, "replay the run on the data it recorded (--data)")
+        else:
+            self.report["data"] = "as recorded"
+        if e.environment is not None:
+            self.report["environment"] = tuple(environment_differences(e.environment, environment(self.retrain)))
+
+    # -- what the step will ask, from the log ----------------------------------------------------
+    def _upcoming(self, skip: int, keep: Any) -> list[Event]:
+        out: list[Event] = []
+        while (r := self.hist.peek(skip + len(out))) is not None and keep(r.event):
+            out.append(r.event)
+        return out
+
+    def _load_step(self, skip: int = 0) -> None:
+        """The step's recorded outputs (its generations, tool calls and trajectories)."""
+        first = self.hist.peek(skip)
+        tag = _step_tag(first.event.action_id) + "-" if first is not None and isinstance(first.event, ActionTaken) else "\0"
+
+        def mine(e: Event) -> bool:
+            return (isinstance(e, ActionTaken) and e.action_id.startswith(tag)) or (isinstance(e, TrajectoryRecorded) and e.trajectory_id.startswith(tag))
+
+        events = self._upcoming(skip, mine)
+        self.model.load_step(events)
+        self.rtask.load_step(events)
+
+    def _load_feedback(self) -> None:
+        events = self._upcoming(0, lambda e: isinstance(e, FeedbackVerdict) or (isinstance(e, ActionTaken) and e.name.startswith("feedback-")))
+        if self.judge is not None:
+            self.judge.load_feedback([e for e in events if isinstance(e, ActionTaken)], [e for e in events if isinstance(e, FeedbackVerdict)])
+
+    def _step_runs_to_end(self) -> bool:
+        """Whether the log ends inside the step under way (nothing but its outputs follow)."""
+        return all(isinstance(r.event, (ActionTaken, TrajectoryRecorded)) for r in self.recs[self.hist.at :])
+
+    # -- each event the loop records, against the log -------------------------------------------
+    def _check(self, rec: Recorded, made: Event) -> None:
+        e = rec.event
+        if isinstance(e, TrajectoryRecorded):
+            self._rescore(rec.where, e)
+        if self.retrain is not None and isinstance(made, AdapterCheckpointed) and isinstance(e, AdapterCheckpointed) and made.blob != e.blob:
+            tensor = first_tensor_difference(self.scratch.blobs.get(made.blob), self.blobs.get(e.blob))
+            raise AdapterDiffers(rec.where, e.version_id, made.blob, e.blob, tensor or "(none: the metadata differs)")
+        compare(rec.where, made, e)
+        kind = {TrajectoryRecorded: "outputs", VersionEvaluated: "evaluations", FeedbackVerdict: "verdicts", VersionAccepted: "decisions",
+                VersionRejected: "decisions", ScaffoldPatched: "patches", AdapterCheckpointed: "adapters"}.get(type(e))
+        if kind is not None:
+            self.counts[kind] += 1
+        if isinstance(e, FeedbackVerdict) and e.choice:
+            self.counts["choices"] += 1
+        if isinstance(e, AdapterCheckpointed) and self.retrain is not None:
+            self.counts["rederived"] += 1
 
     def _rescore(self, where: str, e: TrajectoryRecorded) -> None:
-        if self.task is None:
-            return
+        """The output scored again by the task's own scorer (score and failure class)."""
         if e.episode_id not in self.episodes:
             raise ReplayDivergence(where, "episode_id", "an episode of the task", e.episode_id)
         s = self.scores[(e.episode_id, e.output)]
@@ -207,25 +399,3 @@ class _Replayer:
         if e.failure and s.failure != e.failure:
             raise ReplayDivergence(where, "failure", s.failure, e.failure)
         self.counts["rescored"] += 1
-
-    def _evaluation(self, where: str, e: VersionEvaluated) -> None:
-        mine = [t for t in self.val if t.version_id == e.version_id]
-        self.val = []
-        if mine:
-            again = evaluation_score(mine, str(e.protocol.get("mode", "mean")))[0]
-            if _differs(again, e.score):
-                raise ReplayDivergence(where, "evaluation score", again, e.score)
-            self.counts["evaluations"] += 1
-
-    def _decision(self, where: str, e: VersionAccepted | VersionRejected) -> None:
-        state = self.state
-        head = state.head_version
-        cand = state.versions.get(e.version_id)
-        margin = float((state.run.config if state.run else {}).get("margin", 0.0))
-        score = cand.score("val") if cand else None
-        if score is not None:
-            accept = gate_accepts(score, head.score("val") if head else None, margin)
-            if accept != isinstance(e, VersionAccepted):
-                raise ReplayDivergence(where, "gate decision", "accepted" if accept else "rejected",
-                                       "accepted" if isinstance(e, VersionAccepted) else "rejected")
-            self.counts["decisions"] += 1

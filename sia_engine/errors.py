@@ -16,6 +16,7 @@ Tree::
     ├── ModelUnavailable        an OpenAI-compatible endpoint that failed or answered oddly
     ├── NoRecordedResponse      a replay asked something the recorded run never asked
     ├── RunMismatch             resuming a run with settings other than the recorded ones
+    ├── DataChanged             resuming a run on task data other than it recorded (a file, the episodes, the splits)
     ├── GenerationMismatch      a batch generated again on resume that differs from its recorded rows
     └── InvalidSettings         run or training settings out of range (refused before anything is recorded)
 
@@ -41,6 +42,7 @@ __all__ = [
     "ModelUnavailable",
     "NoRecordedResponse",
     "RunMismatch",
+    "DataChanged",
     "GenerationMismatch",
     "InvalidSettings",
 ]
@@ -149,6 +151,18 @@ class RunMismatch(SiaError):
         super().__init__(
             f"this branch holds a run with {what} {recorded!r}, not {given!r}; {hint or 'resume with the recorded settings'}, "
             f"or fork the branch (sia fork BRANCH@SEQ NEW) and run the fork with the new ones"
+        )
+
+
+class DataChanged(SiaError):
+    """A run resumed on data other than it recorded (``run_started``'s data pin): ``what`` names
+    the file (or the episodes, or the split definition), with the recorded and found hashes."""
+
+    def __init__(self, what: str, recorded: str, found: str) -> None:
+        self.what, self.recorded, self.found = what, recorded, found
+        super().__init__(
+            f"the task's data is not what this run was recorded on: {what}: recorded {recorded}, found {found}. "
+            f"Resume with the data the run recorded (--data), or record a run on this data in a new branch or store"
         )
 
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import msgspec
 
 from sia_engine.domain.canonical import canonical
-from sia_engine.domain.payloads import ArmOverrides, GenerateInputs, ModelChoice, ScoreInputs
+from sia_engine.domain.payloads import ArmOverrides, DataPin, Environment, GenerateInputs, ModelChoice, ScoreInputs
 from sia_engine.domain.scaffold import PatchOp, Scaffold
 from sia_engine.errors import (
     InvalidEvent,
@@ -115,6 +115,16 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class RunStarted(Event, tag="run_started", frozen=True):
+    """A run begins: its task, seed, base model (by name and weights sha256), first scaffold,
+    levers and settings.
+
+    Schema 2: ``data`` pins what the task was made of (its files' sha256, its episodes and split
+    definition) and ``environment`` the software it ran on (Python, library versions, platform,
+    device); a resume on other data is refused, a re-execution on other software is told. Schema
+    1 runs recorded neither (None: not pinned)."""
+
+    SCHEMA: ClassVar[int] = 2
+
     run_id: str
     task: str
     seed: int
@@ -123,6 +133,8 @@ class RunStarted(Event, tag="run_started", frozen=True):
     engine_version: str
     levers: tuple[Literal["scaffold", "weights"], ...]
     config: dict[str, Any] = {}
+    data: DataPin | None = None
+    environment: Environment | None = None
 
 
 class IterationStarted(Event, tag="iteration_started", frozen=True):
@@ -336,9 +348,15 @@ def upcast_feedback_verdict_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def upcast_run_started_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: a run recorded before data and software were pinned pinned neither."""
+    return {**payload, "data": None, "environment": None}
+
+
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("feedback_verdict", 1): upcast_feedback_verdict_v1_v2,
+    ("run_started", 1): upcast_run_started_v1_v2,
 }
 _DECODERS = {k: msgspec.json.Decoder(cls) for k, cls in EVENT_TYPES.items()}
 _PATH_RE = re.compile(r" - at `(.*)`$")

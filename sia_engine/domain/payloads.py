@@ -18,7 +18,7 @@ from sia_engine.domain.scaffold import Decoding
 
 __all__ = [
     "Message", "GenerateInputs", "ScoreInputs", "ToolCall", "OptionScore", "FreeText", "ChoiceStage", "ModelChoice",
-    "Budget", "ArmOverrides",
+    "Budget", "ArmOverrides", "DataFile", "DataPin", "Environment",
 ]
 
 
@@ -145,3 +145,32 @@ class ArmOverrides(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     levers: tuple[str, ...]
     iterations: int
     budget: Budget | None = None
+
+
+class DataFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One file a task read: its name as the task gives it (relative to the data it was given,
+    never a local path), its sha256 and its size."""
+
+    name: str
+    sha256: str
+    size: int
+
+
+class DataPin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a run's task was made of: the files it read (a folder's files in the order of their
+    relative names), the sha256 of its episodes (every split, canonical JSON: inputs, gold
+    answers, meta) and of its split definition (the episode ids of each split, in order)."""
+
+    files: tuple[DataFile, ...] = ()
+    episodes: str
+    split: str
+
+
+class Environment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The software and machine a run recorded on: Python, the platform, the model's device and
+    the versions of the libraries its numbers depend on ("" for one not installed)."""
+
+    python: str
+    platform: str
+    device: str
+    packages: dict[str, str] = {}

@@ -36,6 +36,7 @@ from sia_engine.domain.events import (
     VersionEvaluated,
     VersionRejected,
 )
+from sia_engine.domain.payloads import DataPin, Environment
 from sia_engine.domain.scaffold import Scaffold, apply_patch, scaffold_hash
 from sia_engine.errors import InvalidPatch, ReducerError
 
@@ -71,7 +72,7 @@ class Version(msgspec.Struct, frozen=True):
         return None
 
 
-class RunInfo(msgspec.Struct, frozen=True):
+class RunInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     run_id: str
     task: str
     seed: int
@@ -79,6 +80,8 @@ class RunInfo(msgspec.Struct, frozen=True):
     engine_version: str
     levers: tuple[str, ...]
     config: dict[str, Any]
+    data: DataPin | None = None  # None: recorded before data was pinned (run_started schema 1)
+    environment: Environment | None = None
 
 
 class AgentState(msgspec.Struct, frozen=True):
@@ -148,7 +151,7 @@ def _new_candidate(state: AgentState, kind: str, vid: str, parent: Version, leve
 def _run_started(state: AgentState, e: RunStarted) -> AgentState:
     if state.run is not None:
         raise ReducerError(e.kind(), f"the run {state.run.run_id!r} has already started")
-    run = RunInfo(e.run_id, e.task, e.seed, e.base_model, e.engine_version, tuple(e.levers), e.config)
+    run = RunInfo(e.run_id, e.task, e.seed, e.base_model, e.engine_version, tuple(e.levers), e.config, e.data, e.environment)
     vid = version_id(e.base_model, e.scaffold, None)
     v = Version(vid, 0, None, "initial", e.scaffold, None, "accepted")
     return msgspec.structs.replace(state, run=run, head=vid, versions={vid: v}, head_history=(vid,))

@@ -45,6 +45,7 @@ from sia_engine.errors import InvalidSettings, RunMismatch, SiaError
 from sia_engine.loop.feedback.rule import Context, FeedbackAgent
 from sia_engine.loop.batches import Step, StepRunner, rows_by_id
 from sia_engine.loop.hooks import Hooks
+from sia_engine.loop.pins import check_pins, data_pin, environment
 from sia_engine.loop.recipes import gold_episodes, training_examples
 from sia_engine.loop.settings import EvalProtocol, LoopConfig, check_settings
 from sia_engine.loop.task import Episode, Failure, Task
@@ -151,9 +152,8 @@ class Loop:
                 RunStarted(
                     run_id=f"{self.task.name}-{self.config.seed}", task=self.task.name, seed=self.config.seed,
                     base_model=self.model.ref, scaffold=self.initial, engine_version=self.engine_version,
-                    levers=tuple(self.config.levers), config=self.config.recorded(),
-                )
-            )
+                    levers=tuple(self.config.levers), config=self.config.recorded(), data=data_pin(self.task),
+                    environment=environment(self.model)))
             return
         if run.base_model != self.model.ref:
             raise RunMismatch("base model", msgspec.to_builtins(run.base_model), msgspec.to_builtins(self.model.ref))
@@ -167,6 +167,7 @@ class Loop:
                                                    reason=f"settings of branch {self.branch!r}, first changed: {key}"))
                     break
                 raise RunMismatch(key, run.config.get(key), given.get(key), _resume_hint(key, run.config))
+        check_pins(run, self.task, self.model, self.hooks.note)
         self._report_devices()
 
     def _fresh_fork(self) -> bool:
@@ -204,21 +205,21 @@ class Loop:
                 if s.iteration + 1 >= self.config.iterations or out_of_time or (stop is not None and stop()):
                     break
                 self._open = None
-                self._roll_out(head, s.iteration + 1)
+                self.roll_out(head, s.iteration + 1)
             elif s.phase == "started":
                 if not self._rollouts_done():
                     head = s.head_version
                     assert head is not None
                     self._open = None
-                    self._roll_out(head, s.iteration, resume=True)
-                self._decide()
+                    self.roll_out(head, s.iteration, resume=True)
+                self.decide()
             elif s.phase == "decided":
-                self._apply_lever()
+                self.apply_lever()
             elif s.phase == "candidate":
                 assert s.candidate is not None
                 self.evaluate(s.versions[s.candidate], decide=True)
             else:  # "evaluated": a crash came between evaluation and decision
-                self._gate()
+                self.gate()
         self.hooks.finished(self.hist.state)
         return self.hist.state
 
@@ -260,7 +261,7 @@ class Loop:
             start -= 1
         return events[start:]
 
-    def _roll_out(self, head: Version, iteration: int, *, resume: bool = False) -> None:
+    def roll_out(self, head: Version, iteration: int, *, resume: bool = False) -> None:
         seed = iteration_seed(self.config.seed, iteration)
         episodes = random.Random(seed).sample(self.train, min(self.config.train_episodes, len(self.train)))
         self.hooks.iteration(iteration, self.config.iterations)
@@ -293,7 +294,7 @@ class Loop:
         self._open = [decode_envelope(e) for e in rest]
         return self._open
 
-    def _decide(self) -> None:
+    def decide(self) -> None:
         s = self.hist.state
         head = s.head_version
         assert head is not None
@@ -318,7 +319,7 @@ class Loop:
         vid = version_id(s.run.base_model, new, head.adapter)
         return ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=verdict.patch, scaffold_hash=scaffold_hash(new))
 
-    def _apply_lever(self) -> None:
+    def apply_lever(self) -> None:
         s = self.hist.state
         verdict = s.pending
         head = s.head_version
@@ -390,7 +391,7 @@ class Loop:
         self.hooks.decided(cand, score, head_score, isinstance(ev, VersionAccepted))
         return ev
 
-    def _gate(self) -> None:
+    def gate(self) -> None:
         s = self.hist.state
         assert s.candidate is not None
         cand = s.versions[s.candidate]

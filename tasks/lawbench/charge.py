@@ -37,6 +37,7 @@ class LawBenchCharge:
         if data is None:
             raise LawBenchDataError("--data", "lawbench-charge needs the LawBench data folder (with zero_shot/3-3.json)")
         items = load_items(data, "3-3")
+        self.folder = Path(data)
         single = [(i, it) for i, it in enumerate(items) if it["answer"].startswith("罪名:") and ";" not in it["answer"]]
         counts = Counter(it["answer"][3:] for _, it in single)
         self.labels = tuple(c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
@@ -54,6 +55,10 @@ class LawBenchCharge:
 
     def episodes(self, split: Literal["train", "val", "test"]) -> list[Episode]:
         return [e for e in self._episodes if e.split == split]
+
+    def data_files(self) -> dict[str, Path]:
+        """The file the items come from (``run_started`` pins its sha256)."""
+        return {"zero_shot/3-3.json": self.folder / "zero_shot" / "3-3.json"}
 
     def scaffold(self) -> Scaffold:
         return Scaffold(

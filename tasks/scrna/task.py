@@ -145,6 +145,11 @@ class ScrnaDenoise:
         cells, genes = self.counts.shape
         return [Episode(id=f"{split}-{k}", split=split, meta={"split_seed": seed}, input=episode_input(cells, genes, k, n)) for k in range(n)]
 
+    def data_files(self) -> dict[str, Path]:
+        """The counts file, named as given (``run_started`` pins its sha256)."""
+        path = data_file(self.data)
+        return {self.data if self.data == DEFAULT_DATA else path.name: path}
+
     def scaffold(self) -> Scaffold:
         return initial_scaffold()
 

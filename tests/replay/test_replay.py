@@ -92,7 +92,7 @@ def test_without_the_task_it_says_what_it_skipped(recorded: Path) -> None:
     with Store.open(recorded, read_only=True) as s:
         report = replay_recorded(s, "main", None)
     assert report.rescored == 0 and report.verdicts == 0 and report.decisions >= 2
-    assert report.skipped == ("scores, failure classes, rule verdicts and the model's options: the task is not available here",)
+    assert report.skipped == ("verdicts, patches, adapters' plans and scores: the task is not available here",)
 
 
 def test_reexecution_with_the_tiny_model_reproduces_every_output(tmp_path: Path) -> None:

@@ -34,7 +34,18 @@ def test_every_kind_has_a_stable_tag() -> None:
             "rolled_back", "branch_forked", "run_configured", "baseline_scored",
         ]
     )
-    assert {k: cls.SCHEMA for k, cls in EVENT_TYPES.items() if cls.SCHEMA != 1} == {"feedback_verdict": 2}
+    assert {k: cls.SCHEMA for k, cls in EVENT_TYPES.items() if cls.SCHEMA != 1} == {"feedback_verdict": 2, "run_started": 2}
+
+
+def test_a_run_started_before_pinning_reads_as_unpinned() -> None:
+    from sia_engine.domain.events import RunStarted, decode, encode
+
+    v1 = (b'{"kind":"run_started","run_id":"r","task":"arith","seed":0,"base_model":{"id":"m"},"scaffold":{},'
+          b'"engine_version":"0","levers":["scaffold"]}')
+    ev = decode("run_started", 1, v1)
+    assert isinstance(ev, RunStarted) and ev.data is None and ev.environment is None
+    new = encode(ev)
+    assert new.schema == 2 and b'"data":null' in new.payload and b'"environment":null' in new.payload
 
 
 def test_old_schemas_are_upcast_on_read() -> None:

@@ -277,5 +277,7 @@ def test_every_branch_of_the_experiment_verifies_and_replays(done) -> None:  # t
         for b in s.log.branches():
             r = replay_recorded(s, b.name, REF_TASK)  # raises at the first disagreement
             assert r.rescored > 0 and not r.skipped
-            if b.name != "e1-base":
+            if b.name == "e1-base":  # the base's test score and every baseline, recomputed by the experiment's own functions
+                assert r.baselines == 5 and r.evaluations == 2 and not r.unfinished
+            else:
                 assert r.verdicts == 2 and r.decisions == rows[b.name].candidates  # every verdict and gate decision recomputed

@@ -143,7 +143,7 @@ def test_with_the_tiny_model_every_verdict_is_valid_and_replays(tmp_path: Path) 
             for stage in v.choice.stages:
                 assert stage.method == "log-likelihood, calibrated" and all(o.tokens > 0 and o.logprob < 0 and o.prior < 0 for o in stage.options)
         report = replay_recorded(s, "main", TASK)
-        assert report.choices == 3 and report.verdicts == 0  # each model choice recomputed from the recorded scores and options
+        assert report.choices == 3 and report.verdicts == 3  # each model choice recomputed by the policy from the recorded log-likelihoods
         calls = [decode_envelope(e) for e in s.log.read("main", kinds=["action_taken"]) if b'"feedback-score"' in e.payload]
         first = calls[0]
         fresh = tiny_model()
@@ -175,8 +175,9 @@ def test_recorded_replay_catches_a_changed_choice(tmp_path: Path) -> None:
         h = History.open(c.log, "main", blobs=c.blobs)
         for e in events:
             h.record(v if isinstance(e, FeedbackVerdict) else e)
-        with pytest.raises(ReplayDivergence, match="llm choice"):
+        with pytest.raises(ReplayDivergence) as exc:  # the policy recomputes each score from the recorded log-likelihoods
             replay_recorded(c, "main", TASK)
+        assert exc.value.field == f"choice.stages[0].options[{other}].score" and exc.value.got == 10.0, str(exc.value)
 
 
 def fake_endpoint(structured: bool, answer: str) -> httpx.MockTransport:
