@@ -1,6 +1,8 @@
 """``audit_report``: a self-contained HTML report of a store (no script, no external asset).
 
-First the integrity check and the recorded replay of every branch; then the score per iteration of
+First what was proven (integrity, recorded replay, adapters re-derived when asked, data and
+environment as recorded, a signed checkpoint when given), then the integrity check and the
+recorded replay of every branch in detail; then the score per iteration of
 every branch as a plot; then, per branch, the run, its forks and rollbacks, the lineage of agent
 versions (an inline SVG graph), scores per lever, and every version collapsed (``<details>``) with
 what made it: the verdict's rationale and evidence (trajectories and outputs), the patch as a text
@@ -19,7 +21,9 @@ from replay.diff import IterationRows
 from sia_engine.domain.integrity import IntegrityReport, check_store
 from sia_engine.domain.projection import KindCounts, Recorded, StateProjection, fold, histories
 from sia_engine.domain.state import AgentState, Version
+from replay.recorded import ReplayDivergence, ReplayReport
 from sia_engine.loop.task import Task
+from sia_engine.models.protocol import Model
 from store import BlobStore, EventLog
 
 __all__ = ["audit_report"]
@@ -101,16 +105,57 @@ def _by_lever(versions: list[Version]) -> str:
     return "<table><tr><th>lever</th><th>candidates</th><th>accepted</th><th>best val score</th></tr>" + "".join(rows) + "</table>"
 
 
-def _replay_line(branch: str, recs: list[Recorded], task: Task | None, blobs: BlobStore | None) -> str:
-    from replay.recorded import ReplayDivergence, replay_records
+def _replay(branch: str, recs: list[Recorded], task: Task | None, blobs: BlobStore | None, retrain: Model | None) -> ReplayReport | ReplayDivergence:
+    from replay.recorded import replay_records
 
     try:
-        r = replay_records(branch, recs, task, blobs=blobs)
+        return replay_records(branch, recs, task, blobs=blobs, retrain=retrain)
     except ReplayDivergence as e:
-        return f'<li class="bad">{html.escape(branch)}: DIVERGES: {html.escape(str(e))}</li>'
-    skipped = "".join(f' <span class="warn">(not recomputed: {html.escape(x)})</span>' for x in r.skipped)
-    return (f'<li class="ok">{html.escape(branch)}: REPLAYS: {r.rescored} outputs re-scored, {r.evaluations} evaluations, '
-            f"{r.verdicts} rule verdicts, {r.choices} model choices, {r.decisions} gate decisions recomputed as recorded{skipped}</li>")
+        return e
+
+
+def _replay_line(branch: str, r: ReplayReport | ReplayDivergence) -> str:
+    if not isinstance(r, ReplayReport):
+        return f'<li class="bad">{html.escape(branch)}: DIVERGES: {html.escape(str(r))}</li>'
+    skipped = "".join(f' <span class="warn">(not recomputed: {html.escape(x)})</span>' for x in (*r.skipped, *([r.unfinished] if r.unfinished else [])))
+    return (f'<li class="ok">{html.escape(branch)}: REPLAYS: {r.outputs} outputs replayed and {r.rescored} re-scored; {r.verdicts} verdicts '
+            f"({r.choices} model choices), {r.patches} patches, {r.adapters} adapters' plans, {r.evaluations} evaluations, {r.decisions} gate "
+            f"decisions and {r.baselines} baselines recomputed as recorded{skipped}</li>")
+
+
+def _proven(report: IntegrityReport, replays: dict[str, ReplayReport | ReplayDivergence], retrain: bool, checkpoint: str | None) -> str:
+    """What the audit proved, first: integrity, recorded replay, adapters re-derived, data and
+    environment as recorded, a signed checkpoint."""
+    def row(what: str, ok: bool | None, text: str) -> str:
+        cls, word = {True: ("ok", "PROVEN"), False: ("bad", "FAILED"), None: ("warn", "NOT CHECKED")}[ok]
+        return f'<tr><td>{what}</td><td class="{cls}">{word}</td><td>{html.escape(text)}</td></tr>'
+
+    done = [r for r in replays.values() if isinstance(r, ReplayReport)]
+    bad = [(b, r) for b, r in replays.items() if not isinstance(r, ReplayReport)]
+    rows = [row("integrity", report.ok, f"{report.n_events} events, {report.n_branches} branch(es), {report.n_blobs} blob(s): every id, "
+                "parent link and blob hash" if report.ok else f"{len(report.problems)} problem(s), listed below")]
+    if not report.ok:
+        rows.append(row("recorded replay", None, "a history that does not verify is not replayed"))
+    elif bad:
+        rows.append(row("recorded replay", False, f"{bad[0][0]}: {bad[0][1]}"))
+    else:
+        light = [r for r in done if r.skipped]
+        rows.append(row("recorded replay", None if light else True, f"{len(done)} of {len(replays)} branches replay as recorded through the "
+                        "loop's own steps" + (f"; partly only: {light[0].skipped[0]}" if light else "")))
+    n_adapters, n_rederived = sum(r.adapters for r in done), sum(r.rederived for r in done)
+    if not retrain:
+        rows.append(row("adapters re-derived", None, "not asked (sia audit --retrain trains every adapter again)"))
+    else:
+        rows.append(row("adapters re-derived", not bad and n_rederived == n_adapters, f"adapters re-derived: {n_rederived} of {n_adapters}"))
+    data = sorted({r.data for r in done})
+    rows.append(row("data as recorded", True if data == ["as recorded"] else None, ", ".join(d or "not checked (the task is not available here)" for d in data) or "-"))
+    env = sorted({x for r in done for x in r.environment})
+    rows.append(row("environment as recorded", None if env else True, "; ".join(env) if env else "the same library versions and platform as recorded"))
+    if checkpoint is None:
+        rows.append(row("signed checkpoint", None, "none given (sia audit --checkpoint CP --public-key KEY.pub)"))
+    else:
+        rows.append(row("signed checkpoint", checkpoint == "", checkpoint or "the log extends the signed checkpoint"))
+    return '<table id="proven"><tr><th>check</th><th>result</th><th>what</th></tr>' + "".join(rows) + "</table>"
 
 
 class _Branch:
@@ -123,9 +168,10 @@ class _Branch:
 
 
 def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = "sia-engine audit", task: Task | None = None,
-                 max_versions: int = 1000) -> tuple[str, IntegrityReport]:
-    """The HTML report and the integrity report it shows (``task``: re-score and re-run the rule
-    policy in the replay; None replays what needs no task)."""
+                 max_versions: int = 1000, retrain: Model | None = None, checkpoint: str | None = None) -> tuple[str, IntegrityReport]:
+    """The HTML report and the integrity report it shows (``task``: replay through the loop's
+    steps and re-score; None replays what needs no task; ``retrain``: train every adapter again;
+    ``checkpoint``: the outcome of checking a signed checkpoint, "" when the log extends it)."""
     branches = log.branches()
     own_envs = {b.name: list(log.read(b.name, after_seq=-1)) for b in branches}  # each branch read once
     report, own = check_store(log, blobs, own_envs)  # and decoded once, as it is checked
@@ -137,13 +183,15 @@ def audit_report(log: EventLog, blobs: BlobStore | None = None, *, title: str = 
                f'{n(report.n_blobs, "blob")}, {n(report.n_snapshots, "snapshot")}</p>') if report.ok else (
         f'<p class="bad" id="integrity">NOT VERIFIED: {len(report.problems)} problem(s)</p><ul>'
         + "".join(f"<li><code>{html.escape(str(p))}</code></li>" for p in report.problems[:50]) + "</ul>")
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Integrity</h2>", verdict]
     read = {name: _Branch(name, recs if report.ok else []) for name, recs in histories(branches, own).items()}
+    replays = {name: _replay(name, r.recs, task, blobs, retrain) for name, r in read.items()} if report.ok else {}
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>What was proven</h2>", _proven(report, replays, retrain is not None, checkpoint),
+            "<h2>Integrity</h2>", verdict]
     unverified = {} if report.ok else histories(branches, own_envs)  # counted, never reduced
     if not report.ok:
         body.append("<p>A history that does not verify is not replayed or reduced into claims.</p>")
     else:
-        body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(name, r.recs, task, blobs) for name, r in read.items()) + "</ul>"]
+        body += ["<h2>Replay (recorded)</h2>", '<ul id="replay">' + "".join(_replay_line(name, r) for name, r in replays.items()) + "</ul>"]
         body += ["<h2>Score per iteration</h2>", iteration_plot([row for r in read.values() for row in r.rows]), *experiment_section(own)]
     for b in branches:
         kinds = read[b.name].kinds if report.ok else Counter(e.kind for e in unverified[b.name])

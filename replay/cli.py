@@ -23,8 +23,8 @@ from sia_engine.cli.api import (
 from store.files import atomic_write
 
 if TYPE_CHECKING:
-    from replay.reexecute import ReexecuteReport
     from sia_engine.domain.events import ModelRef
+    from sia_engine.models.protocol import Model
     from sia_engine.loop.task import Task
     from store import Store
 
@@ -65,29 +65,49 @@ def show(store_path: str, as_json: bool, ref: str, branch: str) -> None:
 @store_options
 @click.option("--out", "out_path", default="sia-audit.html", show_default=True, type=click.Path(dir_okay=False), help="Where to write the HTML report.")
 @click.option("--data", default=None, help="The task's data, for tasks that take it (the replay re-scores with it).")
-def audit(store_path: str, as_json: bool, out_path: str, data: str | None) -> None:
-    """Write a self-contained HTML audit report: lineage, scores per version and lever, integrity.
+@click.option("--retrain", is_flag=True, help="Also train every adapter again from its recorded data, seed and settings (byte for byte).")
+@click.option("--model", "model_spec", default=None, help="--retrain: the base model (tiny | smollm2 | a folder) [default: the run's].")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="A signed checkpoint (sia checkpoint) the log must extend.")
+@click.option("--public-key", "public_key", default=None, type=click.Path(dir_okay=False), help="The .pub key that must have signed --checkpoint.")
+def audit(store_path: str, as_json: bool, out_path: str, data: str | None, retrain: bool, model_spec: str | None,
+          checkpoint: str | None, public_key: str | None) -> None:
+    """Write a self-contained HTML audit report: what was proven, lineage, scores, integrity.
 
-    Exits 1 (after writing the report) when the store does not verify.
+    It leads with what was proven: integrity, recorded replay of every branch, adapters
+    re-derived (--retrain), data and environment as recorded, a signed checkpoint (given).
+    Exits 1 (after writing the report) when the store does not verify or a proof fails.
 
     \b
     Example:
       sia audit --store ./.sia --out audit.html
+      sia audit --retrain --checkpoint cp.json --public-key audit.key.pub
     """
     from replay import audit_report
     from replay.rebuild import state_at
 
+    if (checkpoint is None) != (public_key is None):
+        fail("--checkpoint and --public-key go together: the checkpoint is only as good as the key that must have signed it")
     with open_store(store_path, read_only=True) as s:
-        names = {run.task for b in s.log.branches() if (run := state_at(s.log, b.name).run) is not None}
+        runs = [run for b in s.log.branches() if (run := state_at(s.log, b.name).run) is not None]
+        names = {run.task for run in runs}
         task = _task_or_none(next(iter(names)), data) if len(names) == 1 else None  # one task per store, re-scored by it
-        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}", task=task)
+        model = _base_model(runs[0].base_model, model_spec) if retrain and runs else None
+        proof = None
+        if checkpoint is not None and public_key is not None:
+            from store.checkpoint import check_checkpoint
+
+            proof = "; ".join(check_checkpoint(s.log, checkpoint, public_key))
+        page, report = audit_report(s.log, s.blobs, title=f"sia-engine audit of {s.root.resolve()}", task=task, retrain=model, checkpoint=proof)
+        failed = 'class="bad">FAILED' in page
     atomic_write(out_path, page.encode("utf-8"), mode=0o644)  # a symlink at out_path is replaced, never followed
-    info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems)}
+    info = {"report": str(Path(out_path).resolve()), "verified": report.ok, "events": report.n_events, "problems": len(report.problems),
+            "proofs_failed": failed}
     if as_json:
         emit_json(info)
     else:
-        out.print(styled("audit report written to ", (str(info["report"]), "bold"), f" ({'verified' if report.ok else 'NOT verified'})"))
-    if not report.ok:
+        said = "verified" if report.ok and not failed else "NOT verified" if not report.ok else "a proof FAILED (see the report's first table)"
+        out.print(styled("audit report written to ", (str(info["report"]), "bold"), f" ({said})"))
+    if not report.ok or failed:
         sys.exit(1)
 
 
@@ -279,65 +299,90 @@ def export(store_path: str, as_json: bool, folder: str) -> None:
 @click.option("--mode", type=click.Choice(["recorded", "reexecute"]), default="recorded", show_default=True,
               help="recorded: recompute from recorded outputs; reexecute: re-run the recorded model calls.")
 @click.option("--data", default=None, help="The task's data, for tasks that take it (as given to sia run).")
-@click.option("--model", "model_spec", default=None, help="reexecute: the base model (tiny | smollm2 | a folder) [default: the run's].")
+@click.option("--model", "model_spec", default=None, help="reexecute, --retrain: the base model (tiny | smollm2 | a folder) [default: the run's].")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="reexecute: at most this many recorded outputs.")
-def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | None, model_spec: str | None, limit: int | None) -> None:
-    """Replay a branch: recompute everything from recorded outputs, or re-execute its model calls.
+@click.option("--retrain", is_flag=True, help="recorded: train every adapter again from its recorded data, seed and settings; each must come out byte for byte.")
+def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | None, model_spec: str | None, limit: int | None,
+           retrain: bool) -> None:
+    """Replay a branch: run the loop against its recorded outputs, or re-execute its model calls.
 
-    recorded: re-reduce, re-score every output with the task's scorer, recompute evaluation
-    scores, rule verdicts and gate decisions; exit 1 at the first divergence. reexecute: rebuild
-    each version and re-run its recorded generations; prints the share identical.
+    recorded: the loop's own steps run against the recorded outputs and scores, and every event
+    they would record is compared with the log (verdicts, patches, adapters' data and settings,
+    evaluations, gate decisions); every output is re-scored with the task's scorer; exit 1 at the
+    first divergence. --retrain also trains every adapter again (with --model, or the run's
+    preset) and compares the blobs. reexecute: rebuild each version and re-run its recorded
+    generations; prints the share identical.
 
     \b
     Example:
       sia replay main --mode recorded
+      sia replay main --retrain
       sia replay main --mode reexecute --limit 50
     """
     from replay.rebuild import state_at
+    from replay.reexecute import software_differences
 
+    if retrain and mode != "recorded":
+        fail("--retrain is a recorded replay's: drop --mode reexecute")
     with open_store(store_path, read_only=True) as s:
         state = state_at(s.log, branch)
         if state.run is None:
             fail(f"branch {branch!r} holds no run")
         assert state.run is not None
+        model = _base_model(state.run.base_model, model_spec) if retrain or mode == "reexecute" else None
+        notes = software_differences(s, branch, model) if model is not None else []
+        if notes and not as_json:  # said before anything runs
+            out.print(styled(("software differs", "yellow"), ": " + "; ".join(notes) + " (bit-identity is promised only on the same)"))
         if mode == "recorded":
-            data_out = msgspec.to_builtins(_replay_recorded(s, branch, _task_or_none(state.run.task, data), as_json))
+            data_out = msgspec.to_builtins(_replay_recorded(s, branch, _task_or_none(state.run.task, data), as_json, model))
         else:
-            report = _reexecute(s, branch, state.run.base_model, model_spec, limit)
+            assert model is not None
+            from replay.reexecute import reexecute
+
+            report = reexecute(s, branch, model, limit=limit)
             data_out = {**msgspec.to_builtins(report), "share_identical": report.share_identical}
     if as_json:
-        emit_json({"ok": True, **data_out})
+        emit_json({"ok": True, **data_out, "software_differs": notes})
     elif mode == "recorded":
-        out.print(styled(("REPLAYS", "green"), f": {data_out['n_events']} events of {branch}; {data_out['rescored']} outputs re-scored, "
-                  f"{data_out['evaluations']} evaluations, {data_out['verdicts']} rule verdicts, {data_out['choices']} model choices and {data_out['decisions']} gate "
-                  f"decisions recomputed, all as recorded; state {data_out['state_hash'][:16]}"))
-        for why in data_out["skipped"]:
-            out.print(styled(("not recomputed", "yellow"), f": {why}"))
+        _print_replay(branch, data_out)
     else:
         out.print(f"{data_out['identical']} of {data_out['outputs']} outputs identical ({data_out['share_identical']:.1%})", highlight=False)
         if data_out["first_divergence"]:
             out.print(_divergence_line(data_out["first_divergence"]), highlight=False, markup=False)
 
 
-def _replay_recorded(s: Store, branch: str, task: Task | None, as_json: bool) -> object:
+def _print_replay(branch: str, d: dict[str, Any]) -> None:
+    """A recorded replay's report in words: what was proven first."""
+    adapters = f", adapters re-derived: {d['rederived']} of {d['adapters']}" if d["adapter_seconds"] or d["rederived"] else ""
+    if d["adapter_seconds"]:
+        adapters += f" ({sum(d['adapter_seconds']) / len(d['adapter_seconds']):.1f} s per adapter)"
+    out.print(styled(("REPLAYS", "green"), f": {d['n_events']} events of {branch}; {d['outputs']} outputs replayed and {d['rescored']} re-scored, "
+              f"{d['verdicts']} verdicts ({d['choices']} model choices), {d['patches']} patches, {d['adapters']} adapters' plans, "
+              f"{d['evaluations']} evaluations, {d['decisions']} gate decisions and {d['baselines']} baselines recomputed, all as recorded"
+              f"{adapters}; data {d['data'] or 'not checked'}; state {d['state_hash'][:16]}"), highlight=False)
+    for why in (*d["skipped"], *([d["unfinished"]] if d["unfinished"] else [])):
+        out.print(styled(("not recomputed", "yellow"), f": {why}"), highlight=False)
+
+
+def _replay_recorded(s: Store, branch: str, task: Task | None, as_json: bool, retrain: Model | None) -> object:
     """``replay_recorded``'s report; at a divergence, say where and exit 1."""
-    from replay.recorded import ReplayDivergence, replay_recorded
+    from replay.recorded import AdapterDiffers, ReplayDivergence, replay_recorded
 
     try:
-        return replay_recorded(s, branch, task)
+        return replay_recorded(s, branch, task, retrain=retrain)
     except ReplayDivergence as e:
         if as_json:
-            emit_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got})
+            emit_json({"ok": False, "seq": e.seq, "field": e.field, "expected": e.expected, "got": e.got,
+                       **({"adapter": e.version, "tensor": e.tensor} if isinstance(e, AdapterDiffers) else {})})
         else:
-            out.print(styled(("DIVERGES", "bold red"), f": {e}"), soft_wrap=True)
+            out.print(styled(("DIVERGES", "bold red"), f": {e}"), soft_wrap=True, highlight=False)
         raise SystemExit(1) from None
 
 
-def _reexecute(s: Store, branch: str, base: ModelRef, model_spec: str | None, limit: int | None) -> ReexecuteReport:
-    """Re-run the branch's model calls with its base model (``model_spec``, or the run's own preset),
-    refused unless that model's weights hash is the recorded one."""
+def _base_model(base: ModelRef, model_spec: str | None) -> Model:
+    """The run's base model (``model_spec``, or the run's own preset), refused unless its weights
+    hash is the recorded one."""
     from replay.errors import RebuildMismatch
-    from replay.reexecute import reexecute
     from sia_engine.models.presets import load_model
 
     spec = model_spec or {"tiny": "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}.get(base.id)
@@ -347,7 +392,7 @@ def _reexecute(s: Store, branch: str, base: ModelRef, model_spec: str | None, li
     model = load_model(spec, device="cpu")
     if model.ref.weights_hash != base.weights_hash:
         raise RebuildMismatch(f"base model {base.id!r} weights sha256", base.weights_hash, model.ref.weights_hash)
-    return reexecute(s, branch, model, limit=limit)
+    return model
 
 
 def _divergence_line(d: dict[str, Any]) -> str:

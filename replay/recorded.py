@@ -165,7 +165,15 @@ def _light(branch: str, recs: Sequence[Recorded], why: str) -> ReplayReport:
             _check_gate(rec.where, state, e)
             counts["decisions"] += 1
         state = _apply(rec, state)
-    return ReplayReport(branch, len(recs), 0, counts["evaluations"], 0, counts["decisions"], state_hash(state), skipped=(why,))
+    env = _environment_notes(recs[0].event, None) if recs and isinstance(recs[0].event, RunStarted) else ()
+    return ReplayReport(branch, len(recs), 0, counts["evaluations"], 0, counts["decisions"], state_hash(state), skipped=(why,), environment=env)
+
+
+def _environment_notes(e: RunStarted, model: Model | None) -> tuple[str, ...]:
+    """How the software here differs from the run's (the device only when a model is at hand)."""
+    if e.environment is None:
+        return ("the run recorded no environment (run_started schema 1)",)
+    return tuple(environment_differences(e.environment, environment(model)))
 
 
 def _check_gate(where: str, state: AgentState, e: VersionAccepted | VersionRejected) -> None:
@@ -340,14 +348,18 @@ class _Replay:
             raise ReplayDivergence(rec.where, what, found, recorded, "replay the run on the data it recorded (--data)")
         else:
             self.report["data"] = "as recorded"
-        if e.environment is not None:
-            self.report["environment"] = tuple(environment_differences(e.environment, environment(self.retrain)))
+        self.report["environment"] = _environment_notes(e, self.retrain)
 
     # -- what the step will ask, from the log ----------------------------------------------------
     def _upcoming(self, skip: int, keep: Any) -> list[Event]:
+        """The events from the cursor (after ``skip``) that ``keep`` says belong to the step (a
+        fork point inside the step is stepped over)."""
         out: list[Event] = []
-        while (r := self.hist.peek(skip + len(out))) is not None and keep(r.event):
-            out.append(r.event)
+        i = skip
+        while (r := self.hist.peek(i)) is not None and (keep(r.event) or isinstance(r.event, BranchForked)):
+            if not isinstance(r.event, BranchForked):
+                out.append(r.event)
+            i += 1
         return out
 
     def _load_step(self, skip: int = 0) -> None:
@@ -369,7 +381,7 @@ class _Replay:
 
     def _step_runs_to_end(self) -> bool:
         """Whether the log ends inside the step under way (nothing but its outputs follow)."""
-        return all(isinstance(r.event, (ActionTaken, TrajectoryRecorded)) for r in self.recs[self.hist.at :])
+        return all(isinstance(r.event, (ActionTaken, TrajectoryRecorded, BranchForked)) for r in self.recs[self.hist.at :])
 
     # -- each event the loop records, against the log -------------------------------------------
     def _check(self, rec: Recorded, made: Event) -> None:

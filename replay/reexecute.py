@@ -21,14 +21,16 @@ from typing import Any
 import msgspec
 
 from sia_engine.domain.events import ActionTaken, decode_envelope
+from sia_engine.domain.projection import AdaptersTrained, project
 from sia_engine.domain.state import AgentState, apply
 from sia_engine.loop.feedback.model import scored_options
 from sia_engine.loop.loop import load_adapter
+from sia_engine.loop.pins import environment, environment_differences
 from sia_engine.domain.payloads import GenerateInputs
 from sia_engine.models.protocol import GeneratesSerially, Model, Request, ScoresOptions
 from store import Store
 
-__all__ = ["ReexecuteReport", "reexecute"]
+__all__ = ["ReexecuteReport", "reexecute", "software_differences"]
 
 
 class ReexecuteReport(msgspec.Struct, frozen=True):
@@ -128,3 +130,23 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
             elif first is None:
                 first = {"at": where, "version": vid, "sample": inp.sample or 0, "recorded": want, "reexecuted": got}
     return ReexecuteReport(branch, done, same, first, skipped)
+
+
+def software_differences(store: Store, branch: str, model: Model) -> list[str]:
+    """How the software and device here differ from what ``branch`` recorded, in words, said
+    before a re-execution or a retraining starts (outputs and adapters are promised bit for bit
+    only on the same ones)."""
+    from replay.rebuild import state_at
+
+    run = state_at(store.log, branch).run
+    if run is None:
+        return []
+    out = (environment_differences(run.environment, environment(model)) if run.environment is not None
+           else ["the run recorded no environment (run_started schema 1): its software cannot be compared"])
+    [adapters] = project(store.log, branch, AdaptersTrained())
+    here = (getattr(model, "device", ""), getattr(model, "dtype_name", ""))
+    for what, recorded, now in (("device", {e.device for _, e in adapters}, here[0]), ("dtype", {e.dtype for _, e in adapters}, here[1])):
+        other = sorted(x for x in recorded if x and now and x != now)
+        if other:
+            out.append(f"adapters were trained with {what} {', '.join(other)}; {now} here")
+    return out

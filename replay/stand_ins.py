@@ -32,9 +32,11 @@ from replay.errors import ReplayError
 from sia_engine.domain.events import (
     ActionTaken,
     AdapterCheckpointed,
+    BranchForked,
     Event,
     FeedbackVerdict,
     ModelRef,
+    ScaffoldPatched,
     TrajectoryRecorded,
     VersionAccepted,
     VersionRejected,
@@ -322,6 +324,9 @@ def _first_path(a: Any, b: Any, path: str) -> tuple[str, Any, Any]:
     return path, a, b
 
 
+_DERIVED = ("blob", "scaffold_hash", "version_id")
+
+
 def compare(where: str, made: Event, recorded: Event) -> None:
     """``made`` (what the loop records here) against ``recorded`` (the log), field by field."""
     if type(made) is not type(recorded):
@@ -331,7 +336,10 @@ def compare(where: str, made: Event, recorded: Event) -> None:
             raise ReplayDivergence(where, "gate decision", word[type(made)], word[type(recorded)])
         raise ReplayDivergence(where, "event", made.kind(), recorded.kind(), "the loop records another step here")
     canon = roundtrip(made)[1]
-    for name in canon.__struct_fields__:
+    fields = canon.__struct_fields__
+    if isinstance(made, (ScaffoldPatched, AdapterCheckpointed)):  # what makes a version first, the ids that follow from it last
+        fields = tuple(sorted(fields, key=lambda f: _DERIVED.index(f) if f in _DERIVED else -1))
+    for name in fields:
         a, b = msgspec.to_builtins(getattr(canon, name)), msgspec.to_builtins(getattr(recorded, name))
         if a != b:
             path, x, y = _first_path(a, b, name)
@@ -354,12 +362,19 @@ class CheckedHistory(History):
         return self.recs[self.at + k] if self.at + k < len(self.recs) else None
 
     def record(self, *events: Event) -> list[str]:
+        ids: list[str] = []
+        pending: list[Event] = []
         for ev in events:
-            if self.at >= len(self.recs):
+            while (nxt := self.peek()) is not None and isinstance(nxt.event, BranchForked):  # a fork point inside a step
+                ids += super().record(*pending)
+                pending = []
+                self.apply_recorded()
+            if nxt is None:
                 raise LogEnds()
-            self.check(self.recs[self.at], ev)
+            self.check(nxt, ev)
             self.at += 1
-        return super().record(*events)
+            pending.append(ev)
+        return ids + super().record(*pending)
 
     def apply_recorded(self) -> None:
         """The log's next event, applied as it is (the reducer still checks it)."""

@@ -48,8 +48,28 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_the_report_has_its_parts_in_order(report: tuple[Path, Path]) -> None:
     store, out = report
     page = out.read_text()
-    order = [page.index(x) for x in ('id="integrity"', 'id="replay"', 'class="plot"', "Branch main", "Lineage", "details class='version'")]
+    order = [page.index(x) for x in ('id="proven"', 'id="integrity"', 'id="replay"', 'class="plot"', "Branch main", "Lineage", "details class='version'")]
     assert order == sorted(order)
+    proven = page[page.index('id="proven"'):page.index("</table>", page.index('id="proven"'))]
+    for check in ("integrity", "recorded replay", "adapters re-derived", "data as recorded", "environment as recorded", "signed checkpoint"):
+        assert f"<td>{check}</td>" in proven
+    assert proven.count('class="ok">PROVEN') == 4 and "none given" in proven and "not asked" in proven
+
+
+def test_asked_for_everything_the_report_leads_with_six_proofs(report: tuple[Path, Path], tmp_path: Path) -> None:
+    store, _ = report
+    run = CliRunner()
+    assert run.invoke(main, ["keygen", "--out", str(tmp_path / "k")]).exit_code == 0
+    assert run.invoke(main, ["checkpoint", "--sign", str(tmp_path / "k"), "--out", str(tmp_path / "cp.json"), "--store", str(store)]).exit_code == 0
+    out = tmp_path / "a.html"
+    r = run.invoke(main, ["audit", "--store", str(store), "--out", str(out), "--retrain", "--checkpoint", str(tmp_path / "cp.json"),
+                          "--public-key", str(tmp_path / "k.pub")])
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    proven = page[page.index('id="proven"'):page.index("</table>", page.index('id="proven"'))]
+    assert proven.count('class="ok">PROVEN') == 6 and "adapters re-derived: " in proven
+    n = int(proven.split("adapters re-derived: ")[1].split(" of ")[0])
+    assert n > 0 and f"adapters re-derived: {n} of {n}" in proven
     assert "VERIFIED" in page and "REPLAYS" in page and "DIVERGES" not in page
     with Store.open(store, read_only=True) as s:
         state, _ = rebuild(s.log, "main")
