@@ -6,9 +6,13 @@
 on ``sys.path`` for a script; the rest comes from the installed project.)
 
 1. Recorded replay against the run that produced the log: a tiny-model run on arith (4
-   iterations, 2 samples per episode) timed live, then ``replay_recorded`` of its branch (every
-   output re-scored, rule verdicts and gate decisions recomputed). With ``--store PATH`` also the
-   store's own ``main`` branch, against the wall time its events span (``recorded_at``).
+   iterations, 2 samples per episode) timed live, then ``replay_recorded`` of its branch (the
+   loop's own steps run against the recorded outputs, every event compared, every output
+   re-scored), then ``--retrain`` (every adapter trained again, compared byte for byte), with
+   the time per adapter. ``--main-job``: the README's main job (``sia run --task scrna-denoise
+   --iterations 4``) on a fresh store, timed, then the same two replays of it. ``--store PATH``:
+   a store's ``main`` branch, against the wall time its events span (``recorded_at``);
+   ``--retrain`` retrains its adapters too.
 2. For each size: a synthetic history (bench_log's generator) recorded through ``History``
    (a snapshot every 250 events: in full every 5,000, else a delta on the last full one); engine
    fork (``History.fork``, from the open history's head) plus its first append (median of 5); a
@@ -19,7 +23,8 @@ on ``sys.path`` for a script; the rest comes from the installed project.)
    built whole in memory, 1M events once ran this 24 GiB machine out of memory), with the
    process's peak RSS after it.
 
-Targets (issue 8): recorded replay >= 50x faster than the run; fork <= 5 ms and flat from 10 to 1M
+Targets (issue 8, kept by issue 21): recorded replay >= 50x faster than the run (the main job's);
+``--retrain`` on the main job's store: every adapter identical, time per adapter printed; fork <= 5 ms and flat from 10 to 1M
 events; rebuild at any seq of a 1M-event log p95 <= 10 ms; ``sia log`` of 100k events < 0.5 s.
 """
 
@@ -45,7 +50,7 @@ from sia_engine.models.protocol import LoraSettings
 from store import Store
 
 
-def replay_vs_run(tmp: Path, store_path: str | None) -> None:
+def replay_vs_run(tmp: Path) -> None:
     from sia_engine.models.presets import tiny_model
     from tasks import get_task
 
@@ -64,20 +69,59 @@ def replay_vs_run(tmp: Path, store_path: str | None) -> None:
             r = replay_recorded(s, "main", task)
             times.append(time.perf_counter() - t0)
         rep_s = statistics.median(times)
+        t0 = time.perf_counter()
+        again = replay_recorded(s, "main", task, retrain=tiny_model())
+        re_s = time.perf_counter() - t0
     print(f"tiny-model arith run: {r.n_events} events in {run_s:.2f} s; recorded replay {rep_s * 1000:.1f} ms "
-          f"(median of 5; first call {first_s * 1000:.0f} ms with its imports; {r.rescored} re-scored, {r.verdicts} verdicts, "
-          f"{r.decisions} decisions): {run_s / rep_s:.0f}x faster ({run_s / first_s:.0f}x counting the first call)")
-    if store_path:
-        with Store.open(store_path, read_only=True) as s:
-            events = s.log.read("main")
-            span = (events[-1].recorded_at - events[0].recorded_at).total_seconds()
-            run = rebuild(s.log, "main")[0].run
-            named = get_task(run.task) if run is not None else None
-            t0 = time.perf_counter()
-            r = replay_recorded(s, "main", named)
-            rep_s = time.perf_counter() - t0
-        print(f"{store_path}: {r.n_events} events recorded over {span:.0f} s; recorded replay {rep_s:.2f} s "
-              f"({r.rescored} outputs re-scored): {span / rep_s:.0f}x faster")
+          f"(median of 5; first call {first_s * 1000:.0f} ms with its imports; {r.outputs} outputs, {r.verdicts} verdicts, {r.adapters} adapters' "
+          f"plans, {r.evaluations} evaluations, {r.decisions} decisions): {run_s / rep_s:.0f}x faster ({run_s / first_s:.0f}x counting the first call)")
+    print(f"  --retrain: adapters re-derived {again.rederived} of {again.adapters} in {re_s:.2f} s; per adapter "
+          + ", ".join(f"{x:.2f} s" for x in again.adapter_seconds))
+
+
+def run_main_job(store: Path) -> float:
+    """The README's main job on a fresh store; its wall time."""
+    cmd = [sys.executable, "-m", "sia_engine.cli.main", "run", "--task", "scrna-denoise", "--iterations", "4", "--store", str(store), "--json"]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"main job failed: {out.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def store_replay(store_path: Path, run_s: float | None, retrain: bool) -> None:
+    """A store's main branch: recorded replay against the run's wall time (given, or the span of
+    its events), then (``retrain``) every adapter trained again."""
+    from replay.reexecute import load_base_model
+    from replay.stand_ins import AdapterDiffers
+    from tasks import get_task
+
+    with Store.open(store_path, read_only=True) as s:
+        events = s.log.read("main")
+        span = (events[-1].recorded_at - events[0].recorded_at).total_seconds()
+        run = rebuild(s.log, "main")[0].run
+        assert run is not None
+        named = get_task(run.task)
+        t0 = time.perf_counter()
+        r = replay_recorded(s, "main", named)
+        rep_s = time.perf_counter() - t0
+        wall = run_s if run_s is not None else span
+        what = "run" if run_s is not None else "events' span"
+        print(f"{store_path}: {r.n_events} events; the {what} {wall:.0f} s; recorded replay {rep_s:.2f} s ({r.outputs} outputs replayed, "
+              f"{r.rescored} re-scored, {r.verdicts} verdicts, {r.adapters} adapters' plans, {r.evaluations} evaluations, {r.decisions} decisions): "
+              f"{wall / rep_s:.0f}x faster")
+        if not retrain:
+            return
+        model = load_base_model(run.base_model)
+        t0 = time.perf_counter()
+        try:
+            again = replay_recorded(s, "main", named, retrain=model)
+        except AdapterDiffers as e:
+            print(f"  --retrain: NOT identical: {e}")
+            return
+        re_s = time.perf_counter() - t0
+    print(f"  --retrain: adapters re-derived {again.rederived} of {again.adapters} (byte for byte) in {re_s:.0f} s; per adapter "
+          + ", ".join(f"{x:.1f} s" for x in again.adapter_seconds))
 
 
 # `sia log` in a process of its own that prints its peak RSS (KiB) on stderr as it exits
@@ -163,9 +207,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10,10000,100000,1000000")
     ap.add_argument("--store", default=None, help="also replay this store's main branch against its recorded wall time")
+    ap.add_argument("--main-job", action="store_true", help="also run the README's main job, then replay (and --retrain) it")
+    ap.add_argument("--retrain", action="store_true", help="with --store or --main-job: train every adapter again, compared byte for byte")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        replay_vs_run(Path(d), a.store)
+        replay_vs_run(Path(d))
+        if a.main_job:
+            store = Path(d) / "main-job"
+            store_replay(store, run_main_job(store), a.retrain)
+        if a.store:
+            store_replay(Path(a.store), None, a.retrain)
         sizes_bench([int(x) for x in a.sizes.split(",")], Path(d))
 
 

@@ -150,7 +150,8 @@ def _proven(report: IntegrityReport, replays: dict[str, ReplayReport | ReplayDiv
     data = sorted({r.data for r in done})
     rows.append(row("data as recorded", True if data == ["as recorded"] else None, ", ".join(d or "not checked (the task is not available here)" for d in data) or "-"))
     env = sorted({x for r in done for x in r.environment})
-    rows.append(row("environment as recorded", None if env else True, "; ".join(env) if env else "the same library versions and platform as recorded"))
+    rows.append(row("environment as recorded", None if env or not done else True,
+                    "; ".join(env) if env else "the same library versions and platform as recorded" if done else "no branch replayed"))
     if checkpoint is None:
         rows.append(row("signed checkpoint", None, "none given (sia audit --checkpoint CP --public-key KEY.pub)"))
     else:

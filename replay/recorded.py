@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from replay.reduced import ReplayReport, differs, environment_notes, reduce_and_gate
 from replay.stand_ins import (
     AdapterDiffers,
     CheckedHistory,
@@ -65,49 +66,29 @@ from sia_engine.domain.events import (
     VersionRejected,
 )
 from sia_engine.domain.projection import Recorded, records
-from sia_engine.domain.state import AgentState, RunInfo, apply, state_hash
+from sia_engine.domain.state import RunInfo, state_hash
 from sia_engine.errors import ReducerError, SiaError
-from sia_engine.experiment.baselines import best_of_k, random_search, reference_methods, test_episodes
+from sia_engine.experiment.baselines import (
+    best_of_k,
+    random_search,
+    reference_methods,
+    test_episodes,
+)
 from sia_engine.loop.feedback.model import LLMPolicy
 from sia_engine.loop.feedback.rule import FeedbackAgent, RulePolicy
-from sia_engine.loop.loop import Loop, LoopConfig, evaluation_score, gate_accepts
-from sia_engine.loop.pins import data_difference, data_pin, environment, environment_differences
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.loop.pins import (
+    data_difference,
+    data_pin,
+)
 from sia_engine.loop.task import Episode, Score, ScoresConcurrently, Task
 from sia_engine.models.protocol import Model
 from store import BlobStore, EventLog, MemoryEventLog, Store
 
 __all__ = ["ReplayDivergence", "AdapterDiffers", "ReplayReport", "replay_recorded", "replay_records"]
 
-TOLERANCE = 1e-9
 _BEST_OF = re.compile(r"(?P<experiment>.+)-best-of-(?P<k>[0-9]+)-s(?P<seed>[0-9]+)")
 _NO_MODEL = ModelRef(id="")
-
-
-class ReplayReport(msgspec.Struct, frozen=True):
-    branch: str
-    n_events: int
-    rescored: int  # outputs re-scored by the task's own scorer
-    evaluations: int  # evaluations recomputed by the loop
-    verdicts: int  # Feedback Agent verdicts recomputed (rule, model or later policy)
-    decisions: int  # gate decisions recomputed
-    state_hash: str
-    skipped: tuple[str, ...] = ()  # what could not be recomputed, and why
-    choices: int = 0  # of the verdicts, a model's constrained choices
-    patches: int = 0  # scaffold patches recomputed from their verdicts
-    adapters: int = 0  # adapter checkpoints recomputed from their plans (data, recipe, seed, settings)
-    rederived: int = 0  # of them, trained again and identical byte for byte (``retrain``)
-    adapter_seconds: tuple[float, ...] = ()  # time to train each one again
-    outputs: int = 0  # recorded outputs the loop's steps asked for and recorded again
-    baselines: int = 0  # an experiment's baselines recomputed
-    data: str = ""  # the task's data against the run's pin: "as recorded", "not pinned", or "" (no task here)
-    environment: tuple[str, ...] = ()  # how the software here differs from the recorded (empty: the same, or not recorded)
-    unfinished: str = ""  # the branch ends inside a step: what was left unrecomputed
-
-
-def _differs(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is not b
-    return abs(a - b) > TOLERANCE
 
 
 def _prescore(task: Task, episodes: dict[str, Episode], trajs: list[TrajectoryRecorded]) -> dict[tuple[str, str], Score]:
@@ -141,56 +122,8 @@ def replay_records(branch: str, recs: Sequence[Recorded], task: Task | None, *, 
     each branch once for all its sections)."""
     if task is None or blobs is None:
         why = "the task is not available here" if task is None else "the store's blobs are not available here"
-        return _light(branch, recs, f"verdicts, patches, adapters' plans and scores: {why}")
+        return reduce_and_gate(branch, recs, f"verdicts, patches, adapters' plans and scores: {why}")
     return _Replay(branch, recs, task, blobs, retrain).run()
-
-
-def _light(branch: str, recs: Sequence[Recorded], why: str) -> ReplayReport:
-    """What needs neither the task nor the blobs: the reducer, evaluation scores, gate decisions."""
-    state = AgentState()
-    val: list[TrajectoryRecorded] = []
-    counts = {"evaluations": 0, "decisions": 0}
-    for rec in recs:
-        e = rec.event
-        if isinstance(e, TrajectoryRecorded) and e.split != "train":
-            val.append(e)
-        elif isinstance(e, VersionEvaluated):
-            mine, val = [t for t in val if t.version_id == e.version_id], []
-            if mine:
-                again = evaluation_score(mine, str(e.protocol.get("mode", "mean")))[0]
-                if _differs(again, e.score):
-                    raise ReplayDivergence(rec.where, "evaluation score", again, e.score)
-                counts["evaluations"] += 1
-        elif isinstance(e, (VersionAccepted, VersionRejected)):
-            _check_gate(rec.where, state, e)
-            counts["decisions"] += 1
-        state = _apply(rec, state)
-    env = _environment_notes(recs[0].event, None) if recs and isinstance(recs[0].event, RunStarted) else ()
-    return ReplayReport(branch, len(recs), 0, counts["evaluations"], 0, counts["decisions"], state_hash(state), skipped=(why,), environment=env)
-
-
-def _environment_notes(e: RunStarted, model: Model | None) -> tuple[str, ...]:
-    """How the software here differs from the run's (the device only when a model is at hand)."""
-    if e.environment is None:
-        return ("the run recorded no environment (run_started schema 1)",)
-    return tuple(environment_differences(e.environment, environment(model)))
-
-
-def _check_gate(where: str, state: AgentState, e: VersionAccepted | VersionRejected) -> None:
-    head, cand = state.head_version, state.versions.get(e.version_id)
-    score = cand.score("val") if cand else None
-    if score is not None:
-        accept = gate_accepts(score, head.score("val") if head else None, float((state.run.config if state.run else {}).get("margin", 0.0)))
-        if accept != isinstance(e, VersionAccepted):
-            word = {True: "accepted", False: "rejected"}
-            raise ReplayDivergence(where, "gate decision", word[accept], word[isinstance(e, VersionAccepted)])
-
-
-def _apply(rec: Recorded, state: AgentState) -> AgentState:
-    try:
-        return apply(state, rec.event)
-    except ReducerError as err:
-        raise ReplayDivergence(rec.where, "reducer", "an event consistent with the history", str(err)) from None
 
 
 def loop_config(run: RunInfo) -> LoopConfig:
@@ -348,7 +281,7 @@ class _Replay:
             raise ReplayDivergence(rec.where, what, found, recorded, "replay the run on the data it recorded (--data)")
         else:
             self.report["data"] = "as recorded"
-        self.report["environment"] = _environment_notes(e, self.retrain)
+        self.report["environment"] = environment_notes(e, self.retrain)
 
     # -- what the step will ask, from the log ----------------------------------------------------
     def _upcoming(self, skip: int, keep: Any) -> list[Event]:
@@ -406,7 +339,7 @@ class _Replay:
         if e.episode_id not in self.episodes:
             raise ReplayDivergence(where, "episode_id", "an episode of the task", e.episode_id)
         s = self.scores[(e.episode_id, e.output)]
-        if _differs(s.score, e.score):
+        if differs(s.score, e.score):
             raise ReplayDivergence(where, "score", s.score, e.score)
         if e.failure and s.failure != e.failure:
             raise ReplayDivergence(where, "failure", s.failure, e.failure)

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from sia_engine.domain.events import ActionTaken, decode_envelope
+from sia_engine.domain.events import ActionTaken, ModelRef, decode_envelope
 from sia_engine.domain.projection import AdaptersTrained, project
 from sia_engine.domain.state import AgentState, apply
 from sia_engine.loop.feedback.model import scored_options
@@ -30,7 +30,9 @@ from sia_engine.domain.payloads import GenerateInputs
 from sia_engine.models.protocol import GeneratesSerially, Model, Request, ScoresOptions
 from store import Store
 
-__all__ = ["ReexecuteReport", "reexecute", "software_differences"]
+__all__ = ["ReexecuteReport", "reexecute", "software_differences", "load_base_model"]
+
+PRESETS = {"tiny": "tiny", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}  # a recorded base model's id -> the preset that loads it
 
 
 class ReexecuteReport(msgspec.Struct, frozen=True):
@@ -150,3 +152,18 @@ def software_differences(store: Store, branch: str, model: Model) -> list[str]:
         if other:
             out.append(f"adapters were trained with {what} {', '.join(other)}; {now} here")
     return out
+
+
+def load_base_model(base: ModelRef, spec: str | None = None) -> Model:
+    """The run's base model to run again (``spec``: tiny | smollm2 | a folder | a cached hub id;
+    default: the preset of the recorded id), refused unless its weights hash is the recorded one."""
+    from replay.errors import RebuildMismatch, ReplayError
+    from sia_engine.models.presets import load_model
+
+    spec = spec or PRESETS.get(base.id)
+    if spec is None:
+        raise ReplayError(f"the run's base model is {base.id!r}: give it with --model (a folder or a cached hub id)")
+    model = load_model(spec, device="cpu")
+    if model.ref.weights_hash != base.weights_hash:
+        raise RebuildMismatch(f"base model {base.id!r} weights sha256", base.weights_hash, model.ref.weights_hash)
+    return model

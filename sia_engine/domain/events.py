@@ -27,6 +27,7 @@ import msgspec
 from sia_engine.domain.canonical import canonical
 from sia_engine.domain.payloads import ArmOverrides, DataPin, Environment, GenerateInputs, ModelChoice, ScoreInputs
 from sia_engine.domain.scaffold import PatchOp, Scaffold
+from sia_engine.domain.upcasters import upcast_feedback_verdict_v1_v2, upcast_run_started_v1_v2
 from sia_engine.errors import (
     InvalidEvent,
     InvalidPayload,
@@ -115,13 +116,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class RunStarted(Event, tag="run_started", frozen=True):
-    """A run begins: its task, seed, base model (by name and weights sha256), first scaffold,
-    levers and settings.
-
-    Schema 2: ``data`` pins what the task was made of (its files' sha256, its episodes and split
-    definition) and ``environment`` the software it ran on (Python, library versions, platform,
-    device); a resume on other data is refused, a re-execution on other software is told. Schema
-    1 runs recorded neither (None: not pinned)."""
+    """A run begins: task, seed, base model (name and weights sha256), first scaffold, levers,
+    settings. Schema 2: ``data`` pins the task's data and ``environment`` the software it ran on
+    (``sia_engine.loop.pins``: a resume on other data is refused); None in schema 1 runs."""
 
     SCHEMA: ClassVar[int] = 2
 
@@ -336,21 +333,6 @@ class BaselineScored(Event, tag="baseline_scored", frozen=True):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind(): cls for cls in Event.__subclasses__()}
-
-
-def upcast_feedback_verdict_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 -> 2: the training plan's recipe, from the method schema 1 recorded (gold answers
-    were sft; rejection sampling was rft)."""
-    plan = payload.get("training_plan")
-    if isinstance(plan, dict) and not plan.get("recipe"):
-        plan = {**plan, "recipe": "sft" if plan.get("method") == "gold" else "rft"}
-        return {**payload, "training_plan": plan}
-    return payload
-
-
-def upcast_run_started_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 -> 2: a run recorded before data and software were pinned pinned neither."""
-    return {**payload, "data": None, "environment": None}
 
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

@@ -36,6 +36,7 @@ from store import Store
 __all__ = ["record_sample_history", "DEMO_BASE_MODEL"]
 
 DEMO_BASE_MODEL = ModelRef(id="synthetic/none", revision="demo", weights_hash="")
+INITIAL_SCORE = 0.30
 
 
 def record_sample_history(
@@ -54,7 +55,7 @@ def record_sample_history(
     say = on_step or (lambda _msg: None)
     hist = _start(store, branch, seed=seed, iterations=iterations, episodes=episodes, engine_version=engine_version)
     say("run started")
-    head_score = 0.30
+    head_score = INITIAL_SCORE
     fork_at: int | None = None
     for it in range(iterations):
         head = hist.state.head_version
@@ -91,7 +92,9 @@ def _start(store: Store, branch: str, *, seed: int, iterations: int, episodes: i
             engine_version=engine_version,
             levers=("scaffold", "weights"),
             config={"iterations": iterations, "episodes": episodes, "synthetic": True},
-        )
+        ),
+        # the initial version's score, as a run records it first: every gate decision compares with a recorded score
+        VersionEvaluated(version_id=version_id(DEMO_BASE_MODEL, scaffold, None), split="val", score=INITIAL_SCORE, n_episodes=episodes),
     )
     return hist
 

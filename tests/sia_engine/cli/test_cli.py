@@ -59,7 +59,7 @@ def test_demo_summary(demo_store: Path) -> None:
 def test_log_filters(demo_store: Path) -> None:
     r = run("log", "--store", str(demo_store), "--json", "--kind", "version_evaluated", "--limit", "0")
     events = json.loads(r.output)
-    assert len(events) == 4 and {e["kind"] for e in events} == {"version_evaluated"}
+    assert len(events) == 5 and {e["kind"] for e in events} == {"version_evaluated"}  # the initial version and four candidates
     assert all(e["payload"]["kind"] == "version_evaluated" for e in events)
     fork = json.loads(run("log", "--store", str(demo_store), "--json", "--branch", "main-whatif", "--limit", "2").output)
     assert [e["branch"] for e in fork] == ["main-whatif", "main-whatif"]
@@ -96,7 +96,7 @@ def test_sql(demo_store: Path) -> None:
 
 def test_verify_ok_then_tampered(demo_store: Path, tmp_path: Path) -> None:
     r = run("verify", "--store", str(demo_store))
-    assert r.exit_code == 0 and r.output.startswith("OK: 51 events on 2 branches, 2 blobs")
+    assert r.exit_code == 0 and r.output.startswith("OK: 52 events on 2 branches, 2 blobs")
     import shutil
 
     bad = tmp_path / "bad"
@@ -172,8 +172,8 @@ def test_audit_report(demo_store: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["verified"] is True
     page = out.read_text()
-    assert "VERIFIED: 51 events, 2 branches" in page and "Branch main-whatif (forked from main#12)" in page
-    assert page.count("<circle") == 5 + 2  # main's five versions; the fork grew from main#12, after iteration 0's two
+    assert "VERIFIED: 52 events, 2 branches" in page and "Branch main-whatif (forked from main#13)" in page
+    assert page.count("<circle") == 5 + 2  # main's five versions; the fork grew from main#13, after iteration 0's two
     import shutil
 
     bad = tmp_path / "bad"
