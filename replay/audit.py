@@ -143,8 +143,11 @@ def _proven(report: IntegrityReport, replays: dict[str, ReplayReport | ReplayDiv
         rows.append(row("recorded replay", None if light else True, f"{len(done)} of {len(replays)} branches replay as recorded through the "
                         "loop's own steps" + (f"; partly only: {light[0].skipped[0]}" if light else "")))
     n_adapters, n_rederived = sum(r.adapters for r in done), sum(r.rederived for r in done)
+    light = [r for r in done if r.skipped]
     if not retrain:
         rows.append(row("adapters re-derived", None, "not asked (sia audit --retrain trains every adapter again)"))
+    elif light:
+        rows.append(row("adapters re-derived", None, f"could not: {light[0].skipped[0]}"))
     else:
         rows.append(row("adapters re-derived", not bad and n_rederived == n_adapters, f"adapters re-derived: {n_rederived} of {n_adapters}"))
     data = sorted({r.data for r in done})

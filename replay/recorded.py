@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from replay.errors import RebuildMismatch
 from replay.reduced import ReplayReport, differs, environment_notes, reduce_and_gate
 from replay.stand_ins import (
     AdapterDiffers,
@@ -227,7 +228,10 @@ class _Replay:
             loop.evaluate(head, decide=False, split="test", episodes=test_episodes(loop))
         elif best is not None:
             self._load_step()
-            loop.hist.record(best_of_k(loop, experiment=best["experiment"], k=int(best["k"]), seed=int(best["seed"])))
+            k, rows = int(best["k"]), self.model.step_rows
+            if k != rows:  # k candidates are k recorded outputs (a k the log cannot hold is never asked for)
+                raise ReplayDivergence(rec.where, "k", f"{rows} (the outputs recorded)", k)
+            loop.hist.record(best_of_k(loop, experiment=best["experiment"], k=k, seed=int(best["seed"])))
             self.counts["baselines"] += 1
         elif isinstance(e, BaselineScored) and e.method != "best-of-k":
             loop.hist.record(self._baseline(rec, e, loop))
@@ -239,7 +243,8 @@ class _Replay:
         made: BaselineScored | None = None
         if e.method.startswith("reference:"):
             made = next((b for b in reference_methods(self.task, experiment=e.experiment) if b.method == e.method), None)
-        elif e.method == "random-search" and e.seed is not None and isinstance(k := e.details.get("k"), int):
+        elif e.method == "random-search" and e.seed is not None and isinstance(k := e.details.get("k"), int) \
+                and k == len(e.details.get("candidates") or ()):  # as many candidates as the event lists, never more
             made = random_search(self.task, loop.val, test_episodes(loop), experiment=e.experiment, k=k, seed=e.seed)
         if made is None:
             raise ReplayDivergence(rec.where, "method", "a baseline this task computes", e.method)
@@ -273,7 +278,11 @@ class _Replay:
         return LLMPolicy(self.judge, calibrate=not scored or scored[0].prior_messages is not None, max_prompt_tokens=longest)
 
     def _pins(self, rec: Recorded, e: RunStarted) -> None:
-        """The task's data here against the run's pin (other data: a divergence), and the software."""
+        """The task's data here against the run's pin (other data: a divergence), the software, and
+        the model given to train adapters again (it must be the run's base model)."""
+        if self.retrain is not None and self.retrain.ref.weights_hash != e.base_model.weights_hash:
+            raise RebuildMismatch(f"base model {e.base_model.id!r} weights sha256 (to train adapters again)", e.base_model.weights_hash,
+                                  self.retrain.ref.weights_hash)
         if e.data is None:
             self.report["data"] = "not pinned (recorded before run_started schema 2)"
         elif (diff := data_difference(e.data, data_pin(self.task))) is not None:

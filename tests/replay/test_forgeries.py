@@ -235,3 +235,29 @@ def test_a_resume_on_changed_data_is_refused_naming_the_file(tmp_path: Path) -> 
         with pytest.raises(ReplayDivergence) as rexc:
             replay_recorded(s, "main", FileTask(data))
         assert rexc.value.field == "data file items.json" and rexc.value.seq == "main#0"
+
+
+def test_retraining_with_another_base_model_is_refused_up_front(trained: Path) -> None:
+    from replay.errors import RebuildMismatch
+
+    with Store.open(trained, read_only=True) as s, pytest.raises(RebuildMismatch, match="to train adapters again"):
+        replay_recorded(s, "main", TASK, retrain=tiny_model(seed=1))  # other weights: every adapter would differ
+
+
+def test_a_long_divergence_is_said_in_a_line_and_kept_whole(patched: Path, tmp_path: Path) -> None:
+    from sia_engine.domain.events import TrajectoryRecorded
+
+    flood = "9" * 100_000
+
+    episodes = {ep.id: ep for split in ("train", "val", "test") for ep in TASK.episodes(split)}
+
+    def long_output(e: Event, state: AgentState, blobs: BlobStore) -> Event | None:  # scored as the scorer scores it
+        if not isinstance(e, TrajectoryRecorded):
+            return None
+        scored = TASK.score(episodes[e.episode_id], flood)
+        return msgspec.structs.replace(e, output=flood, score=scored.score, failure=scored.failure)
+
+    with forge(patched, tmp_path / "f", long_output) as s, pytest.raises(ReplayDivergence) as exc:
+        replay_recorded(s, "main", TASK)
+    assert exc.value.field == "output" and exc.value.got == flood  # the error keeps it whole
+    assert len(str(exc.value)) < 2_000 and "100,002 characters" in str(exc.value)  # its message says it in a line
