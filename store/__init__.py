@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from store.envelope import (
+    BranchImport,
     BranchInfo,
     Envelope,
     NewEvent,
@@ -64,6 +65,7 @@ __all__ = [
     "BlobNotFound",
     "BlobStore",
     "BranchExists",
+    "BranchImport",
     "BranchInfo",
     "BranchNotFound",
     "ConcurrencyError",

@@ -24,6 +24,7 @@ import msgspec
 from store.errors import InvalidEnvelope, InvalidName
 
 __all__ = [
+    "BranchImport",
     "NewEvent",
     "Envelope",
     "BranchInfo",
@@ -80,6 +81,17 @@ class BranchInfo(msgspec.Struct, frozen=True):
     head_seq: int  # seq of the branch's own last event, -1 when it has none yet
     head_id: str | None  # id of the last event of the whole history (the base id for a fresh fork)
     created_at: datetime
+
+
+class BranchImport(msgspec.Struct, frozen=True):
+    """What ``EventLog.import_branches`` adds for one branch: the ref to create first (``create``:
+    its base branch, seq and id; None when the branch exists), then ``events`` chained after
+    ``expected_head`` (the branch's head id now, or the base id for a new fork, None for a new root)."""
+
+    name: str
+    expected_head: str | None
+    events: tuple[NewEvent, ...]
+    create: BranchInfo | None = None
 
 
 class Problem(msgspec.Struct, frozen=True):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from store.envelope import (
+    BranchImport,
     BranchInfo,
     Envelope,
     NewEvent,
@@ -91,6 +92,22 @@ class MemoryEventLog:
             info.name, info.base_branch, info.base_seq, info.base_id, seq, parent, info.created_at
         )
         return sealed.ids
+
+    def import_branches(self, imports: Sequence[BranchImport]) -> None:
+        refs, rows, by_id = dict(self._refs), {k: list(v) for k, v in self._rows.items()}, dict(self._by_id)
+        try:
+            for imp in imports:
+                if imp.create is not None:
+                    check_branch_name(imp.name)
+                    if imp.name in self._refs:
+                        raise BranchExists(imp.name)
+                    self._refs[imp.name] = imp.create
+                    self._rows[imp.name] = []
+                if imp.events:
+                    self.append(imp.name, imp.events, expected_head=imp.expected_head)
+        except BaseException:
+            self._refs, self._rows, self._by_id = refs, rows, by_id  # none of it
+            raise
 
     # -- reading ------------------------------------------------------------------------------
     def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from store.envelope import BranchInfo, Envelope, NewEvent, VerifyReport
+from store.envelope import BranchImport, BranchInfo, Envelope, NewEvent, VerifyReport
 
 __all__ = ["EventLog", "RunsSql"]
 
@@ -28,6 +28,11 @@ class EventLog(Protocol):
     def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
         """Append a batch atomically; ``expected_head`` is the id of the last event of the
         branch's history (``None`` for an empty root branch). Returns the new ids."""
+        ...
+
+    def import_branches(self, imports: Sequence[BranchImport]) -> None:
+        """Create the refs and append the events of every import in one atomic step: all of it
+        is in the log afterwards, or none of it (a crash, a taken name, a moved head)."""
         ...
 
     def branch(self, name: str) -> BranchInfo: ...

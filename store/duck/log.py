@@ -26,7 +26,7 @@ from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache
 from store.duck.sql import SqlResult, SqlRunner
 from store.duck.verify import verify_connection
 from store.duck.write import JOURNAL_SUFFIX, DuckWriter
-from store.envelope import BranchInfo, Envelope, NewEvent, VerifyReport, check_branch_name, history_segments
+from store.envelope import BranchImport, BranchInfo, Envelope, NewEvent, VerifyReport, check_branch_name, history_segments
 from store.errors import BranchExists, BranchNotFound, EventNotFound, StoreDamaged, StoreError
 from store.journal import Batch, Journal
 
@@ -126,6 +126,17 @@ class DuckEventLog:
     def flush(self) -> None:
         """Move journalled batches into DuckDB (one transaction) and empty the journal."""
         self._writer.flush()
+
+    def import_branches(self, imports: Sequence[BranchImport]) -> None:
+        """New refs and every import's events in one DuckDB transaction (a bundle's pull)."""
+        self._check_writable()
+        for imp in imports:
+            if imp.create is not None:
+                check_branch_name(imp.name)
+        self._writer.import_branches(imports)
+        for imp in imports:
+            if imp.create is not None:
+                self._branch_meta[imp.name] = imp.create
 
     # -- refs ---------------------------------------------------------------------------------
     def _insert_branch(self, info: BranchInfo) -> BranchInfo:

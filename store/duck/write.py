@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from store.duck.heads import HeadsFile
 from store.duck.schema import COLS, branch_names, fetch_one
-from store.envelope import BranchInfo, NewEvent, seal
+from store.envelope import BranchImport, BranchInfo, NewEvent, seal
 from store.errors import BranchExists, BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError, StoreFull
 from store.journal import Batch, Journal
 
@@ -109,6 +109,48 @@ class DuckWriter:
         if self._pending_n >= self.flush_every:
             self.flush()
         return sealed.ids
+
+    def import_branches(self, imports: Sequence[BranchImport]) -> None:
+        """Insert the new refs, then every import's events, in one transaction (after a flush):
+        all of it commits, or the rollback leaves the log as it was."""
+        self.flush()
+        now = self._clock()
+        batches = []
+        for imp in imports:
+            if imp.events:
+                sealed = seal(imp.name, imp.expected_head, imp.events)
+                batches.append(Batch(imp.name, -1, imp.expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads))
+        by_branch: dict[str, list[Batch]] = {}
+        for b in batches:
+            by_branch.setdefault(b.branch, []).append(b)
+        con = self._con
+        con.begin()
+        try:
+            for imp in imports:
+                info = imp.create
+                if info is None:
+                    continue
+                if fetch_one(con, "SELECT 1 FROM branches WHERE name = ?", [info.name]):
+                    raise BranchExists(info.name)
+                con.execute("INSERT INTO branches SELECT ?, coalesce(max(ord), -1) + 1, ?, ?, ?, ?, ?, ? FROM branches",
+                            [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at])
+                self._heads[info.name] = (info.head_seq, info.head_id)
+            self._insert_rows(self._move_refs(by_branch))
+            con.commit()
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()
+            self._heads.clear()  # re-read from the refs, which the rollback restored
+            for imp in imports:
+                if imp.create is not None:
+                    self._committed.pop(imp.name, None)
+            raise
+        for imp in imports:
+            if imp.create is not None:
+                self._committed[imp.name] = (imp.create.head_seq, imp.create.head_id)
+        for b in batches:
+            self._committed[b.branch] = self._heads[b.branch]
+        self.write_heads()
 
     def logical_head(self, branch: str) -> Head:
         """The branch's head, journalled batches included (``BranchNotFound``)."""

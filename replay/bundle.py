@@ -1,0 +1,296 @@
+"""Bundles: branches of a history moved between machines as one self-verifying file.
+
+``write_bundle(store, branches, out)`` writes a zip file (format ``sia-bundle/1``, nothing
+compressed but the events):
+
+- ``manifest.json``: the format, each branch's ref (name, base branch, seq and id, head seq and
+  id) and event count, and every blob's id, size and suffix;
+- ``events/<i>.json``: branch ``i``'s own events (a fork's from its fork point, a root branch's
+  all), as ``[seq, id, kind, schema, payload]`` rows;
+- ``blobs/<id>``: every blob those events name.
+
+``pull_bundle(store, path)`` checks everything before it appends anything: every id recomputed
+from its parent, branch, kind, schema and payload (so every parent link holds), every payload
+decoded as its kind, each branch's fork point present in the store (or in the bundle) with the
+bundled id, every named blob in the bundle (its bytes re-hashed) or in the store. A branch the
+store holds must agree with the bundle on every event both have: then only what it lacks is
+appended; otherwise ``BundleConflict`` names the branch and the first seq that differs. The
+blobs go in first, then every branch's ref and events in one transaction of the log: a pull
+killed half-way leaves the log as it was, or complete. Pulling the same bundle twice changes
+nothing. A damaged or truncated file is ``BundleDamaged``; nothing is appended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from replay.errors import BundleConflict, BundleDamaged, BundleRefused, OutputRefused
+from sia_engine.domain.events import decode
+from sia_engine.errors import EventError
+from store import BranchImport, BranchInfo, NewEvent, Store
+from store.envelope import event_id
+from store.blobs import SUFFIXES
+from store.errors import BlobError, BranchNotFound, EventNotFound
+
+__all__ = ["FORMAT", "BundleInfo", "PullReport", "write_bundle", "pull_bundle", "read_bundle"]
+
+FORMAT = "sia-bundle/1"
+MAX_MEMBER = 1 << 32  # 4 GiB: a member larger than this is refused before it is read
+Row = tuple[int, str, str, int, msgspec.Raw]  # seq, id, kind, schema, payload
+
+
+class BranchRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    base_branch: str | None
+    base_seq: int | None
+    base_id: str | None
+    head_seq: int
+    head_id: str | None
+    events: int
+
+
+class BlobRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    size: int
+    suffix: str
+
+
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    format: str
+    created_at: str
+    branches: tuple[BranchRef, ...]
+    blobs: dict[str, BlobRef]
+
+
+class BundleInfo(msgspec.Struct, frozen=True):
+    path: str
+    branches: tuple[str, ...]
+    events: int
+    blobs: int
+    bytes: int
+
+
+class PullReport(msgspec.Struct, frozen=True):
+    path: str
+    created: tuple[str, ...]  # branches the store did not have
+    extended: tuple[str, ...]  # branches it had, now longer
+    unchanged: tuple[str, ...]  # branches it already held as the bundle has them (or further)
+    events: int  # events appended
+    blobs: int  # blobs added
+
+
+def _ordered(store: Store, names: Sequence[str]) -> list[BranchInfo]:
+    """The branches, each after the bundled branch it forked from."""
+    infos = {n: store.log.branch(n) for n in dict.fromkeys(names)}
+    out: list[BranchInfo] = []
+    seen: set[str] = set()
+
+    def visit(info: BranchInfo) -> None:
+        if info.name in seen:
+            return
+        seen.add(info.name)
+        if info.base_branch in infos:
+            visit(infos[info.base_branch])
+        out.append(info)
+
+    for info in infos.values():
+        visit(info)
+    return out
+
+
+def write_bundle(store: Store, branches: Sequence[str], out: str | os.PathLike[str]) -> BundleInfo:
+    """Write ``branches`` of ``store`` (their own events and every blob they name) to ``out``, a
+    new file outside the store (``OutputRefused`` otherwise; nothing is overwritten)."""
+    target = Path(out)
+    if not branches:
+        raise BundleRefused("-", "name at least one branch to bundle")
+    resolved, root = target.resolve(), store.root.resolve()
+    if resolved == root or root in resolved.parents:
+        raise OutputRefused(str(target), f"it is inside the store {root}; give a file outside it")
+    if target.is_symlink() or target.exists():
+        raise OutputRefused(str(target), "it exists (a bundle is never written over a file): give a new name")
+    refs, members, blobs = [], [], {}
+    for i, info in enumerate(_ordered(store, branches)):
+        envs = store.log.read(info.name, after_seq=-1)
+        rows = [(e.seq, e.id, e.kind, e.schema, msgspec.Raw(e.payload)) for e in envs]
+        for e in envs:
+            for blob in decode(e.kind, e.schema, e.payload, where=e.ref).blob_refs():
+                if blob not in blobs:
+                    blobs[blob] = BlobRef(size=0, suffix=store.blobs.path(blob).name.partition(".")[2])
+        refs.append(BranchRef(info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, len(rows)))
+        members.append((f"events/{i}.json", msgspec.json.encode(rows)))
+    data = {b: store.blobs.get(b) for b in blobs}  # re-hashed as they are read
+    blobs = {b: BlobRef(size=len(data[b]), suffix=r.suffix) for b, r in blobs.items()}
+    manifest = Manifest(FORMAT, datetime.now(UTC).isoformat(), tuple(refs), blobs)
+    fd, tmp = tempfile.mkstemp(prefix=".sia-bundle-", dir=target.parent if str(target.parent) else ".")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            z.writestr("manifest.json", msgspec.json.encode(manifest))
+            for name, content in members:
+                z.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+            for b, content in data.items():
+                z.writestr(f"blobs/{b}", content)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.link(tmp, target)  # refuses a name taken meanwhile: never over a file
+    except FileExistsError:
+        raise OutputRefused(str(target), "it exists (a bundle is never written over a file): give a new name") from None
+    finally:
+        os.unlink(tmp)
+    return BundleInfo(str(target), tuple(r.name for r in refs), sum(r.events for r in refs), len(blobs), target.stat().st_size)
+
+
+class _Bundle:
+    """A bundle read and checked on its own (ids, parent links, payloads, blob hashes)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        try:
+            self.zip = zipfile.ZipFile(self.path)
+        except (OSError, zipfile.BadZipFile, ValueError) as e:
+            raise BundleDamaged(self.path, f"not a readable bundle ({type(e).__name__}: {e})") from None
+        names = [i.filename for i in self.zip.infolist()]
+        if len(set(names)) != len(names):
+            raise BundleDamaged(self.path, "a member name appears twice")
+        self.manifest = self._manifest()
+        if self.manifest.format != FORMAT:
+            raise BundleDamaged(self.path, f"format {self.manifest.format!r}; this engine reads {FORMAT}")
+        want = {"manifest.json", *(f"events/{i}.json" for i in range(len(self.manifest.branches))), *(f"blobs/{b}" for b in self.manifest.blobs)}
+        if set(names) != want:
+            raise BundleDamaged(self.path, f"members {sorted(set(names) ^ want)[:5]} are missing or unexpected")
+        self.rows: dict[str, list[Row]] = {}
+        self.blobs_named: set[str] = set()
+        for i, ref in enumerate(self.manifest.branches):
+            self.rows[ref.name] = self._branch(ref, self._rows(i))
+
+    def _manifest(self) -> Manifest:
+        try:
+            return msgspec.json.decode(self._read("manifest.json"), type=Manifest)
+        except msgspec.DecodeError as e:
+            raise BundleDamaged(self.path, f"manifest.json: {e}") from None
+
+    def _rows(self, i: int) -> list[Row]:
+        try:
+            return msgspec.json.decode(self._read(f"events/{i}.json"), type=list[Row])
+        except msgspec.DecodeError as e:
+            raise BundleDamaged(self.path, f"events/{i}.json: {e}") from None
+
+    def _read(self, name: str) -> bytes:
+        info = self.zip.getinfo(name)
+        if info.file_size > MAX_MEMBER:
+            raise BundleDamaged(self.path, f"{name} says it is {info.file_size:,} bytes, above the {MAX_MEMBER:,} a bundle member may be")
+        try:
+            return self.zip.read(name)
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:  # a CRC or a length that does not hold: damage
+            raise BundleDamaged(self.path, f"{name} cannot be read back whole ({type(e).__name__}: {e})") from None
+
+    def _branch(self, ref: BranchRef, rows: list[Row]) -> list[Row]:
+        """Each row's id recomputed after its parent; seqs, counts and the head as the manifest says."""
+        if len(rows) != ref.events or ref.head_seq != len(rows) - 1:
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: {len(rows)} events, the manifest says {ref.events} ending at #{ref.head_seq}")
+        if (ref.base_branch is None) != (ref.base_id is None) or (ref.base_branch is None) != (ref.base_seq is None):
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: a fork point must name its branch, seq and event")
+        parent = ref.base_id
+        for k, (seq, eid, kind, schema, payload) in enumerate(rows):
+            if seq != k or event_id(parent, ref.name, kind, schema, bytes(payload)) != eid:
+                raise BundleDamaged(self.path, f"{ref.name}#{k}: its id does not follow from its parent and content (a changed or reordered event)")
+            try:
+                event = decode(kind, schema, bytes(payload), where=f"{ref.name}#{k}")
+            except EventError as e:
+                raise BundleDamaged(self.path, str(e)) from None
+            self.blobs_named.update(event.blob_refs())
+            parent = eid
+        if parent != ref.head_id:
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: its events end at {parent}, the manifest says {ref.head_id}")
+        return rows
+
+    def blob(self, blob_id: str) -> bytes:
+        data = self._read(f"blobs/{blob_id}")
+        if hashlib.sha256(data).hexdigest() != blob_id or len(data) != self.manifest.blobs[blob_id].size:
+            raise BundleDamaged(self.path, f"blob {blob_id} does not hash to its name")
+        return data
+
+
+def read_bundle(path: str | os.PathLike[str]) -> Manifest:
+    """The manifest of a bundle whose every event checks (``BundleDamaged`` otherwise)."""
+    b = _Bundle(path)
+    for blob in b.manifest.blobs:
+        b.blob(blob)
+    return b.manifest
+
+
+def _at(store: Store, bundle: _Bundle, branch: str, seq: int) -> str | None:
+    """The id at ``branch#seq`` in the store, or in the bundle; None where neither has it."""
+    try:
+        return store.log.at(branch, seq).id
+    except (EventNotFound, BranchNotFound):
+        pass
+    rows = bundle.rows.get(branch)
+    return rows[seq][1] if rows is not None and 0 <= seq < len(rows) else None
+
+
+def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, str]]:
+    """Each bundled branch against the store: what to create, what to append (and which state)."""
+    have = {b.name: b for b in store.log.branches()}
+    imports, fate = [], {}
+    for ref in bundle.manifest.branches:
+        rows = bundle.rows[ref.name]
+        if ref.base_branch is not None:
+            assert ref.base_seq is not None
+            if ref.base_branch not in have and ref.base_branch not in bundle.rows:
+                raise BundleRefused(ref.name, f"it forks from {ref.base_branch}#{ref.base_seq}, a branch this store does not have; pull that first")
+            if _at(store, bundle, ref.base_branch, ref.base_seq) != ref.base_id:
+                raise BundleRefused(ref.name, f"its fork point {ref.base_branch}#{ref.base_seq} is another event in this store")
+        ours = have.get(ref.name)
+        if ours is None:
+            create = BranchInfo(ref.name, ref.base_branch, ref.base_seq, ref.base_id, -1, ref.base_id, datetime.now(UTC))
+            imports.append(BranchImport(ref.name, ref.base_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows), create))
+            fate[ref.name] = "created"
+            continue
+        if (ours.base_branch, ours.base_seq, ours.base_id) != (ref.base_branch, ref.base_seq, ref.base_id):
+            raise BundleConflict(ref.name, -1, f"{ours.base_branch}#{ours.base_seq}", f"{ref.base_branch}#{ref.base_seq}",
+                                 "it grew from another fork point here")
+        common = min(ours.head_seq, len(rows) - 1)
+        if common >= 0 and (mine := store.log.at(ref.name, common).id) != rows[common][1]:
+            first = next(s for s in range(common + 1) if store.log.at(ref.name, s).id != rows[s][1])
+            raise BundleConflict(ref.name, first, mine if first == common else store.log.at(ref.name, first).id, rows[first][1])
+        if ours.head_seq >= len(rows) - 1:
+            fate[ref.name] = "unchanged"
+            continue
+        rest = rows[ours.head_seq + 1 :]
+        imports.append(BranchImport(ref.name, ours.head_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rest)))
+        fate[ref.name] = "extended"
+    return imports, fate
+
+
+def pull_bundle(store: Store, path: str | os.PathLike[str]) -> PullReport:
+    """Append a bundle's branches to ``store`` (see the module's docstring)."""
+    bundle = _Bundle(path)
+    missing = [b for b in bundle.blobs_named if b not in bundle.manifest.blobs and not store.blobs.exists(b)]
+    if missing:
+        raise BundleRefused("-", f"blob {missing[0]} is named by an event and is neither in the bundle nor in this store")
+    imports, fate = _plan(store, bundle)
+    added = 0
+    for blob, ref in bundle.manifest.blobs.items():  # blobs first, as a history records them: durable before any event names them
+        if not store.blobs.exists(blob):
+            data = bundle.blob(blob)
+            try:
+                store.blobs.put(data, suffix=ref.suffix if ref.suffix in SUFFIXES else "bin")
+            except BlobError as e:
+                raise BundleDamaged(bundle.path, str(e)) from None
+            added += 1
+        else:
+            bundle.blob(blob)  # checked all the same: a bundle that lies is damaged
+    if imports:
+        store.log.import_branches(imports)
+    names = [r.name for r in bundle.manifest.branches]
+    return PullReport(bundle.path, tuple(n for n in names if fate[n] == "created"), tuple(n for n in names if fate[n] == "extended"),
+                      tuple(n for n in names if fate[n] == "unchanged"), sum(len(i.events) for i in imports), added)

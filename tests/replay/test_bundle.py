@@ -1,0 +1,202 @@
+"""Bundles: branches moved between stores as one self-verifying file; a pull checks everything
+before it appends anything, is idempotent and atomic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+
+from replay.bundle import pull_bundle, read_bundle, write_bundle
+from replay.errors import BundleConflict, BundleDamaged, BundleRefused, OutputRefused
+from replay.recorded import replay_recorded
+from sia_engine.cli.main import main
+from sia_engine.domain.history import fork
+from sia_engine.domain.integrity import verify_store
+from sia_engine.loop.feedback.rule import RulePolicy
+from sia_engine.loop.loop import Loop, LoopConfig
+from store import Store
+from tests.loop_helpers import TASK, scripted, sometimes_wrong
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(path: Path, iterations: int, branch: str = "main", seed: int = 0) -> None:
+    with Store.open(path) if path.exists() else Store.create(path) as s:
+        cfg = LoopConfig(task="arith", iterations=iterations, train_episodes=4, val_episodes=4, samples=2, levers=("weights", "scaffold"), seed=seed)
+        Loop(s, task=TASK, model=scripted(sometimes_wrong), feedback=RulePolicy(), config=cfg, branch=branch).run()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with main (adapters: blobs) and a fork of it, what-if, run further."""
+    path = tmp_path_factory.mktemp("bundle") / "a"
+    run(path, 2)
+    with Store.open(path) as s:
+        fork(s.log, "what-if", source="main", at_seq=s.log.branch("main").head_seq, reason="test", blobs=s.blobs)
+    run(path, 3, branch="what-if")
+    return path
+
+
+def heads(path: Path) -> dict[str, tuple[int, str | None, str | None]]:
+    with Store.open(path, read_only=True) as s:
+        return {b.name: (b.head_seq, b.head_id, b.base_id) for b in s.log.branches()}
+
+
+def test_a_round_trip_gives_the_same_history_event_for_event(source: Path, tmp_path: Path) -> None:
+    with Store.open(source, read_only=True) as s:
+        info = write_bundle(s, ["what-if", "main"], tmp_path / "x.bundle")
+        blobs = {b for b in s.blobs.ids()}
+    assert info.branches == ("main", "what-if") and info.blobs >= 1  # bases first
+    assert [b.name for b in read_bundle(tmp_path / "x.bundle").branches] == ["main", "what-if"]
+    with Store.create(tmp_path / "b") as b:
+        r = pull_bundle(b, tmp_path / "x.bundle")
+        assert r.created == ("main", "what-if") and r.events == info.events and r.blobs == info.blobs
+        assert verify_store(b.log, b.blobs).ok and set(b.blobs.ids()) <= blobs
+        with Store.open(source, read_only=True) as s:
+            assert [e.id for e in b.log.read("what-if")] == [e.id for e in s.log.read("what-if")]
+        assert replay_recorded(b, "what-if", TASK).adapters >= 1  # it replays there, adapters and all
+    assert heads(tmp_path / "b") == heads(source)
+
+
+def test_pulling_twice_changes_nothing_and_a_longer_bundle_extends(source: Path, tmp_path: Path) -> None:
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main"], tmp_path / "one.bundle")
+    with Store.create(tmp_path / "b") as b:
+        pull_bundle(b, tmp_path / "one.bundle")
+        n = b.log.count()
+        again = pull_bundle(b, tmp_path / "one.bundle")
+        assert again.unchanged == ("main",) and again.events == 0 and again.blobs == 0 and b.log.count() == n
+    copy = tmp_path / "a2"
+    subprocess.run(["cp", "-a", str(source), str(copy)], check=True)
+    run(copy, 3)  # main goes on in the source
+    with Store.open(copy, read_only=True) as s:
+        write_bundle(s, ["main"], tmp_path / "two.bundle")
+    with Store.open(tmp_path / "b") as b:
+        r = pull_bundle(b, tmp_path / "two.bundle")
+        assert r.extended == ("main",) and r.events > 0
+    assert heads(tmp_path / "b")["main"] == heads(copy)["main"]
+
+
+def test_a_branch_that_differs_is_refused_by_name_and_nothing_is_appended(source: Path, tmp_path: Path) -> None:
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main", "what-if"], tmp_path / "x.bundle")
+    run(tmp_path / "b", 1, seed=7)  # another main here
+    before = heads(tmp_path / "b")
+    with Store.open(tmp_path / "b") as b, pytest.raises(BundleConflict) as exc:
+        pull_bundle(b, tmp_path / "x.bundle")
+    assert exc.value.branch == "main" and exc.value.seq == 0
+    assert heads(tmp_path / "b") == before
+
+
+def test_a_fork_whose_fork_point_is_missing_is_refused(source: Path, tmp_path: Path) -> None:
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["what-if"], tmp_path / "f.bundle")
+    with Store.create(tmp_path / "b") as b:
+        with pytest.raises(BundleRefused, match="forks from main"):
+            pull_bundle(b, tmp_path / "f.bundle")
+        assert b.log.count() == 0 and b.log.branches() == []
+
+
+def rewrite(src: Path, dst: Path, change) -> None:  # type: ignore[no-untyped-def]
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for info in z.infolist():
+            out.writestr(info.filename, change(info.filename, z.read(info.filename)))
+
+
+@pytest.mark.parametrize(("what", "change", "says"), [
+    ("a score rewritten, its id kept", lambda n, d: d.replace(b'"score":1.0', b'"score":0.0', 1) if n.startswith("events/") else d, "its id does not follow"),
+    ("a blob's bytes changed", lambda n, d: d[:-1] + bytes([d[-1] ^ 1]) if n.startswith("blobs/") else d, "does not hash to its name"),
+    ("a manifest that lies about a head", lambda n, d: d.replace(b'"head_seq":', b'"head_seq":1', 1) if n == "manifest.json" else d, "the manifest says"),
+])
+def test_a_bundle_that_does_not_check_is_damaged_and_nothing_is_appended(source: Path, tmp_path: Path, what: str, change, says: str) -> None:  # type: ignore[no-untyped-def]
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main", "what-if"], tmp_path / "x.bundle")
+    rewrite(tmp_path / "x.bundle", tmp_path / "bad.bundle", change)
+    with Store.create(tmp_path / "b") as b:
+        with pytest.raises(BundleDamaged, match=says):
+            pull_bundle(b, tmp_path / "bad.bundle")
+        assert b.log.count() == 0 and b.blobs.ids() == [], what
+
+
+def test_a_truncated_or_flipped_file_is_damaged(source: Path, tmp_path: Path) -> None:
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main"], tmp_path / "x.bundle")
+    data = (tmp_path / "x.bundle").read_bytes()
+    (tmp_path / "cut.bundle").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF
+    (tmp_path / "flip.bundle").write_bytes(bytes(flipped))
+    with Store.create(tmp_path / "b") as b:
+        for name in ("cut.bundle", "flip.bundle"):
+            with pytest.raises(BundleDamaged):
+                pull_bundle(b, tmp_path / name)
+        assert b.log.count() == 0
+
+
+def test_a_bundle_is_never_written_over_a_file_or_into_the_store(source: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("keep me")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with Store.open(source, read_only=True) as s:
+        for out in (tmp_path / "taken", tmp_path / "link", source / "x.bundle"):
+            with pytest.raises(OutputRefused):
+                write_bundle(s, ["main"], out)
+    assert (tmp_path / "taken").read_text() == "keep me" and not (tmp_path / "elsewhere").exists()
+
+
+KILLED = """
+import os, sys
+sys.path.insert(0, {root!r})
+from store import Store
+from replay.bundle import pull_bundle
+import store.duck.write as w
+real = w.DuckWriter.{method}
+def dying(self, *a, **k):
+    {before}
+    real(self, *a, **k)
+    {after}
+w.DuckWriter.{method} = dying
+with Store.open(sys.argv[1]) as s:
+    pull_bundle(s, sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(("where", "method", "before", "after", "complete"), [
+    ("inside the transaction", "_insert_rows", "pass", "os._exit(9)", False),
+    ("after the commit, before the heads file", "write_heads", "os._exit(9)", "pass", True),
+])
+def test_a_killed_pull_leaves_the_store_as_before_or_complete(source: Path, tmp_path: Path, where: str, method: str, before: str, after: str,
+                                                              complete: bool) -> None:
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main", "what-if"], tmp_path / "x.bundle")
+    run(tmp_path / "b", 1, branch="other")
+    was = heads(tmp_path / "b")
+    code = KILLED.format(root=str(ROOT), method=method, before=before, after=after)
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path / "b"), str(tmp_path / "x.bundle")]).returncode == 9, where
+    with Store.open(tmp_path / "b") as b:
+        assert verify_store(b.log, b.blobs).ok
+    now = heads(tmp_path / "b")
+    assert now == ({**was, **heads(source)} if complete else was), where
+    with Store.open(tmp_path / "b") as b:  # and the pull, asked again, completes it (or finds it done)
+        pull_bundle(b, tmp_path / "x.bundle")
+    assert heads(tmp_path / "b") == {**was, **heads(source)}
+
+
+def test_the_commands(source: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["bundle", "main", "what-if", "--out", str(tmp_path / "x.bundle"), "--store", str(source), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["branches"] == ["main", "what-if"]
+    r = CliRunner().invoke(main, ["pull", str(tmp_path / "x.bundle"), "--store", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["created"] == ["main", "what-if"]
+    r = CliRunner().invoke(main, ["pull", str(tmp_path / "x.bundle"), "--store", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "nothing to append" in " ".join(r.output.split())
+    (tmp_path / "junk.bundle").write_bytes(b"<b>not a bundle</b>")
+    r = CliRunner().invoke(main, ["pull", str(tmp_path / "junk.bundle"), "--store", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "damaged" in r.output and "Traceback" not in r.output
