@@ -1,5 +1,5 @@
 """``sia bundle`` and ``sia pull``: branches moved between stores as one self-verifying file
-(``replay.bundle``)."""
+(``sia_engine.domain.bundle``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def bundle(store_path: str, as_json: bool, branches: tuple[str, ...], out_path: 
     Example:
       sia bundle main what-if --out history.sia-bundle
     """
-    from replay.bundle import write_bundle
+    from sia_engine.domain.bundle import write_bundle
 
     with open_store(store_path, read_only=True) as s:
         info = write_bundle(s, branches, out_path)
@@ -45,7 +45,7 @@ def pull(store_path: str, as_json: bool, path: str) -> None:
     Example:
       sia pull history.sia-bundle --store ./.sia
     """
-    from replay.bundle import pull_bundle
+    from sia_engine.domain.bundle import pull_bundle
     from store import Store
 
     with Store.create(store_path) as s:

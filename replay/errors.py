@@ -6,10 +6,7 @@ Tree::
     └── ReplayError
         ├── RebuildMismatch      a rebuilt agent's part differs from what the log recorded
         ├── RollbackRefused      a rollback to a version that is not an earlier accepted one
-        ├── OutputRefused        an output folder that is not empty, not a folder, or inside the store
-        ├── BundleDamaged        a bundle that cannot be read back whole, or whose events or blobs do not check
-        ├── BundleConflict       a bundled branch that differs from the store's branch of the same name
-        └── BundleRefused        a bundle the store cannot take (a fork point or a blob it lacks)
+        └── OutputRefused        an output folder that is not empty, not a folder, or inside the store
 """
 
 from __future__ import annotations
@@ -18,8 +15,7 @@ from pathlib import Path
 
 from sia_engine.errors import SiaError
 
-__all__ = ["ReplayError", "RebuildMismatch", "RollbackRefused", "OutputRefused", "BundleDamaged", "BundleConflict", "BundleRefused",
-           "check_out_folder"]
+__all__ = ["ReplayError", "RebuildMismatch", "RollbackRefused", "OutputRefused", "check_out_folder"]
 
 
 class ReplayError(SiaError):
@@ -54,32 +50,6 @@ class OutputRefused(ReplayError):
         self.path = path
         self.reason = reason
         super().__init__(f"will not write into {path}: {reason}")
-
-
-class BundleDamaged(ReplayError):
-    """The bundle at ``path`` cannot be trusted: ``reason`` says what does not hold. Nothing was appended."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        self.path, self.reason = path, reason
-        super().__init__(f"bundle {path} is damaged: {reason}; nothing was appended (write the bundle again from its source)")
-
-
-class BundleConflict(ReplayError):
-    """Branch ``branch`` of the store and of the bundle differ from ``seq`` on (-1: their fork points)."""
-
-    def __init__(self, branch: str, seq: int, ours: str | None, theirs: str | None, why: str = "") -> None:
-        self.branch, self.seq, self.ours, self.theirs = branch, seq, ours, theirs
-        at = f"from #{seq} on (here {str(ours)[:12]}, in the bundle {str(theirs)[:12]})" if seq >= 0 else f"({why}: here {ours}, in the bundle {theirs})"
-        super().__init__(f"branch {branch!r} of this store and of the bundle differ {at}; nothing was appended. "
-                         f"Pull it under another name (sia fork), or bundle the branch again from the store that holds its history")
-
-
-class BundleRefused(ReplayError):
-    """The store cannot take branch ``branch`` of the bundle: ``reason`` says why."""
-
-    def __init__(self, branch: str, reason: str) -> None:
-        self.branch, self.reason = branch, reason
-        super().__init__(f"cannot pull branch {branch!r}: {reason}; nothing was appended" if branch != "-" else f"cannot pull: {reason}; nothing was appended")
 
 
 def check_out_folder(out: str | Path, store_root: str | Path) -> Path:

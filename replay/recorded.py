@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from replay.compare import compare
 from replay.errors import RebuildMismatch
 from replay.reduced import ReplayReport, differs, environment_notes, reduce_and_gate
 from replay.stand_ins import (
@@ -45,7 +46,6 @@ from replay.stand_ins import (
     ReplayModel,
     ReplayTask,
     ScratchBlobs,
-    compare,
     first_tensor_difference,
 )
 from sia_engine.domain.events import (

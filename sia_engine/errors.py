@@ -18,6 +18,11 @@ Tree::
     ├── RunMismatch             resuming a run with settings other than the recorded ones
     ├── DataChanged             resuming a run on task data other than it recorded (a file, the episodes, the splits)
     ├── GenerationMismatch      a batch generated again on resume that differs from its recorded rows
+    ├── BundleError             moving histories as bundles (sia bundle, sia pull)
+    │   ├── BundleDamaged       a bundle that cannot be read back whole, or whose events or blobs do not check
+    │   ├── BundleConflict      a bundled branch that differs from the store's branch of the same name
+    │   ├── BundleRefused       a bundle the store cannot take (a fork point or a blob it lacks)
+    │   └── WriteRefused        a bundle's file that exists, or lies inside the store
     └── InvalidSettings         run or training settings out of range (refused before anything is recorded)
 
 Task packages add their own under SiaError (tasks.UnknownTask, tasks.scrna.data.InvalidCounts).
@@ -44,6 +49,11 @@ __all__ = [
     "RunMismatch",
     "DataChanged",
     "GenerationMismatch",
+    "BundleError",
+    "BundleDamaged",
+    "BundleConflict",
+    "BundleRefused",
+    "WriteRefused",
     "InvalidSettings",
 ]
 
@@ -201,3 +211,41 @@ class InvalidSettings(SiaError):
         self.value = value
         self.reason = reason
         super().__init__(f"invalid setting {setting} = {value!r}: {reason}. Nothing was recorded; fix it and run again.")
+
+
+class BundleError(SiaError):
+    """Root of the errors of moving histories as bundles (``sia_engine.domain.bundle``)."""
+
+
+class BundleDamaged(BundleError):
+    """The bundle at ``path`` cannot be trusted: ``reason`` says what does not hold. Nothing was appended."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"bundle {path} is damaged: {reason}; nothing was appended (write the bundle again from its source)")
+
+
+class BundleConflict(BundleError):
+    """Branch ``branch`` of the store and of the bundle differ from ``seq`` on (-1: their fork points)."""
+
+    def __init__(self, branch: str, seq: int, ours: str | None, theirs: str | None, why: str = "") -> None:
+        self.branch, self.seq, self.ours, self.theirs = branch, seq, ours, theirs
+        at = f"from #{seq} on (here {str(ours)[:12]}, in the bundle {str(theirs)[:12]})" if seq >= 0 else f"({why}: here {ours}, in the bundle {theirs})"
+        super().__init__(f"branch {branch!r} of this store and of the bundle differ {at}; nothing was appended. "
+                         f"Pull it under another name (sia fork), or bundle the branch again from the store that holds its history")
+
+
+class BundleRefused(BundleError):
+    """The store cannot take branch ``branch`` of the bundle: ``reason`` says why."""
+
+    def __init__(self, branch: str, reason: str) -> None:
+        self.branch, self.reason = branch, reason
+        super().__init__(f"cannot pull branch {branch!r}: {reason}; nothing was appended" if branch != "-" else f"cannot pull: {reason}; nothing was appended")
+
+
+class WriteRefused(BundleError):
+    """``path`` cannot take a file: ``reason`` says why and what to do (nothing is overwritten)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"will not write {path}: {reason}")

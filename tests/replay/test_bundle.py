@@ -13,8 +13,8 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from replay.bundle import pull_bundle, read_bundle, write_bundle
-from replay.errors import BundleConflict, BundleDamaged, BundleRefused, OutputRefused
+from sia_engine.domain.bundle import pull_bundle, read_bundle, write_bundle
+from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, WriteRefused
 from replay.recorded import replay_recorded
 from sia_engine.cli.main import main
 from sia_engine.domain.history import fork
@@ -145,7 +145,7 @@ def test_a_bundle_is_never_written_over_a_file_or_into_the_store(source: Path, t
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     with Store.open(source, read_only=True) as s:
         for out in (tmp_path / "taken", tmp_path / "link", source / "x.bundle"):
-            with pytest.raises(OutputRefused):
+            with pytest.raises(WriteRefused):
                 write_bundle(s, ["main"], out)
     assert (tmp_path / "taken").read_text() == "keep me" and not (tmp_path / "elsewhere").exists()
 
@@ -154,7 +154,7 @@ KILLED = """
 import os, sys
 sys.path.insert(0, {root!r})
 from store import Store
-from replay.bundle import pull_bundle
+from sia_engine.domain.bundle import pull_bundle
 import store.duck.write as w
 real = w.DuckWriter.{method}
 def dying(self, *a, **k):

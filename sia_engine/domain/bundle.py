@@ -32,9 +32,8 @@ from pathlib import Path
 
 import msgspec
 
-from replay.errors import BundleConflict, BundleDamaged, BundleRefused, OutputRefused
 from sia_engine.domain.events import decode
-from sia_engine.errors import EventError
+from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, EventError, WriteRefused
 from store import BranchImport, BranchInfo, NewEvent, Store
 from store.envelope import event_id
 from store.blobs import SUFFIXES
@@ -107,15 +106,15 @@ def _ordered(store: Store, names: Sequence[str]) -> list[BranchInfo]:
 
 def write_bundle(store: Store, branches: Sequence[str], out: str | os.PathLike[str]) -> BundleInfo:
     """Write ``branches`` of ``store`` (their own events and every blob they name) to ``out``, a
-    new file outside the store (``OutputRefused`` otherwise; nothing is overwritten)."""
+    new file outside the store (``WriteRefused`` otherwise; nothing is overwritten)."""
     target = Path(out)
     if not branches:
         raise BundleRefused("-", "name at least one branch to bundle")
     resolved, root = target.resolve(), store.root.resolve()
     if resolved == root or root in resolved.parents:
-        raise OutputRefused(str(target), f"it is inside the store {root}; give a file outside it")
+        raise WriteRefused(str(target), f"it is inside the store {root}; give a file outside it")
     if target.is_symlink() or target.exists():
-        raise OutputRefused(str(target), "it exists (a bundle is never written over a file): give a new name")
+        raise WriteRefused(str(target), "it exists (a bundle is never written over a file): give a new name")
     refs, members, blobs = [], [], {}
     for i, info in enumerate(_ordered(store, branches)):
         envs = store.log.read(info.name, after_seq=-1)
@@ -142,7 +141,7 @@ def write_bundle(store: Store, branches: Sequence[str], out: str | os.PathLike[s
             os.fsync(f.fileno())
         os.link(tmp, target)  # refuses a name taken meanwhile: never over a file
     except FileExistsError:
-        raise OutputRefused(str(target), "it exists (a bundle is never written over a file): give a new name") from None
+        raise WriteRefused(str(target), "it exists (a bundle is never written over a file): give a new name") from None
     finally:
         os.unlink(tmp)
     return BundleInfo(str(target), tuple(r.name for r in refs), sum(r.events for r in refs), len(blobs), target.stat().st_size)
