@@ -18,7 +18,6 @@ seed by seed (a 95% t-interval of the differences).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Sequence
 
@@ -27,16 +26,17 @@ import msgspec
 from sia_engine.domain.events import VersionEvaluated
 from sia_engine.domain.history import fork
 from sia_engine.domain.payloads import ArmOverrides, Budget
-from sia_engine.domain.projection import fold, records
+from sia_engine.domain.projection import records
 from sia_engine.errors import SiaError
-from sia_engine.experiment.baselines import candidates_budget, record_baselines, test_episodes
-from sia_engine.experiment.table import ARMS, ExperimentResult, Spending, experiment_result, experiment_table, spent
+from sia_engine.experiment.baselines import candidates_budget, record_baselines
+from sia_engine.experiment.executors import ArmJob, LocalExecutor, RayExecutor, evaluate_test
+from sia_engine.experiment.table import ARMS, ExperimentResult, experiment_result, experiment_table
 from sia_engine.loop.feedback.rule import FeedbackAgent
 from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.loop import Loop, LoopConfig
 from sia_engine.loop.task import Task
 from sia_engine.models.protocol import Model
-from store import EventLog, Store
+from store import Store
 
 __all__ = ["ARMS", "Budget", "parse_budget", "run_experiment", "evaluate_test"]
 
@@ -65,31 +65,6 @@ def parse_budget(text: str) -> Budget:
     return msgspec.convert(got, Budget)
 
 
-def evaluate_test(loop: Loop) -> float:
-    """Score the loop's head once on the task's test split (as many episodes as validation uses,
-    the same protocol and seeds), recorded as trajectories and a ``version_evaluated`` of split
-    ``test``; a head already scored there is not scored again. The loop never does this itself:
-    only an experiment's last step does, so no decision ever reads the test split."""
-    head = loop.hist.state.head_version
-    assert head is not None
-    done = head.score("test")
-    if done is not None:
-        return done
-    episodes = test_episodes(loop)
-    if not episodes:
-        raise SiaError(f"task {loop.task.name!r} has no test episodes")
-    loop.evaluate(head, decide=False, split="test", episodes=episodes)
-    score = loop.hist.state.versions[head.version_id].score("test")
-    assert score is not None
-    return score
-
-
-def _out_of_budget(log: EventLog, branch: str, budget: Budget) -> bool:
-    """Asked before each iteration of an arm: has its branch spent one of its limits?"""
-    [used] = fold([Spending()], records(log, branch, own=True))
-    return bool(budget.spent(spent(used)))
-
-
 def _prefix_seq(store: Store, base: str) -> int:
     """Where the arms fork: the base version's validation score, the prefix's last event before
     anything the arms may not see (its test score, the baselines)."""
@@ -113,6 +88,7 @@ def run_experiment(
     budget: Budget | None = None,
     baselines: bool = True,
     hooks: Hooks | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
 ) -> ExperimentResult:
     """Run (or resume) the experiment and return its result (see the module's docstring)."""
     if not _NAME.fullmatch(name):
@@ -129,21 +105,19 @@ def run_experiment(
     Loop(store, task=task, model=model, feedback=feedback(), config=prefix, branch=base, hooks=hooks).run()
     at = _prefix_seq(store, base)
     existing = {b.name: b for b in store.log.branches()}
+    jobs = []
     for arm in arms:
         for seed in seeds:
             branch = f"{name}-{arm}-s{seed}"
             info = existing.get(branch)
-            if info is None:
+            if info is None:  # the driver records every fork: the arms' histories grow from the same event
                 overrides = ArmOverrides(experiment=name, arm=arm, seed=seed, levers=ARMS[arm], iterations=iterations, budget=budget)
                 fork(store.log, branch, source=base, at_seq=at, blobs=store.blobs, overrides=msgspec.to_builtins(overrides),
                      reason=f"experiment {name}: arm {arm}, seed {seed}")
             elif info.base_branch != base:
                 raise SiaError(f"branch {branch!r} exists and is not a fork of {base!r}: choose another experiment name")
-            cfg = msgspec.structs.replace(config, levers=ARMS[arm], seed=seed, iterations=iterations)
-            loop = Loop(store, task=task, model=model, feedback=feedback(), config=cfg, branch=branch, hooks=hooks)
-
-            loop.run(stop=None if budget is None else functools.partial(_out_of_budget, store.log, branch, budget))
-            evaluate_test(loop)
+            jobs.append(ArmJob(arm, seed, branch, base, ARMS[arm], iterations, budget))
+    (executor or LocalExecutor((task, model, feedback))).run(store, jobs, config, hooks)
     # the base version on the test split, then the baselines: on the prefix, after every fork point
     on_base = Loop(store, task=task, model=model, feedback=feedback(), config=prefix, branch=base, hooks=hooks)
     evaluate_test(on_base)

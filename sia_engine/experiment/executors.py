@@ -1,0 +1,226 @@
+"""Where an experiment's arms run: one after another in this process (``LocalExecutor``), or as
+Ray tasks (``RayExecutor``), each on a worker with its own store.
+
+An arm (``ArmJob``: an arm and seed, its branch forked from the prefix) is the same steps either
+way (``run_arm``): the loop on its branch for its iterations, under its budget, then its head's
+test score. The driver records the fork itself, so the arms' histories grow from the same event.
+
+With Ray, the driver (the only writer of the user's store) sends each arm a bundle of the prefix
+and of what the driver holds of the arm's branch; the worker pulls it into a store of its own,
+builds the task, model and Feedback Agent with ``make`` (a picklable function, called on the
+worker), and runs the arm one iteration at a time. After every iteration, and after the test
+score, it sends back a bundle of its branch, which the driver checks and pulls
+(``sia_engine.domain.bundle``). A worker that dies (a killed process, a lost node) has its arm
+started again on another worker from what the driver has pulled; the loop resumes from the log,
+so the finished store holds the same events, id for id, as the local executor records.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from sia_engine.domain.bundle import pull_bundle, write_bundle
+from sia_engine.domain.payloads import Budget
+from sia_engine.domain.projection import fold, records
+from sia_engine.errors import SiaError
+from sia_engine.experiment.baselines import test_episodes
+from sia_engine.experiment.table import Spending, spent
+from sia_engine.loop.feedback.rule import FeedbackAgent
+from sia_engine.loop.hooks import Hooks
+from sia_engine.loop.loop import Loop, LoopConfig
+from sia_engine.loop.task import Task
+from sia_engine.models.protocol import Model
+from store import EventLog, Store
+
+__all__ = ["ArmJob", "Setup", "LocalExecutor", "RayExecutor", "run_arm", "evaluate_test", "WorkerLost"]
+
+Setup = tuple[Task, Model, Callable[[], FeedbackAgent]]  # what ``make`` builds on a worker
+
+
+class WorkerLost(SiaError):
+    """An arm's worker died more often than the executor restarts it."""
+
+    def __init__(self, branch: str, attempts: int, last: str) -> None:
+        self.branch = branch
+        super().__init__(f"arm {branch!r}: its worker died {attempts} times (last: {last}); what was pulled is kept, "
+                         f"run the experiment again to resume it")
+
+
+class ArmJob(msgspec.Struct, frozen=True):
+    """One arm and seed: its branch (forked from ``base``), levers, iterations and budget."""
+
+    arm: str
+    seed: int
+    branch: str
+    base: str
+    levers: tuple[str, ...]
+    iterations: int
+    budget: Budget | None = None
+
+
+def evaluate_test(loop: Loop) -> float:
+    """Score the loop's head once on the task's test split (as many episodes as validation uses,
+    the same protocol and seeds), recorded as trajectories and a ``version_evaluated`` of split
+    ``test``; a head already scored there is not scored again. The loop never does this itself:
+    only an experiment's last step does, so no decision ever reads the test split."""
+    head = loop.hist.state.head_version
+    assert head is not None
+    done = head.score("test")
+    if done is not None:
+        return done
+    episodes = test_episodes(loop)
+    if not episodes:
+        raise SiaError(f"task {loop.task.name!r} has no test episodes")
+    loop.evaluate(head, decide=False, split="test", episodes=episodes)
+    score = loop.hist.state.versions[head.version_id].score("test")
+    assert score is not None
+    return score
+
+
+def _out_of_budget(log: EventLog, branch: str, budget: Budget) -> bool:
+    """Asked before each iteration of an arm: has its branch spent one of its limits?"""
+    [used] = fold([Spending()], records(log, branch, own=True))
+    return bool(budget.spent(spent(used)))
+
+
+def _arm_config(config: LoopConfig, job: ArmJob, iterations: int) -> LoopConfig:
+    return msgspec.structs.replace(config, levers=job.levers, seed=job.seed, iterations=iterations)
+
+
+def run_arm(store: Store, job: ArmJob, setup: Setup, config: LoopConfig, hooks: Hooks | None = None,
+            after: Callable[[], None] = lambda: None, iterations: int | None = None) -> Loop:
+    """The arm's loop on its branch up to ``iterations`` (default: the job's), under its budget;
+    ``after`` is called when it stops. Returns the loop (``evaluate_test`` scores its head)."""
+    task, model, feedback = setup
+    n = job.iterations if iterations is None else iterations
+    loop = Loop(store, task=task, model=model, feedback=feedback(), config=_arm_config(config, job, n),
+                branch=job.branch, hooks=hooks)
+    loop.run(stop=None if job.budget is None else functools.partial(_out_of_budget, store.log, job.branch, job.budget))
+    after()
+    return loop
+
+
+class LocalExecutor:
+    """The arms one after another, in this process, on the user's store."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+
+    def run(self, store: Store, jobs: list[ArmJob], config: LoopConfig, hooks: Hooks | None = None) -> None:
+        for job in jobs:
+            evaluate_test(run_arm(store, job, self.setup, config, hooks))
+
+
+def _bundle_bytes(store: Store, branches: list[str]) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="sia-bundle-") as d:
+        path = Path(d) / "b"
+        write_bundle(store, branches, path)
+        return path.read_bytes()
+
+
+def _pull_bytes(store: Store, data: bytes) -> None:
+    with tempfile.TemporaryDirectory(prefix="sia-bundle-") as d:
+        path = Path(d) / "b"
+        path.write_bytes(data)
+        pull_bundle(store, path)
+
+
+def arm_worker(make: Callable[[], Setup], config: dict[str, Any], job: dict[str, Any], start: bytes, threads: int) -> Iterator[bytes]:
+    """On a Ray worker: the arm from ``start`` (a bundle of the prefix and of the branch so far),
+    one iteration at a time, a bundle of its branch after each and after its test score."""
+    import torch  # noqa: PLC0415 - on the worker only
+
+    torch.set_num_threads(threads)
+    cfg, arm = msgspec.convert(config, LoopConfig), msgspec.convert(job, ArmJob)
+    with tempfile.TemporaryDirectory(prefix="sia-arm-") as d, Store.create(Path(d) / "store") as store:
+        _pull_bytes(store, start)
+        setup = make()
+        loop = run_arm(store, arm, setup, cfg, iterations=0) if arm.iterations == 0 else None
+        for k in range(1, arm.iterations + 1):
+            before = store.log.branch(arm.branch).head_id
+            loop = run_arm(store, arm, setup, cfg, iterations=k)
+            if store.log.branch(arm.branch).head_id != before:
+                yield _bundle_bytes(store, [arm.branch])
+            if loop.hist.state.iteration + 1 < k:  # stopped by its budget: no further iteration starts
+                break
+        assert loop is not None
+        evaluate_test(loop)
+        yield _bundle_bytes(store, [arm.branch])
+
+
+@dataclass
+class _Running:
+    job: ArmJob
+    attempts: int
+    thread: threading.Thread
+
+
+class RayExecutor:
+    """Each arm as a Ray task (see the module's docstring). ``make`` builds (task, model, feedback
+    factory) on a worker; ``address``: a running cluster (None: the one ``ray.init`` already
+    joined, else a local one); ``workers``: arms at once; ``threads``: torch threads per worker."""
+
+    def __init__(self, make: Callable[[], Setup], *, address: str | None = None, workers: int = 2, threads: int = 1,
+                 restarts: int = 3, runtime_env: dict[str, Any] | None = None) -> None:
+        self.make, self.address, self.workers, self.threads = make, address, workers, threads
+        self.restarts, self.runtime_env = restarts, runtime_env
+        self.pulled: list[tuple[str, float, int]] = []  # (branch, seconds to pull, bytes) per bundle pulled
+
+    def _remote(self) -> Any:
+        import ray  # noqa: PLC0415 - an optional extra: sia-engine[ray]
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, runtime_env=self.runtime_env, log_to_driver=False)
+        return ray.remote(num_cpus=self.threads, max_retries=0, num_returns="streaming")(arm_worker)
+
+    def run(self, store: Store, jobs: list[ArmJob], config: LoopConfig, hooks: Hooks | None = None) -> None:
+        import ray  # noqa: PLC0415
+
+        remote, inbox = self._remote(), queue.Queue[tuple[ArmJob, bytes | BaseException | None]]()
+        cfg = msgspec.to_builtins(config)
+
+        def consume(job: ArmJob, start: bytes) -> None:
+            try:
+                for ref in remote.remote(self.make, cfg, msgspec.to_builtins(job), start, self.threads):
+                    inbox.put((job, ray.get(ref)))
+                inbox.put((job, None))
+            except BaseException as e:  # noqa: BLE001 - a lost worker: told to the driver, which restarts the arm
+                inbox.put((job, e))
+
+        def start(job: ArmJob, attempts: int) -> _Running:
+            data = _bundle_bytes(store, [job.base, job.branch])  # what the driver holds: the arm resumes from it
+            t = threading.Thread(target=consume, args=(job, data), daemon=True, name=f"sia-arm-{job.branch}")
+            t.start()
+            return _Running(job, attempts, t)
+
+        todo, running = list(jobs), dict[str, _Running]()
+        while todo or running:
+            while todo and len(running) < self.workers:
+                job = todo.pop(0)
+                running[job.branch] = start(job, 0)
+            job, item = inbox.get()
+            if isinstance(item, bytes):
+                t0 = time.perf_counter()
+                _pull_bytes(store, item)  # the driver: the only writer of the user's store
+                self.pulled.append((job.branch, time.perf_counter() - t0, len(item)))
+                if hooks is not None:
+                    hooks.note(f"{job.branch}: pulled {len(item):,} bytes")
+            elif item is None:
+                running.pop(job.branch)
+            else:
+                r = running.pop(job.branch)
+                if r.attempts >= self.restarts:
+                    raise WorkerLost(job.branch, r.attempts + 1, f"{type(item).__name__}: {str(item)[:300]}")
+                if hooks is not None:
+                    hooks.note(f"{job.branch}: its worker was lost ({type(item).__name__}); resuming it from what was pulled")
+                running[job.branch] = start(job, r.attempts + 1)
