@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +59,15 @@ if TYPE_CHECKING:
 @weak_sandbox_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data", default=None, help="Data for tasks that take it.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: the arms one after another here; ray: each arm a Ray task on a worker with its own store (pip install 'sia-engine[ray]').")
+@click.option("--ray-address", default=None, help="ray: a running cluster's address (default: start one on this machine).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1, max=1024), help="ray: arms running at once.")
+@click.option("--worker-threads", default=1, show_default=True, type=click.IntRange(min=1, max=256), help="ray: CPUs (and torch threads) per arm.")
 def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None, arms: str, seeds: int, iterations: int, name: str,
                train_episodes: int, val_episodes: int, samples: int, temperature: float, eval_mode: str, lora_steps: int, batch_rows: int,
-               budget: str | None, device: str, data: str | None) -> None:
+               budget: str | None, device: str, data: str | None, executor: str, ray_address: str | None, workers: int,
+               worker_threads: int) -> None:
     """Run (or resume) an experiment: one shared, evaluated prefix forked into one branch per arm
     and seed, each improved for the same iterations (and budget), each head then scored once on
     the test split; then the baselines (the base version, best-of-k sampling of it and uniform
@@ -72,6 +80,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     \b
     Example:
       sia experiment --task arith --model tiny --arms scaffold,both --seeds 2 --iterations 2 --store /tmp/exp
+      sia experiment --task arith --model tiny --executor ray --workers 2 --store /tmp/exp-ray
     """
     from sia_engine.experiment.arms import parse_budget, run_experiment
     from sia_engine.loop.feedback.rule import RulePolicy
@@ -91,16 +100,39 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
     model = load_agent_model(model_spec, openai_url, openai_model, device, task)
     from sia_engine.cli.progress import RichHooks
 
+    runner = None
+    if executor == "ray":
+        from sia_engine.experiment.executors import RayExecutor
+
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            fail("--executor ray needs Ray: pip install 'sia-engine[ray]'")
+        protect = (str(Path(store_path).resolve()),)
+        make = functools.partial(worker_setup, task_name, data, protect, model_spec, openai_url, openai_model, device)
+        runner = RayExecutor(make, address=ray_address, workers=workers, threads=worker_threads)
     with Store.create(store_path) as s:
         require_verified(s, "sia experiment")
         with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, disable=as_json) as bar:
             result = run_experiment(s, task=task, model=model, feedback=RulePolicy, config=config, name=name, arms=chosen,
-                                    seeds=tuple(range(seeds)), iterations=iterations, budget=limits, hooks=RichHooks(bar))
+                                    seeds=tuple(range(seeds)), iterations=iterations, budget=limits, hooks=RichHooks(bar),
+                                    executor=runner)
     if as_json:
         emit_json(result_json(result))
         return
     print_result(result, task_name)
+
+
+def worker_setup(task_name: str, data: str | None, protect: tuple[str, ...], model_spec: str, openai_url: str | None,
+                 openai_model: str | None, device: str) -> tuple[Any, Any, Any]:
+    """What a Ray worker builds for an arm: the task, the model and the Feedback Agent's factory
+    (pickled by reference: the worker imports this module)."""
+    from sia_engine.loop.feedback.rule import RulePolicy
+    from sia_engine.loop.registry import get_task
+
+    task = get_task(task_name, data=data, protect=protect)
+    return task, load_agent_model(model_spec, openai_url, openai_model, device, task), RulePolicy
 
 
 def result_json(result: ExperimentResult) -> dict[str, Any]:
