@@ -28,7 +28,7 @@ from sia_engine.domain.history import fork
 from sia_engine.domain.payloads import ArmOverrides, Budget
 from sia_engine.domain.projection import records
 from sia_engine.errors import SiaError
-from sia_engine.experiment.baselines import candidates_budget, record_baselines
+from sia_engine.experiment.baselines import candidates_budget
 from sia_engine.experiment.executors import ArmJob, LocalExecutor, RayExecutor, evaluate_test
 from sia_engine.experiment.table import ARMS, ExperimentResult, experiment_result, experiment_table
 from sia_engine.loop.feedback.rule import FeedbackAgent
@@ -117,12 +117,13 @@ def run_experiment(
             elif info.base_branch != base:
                 raise SiaError(f"branch {branch!r} exists and is not a fork of {base!r}: choose another experiment name")
             jobs.append(ArmJob(arm, seed, branch, base, ARMS[arm], iterations, budget))
-    (executor or LocalExecutor((task, model, feedback))).run(store, jobs, config, hooks)
+    runner = executor or LocalExecutor((task, model, feedback))
+    runner.run(store, jobs, config, hooks)
     # the base version on the test split, then the baselines: on the prefix, after every fork point
     on_base = Loop(store, task=task, model=model, feedback=feedback(), config=prefix, branch=base, hooks=hooks)
     evaluate_test(on_base)
     if baselines:
         table = experiment_table(store, name)
         k = max((candidates_budget(r.evaluations, len(on_base.val)) for r in table), default=1)
-        record_baselines(on_base, experiment=name, k=k, seeds=seeds)
+        runner.baselines(on_base, experiment=name, k=k, seeds=seeds)
     return experiment_result(store, name)

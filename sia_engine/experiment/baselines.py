@@ -31,7 +31,7 @@ from sia_engine.loop.task import DrawsRandomAnswers, Episode, Task
 if TYPE_CHECKING:
     from sia_engine.loop.loop import Loop
 
-__all__ = ["Baseline", "test_episodes", "candidates_budget", "random_search", "best_of_k", "reference_methods", "record_baselines", "baselines_from_records"]
+__all__ = ["Baseline", "test_episodes", "candidates_budget", "random_search", "best_of_k", "reference_methods", "record_baselines", "baselines_to_do", "baselines_from_records"]
 
 BEST_OF_K_SEED = 1_000_003  # best-of-k for seed s samples from seed BEST_OF_K_SEED * (s + 1) (+ episode index)
 
@@ -111,26 +111,32 @@ def reference_methods(task: Task, *, experiment: str) -> list[BaselineScored]:
             for name, v in sorted(scores.items())]
 
 
-def record_baselines(loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> None:
-    """Score and record what is not yet recorded at this ``k`` (a resumed experiment records
-    nothing twice; a longer one, with a larger ``k``, records the searches again)."""
+def baselines_to_do(loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> tuple[bool, list[int], list[int]]:
+    """What is not yet recorded at this ``k``: the references (once), and the seeds whose random
+    search and whose best-of-k are missing (a longer experiment, with a larger ``k``, searches again)."""
     done: set[tuple[str, int | None, int | None]] = set()
     for r in records(loop.store.log, loop.branch, kinds=["baseline_scored"]):
         if isinstance(r.event, BaselineScored) and r.event.experiment == experiment:
             done.add((r.event.method, r.event.seed, r.event.details.get("k")))
-    todo: list[BaselineScored] = []
-    if not any(m.startswith("reference:") for m, _, _ in done):
-        todo += reference_methods(loop.task, experiment=experiment)
-    for s in seeds:
-        if ("random-search", s, k) not in done:
-            rs = random_search(loop.task, loop.val, test_episodes(loop), experiment=experiment, k=k, seed=s)
-            if rs is not None:
-                todo.append(rs)
+    refs = not any(m.startswith("reference:") for m, _, _ in done)
+    return refs, [s for s in seeds if ("random-search", s, k) not in done], [s for s in seeds if ("best-of-k", s, k) not in done]
+
+
+def record_baselines(loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> None:
+    """Score and record what is not yet recorded at this ``k`` (a resumed experiment records
+    nothing twice): the references and random searches in one batch, then each seed's best-of-k
+    (its samples, then its score). The Ray executor computes the same on workers and records them
+    in this order."""
+    refs, searches, sampled = baselines_to_do(loop, experiment=experiment, k=k, seeds=seeds)
+    todo: list[BaselineScored] = reference_methods(loop.task, experiment=experiment) if refs else []
+    for s in searches:
+        rs = random_search(loop.task, loop.val, test_episodes(loop), experiment=experiment, k=k, seed=s)
+        if rs is not None:
+            todo.append(rs)
     if todo:
         loop.hist.record(*todo)
-    for s in seeds:
-        if ("best-of-k", s, k) not in done:
-            loop.hist.record(best_of_k(loop, experiment=experiment, k=k, seed=s))
+    for s in sampled:
+        loop.hist.record(best_of_k(loop, experiment=experiment, k=k, seed=s))
 
 
 _NOTES = {

@@ -22,7 +22,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from sia_engine.domain.bundle import pull_bundle, write_bundle
 from sia_engine.domain.payloads import Budget
 from sia_engine.domain.projection import fold, records
 from sia_engine.errors import SiaError
-from sia_engine.experiment.baselines import test_episodes
+from sia_engine.domain.events import Event, decode, encode
+from sia_engine.experiment.baselines import baselines_to_do, best_of_k, random_search, record_baselines, reference_methods, test_episodes
 from sia_engine.experiment.table import Spending, spent
 from sia_engine.loop.feedback.rule import FeedbackAgent
 from sia_engine.loop.hooks import Hooks
@@ -120,6 +121,9 @@ class LocalExecutor:
         for job in jobs:
             evaluate_test(run_arm(store, job, self.setup, config, hooks))
 
+    def baselines(self, loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> None:
+        record_baselines(loop, experiment=experiment, k=k, seeds=seeds)
+
 
 def _bundle_bytes(store: Store, branches: list[str]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="sia-bundle-") as d:
@@ -156,6 +160,28 @@ def arm_worker(make: Callable[[], Setup], config: dict[str, Any], job: dict[str,
         assert loop is not None
         evaluate_test(loop)
         yield _bundle_bytes(store, [arm.branch])
+
+
+Wire = list[tuple[str, int, bytes]]  # events as (kind, schema, payload), for the driver to record
+
+
+def baseline_worker(make: Callable[[], Setup], config: dict[str, Any], start: bytes, base: str, what: str, experiment: str, k: int,
+                    seed: int, threads: int) -> Wire:
+    """On a Ray worker: one seed's random search (its event) or best-of-k (the samples it records
+    on a copy of the prefix, then its event), as the driver will record them."""
+    import torch  # noqa: PLC0415 - on the worker only
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="sia-baseline-") as d, Store.create(Path(d) / "store") as store:
+        _pull_bytes(store, start)
+        task, model, feedback = make()
+        loop = Loop(store, task=task, model=model, feedback=feedback(), config=msgspec.convert(config, LoopConfig), branch=base)
+        if what == "random-search":
+            made = random_search(task, loop.val, test_episodes(loop), experiment=experiment, k=k, seed=seed)
+            return [] if made is None else [(made.kind(), made.SCHEMA, encode(made).payload)]
+        head = store.log.branch(base).head_seq
+        made = best_of_k(loop, experiment=experiment, k=k, seed=seed)
+        return [(e.kind, e.schema, e.payload) for e in store.log.read(base, after_seq=head)] + [(made.kind(), made.SCHEMA, encode(made).payload)]
 
 
 @dataclass
@@ -224,3 +250,26 @@ class RayExecutor:
                 if hooks is not None:
                     hooks.note(f"{job.branch}: its worker was lost ({type(item).__name__}); resuming it from what was pulled")
                 running[job.branch] = start(job, r.attempts + 1)
+
+    def baselines(self, loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> None:
+        """Each seed's random search and best-of-k computed on a worker, all at once; recorded
+        here in the local executor's order (the references and searches, then each best-of-k)."""
+        import ray  # noqa: PLC0415
+
+        refs, searches, sampled = baselines_to_do(loop, experiment=experiment, k=k, seeds=seeds)
+        if not searches and not sampled and not refs:
+            return
+        remote = ray.remote(num_cpus=self.threads, max_retries=self.restarts)(baseline_worker)
+        start, cfg = _bundle_bytes(loop.store, [loop.branch]), msgspec.to_builtins(loop.config)
+        ask = [(w, s) for w, seeds_of in (("random-search", searches), ("best-of-k", sampled)) for s in seeds_of]
+        got = dict(zip(ask, ray.get([remote.remote(self.make, cfg, start, loop.branch, w, experiment, k, s, self.threads) for w, s in ask]),
+                       strict=True))
+        todo: list[Event] = [*reference_methods(loop.task, experiment=experiment)] if refs else []
+        todo += [decode(*e) for s in searches for e in got[("random-search", s)]]
+        if todo:
+            loop.hist.record(*todo)
+        for s in sampled:
+            wire = got[("best-of-k", s)]
+            for e in wire[:-1]:  # the samples, one output at a time (as a step records them), then the score
+                loop.hist.record(decode(*e))
+            loop.hist.record(decode(*wire[-1]))
