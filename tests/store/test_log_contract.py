@@ -41,6 +41,29 @@ class LogContract:
     def test_is_an_event_log(self, log: EventLog) -> None:
         assert isinstance(log, EventLog)
 
+    def test_import_branches_is_all_or_nothing(self, log: EventLog) -> None:
+        from datetime import UTC, datetime
+
+        from store import BranchImport, BranchInfo
+
+        log.init_branch("main")
+        ids = log.append("main", [ev(0), ev(1)], expected_head=None)
+        now = datetime.now(UTC)
+        root = BranchImport("other", None, (ev(5), ev(6)), BranchInfo("other", None, None, None, -1, None, now))
+        fork = BranchImport("f", ids[0], (ev(7),), BranchInfo("f", "main", 0, ids[0], -1, ids[0], now))
+        more = BranchImport("main", ids[1], (ev(2),))
+        taken = BranchImport("main", None, (), BranchInfo("main", None, None, None, -1, None, now))  # a name in use: the whole import fails
+        with pytest.raises(BranchExists):
+            log.import_branches([root, fork, more, taken])
+        assert sorted(b.name for b in log.branches()) == ["main"] and log.count() == 2
+        stale = BranchImport("main", ids[0], (ev(2),))  # a head that moved: nothing of it either
+        with pytest.raises(ConcurrencyError):
+            log.import_branches([root, stale])
+        assert sorted(b.name for b in log.branches()) == ["main"] and log.count() == 2
+        log.import_branches([root, fork, more])
+        assert log.count() == 6 and [e.seq for e in log.read("f")] == [0, 0] and log.branch("main").head_seq == 2
+        assert log.read("f")[-1].parent == ids[0]
+
     def test_append_and_read_back(self, log: EventLog) -> None:
         log.init_branch("main")
         ids = log.append("main", [ev(0), ev(1), ev(2)], expected_head=None)
