@@ -92,6 +92,9 @@ class BranchImport(msgspec.Struct, frozen=True):
     expected_head: str | None
     events: tuple[NewEvent, ...]
     create: BranchInfo | None = None
+    # what ``seal(name, expected_head, events)`` returned, where the caller sealed them already to
+    # check their ids (a bundle's pull): the log then writes it instead of sealing them again
+    sealed: Sealed | None = None
 
 
 class Problem(msgspec.Struct, frozen=True):

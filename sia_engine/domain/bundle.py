@@ -36,9 +36,9 @@ import msgspec
 from sia_engine.domain.events import EVENT_TYPES, Event, decode
 from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, EventError, WriteRefused
 from store import BranchImport, BranchInfo, NewEvent, Store
-from store.envelope import event_id
+from store.envelope import Sealed, seal
 from store.blobs import SUFFIXES
-from store.errors import BlobError, BranchNotFound, EventNotFound
+from store.errors import BlobError, BranchNotFound, EventNotFound, InvalidEnvelope
 
 __all__ = ["FORMAT", "BundleInfo", "PullReport", "write_bundle", "pull_bundle", "read_bundle"]
 
@@ -168,6 +168,7 @@ class _Bundle:
         if set(names) != want:
             raise BundleDamaged(self.path, f"members {sorted(set(names) ^ want)[:5]} are missing or unexpected")
         self.rows: dict[str, list[Row]] = {}
+        self.sealed: dict[str, Sealed | None] = {}
         self.blobs_named: set[str] = set()
         for i, ref in enumerate(self.manifest.branches):
             self.rows[ref.name] = self._branch(ref, self._rows(i))
@@ -199,11 +200,17 @@ class _Bundle:
             raise BundleDamaged(self.path, f"branch {ref.name!r}: {len(rows)} events, the manifest says {ref.events} ending at #{ref.head_seq}")
         if (ref.base_branch is None) != (ref.base_id is None) or (ref.base_branch is None) != (ref.base_seq is None):
             raise BundleDamaged(self.path, f"branch {ref.name!r}: a fork point must name its branch, seq and event")
-        parent = ref.base_id
-        for k, (seq, eid, kind, schema, payload) in enumerate(rows):
-            if seq != k or event_id(parent, ref.name, kind, schema, bytes(payload)) != eid:
-                raise BundleDamaged(self.path, f"{ref.name}#{k}: its id does not follow from its parent and content (a changed or reordered event)")
-            parent = eid
+        if any(row[0] != k for k, row in enumerate(rows)):
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: its events' seqs are not 0, 1, 2, ...")
+        try:  # every id computed once, as the store computes it (the store writes this seal, it does not seal again)
+            sealed = seal(ref.name, ref.base_id, [NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows]) if rows else None
+        except InvalidEnvelope as e:
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: {e}") from None
+        if sealed is not None and sealed.ids != [r[1] for r in rows]:
+            k = next(i for i, (got, r) in enumerate(zip(sealed.ids, rows, strict=True)) if got != r[1])
+            raise BundleDamaged(self.path, f"{ref.name}#{k}: its id does not follow from its parent and content (a changed or reordered event)")
+        self.sealed[ref.name] = sealed
+        parent = sealed.ids[-1] if sealed is not None else ref.base_id
         for event in self._events(ref.name, rows):
             self.blobs_named.update(event.blob_refs())
         if parent != ref.head_id:
@@ -270,7 +277,8 @@ def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, 
         ours = have.get(ref.name)
         if ours is None:
             create = BranchInfo(ref.name, ref.base_branch, ref.base_seq, ref.base_id, -1, ref.base_id, datetime.now(UTC))
-            imports.append(BranchImport(ref.name, ref.base_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows), create))
+            imports.append(BranchImport(ref.name, ref.base_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows), create,
+                                        sealed=bundle.sealed[ref.name]))
             fate[ref.name] = "created"
             continue
         if (ours.base_branch, ours.base_seq, ours.base_id) != (ref.base_branch, ref.base_seq, ref.base_id):
@@ -283,8 +291,9 @@ def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, 
         if ours.head_seq >= len(rows) - 1:
             fate[ref.name] = "unchanged"
             continue
-        rest = rows[ours.head_seq + 1 :]
-        imports.append(BranchImport(ref.name, ours.head_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rest)))
+        h, rest, whole = ours.head_seq + 1, rows[ours.head_seq + 1 :], bundle.sealed[ref.name]
+        part = None if whole is None else Sealed(whole.ids[h:], whole.kinds[h:], whole.schemas[h:], whole.payloads[h:])  # ids chain: the tail's seal
+        imports.append(BranchImport(ref.name, ours.head_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rest), sealed=part))
         fate[ref.name] = "extended"
     return imports, fate
 

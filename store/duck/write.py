@@ -118,7 +118,7 @@ class DuckWriter:
         batches = []
         for imp in imports:
             if imp.events:
-                sealed = seal(imp.name, imp.expected_head, imp.events)
+                sealed = imp.sealed if imp.sealed is not None and len(imp.sealed.ids) == len(imp.events) else seal(imp.name, imp.expected_head, imp.events)
                 batches.append(Batch(imp.name, -1, imp.expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads))
         by_branch: dict[str, list[Batch]] = {}
         for b in batches:
