@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 import msgspec
 
 from replay.compare import compare
-from replay.errors import RebuildMismatch
+from replay.errors import RebuildMismatch, ReplayError
 from replay.reduced import ReplayReport, differs, environment_notes, reduce_and_gate
 from replay.stand_ins import (
     AdapterDiffers,
@@ -85,6 +86,7 @@ from sia_engine.loop.pins import (
 from sia_engine.loop.task import Episode, Score, ScoresConcurrently, Task
 from sia_engine.models.protocol import Model
 from store import BlobStore, EventLog, MemoryEventLog, Store
+from store.errors import BlobError
 
 __all__ = ["ReplayDivergence", "AdapterDiffers", "ReplayReport", "replay_recorded", "replay_records"]
 
@@ -166,6 +168,13 @@ class _Replay:
             except ReducerError as err:
                 at = self.hist.peek() or rec
                 raise ReplayDivergence(at.where, "reducer", "an event consistent with the history", str(err)) from None
+            except (SiaError, BlobError, msgspec.ValidationError, TypeError, ValueError, KeyError, struct.error) as err:
+                if isinstance(err, ReplayError):  # a divergence, or a refusal of what was given (another base model)
+                    raise
+                # a recorded value the loop's steps cannot take (a crafted config, a blob that is no adapter): the log is inconsistent
+                at = self.hist.peek() or rec
+                raise ReplayDivergence(at.where, "step", "a step the loop can take from this history",
+                                       f"{type(err).__name__}: {str(err)[:300]}") from None
             except (LogEnds, NotRecorded) as err:
                 if isinstance(err, NotRecorded) and not self._step_runs_to_end():
                     at = self.hist.peek() or rec
@@ -186,6 +195,9 @@ class _Replay:
     def _next(self, rec: Recorded) -> None:
         e = rec.event
         if isinstance(e, (RunStarted, BranchForked, RunConfigured, RolledBack)):  # what a user asked: applied as recorded
+            before = self.recs[self.hist.at - 1].event if self.hist.at else None
+            if isinstance(e, RunConfigured) and not isinstance(before, BranchForked):  # the loop records new settings only there
+                raise ReplayDivergence(rec.where, "event", "run_configured only first on a fork (a fork's first run)", e.kind())
             self.hist.apply_recorded()
             if isinstance(e, RunStarted):
                 self.model.ref = e.base_model
@@ -259,7 +271,7 @@ class _Replay:
             cfg = loop_config(run)
             feedback: FeedbackAgent = self._llm_policy() if cfg.feedback == "llm" else RulePolicy()
             loop = Loop(self.scratch, task=self.rtask, model=self.model, feedback=feedback, config=cfg, branch="replay")
-        except (msgspec.ValidationError, SiaError) as err:
+        except (msgspec.ValidationError, SiaError, TypeError, ValueError) as err:
             raise ReplayDivergence(rec.where, "config", "settings this engine runs", str(err)) from None
         loop.hist = self.hist
         self.loop = loop
@@ -352,4 +364,7 @@ class _Replay:
             raise ReplayDivergence(where, "score", s.score, e.score)
         if e.failure and s.failure != e.failure:
             raise ReplayDivergence(where, "failure", s.failure, e.failure)
+        for key in sorted(set(s.metrics) | set(e.metrics)):
+            if differs(s.metrics.get(key), e.metrics.get(key)):
+                raise ReplayDivergence(where, f"metrics.{key}", s.metrics.get(key), e.metrics.get(key))
         self.counts["rescored"] += 1

@@ -340,6 +340,7 @@ class CheckedHistory(History):
                 pending = []
                 self.apply_recorded()
             if nxt is None:
+                super().record(*pending)  # what was checked is applied: the state is the log's up to its end
                 raise LogEnds()
             self.check(nxt, ev)
             self.at += 1

@@ -58,8 +58,20 @@ __all__ = [
 ]
 
 
+def _restore(cls: type[SiaError], state: dict[str, object], message: str) -> SiaError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
 class SiaError(Exception):
-    """Root of every error raised by ``sia_engine``."""
+    """Root of every error raised by ``sia_engine``. Each pickles whole (its type, message and
+    attributes), whatever its constructor takes: an error raised on a Ray worker reaches the
+    driver as itself."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_restore, (type(self), dict(self.__dict__), str(self)))
 
 
 class EventError(SiaError):

@@ -94,6 +94,8 @@ class MemoryEventLog:
         return sealed.ids
 
     def import_branches(self, imports: Sequence[BranchImport]) -> None:
+        if len({imp.name for imp in imports}) != len(imports):
+            raise StoreError("an import names a branch twice: give each branch's events in one import")
         refs, rows, by_id = dict(self._refs), {k: list(v) for k, v in self._rows.items()}, dict(self._by_id)
         try:
             for imp in imports:

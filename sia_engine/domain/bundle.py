@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,14 +38,17 @@ import msgspec
 from sia_engine.domain.events import EVENT_TYPES, Event, decode
 from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, EventError, WriteRefused
 from store import BranchImport, BranchInfo, NewEvent, Store
-from store.envelope import Sealed, seal
+from store.envelope import Sealed, check_branch_name, seal
 from store.blobs import SUFFIXES
-from store.errors import BlobError, BranchNotFound, EventNotFound, InvalidEnvelope
+from store.errors import BlobError, BranchNotFound, EventNotFound, InvalidEnvelope, InvalidName
 
 __all__ = ["FORMAT", "BundleInfo", "PullReport", "write_bundle", "pull_bundle", "read_bundle"]
 
 FORMAT = "sia-bundle/1"
-MAX_MEMBER = 1 << 32  # 4 GiB: a member larger than this is refused before it is read
+MAX_MEMBER = 1 << 32  # 4 GiB: a blob larger than this is refused before it is read
+MAX_EVENTS = 1 << 31  # 2 GiB of events' JSON per branch
+MAX_MANIFEST = 1 << 26  # 64 MiB
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 Row = tuple[int, str, str, int, msgspec.Raw]  # seq, id, kind, schema, payload
 _ANY: msgspec.json.Decoder[list[Event]] = msgspec.json.Decoder(list[Union[tuple(EVENT_TYPES.values())]])  # type: ignore[misc]  # every kind, by its tag
 
@@ -141,7 +146,16 @@ def write_bundle(store: Store, branches: Sequence[str], out: str | os.PathLike[s
                 z.writestr(f"blobs/{b}", content)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.link(tmp, target)  # refuses a name taken meanwhile: never over a file
+        try:
+            os.link(tmp, target)  # refuses a name taken meanwhile: never over a file
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links (FAT, some network mounts): an exclusive create
+            with open(tmp, "rb") as src, open(target, "xb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
     except FileExistsError:
         raise WriteRefused(str(target), "it exists (a bundle is never written over a file): give a new name") from None
     finally:
@@ -158,12 +172,22 @@ class _Bundle:
             self.zip = zipfile.ZipFile(self.path)
         except (OSError, zipfile.BadZipFile, ValueError) as e:
             raise BundleDamaged(self.path, f"not a readable bundle ({type(e).__name__}: {e})") from None
+        try:
+            self._check()
+        except BaseException:
+            self.zip.close()
+            raise
+
+    def _check(self) -> None:
         names = [i.filename for i in self.zip.infolist()]
         if len(set(names)) != len(names):
             raise BundleDamaged(self.path, "a member name appears twice")
+        if "manifest.json" not in names:
+            raise BundleDamaged(self.path, "it holds no manifest.json: not a bundle `sia bundle` wrote")
         self.manifest = self._manifest()
         if self.manifest.format != FORMAT:
             raise BundleDamaged(self.path, f"format {self.manifest.format!r}; this engine reads {FORMAT}")
+        self._check_names()
         want = {"manifest.json", *(f"events/{i}.json" for i in range(len(self.manifest.branches))), *(f"blobs/{b}" for b in self.manifest.blobs)}
         if set(names) != want:
             raise BundleDamaged(self.path, f"members {sorted(set(names) ^ want)[:5]} are missing or unexpected")
@@ -173,26 +197,48 @@ class _Bundle:
         for i, ref in enumerate(self.manifest.branches):
             self.rows[ref.name] = self._branch(ref, self._rows(i))
 
+    def _check_names(self) -> None:
+        """Branch names the store accepts, each once; blob ids that are sha256 digests."""
+        seen: set[str] = set()
+        for ref in self.manifest.branches:
+            try:
+                for name in (ref.name, *(() if ref.base_branch is None else (ref.base_branch,))):
+                    check_branch_name(name)
+            except InvalidName as e:
+                raise BundleDamaged(self.path, str(e)) from None
+            if ref.name in seen:
+                raise BundleDamaged(self.path, f"branch {ref.name!r} is listed twice")
+            seen.add(ref.name)
+        bad = [b for b in self.manifest.blobs if not _HEX64.fullmatch(b)]
+        if bad:
+            raise BundleDamaged(self.path, f"blob {bad[0][:80]!r} is not named by its sha256")
+
     def _manifest(self) -> Manifest:
         try:
-            return msgspec.json.decode(self._read("manifest.json"), type=Manifest)
-        except msgspec.DecodeError as e:
-            raise BundleDamaged(self.path, f"manifest.json: {e}") from None
+            return msgspec.json.decode(self._read("manifest.json", MAX_MANIFEST), type=Manifest)
+        except (msgspec.DecodeError, RecursionError) as e:
+            raise BundleDamaged(self.path, f"manifest.json: {type(e).__name__}: {e}") from None
 
     def _rows(self, i: int) -> list[Row]:
         try:
-            return msgspec.json.decode(self._read(f"events/{i}.json"), type=list[Row])
-        except msgspec.DecodeError as e:
-            raise BundleDamaged(self.path, f"events/{i}.json: {e}") from None
+            return msgspec.json.decode(self._read(f"events/{i}.json", MAX_EVENTS), type=list[Row])
+        except (msgspec.DecodeError, RecursionError) as e:
+            raise BundleDamaged(self.path, f"events/{i}.json: {type(e).__name__}: {e}") from None
 
-    def _read(self, name: str) -> bytes:
+    def _read(self, name: str, limit: int = MAX_MEMBER) -> bytes:
         info = self.zip.getinfo(name)
-        if info.file_size > MAX_MEMBER:
-            raise BundleDamaged(self.path, f"{name} says it is {info.file_size:,} bytes, above the {MAX_MEMBER:,} a bundle member may be")
+        if info.file_size > limit:
+            raise BundleDamaged(self.path, f"{name} says it is {info.file_size:,} bytes, above the {limit:,} a bundle member may be")
+        if info.file_size > 64 * (info.compress_size + 1) and info.file_size > 1 << 26:
+            raise BundleDamaged(self.path, f"{name} expands {info.file_size // max(info.compress_size, 1):,} times (a compression bomb)")
         try:
             return self.zip.read(name)
-        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:  # a CRC or a length that does not hold: damage
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError, NotImplementedError, zlib.error) as e:
+            # a CRC or a length that does not hold, an encrypted or unknown compression: damage
             raise BundleDamaged(self.path, f"{name} cannot be read back whole ({type(e).__name__}: {e})") from None
+
+    def close(self) -> None:
+        self.zip.close()
 
     def _branch(self, ref: BranchRef, rows: list[Row]) -> list[Row]:
         """Each row's id recomputed after its parent; seqs, counts and the head as the manifest says."""
@@ -247,9 +293,12 @@ class _Bundle:
 def read_bundle(path: str | os.PathLike[str]) -> Manifest:
     """The manifest of a bundle whose every event checks (``BundleDamaged`` otherwise)."""
     b = _Bundle(path)
-    for blob in b.manifest.blobs:
-        b.blob(blob)
-    return b.manifest
+    try:
+        for blob in b.manifest.blobs:
+            b.blob(blob)
+        return b.manifest
+    finally:
+        b.close()
 
 
 def _at(store: Store, bundle: _Bundle, branch: str, seq: int) -> str | None:
@@ -298,26 +347,33 @@ def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, 
     return imports, fate
 
 
-def pull_bundle(store: Store, path: str | os.PathLike[str]) -> PullReport:
-    """Append a bundle's branches to ``store`` (see the module's docstring)."""
+def pull_bundle(store: Store, path: str | os.PathLike[str], *, only: Sequence[str] | None = None) -> PullReport:
+    """Append a bundle's branches to ``store`` (see the module's docstring); ``only``: the
+    branches it must hold, no other (an experiment's driver pulls an arm's own branch alone)."""
     bundle = _Bundle(path)
-    missing = [b for b in bundle.blobs_named if b not in bundle.manifest.blobs and not store.blobs.exists(b)]
-    if missing:
-        raise BundleRefused("-", f"blob {missing[0]} is named by an event and is neither in the bundle nor in this store")
-    imports, fate = _plan(store, bundle)
-    added = 0
-    for blob, ref in bundle.manifest.blobs.items():  # blobs first, as a history records them: durable before any event names them
-        if not store.blobs.exists(blob):
-            data = bundle.blob(blob)
+    try:
+        names = [r.name for r in bundle.manifest.branches]
+        if only is not None and sorted(names) != sorted(only):
+            raise BundleRefused(names[0] if names else "-", f"the bundle holds {names}, where {list(only)} was expected")
+        unnamed = sorted(set(bundle.manifest.blobs) - bundle.blobs_named)
+        if unnamed:
+            raise BundleDamaged(bundle.path, f"blob {unnamed[0]} is named by no bundled event (a bundle carries only what its events name)")
+        missing = [b for b in bundle.blobs_named if b not in bundle.manifest.blobs and not store.blobs.exists(b)]
+        if missing:
+            raise BundleRefused("-", f"blob {missing[0]} is named by an event and is neither in the bundle nor in this store")
+        imports, fate = _plan(store, bundle)
+        new = [b for b in bundle.manifest.blobs if not store.blobs.exists(b)]
+        for blob in bundle.manifest.blobs:  # every blob re-hashed before any is written (a bundle that lies is damaged)
+            bundle.blob(blob)
+        for blob in new:  # then blobs first, as a history records them: durable before any event names them
             try:
-                store.blobs.put(data, suffix=ref.suffix if ref.suffix in SUFFIXES else "bin")
+                store.blobs.put(bundle.blob(blob), suffix=bundle.manifest.blobs[blob].suffix if bundle.manifest.blobs[blob].suffix in SUFFIXES else "bin")
             except BlobError as e:
                 raise BundleDamaged(bundle.path, str(e)) from None
-            added += 1
-        else:
-            bundle.blob(blob)  # checked all the same: a bundle that lies is damaged
-    if imports:
-        store.log.import_branches(imports)
+        if imports:
+            store.log.import_branches(imports)
+    finally:
+        bundle.close()
     names = [r.name for r in bundle.manifest.branches]
     return PullReport(bundle.path, tuple(n for n in names if fate[n] == "created"), tuple(n for n in names if fate[n] == "extended"),
-                      tuple(n for n in names if fate[n] == "unchanged"), sum(len(i.events) for i in imports), added)
+                      tuple(n for n in names if fate[n] == "unchanged"), sum(len(i.events) for i in imports), len(new))

@@ -17,6 +17,7 @@ so the finished store holds the same events, id for id, as the local executor re
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import tempfile
@@ -132,11 +133,11 @@ def _bundle_bytes(store: Store, branches: list[str]) -> bytes:
         return path.read_bytes()
 
 
-def _pull_bytes(store: Store, data: bytes) -> None:
+def _pull_bytes(store: Store, data: bytes, only: str | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="sia-bundle-") as d:
         path = Path(d) / "b"
         path.write_bytes(data)
-        pull_bundle(store, path)
+        pull_bundle(store, path, only=None if only is None else (only,))
 
 
 def arm_worker(make: Callable[[], Setup], config: dict[str, Any], job: dict[str, Any], start: bytes, threads: int) -> Iterator[bytes]:
@@ -185,6 +186,11 @@ def baseline_worker(make: Callable[[], Setup], config: dict[str, Any], start: by
 
 
 @dataclass
+class _Fatal:
+    error: BaseException  # what an arm's own code raised on its worker
+
+
+@dataclass
 class _Running:
     job: ArmJob
     attempts: int
@@ -212,44 +218,62 @@ class RayExecutor:
     def run(self, store: Store, jobs: list[ArmJob], config: LoopConfig, hooks: Hooks | None = None) -> None:
         import ray  # noqa: PLC0415
 
-        remote, inbox = self._remote(), queue.Queue[tuple[ArmJob, bytes | BaseException | None]]()
+        remote, inbox = self._remote(), queue.Queue[tuple[ArmJob, int, bytes | BaseException | _Fatal | None]]()
         cfg = msgspec.to_builtins(config)
 
-        def consume(job: ArmJob, start: bytes) -> None:
-            try:
-                for ref in remote.remote(self.make, cfg, msgspec.to_builtins(job), start, self.threads):
-                    inbox.put((job, ray.get(ref)))
-                inbox.put((job, None))
-            except BaseException as e:  # noqa: BLE001 - a lost worker: told to the driver, which restarts the arm
-                inbox.put((job, e))
+        gens: dict[str, Any] = {}  # branch -> the Ray generator running it (cancelled when the driver stops)
 
-        def start(job: ArmJob, attempts: int) -> _Running:
+        def consume(job: ArmJob, attempt: int, start: bytes) -> None:
+            try:
+                gen = gens[job.branch] = remote.remote(self.make, cfg, msgspec.to_builtins(job), start, self.threads)
+                for ref in gen:
+                    inbox.put((job, attempt, ray.get(ref)))
+                inbox.put((job, attempt, None))
+            except ray.exceptions.RayTaskError as e:  # the arm's own code raised: it would raise again, so it is not retried
+                inbox.put((job, attempt, _Fatal(e.cause if isinstance(e.cause, BaseException) else e)))
+            except ray.exceptions.UnserializableException as e:  # the same, with an error that does not pickle
+                inbox.put((job, attempt, _Fatal(SiaError(f"arm {job.branch!r} failed on its worker: {e}"))))
+            except BaseException as e:  # noqa: BLE001 - a lost worker or node: the driver restarts the arm
+                inbox.put((job, attempt, e))
+
+        def start(job: ArmJob, attempt: int) -> _Running:
             data = _bundle_bytes(store, [job.base, job.branch])  # what the driver holds: the arm resumes from it
-            t = threading.Thread(target=consume, args=(job, data), daemon=True, name=f"sia-arm-{job.branch}")
+            t = threading.Thread(target=consume, args=(job, attempt, data), daemon=True, name=f"sia-arm-{job.branch}")
             t.start()
-            return _Running(job, attempts, t)
+            return _Running(job, attempt, t)
 
         todo, running = list(jobs), dict[str, _Running]()
-        while todo or running:
-            while todo and len(running) < self.workers:
-                job = todo.pop(0)
-                running[job.branch] = start(job, 0)
-            job, item = inbox.get()
-            if isinstance(item, bytes):
-                t0 = time.perf_counter()
-                _pull_bytes(store, item)  # the driver: the only writer of the user's store
-                self.pulled.append((job.branch, time.perf_counter() - t0, len(item)))
-                if hooks is not None:
-                    hooks.note(f"{job.branch}: pulled {len(item):,} bytes")
-            elif item is None:
-                running.pop(job.branch)
-            else:
-                r = running.pop(job.branch)
-                if r.attempts >= self.restarts:
-                    raise WorkerLost(job.branch, r.attempts + 1, f"{type(item).__name__}: {str(item)[:300]}")
-                if hooks is not None:
-                    hooks.note(f"{job.branch}: its worker was lost ({type(item).__name__}); resuming it from what was pulled")
-                running[job.branch] = start(job, r.attempts + 1)
+        try:
+            while todo or running:
+                while todo and len(running) < self.workers:
+                    job = todo.pop(0)
+                    running[job.branch] = start(job, 0)
+                job, attempt, item = inbox.get()
+                if job.branch not in running or running[job.branch].attempts != attempt:
+                    continue  # from an attempt given up on
+                if isinstance(item, bytes):
+                    t0 = time.perf_counter()
+                    _pull_bytes(store, item, only=job.branch)  # the driver: the only writer of the user's store
+                    self.pulled.append((job.branch, time.perf_counter() - t0, len(item)))
+                    if hooks is not None:
+                        hooks.note(f"{job.branch}: pulled {len(item):,} bytes")
+                elif item is None:
+                    running.pop(job.branch)
+                elif isinstance(item, _Fatal):
+                    raise item.error
+                else:
+                    r = running.pop(job.branch)
+                    if r.attempts >= self.restarts:
+                        raise WorkerLost(job.branch, r.attempts + 1, f"{type(item).__name__}: {str(item)[:300]}")
+                    if hooks is not None:
+                        hooks.note(f"{job.branch}: its worker was lost ({type(item).__name__}); resuming it from what was pulled")
+                    with contextlib.suppress(Exception):
+                        ray.cancel(gens[job.branch], force=True)
+                    running[job.branch] = start(job, r.attempts + 1)
+        finally:
+            for branch in running:  # the driver stops (an error, Ctrl-C): nothing keeps running for it
+                with contextlib.suppress(Exception):
+                    ray.cancel(gens[branch], force=True)
 
     def baselines(self, loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> None:
         """Each seed's random search and best-of-k computed on a worker, all at once; recorded

@@ -48,11 +48,11 @@ class ReadsData(Protocol):
     def data_files(self) -> dict[str, Path]: ...
 
 
-_HASHES: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime_ns) -> sha256
+_HASHES: dict[tuple[int, int, int, int, int], str] = {}  # (device, inode, size, mtime_ns, ctime_ns) -> sha256 (no user can set ctime)
 
 
 def _file_sha256(path: Path, st: os.stat_result) -> str:
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _HASHES:
         h = hashlib.sha256()
         with open(path, "rb") as f:

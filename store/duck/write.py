@@ -113,6 +113,8 @@ class DuckWriter:
     def import_branches(self, imports: Sequence[BranchImport]) -> None:
         """Insert the new refs, then every import's events, in one transaction (after a flush):
         all of it commits, or the rollback leaves the log as it was."""
+        if len({imp.name for imp in imports}) != len(imports):
+            raise StoreError("an import names a branch twice: give each branch's events in one import")
         self.flush()
         now = self._clock()
         batches = []
@@ -135,7 +137,9 @@ class DuckWriter:
                 con.execute("INSERT INTO branches SELECT ?, coalesce(max(ord), -1) + 1, ?, ?, ?, ?, ?, ? FROM branches",
                             [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at])
                 self._heads[info.name] = (info.head_seq, info.head_id)
-            self._insert_rows(self._move_refs(by_branch))
+            cols = self._move_refs(by_branch)
+            if cols[0]:  # refs alone (empty forks) insert no row
+                self._insert_rows(cols)
             con.commit()
         except BaseException:
             with contextlib.suppress(duckdb.Error):

@@ -200,3 +200,62 @@ def test_the_commands(source: Path, tmp_path: Path) -> None:
     (tmp_path / "junk.bundle").write_bytes(b"<b>not a bundle</b>")
     r = CliRunner().invoke(main, ["pull", str(tmp_path / "junk.bundle"), "--store", str(tmp_path / "b")])
     assert r.exit_code == 2 and "damaged" in r.output and "Traceback" not in r.output
+
+
+def remanifest(src: Path, dst: Path, change, extra: dict[str, bytes] | None = None) -> None:  # type: ignore[no-untyped-def]
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            if info.filename == "manifest.json":
+                data = json.dumps(change(json.loads(data))).encode()
+            out.writestr(info.filename, data)
+        for name, data in (extra or {}).items():
+            out.writestr(name, data)
+
+
+def _twice(m):  # type: ignore[no-untyped-def]
+    return {**m, "branches": m["branches"] + m["branches"][:1]}
+
+
+def _renamed(m):  # type: ignore[no-untyped-def]
+    return {**m, "branches": [{**m["branches"][0], "name": "a\nb"}]}
+
+
+def _blob(name: str):  # type: ignore[no-untyped-def]
+    return lambda m: {**m, "blobs": {**m["blobs"], name: {"size": 1, "suffix": "bin"}}}
+
+
+UNNAMED = __import__("hashlib").sha256(b"x").hexdigest()
+
+
+@pytest.mark.parametrize(("what", "change", "extra", "says"), [
+    ("a branch listed twice", _twice, {"events/1.json": b"[]"}, "missing or unexpected|listed twice"),
+    ("a branch name the store refuses", _renamed, None, "branch name"),
+    ("a blob not named by its sha256", _blob("../../etc"), {"blobs/../../etc": b"x"}, "not named by its sha256"),
+    ("a blob no event names", _blob(UNNAMED), {f"blobs/{UNNAMED}": b"x"}, "named by no bundled event"),
+])
+def test_a_hostile_manifest_is_damaged_and_nothing_is_written(source: Path, tmp_path: Path, what: str, change, extra, says: str) -> None:  # type: ignore[no-untyped-def]
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main"], tmp_path / "x.bundle")
+    remanifest(tmp_path / "x.bundle", tmp_path / "bad.bundle", change, extra)
+    with Store.create(tmp_path / "b") as b:
+        with pytest.raises(BundleDamaged, match=says):
+            pull_bundle(b, tmp_path / "bad.bundle")
+        assert b.log.count() == 0 and b.blobs.ids() == [], what
+
+
+def test_a_plain_zip_and_an_empty_fork(source: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "plain.zip", "w") as z:
+        z.writestr("readme.txt", "hello")
+    with Store.create(tmp_path / "b") as b, pytest.raises(BundleDamaged, match="no manifest"):
+        pull_bundle(b, tmp_path / "plain.zip")
+    copy = tmp_path / "a2"
+    subprocess.run(["cp", "-a", str(source), str(copy)], check=True)
+    with Store.open(copy) as s:
+        s.log.fork("bare", source="main", at_seq=2)  # a ref with no event of its own
+        write_bundle(s, ["main", "bare"], tmp_path / "x.bundle")
+        write_bundle(s, ["main"], tmp_path / "m.bundle")
+    with Store.open(tmp_path / "b") as b:
+        pull_bundle(b, tmp_path / "m.bundle")
+        r = pull_bundle(b, tmp_path / "x.bundle")  # only a ref to create: no event row at all
+        assert r.created == ("bare",) and r.events == 0 and b.log.branch("bare").base_seq == 2

@@ -255,9 +255,51 @@ def test_a_long_divergence_is_said_in_a_line_and_kept_whole(patched: Path, tmp_p
         if not isinstance(e, TrajectoryRecorded):
             return None
         scored = TASK.score(episodes[e.episode_id], flood)
-        return msgspec.structs.replace(e, output=flood, score=scored.score, failure=scored.failure)
+        return msgspec.structs.replace(e, output=flood, score=scored.score, failure=scored.failure, metrics=dict(scored.metrics))
 
     with forge(patched, tmp_path / "f", long_output) as s, pytest.raises(ReplayDivergence) as exc:
         replay_recorded(s, "main", TASK)
     assert exc.value.field == "output" and exc.value.got == flood  # the error keeps it whole
     assert len(str(exc.value)) < 2_000 and "100,002 characters" in str(exc.value)  # its message says it in a line
+
+
+def test_new_settings_recorded_mid_branch_and_forged_metrics_are_caught(patched: Path, tmp_path: Path) -> None:
+    from sia_engine.domain.events import IterationStarted, RunConfigured, TrajectoryRecorded
+
+    def looser_gate(e: Event, state: AgentState, blobs: BlobStore) -> Event | None:  # the loop records new settings only first on a fork
+        if not isinstance(e, IterationStarted) or e.iteration != 1:
+            return None
+        assert state.run is not None
+        forged = RunConfigured(config={**state.run.config, "margin": 5.0}, levers=tuple(state.run.levers), reason="forged")  # type: ignore[arg-type]
+        return forged
+
+    with Store.open(patched, read_only=True) as s:
+        events = [decode_envelope(e) for e in s.log.read("main")]
+    at = next(i for i, e in enumerate(events) if isinstance(e, IterationStarted) and e.iteration == 1)
+    c = Store.create(tmp_path / "g")
+    c.log.init_branch("main")
+    h = History.open(c.log, "main", blobs=c.blobs)
+    for i, e in enumerate(events):
+        if i == at:
+            h.record(looser_gate(e, h.state, c.blobs))  # type: ignore[arg-type]
+        h.record(e)
+    with pytest.raises(ReplayDivergence) as exc:
+        replay_recorded(c, "main", TASK)
+    c.close()
+    assert exc.value.field == "event" and exc.value.got == "run_configured"
+
+    def more_metrics(e: Event, state: AgentState, blobs: BlobStore) -> Event | None:
+        return msgspec.structs.replace(e, metrics={**e.metrics, "exact": 42.0}) if isinstance(e, TrajectoryRecorded) else None
+
+    with forge(patched, tmp_path / "m", more_metrics) as s, pytest.raises(ReplayDivergence) as exc:
+        replay_recorded(s, "main", TASK)
+    assert exc.value.field == "metrics.exact" and exc.value.got == 42.0
+
+
+def test_a_recorded_config_the_loop_cannot_take_is_a_divergence_not_a_crash(patched: Path, tmp_path: Path) -> None:
+    def bad_lora(e: Event, state: AgentState, blobs: BlobStore) -> Event | None:
+        return msgspec.structs.replace(e, config={**e.config, "lora": "x"}) if isinstance(e, RunStarted) else None
+
+    with forge(patched, tmp_path / "f", bad_lora) as s, pytest.raises(ReplayDivergence) as exc:
+        replay_recorded(s, "main", TASK)
+    assert exc.value.seq == "main#0"

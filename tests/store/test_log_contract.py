@@ -17,6 +17,7 @@ from store import (
     InvalidName,
     MemoryEventLog,
     NewEvent,
+    StoreError,
     event_id,
 )
 from tests.conftest import FakeClock
@@ -54,7 +55,9 @@ class LogContract:
         more = BranchImport("main", ids[1], (ev(2),))
         taken = BranchImport("main", None, (), BranchInfo("main", None, None, None, -1, None, now))  # a name in use: the whole import fails
         with pytest.raises(BranchExists):
-            log.import_branches([root, fork, more, taken])
+            log.import_branches([root, fork, taken])
+        with pytest.raises(StoreError, match="names a branch twice"):
+            log.import_branches([root, more, more])
         assert sorted(b.name for b in log.branches()) == ["main"] and log.count() == 2
         stale = BranchImport("main", ids[0], (ev(2),))  # a head that moved: nothing of it either
         with pytest.raises(ConcurrencyError):

@@ -110,3 +110,18 @@ def test_a_worker_killed_mid_arm_is_resumed_and_the_store_is_the_same(cluster, l
     assert killed, "no worker was killed"
     assert any("its worker was lost" in n for n in notes.said), notes.said  # the arm was started again, from what was pulled
     assert got == local
+
+
+def broken() -> Setup:
+    from sia_engine.errors import DataChanged
+
+    raise DataChanged("data file x.h5ad", "sha256 aaa", "sha256 bbb")  # what a worker with other data would raise
+
+
+def test_an_arm_whose_own_code_fails_is_not_retried_and_its_error_comes_through(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sia_engine.errors import DataChanged
+
+    notes = Notes()
+    with pytest.raises(DataChanged, match="x.h5ad"):
+        experiment(tmp_path / "s", RayExecutor(broken, workers=2), notes)
+    assert not any("worker was lost" in n for n in notes.said)
