@@ -136,10 +136,11 @@ def main() -> None:
             pull_s = events_per_iter / rate
             print(f"    shipping a branch back: {events_per_iter:.0f} events per iteration, pulled in {pull_s * 1000:.1f} ms: "
                   f"{100 * pull_s / (sum(per_iter) / len(per_iter)):.3f}% of an iteration")
+            pulls = len(times) * (args.iterations + 1) * pull_s  # one bundle per iteration and one after the test score, pulled one at a time
             for workers in (2, 8, 64):
                 m = makespan(list(times.values()), workers)
-                print(f"(2) {workers} workers: {m:.0f} s of arms (longest first) + pulls; the driver pulls "
-                      f"{workers * events_per_iter / (sum(per_iter) / len(per_iter)):,.0f} events/s of its {rate:,.0f}")
+                print(f"(2) {workers} workers: {m:.0f} s of arms (longest first) + {pulls:.2f} s of pulls; the driver pulls "
+                      f"{min(workers, len(times)) * events_per_iter / (sum(per_iter) / len(per_iter)):,.0f} events/s of its {rate:,.0f}")
             bottleneck = rate * (sum(per_iter) / len(per_iter)) / events_per_iter
             print(f"    the driver's pulls become the bottleneck past ~{bottleneck:,.0f} workers (one branch each, same iteration time)")
         print(json.dumps({"pull_events_per_s": round(rate)}))
