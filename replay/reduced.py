@@ -60,6 +60,7 @@ def reduce_and_gate(branch: str, recs: Sequence[Recorded], why: str) -> ReplayRe
     state = AgentState()
     val: list[TrajectoryRecorded] = []
     counts = {"evaluations": 0, "decisions": 0}
+    unchecked = {"evaluations": 0, "decisions": 0}
     for rec in recs:
         e = rec.event
         if isinstance(e, TrajectoryRecorded) and e.split != "train":
@@ -71,12 +72,17 @@ def reduce_and_gate(branch: str, recs: Sequence[Recorded], why: str) -> ReplayRe
                 if differs(again, e.score):
                     raise ReplayDivergence(rec.where, "evaluation score", again, e.score)
                 counts["evaluations"] += 1
+            else:
+                unchecked["evaluations"] += 1
         elif isinstance(e, (VersionAccepted, VersionRejected)):
-            check_gate(rec.where, state, e)
-            counts["decisions"] += 1
+            if check_gate(rec.where, state, e):
+                counts["decisions"] += 1
+            else:
+                unchecked["decisions"] += 1
         state = _apply(rec, state)
     env = environment_notes(recs[0].event, None) if recs and isinstance(recs[0].event, RunStarted) else ()
-    return ReplayReport(branch, len(recs), 0, counts["evaluations"], 0, counts["decisions"], state_hash(state), skipped=(why,), environment=env)
+    said = [why] + [f"{n} {k} could not be recomputed (no outputs, or no score to gate on, in the log)" for k, n in unchecked.items() if n]
+    return ReplayReport(branch, len(recs), 0, counts["evaluations"], 0, counts["decisions"], state_hash(state), skipped=tuple(said), environment=env)
 
 
 def environment_notes(e: RunStarted, model: Model | None) -> tuple[str, ...]:
@@ -86,14 +92,20 @@ def environment_notes(e: RunStarted, model: Model | None) -> tuple[str, ...]:
     return tuple(environment_differences(e.environment, environment(model)))
 
 
-def check_gate(where: str, state: AgentState, e: VersionAccepted | VersionRejected) -> None:
+def check_gate(where: str, state: AgentState, e: VersionAccepted | VersionRejected) -> bool:
+    """The gate applied again to a recorded decision; False where the log holds no score to gate on."""
     head, cand = state.head_version, state.versions.get(e.version_id)
     score = cand.score("val") if cand else None
-    if score is not None:
-        accept = gate_accepts(score, head.score("val") if head else None, float((state.run.config if state.run else {}).get("margin", 0.0)))
-        if accept != isinstance(e, VersionAccepted):
-            word = {True: "accepted", False: "rejected"}
-            raise ReplayDivergence(where, "gate decision", word[accept], word[isinstance(e, VersionAccepted)])
+    if score is None:
+        return False
+    margin = (state.run.config if state.run else {}).get("margin", 0.0)
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool):
+        raise ReplayDivergence(where, "margin", "a number", margin)
+    accept = gate_accepts(score, head.score("val") if head else None, float(margin))
+    if accept != isinstance(e, VersionAccepted):
+        word = {True: "accepted", False: "rejected"}
+        raise ReplayDivergence(where, "gate decision", word[accept], word[isinstance(e, VersionAccepted)])
+    return True
 
 
 def _apply(rec: Recorded, state: AgentState) -> AgentState:

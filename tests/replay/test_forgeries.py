@@ -303,3 +303,23 @@ def test_a_recorded_config_the_loop_cannot_take_is_a_divergence_not_a_crash(patc
     with forge(patched, tmp_path / "f", bad_lora) as s, pytest.raises(ReplayDivergence) as exc:
         replay_recorded(s, "main", TASK)
     assert exc.value.seq == "main#0"
+
+
+def test_without_the_task_an_evaluation_it_cannot_recompute_is_said_not_counted(patched: Path, tmp_path: Path) -> None:
+    from sia_engine.domain.events import ActionTaken, TrajectoryRecorded, VersionEvaluated
+
+    with Store.open(patched, read_only=True) as s:
+        events = [decode_envelope(e) for e in s.log.read("main")]
+    first = next(e for e in events if isinstance(e, VersionEvaluated)).version_id
+    tag = f"eval-{first[:12]}-"
+    kept = [e for e in events if not ((isinstance(e, ActionTaken) and e.action_id.startswith(tag))
+                                      or (isinstance(e, TrajectoryRecorded) and e.trajectory_id.startswith(tag)))]
+    assert len(kept) < len(events)
+    c = Store.create(tmp_path / "g")
+    c.log.init_branch("main")
+    h = History.open(c.log, "main", blobs=c.blobs)
+    for e in kept:
+        h.record(e)
+    report = replay_recorded(c.log, "main", None)  # a log alone: what needs neither the task nor the blobs
+    c.close()
+    assert any(x.startswith("1 evaluations could not be recomputed") for x in report.skipped), report.skipped
