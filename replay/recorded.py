@@ -180,9 +180,12 @@ class _Replay:
                     at = self.hist.peek() or rec
                     raise ReplayDivergence(at.where, "model request", "one the log recorded", f"not recorded: {err.what}") from None
                 left = len(self.recs) - self.hist.at
-                while self.hist.peek() is not None:
+                while (tail := self.hist.peek()) is not None:
+                    if isinstance(tail.event, TrajectoryRecorded):  # its outputs re-scored all the same
+                        self._rescore(tail.where, tail.event)
                     self.hist.apply_recorded()
-                unfinished = f"the branch ends inside a step (a run stopped and not resumed): its last {left} event(s) applied as recorded, not recomputed"
+                unfinished = (f"the branch ends inside a step (a run stopped and not resumed): its last {left} event(s) applied as "
+                              "recorded (their outputs re-scored), the step not recomputed")
                 break
         return ReplayReport(self.branch, len(self.recs), state_hash=state_hash(self.hist.state), **self._finish(unfinished))
 
