@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from sia_engine.domain.events import VersionEvaluated
-from sia_engine.domain.history import fork
 from sia_engine.domain.payloads import ArmOverrides, Budget
 from sia_engine.domain.projection import records
 from sia_engine.errors import SiaError
@@ -110,13 +109,11 @@ def run_experiment(
         for seed in seeds:
             branch = f"{name}-{arm}-s{seed}"
             info = existing.get(branch)
-            if info is None:  # the driver records every fork: the arms' histories grow from the same event
-                overrides = ArmOverrides(experiment=name, arm=arm, seed=seed, levers=ARMS[arm], iterations=iterations, budget=budget)
-                fork(store.log, branch, source=base, at_seq=at, blobs=store.blobs, overrides=msgspec.to_builtins(overrides),
-                     reason=f"experiment {name}: arm {arm}, seed {seed}")
-            elif info.base_branch != base:
+            if info is not None and info.base_branch != base:
                 raise SiaError(f"branch {branch!r} exists and is not a fork of {base!r}: choose another experiment name")
-            jobs.append(ArmJob(arm, seed, branch, base, ARMS[arm], iterations, budget))
+            overrides = ArmOverrides(experiment=name, arm=arm, seed=seed, levers=ARMS[arm], iterations=iterations, budget=budget)
+            jobs.append(ArmJob(arm, seed, branch, base, ARMS[arm], iterations, budget, at=at, overrides=msgspec.to_builtins(overrides),
+                               reason=f"experiment {name}: arm {arm}, seed {seed}"))
     runner = executor or LocalExecutor((task, model, feedback))
     runner.run(store, jobs, config, hooks)
     # the base version on the test split, then the baselines: on the prefix, after every fork point

@@ -3,7 +3,7 @@ Ray tasks (``RayExecutor``), each on a worker with its own store.
 
 An arm (``ArmJob``: an arm and seed, its branch forked from the prefix) is the same steps either
 way (``run_arm``): the loop on its branch for its iterations, under its budget, then its head's
-test score. The driver records the fork itself, so the arms' histories grow from the same event.
+test score. The driver records the fork itself, when the arm starts (its wall time runs from it).
 
 With Ray, the driver (the only writer of the user's store) sends each arm a bundle of the prefix
 and of what the driver holds of the arm's branch; the worker pulls it into a store of its own,
@@ -35,6 +35,7 @@ from sia_engine.domain.payloads import Budget
 from sia_engine.domain.projection import fold, records
 from sia_engine.errors import SiaError
 from sia_engine.domain.events import Event, decode, encode
+from sia_engine.domain.history import fork
 from sia_engine.experiment.baselines import baselines_to_do, best_of_k, random_search, record_baselines, reference_methods, test_episodes
 from sia_engine.experiment.table import Spending, spent
 from sia_engine.loop.feedback.rule import FeedbackAgent
@@ -44,7 +45,7 @@ from sia_engine.loop.task import Task
 from sia_engine.models.protocol import Model
 from store import EventLog, Store
 
-__all__ = ["ArmJob", "Setup", "LocalExecutor", "RayExecutor", "run_arm", "evaluate_test", "WorkerLost"]
+__all__ = ["ArmJob", "Setup", "LocalExecutor", "RayExecutor", "run_arm", "ensure_fork", "evaluate_test", "WorkerLost"]
 
 Setup = tuple[Task, Model, Callable[[], FeedbackAgent]]  # what ``make`` builds on a worker
 
@@ -68,6 +69,15 @@ class ArmJob(msgspec.Struct, frozen=True):
     levers: tuple[str, ...]
     iterations: int
     budget: Budget | None = None
+    at: int = 0  # where the branch forks from the prefix, and what its branch_forked says
+    overrides: dict[str, Any] = {}
+    reason: str = ""
+
+
+def ensure_fork(store: Store, job: ArmJob) -> None:
+    """The arm's fork, recorded when the arm starts (its wall time and wall budget run from it)."""
+    if job.branch not in {b.name for b in store.log.branches()}:
+        fork(store.log, job.branch, source=job.base, at_seq=job.at, blobs=store.blobs, overrides=job.overrides, reason=job.reason)
 
 
 def evaluate_test(loop: Loop) -> float:
@@ -120,6 +130,7 @@ class LocalExecutor:
 
     def run(self, store: Store, jobs: list[ArmJob], config: LoopConfig, hooks: Hooks | None = None) -> None:
         for job in jobs:
+            ensure_fork(store, job)
             evaluate_test(run_arm(store, job, self.setup, config, hooks))
 
     def baselines(self, loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> None:
@@ -237,6 +248,7 @@ class RayExecutor:
                 inbox.put((job, attempt, e))
 
         def start(job: ArmJob, attempt: int) -> _Running:
+            ensure_fork(store, job)
             data = _bundle_bytes(store, [job.base, job.branch])  # what the driver holds: the arm resumes from it
             t = threading.Thread(target=consume, args=(job, attempt, data), daemon=True, name=f"sia-arm-{job.branch}")
             t.start()
