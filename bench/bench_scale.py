@@ -56,6 +56,23 @@ def branches(store: Path) -> dict[str, list[str]]:
         return {b.name: [e.id for e in s.log.read(b.name, after_seq=-1)] for b in s.log.branches()}
 
 
+def facts(store: Path) -> dict[str, list[str]]:
+    """Each branch's events less what differs between any two runs of a sandboxed scorer: a tool
+    call's wall time and whether the scorer's cache answered (and the ids, which chain over them)."""
+    out = {}
+    with Store.open(store, read_only=True) as s:
+        for b in s.log.branches():
+            rows = []
+            for e in s.log.read(b.name, after_seq=-1):
+                d = json.loads(e.payload)
+                if e.kind == "action_taken" and d.get("actor") == "tool":
+                    d["outputs"] = {k: v for k, v in d["outputs"].items() if k not in ("wall_s", "cached")}
+                d.pop("source_event", None)
+                rows.append(json.dumps(d, sort_keys=True))
+            out[b.name] = rows
+    return out
+
+
 def arm_times(store: Path) -> dict[str, float]:
     with Store.open(store, read_only=True) as s:
         out = {}
@@ -124,9 +141,11 @@ def main() -> None:
             local = experiment(tmp / "local", args, [], one)
             ray = experiment(tmp / "ray", args, ["--executor", "ray", "--workers", "2", "--worker-threads", "1"], one)
             same = branches(tmp / "local") == branches(tmp / "ray")
+            alike = facts(tmp / "local") == facts(tmp / "ray")
             times = arm_times(tmp / "local")
             print(f"(1) {args.task}, {args.arms} x {args.seeds} seeds x {args.iterations} iterations: local (1 thread) {local:.0f} s; "
-                  f"Ray (2 workers x 1 thread) {ray:.0f} s: {local / ray:.2f}x; stores identical: {same}")
+                  f"Ray (2 workers x 1 thread) {ray:.0f} s: {local / ray:.2f}x; stores identical id for id: {same}; "
+                  f"identical but for the sandbox calls' wall times and cache hits: {alike}")
             print("    per arm (local): " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(times.items())))
         rate, n, blobs = pull_throughput(args.pull_events, tmp)
         print(f"(3) pull: {n:,} events and {blobs} blobs, every id, payload and blob checked: {rate:,.0f} events/s")
