@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -42,6 +42,18 @@ ARROW_SCHEMA = pa.schema(
     ]
 )
 Head = tuple[int, str | None]  # a branch's head: (seq, event id), (-1, fork point) when empty
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def _timestamps(values: list[datetime]) -> pa.Array:
+    """A batch's timestamps as Arrow: each distinct datetime converted once (a batch shares one),
+    not 1.9 us per row as Arrow's conversion of Python datetimes costs."""
+    seen: dict[int, int] = {}
+    micros = [seen[id(v)] if id(v) in seen else seen.setdefault(id(v), (v - _EPOCH) // _MICRO) for v in values]
+    return pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
 
 class DuckWriter:
@@ -245,7 +257,8 @@ class DuckWriter:
             self._insert(f"INSERT INTO events VALUES {values}", params)
             return
         types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.int32(), pa.timestamp("us", tz="UTC"), pa.string()]
-        table = pa.Table.from_arrays([pa.array(c, t) for c, t in zip(cols, types, strict=True)], schema=ARROW_SCHEMA)
+        arrays = [pa.array(c, t) if i != 6 else _timestamps(c) for i, (c, t) in enumerate(zip(cols, types, strict=True))]
+        table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
         self._con.register("_sia_batch", table)
         try:
             self._insert(f"INSERT INTO events SELECT {COLS} FROM _sia_batch", [])
