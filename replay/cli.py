@@ -88,7 +88,7 @@ def audit(store_path: str, as_json: bool, out_path: str, data: str | None, retra
     with open_store(store_path, read_only=True) as s:
         runs = [run for b in s.log.branches() if (run := state_at(s.log, b.name).run) is not None]
         names = {run.task for run in runs}
-        task = _task_or_none(next(iter(names)), data) if len(names) == 1 else None  # one task per store, re-scored by it
+        task = task_or_none(next(iter(names)), data) if len(names) == 1 else None  # one task per store, re-scored by it
         model = load_base_model(runs[0].base_model, model_spec) if retrain and runs else None
         proof = None
         if checkpoint is not None and public_key is not None:
@@ -291,7 +291,7 @@ def export(store_path: str, as_json: bool, folder: str) -> None:
     out.print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" written to {folder}", highlight=False)
 
 
-def _task_or_none(name: str, data: str | None) -> Task | None:
+def task_or_none(name: str, data: str | None) -> Task | None:
     """The run's task, or None when it cannot be built here (replay then says what it skipped)."""
     from sia_engine.errors import SiaError
     from sia_engine.loop.registry import get_task

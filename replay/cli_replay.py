@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from replay.cli import _task_or_none
+from replay.cli import task_or_none
 from sia_engine.cli.api import emit_json, fail, open_store, out, store_options, styled
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def replay(store_path: str, as_json: bool, branch: str, mode: str, data: str | N
         if notes and not as_json:  # said before anything runs
             out.print(styled(("software differs", "yellow"), ": " + "; ".join(notes) + " (bit-identity is promised only on the same)"))
         if mode == "recorded":
-            data_out = msgspec.to_builtins(_replay_recorded(s, branch, _task_or_none(state.run.task, data), as_json, model))
+            data_out = msgspec.to_builtins(_replay_recorded(s, branch, task_or_none(state.run.task, data), as_json, model))
         else:
             assert model is not None
             from replay.reexecute import reexecute

@@ -129,15 +129,6 @@ def replay_records(branch: str, recs: Sequence[Recorded], task: Task | None, *, 
     return _Replay(branch, recs, task, blobs, retrain).run()
 
 
-def loop_config(run: RunInfo) -> LoopConfig:
-    """The loop's settings as the run recorded them (a setting a run recorded before it existed
-    ran without it: no batching, no packing)."""
-    d: dict[str, Any] = {**run.config, "levers": list(run.levers)}
-    d.setdefault("batch_rows", 0)
-    d["lora"] = {"packing": False, **(d.get("lora") or {})}
-    return msgspec.convert(d, LoopConfig)
-
-
 def _step_tag(action_id: str) -> str:
     return action_id.rsplit("-", 1)[0]
 
@@ -271,7 +262,7 @@ class _Replay:
         run = self.hist.state.run
         assert run is not None
         try:
-            cfg = loop_config(run)
+            cfg = LoopConfig.from_recorded(run.config, run.levers)
             feedback: FeedbackAgent = self._llm_policy() if cfg.feedback == "llm" else RulePolicy()
             loop = Loop(self.scratch, task=self.rtask, model=self.model, feedback=feedback, config=cfg, branch="replay")
         except (msgspec.ValidationError, SiaError, TypeError, ValueError) as err:

@@ -193,6 +193,7 @@ class _Bundle:
             raise BundleDamaged(self.path, f"members {sorted(set(names) ^ want)[:5]} are missing or unexpected")
         self.rows: dict[str, list[Row]] = {}
         self.sealed: dict[str, Sealed | None] = {}
+        self.events: dict[str, tuple[NewEvent, ...]] = {}  # each branch's rows as the log takes them, made once
         self.blobs_named: set[str] = set()
         for i, ref in enumerate(self.manifest.branches):
             self.rows[ref.name] = self._branch(ref, self._rows(i))
@@ -249,13 +250,14 @@ class _Bundle:
         if any(row[0] != k for k, row in enumerate(rows)):
             raise BundleDamaged(self.path, f"branch {ref.name!r}: its events' seqs are not 0, 1, 2, ...")
         try:  # every id computed once, as the store computes it (the store writes this seal, it does not seal again)
-            sealed = seal(ref.name, ref.base_id, [NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows]) if rows else None
+            events = tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows)
+            sealed = seal(ref.name, ref.base_id, events) if rows else None
         except InvalidEnvelope as e:
             raise BundleDamaged(self.path, f"branch {ref.name!r}: {e}") from None
         if sealed is not None and sealed.ids != [r[1] for r in rows]:
             k = next(i for i, (got, r) in enumerate(zip(sealed.ids, rows, strict=True)) if got != r[1])
             raise BundleDamaged(self.path, f"{ref.name}#{k}: its id does not follow from its parent and content (a changed or reordered event)")
-        self.sealed[ref.name] = sealed
+        self.sealed[ref.name], self.events[ref.name] = sealed, events
         parent = sealed.ids[-1] if sealed is not None else ref.base_id
         for event in self._events(ref.name, rows):
             self.blobs_named.update(event.blob_refs())
@@ -326,7 +328,7 @@ def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, 
         ours = have.get(ref.name)
         if ours is None:
             create = BranchInfo(ref.name, ref.base_branch, ref.base_seq, ref.base_id, -1, ref.base_id, datetime.now(UTC))
-            imports.append(BranchImport(ref.name, ref.base_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows), create,
+            imports.append(BranchImport(ref.name, ref.base_id, bundle.events[ref.name], create,
                                         sealed=bundle.sealed[ref.name]))
             fate[ref.name] = "created"
             continue
@@ -340,9 +342,9 @@ def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, 
         if ours.head_seq >= len(rows) - 1:
             fate[ref.name] = "unchanged"
             continue
-        h, rest, whole = ours.head_seq + 1, rows[ours.head_seq + 1 :], bundle.sealed[ref.name]
+        h, whole = ours.head_seq + 1, bundle.sealed[ref.name]
         part = None if whole is None else Sealed(whole.ids[h:], whole.kinds[h:], whole.schemas[h:], whole.payloads[h:])  # ids chain: the tail's seal
-        imports.append(BranchImport(ref.name, ours.head_id, tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rest), sealed=part))
+        imports.append(BranchImport(ref.name, ours.head_id, bundle.events[ref.name][h:], sealed=part))
         fate[ref.name] = "extended"
     return imports, fate
 
@@ -362,12 +364,15 @@ def pull_bundle(store: Store, path: str | os.PathLike[str], *, only: Sequence[st
         if missing:
             raise BundleRefused("-", f"blob {missing[0]} is named by an event and is neither in the bundle nor in this store")
         imports, fate = _plan(store, bundle)
-        new = [b for b in bundle.manifest.blobs if not store.blobs.exists(b)]
-        for blob in bundle.manifest.blobs:  # every blob re-hashed before any is written (a bundle that lies is damaged)
-            bundle.blob(blob)
-        for blob in new:  # then blobs first, as a history records them: durable before any event names them
+        # every blob re-hashed before any is written (a bundle that lies is damaged); the bytes kept of those the store lacks
+        new: dict[str, bytes] = {}
+        for blob in bundle.manifest.blobs:
+            data = bundle.blob(blob)
+            if not store.blobs.exists(blob):
+                new[blob] = data
+        for blob, data in new.items():  # then blobs first, as a history records them: durable before any event names them
             try:
-                store.blobs.put(bundle.blob(blob), suffix=bundle.manifest.blobs[blob].suffix if bundle.manifest.blobs[blob].suffix in SUFFIXES else "bin")
+                store.blobs.put(data, suffix=bundle.manifest.blobs[blob].suffix if bundle.manifest.blobs[blob].suffix in SUFFIXES else "bin")
             except BlobError as e:
                 raise BundleDamaged(bundle.path, str(e)) from None
         if imports:

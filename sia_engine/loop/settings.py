@@ -70,6 +70,15 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             d["lora"].pop("packing")
         return d
 
+    @classmethod
+    def from_recorded(cls, config: dict[str, Any], levers: tuple[str, ...]) -> LoopConfig:
+        """The settings a run recorded (``recorded()``'s inverse): a setting it left out ran as
+        before the setting existed (no batching, no packing)."""
+        d: dict[str, Any] = {**config, "levers": list(levers)}
+        d.setdefault("batch_rows", 0)
+        d["lora"] = {"packing": False, **(d.get("lora") or {})}
+        return msgspec.convert(d, cls)
+
 
 def check_settings(config: LoopConfig) -> LoopConfig:
     """``config`` if every setting is in range, else ``InvalidSettings`` naming the first one.
