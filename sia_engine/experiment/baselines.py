@@ -26,7 +26,7 @@ import msgspec
 
 from sia_engine.domain.events import BaselineScored, TrajectoryRecorded
 from sia_engine.domain.projection import Recorded, records
-from sia_engine.loop.task import DrawsRandomAnswers, Episode, Task
+from sia_engine.loop.task import DrawsRandomAnswers, Episode, Task, scope_cache
 
 if TYPE_CHECKING:
     from sia_engine.loop.loop import Loop
@@ -130,12 +130,14 @@ def record_baselines(loop: Loop, *, experiment: str, k: int, seeds: Sequence[int
     refs, searches, sampled = baselines_to_do(loop, experiment=experiment, k=k, seeds=seeds)
     todo: list[BaselineScored] = reference_methods(loop.task, experiment=experiment) if refs else []
     for s in searches:
+        scope_cache(loop.task, f"{experiment}:random-search:{s}")  # as on a worker of its own (the Ray executor)
         rs = random_search(loop.task, loop.val, test_episodes(loop), experiment=experiment, k=k, seed=s)
         if rs is not None:
             todo.append(rs)
     if todo:
         loop.hist.record(*todo)
     for s in sampled:
+        scope_cache(loop.task, f"{experiment}:best-of-k:{s}")
         loop.hist.record(best_of_k(loop, experiment=experiment, k=k, seed=s))
 
 

@@ -41,7 +41,7 @@ from sia_engine.experiment.table import Spending, spent
 from sia_engine.loop.feedback.rule import FeedbackAgent
 from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.loop import Loop, LoopConfig
-from sia_engine.loop.task import Task
+from sia_engine.loop.task import Task, scope_cache
 from sia_engine.models.protocol import Model
 from store import EventLog, Store
 
@@ -115,6 +115,7 @@ def run_arm(store: Store, job: ArmJob, setup: Setup, config: LoopConfig, hooks: 
     ``after`` is called when it stops. Returns the loop (``evaluate_test`` scores its head)."""
     task, model, feedback = setup
     n = job.iterations if iterations is None else iterations
+    scope_cache(task, job.branch)  # what the branch records is the same wherever it runs
     loop = Loop(store, task=task, model=model, feedback=feedback(), config=_arm_config(config, job, n),
                 branch=job.branch, hooks=hooks)
     loop.run(stop=None if job.budget is None else functools.partial(_out_of_budget, store.log, job.branch, job.budget))
@@ -188,6 +189,7 @@ def baseline_worker(make: Callable[[], Setup], config: dict[str, Any], start: by
         _pull_bytes(store, start)
         task, model, feedback = make()
         loop = Loop(store, task=task, model=model, feedback=feedback(), config=msgspec.convert(config, LoopConfig), branch=base)
+        scope_cache(task, f"{experiment}:{what}:{seed}")
         if what == "random-search":
             made = random_search(task, loop.val, test_episodes(loop), experiment=experiment, k=k, seed=seed)
             return [] if made is None else [(made.kind(), made.SCHEMA, encode(made).payload)]

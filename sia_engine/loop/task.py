@@ -12,7 +12,7 @@ from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Scaffold
 from sia_engine.models.protocol import Message
 
-__all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "KeysScores", "NeedsResources", "chat_messages"]
+__all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "KeysScores", "NeedsResources", "ScopesCache", "scope_cache", "chat_messages"]
 
 # tampering: the output interfered with its own scoring (the scorer's channel forged, timings impossible)
 Failure = Literal["none", "format", "abstain", "content", "tampering"]
@@ -100,6 +100,23 @@ class KeysScores(Protocol):
     def score_key(self, episode: Episode, output: str) -> str | None:
         """The cache key of ``output`` on ``episode`` (None: scoring it runs nothing)."""
         ...
+
+
+@runtime_checkable
+class ScopesCache(Protocol):
+    """A task whose scorer caches, one cache per scope (an experiment's arm, one baseline's seed):
+    a branch's record then says ``cached`` only of what that branch itself ran, wherever it runs
+    (one process for every arm, or a worker per arm), and a bundle of it names no run it lacks."""
+
+    def cache_scope(self, scope: str) -> None:
+        """Score from here on with the cache of ``scope`` (a new, empty one where it changes)."""
+        ...
+
+
+def scope_cache(task: object, scope: str) -> None:
+    """``task.cache_scope(scope)`` where the task scopes its cache; nothing otherwise."""
+    if isinstance(task, ScopesCache):
+        task.cache_scope(scope)
 
 
 @runtime_checkable

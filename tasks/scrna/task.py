@@ -126,6 +126,7 @@ class ScrnaDenoise:
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         self._splits: dict[int, tuple[Split, tuple[float, float, float, float], bytes]] = {}
         self._cache: dict[tuple[int, str], Score] = {}
+        self._scope = ""
 
     # Scoring runs each configuration in its own sandboxed process and touches shared state only
     # through dict assignments: callers (recorded replay) may score on several threads at once.
@@ -175,6 +176,11 @@ class ScrnaDenoise:
             cfg[key] = rng.randint(lo, hi) if isinstance(lo, int) and isinstance(hi, int) else round(rng.uniform(lo, hi), 2)
         cfg.update(transform=rng.choice(TRANSFORMS), normalize=rng.random() < 0.5, rescale=rng.random() < 0.5)
         return json.dumps(cfg)
+
+    def cache_scope(self, scope: str) -> None:
+        """One cache per scope (``sia_engine.loop.task.ScopesCache``): a new scope starts empty."""
+        if scope != self._scope:
+            self._scope, self._cache = scope, {}
 
     def score_key(self, episode: Episode, output: str) -> str | None:
         """Outputs naming the same configuration on the same split score the same (cached)."""

@@ -99,6 +99,7 @@ class TriMul:
         self.allowance_us = allowance_us if allowance_us is not None else (100_000.0 if interpret else 200.0)
         self._key = secret if secret is not None else secrets.token_bytes(32)  # the judge's: never enters the sandbox
         self._cache: dict[tuple[str, str], Score] = {}
+        self._scope = ""
 
     def _shapes(self, split: Literal["train", "val", "test"]) -> list[tuple[int, int, int, bool, str]]:
         if split == "test":
@@ -134,6 +135,11 @@ class TriMul:
     def reference_baselines(self, split: Literal["train", "val", "test"]) -> dict[str, float]:
         """The PyTorch reference is the unit of the score (a speed-up of 1 by definition)."""
         return {} if self.interpret else {"pytorch-reference": 1.0}
+
+    def cache_scope(self, scope: str) -> None:
+        """One cache per scope (``sia_engine.loop.task.ScopesCache``): a new scope starts empty."""
+        if scope != self._scope:
+            self._scope, self._cache = scope, {}
 
     def score(self, episode: Episode, output: str) -> Score:
         src = parse_kernel(output)

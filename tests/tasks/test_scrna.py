@@ -112,6 +112,12 @@ def test_solution_runs_in_the_sandbox_and_is_scored(tmp_path: Path) -> None:
     again = task.score(ep, '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
     assert again.score == good.score and again.tools[0].outputs["cached"] is True  # not run twice, and says so
     assert "cached" not in good.tools[0].outputs
+    # one cache per scope (an experiment's arm): a branch says cached only of what it ran itself
+    task.cache_scope("e1-weights-s0")
+    fresh = task.score(ep, '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}')
+    assert fresh.score == good.score and "cached" not in fresh.tools[0].outputs
+    task.cache_scope("e1-weights-s0")  # the same scope: the cache kept
+    assert task.score(ep, '{"n_pcs": 20, "k": 15, "t": 3, "transform": "sqrt", "normalize": true, "rescale": true, "clip": 2.0}').tools[0].outputs["cached"] is True
 
 
 def test_random_answers_cover_the_family_and_parse_as_drawn() -> None:

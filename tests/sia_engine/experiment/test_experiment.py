@@ -30,6 +30,21 @@ class ArithWithReference(type(TASK)):  # type: ignore[misc]
         return {"always-9": sum(self.score(e, "9").score for e in eps) / len(eps)}
 
 
+class ScopedArith(ArithWithReference):
+    """Says which cache scope each score was asked in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope, self.scored_in = "", set()
+
+    def cache_scope(self, scope):  # type: ignore[no-untyped-def]
+        self.scope = scope
+
+    def score(self, episode, output):  # type: ignore[no-untyped-def]
+        self.scored_in.add(self.scope)
+        return super().score(episode, output)
+
+
 REF_TASK = ArithWithReference()
 
 
@@ -281,3 +296,14 @@ def test_every_branch_of_the_experiment_verifies_and_replays(done) -> None:  # t
                 assert r.baselines == 5 and r.evaluations == 2 and not r.unfinished
             else:
                 assert r.verdicts == 2 and r.decisions == rows[b.name].candidates  # every verdict and gate decision recomputed
+
+
+def test_each_arm_and_each_baseline_seed_is_scored_in_a_cache_scope_of_its_own(tmp_path: Path) -> None:
+    """A scorer that caches (scrna-denoise, TriMul) answers an arm only from what that arm ran: the
+    local executor records what a worker of its own records (the Ray executor), and a bundle of
+    one branch names no run made in another."""
+    task = ScopedArith()
+    with Store.create(tmp_path) as s:
+        run_experiment(s, task=task, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG, name="e1",
+                       arms=("scaffold", "weights"), seeds=(0,), iterations=1)
+    assert {"e1-scaffold-s0", "e1-weights-s0", "e1:random-search:0", "e1:best-of-k:0"} <= task.scored_in, task.scored_in
