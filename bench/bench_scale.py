@@ -35,7 +35,8 @@ from pathlib import Path
 
 from bench_log import synthetic_events
 
-from sia_engine.domain.bundle import pull_bundle, write_bundle
+from sia_engine.domain.bundle import pull_bundle
+from sia_engine.domain.bundle_write import write_bundle
 from sia_engine.domain.events import AdapterCheckpointed
 from sia_engine.domain.history import History
 from store import Store

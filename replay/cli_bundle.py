@@ -23,7 +23,7 @@ def bundle(store_path: str, as_json: bool, branches: tuple[str, ...], out_path: 
     Example:
       sia bundle main what-if --out history.sia-bundle
     """
-    from sia_engine.domain.bundle import write_bundle
+    from sia_engine.domain.bundle_write import write_bundle
 
     with open_store(store_path, read_only=True) as s:
         info = write_bundle(s, branches, out_path)

@@ -68,7 +68,7 @@ from sia_engine.domain.events import (
     VersionRejected,
 )
 from sia_engine.domain.projection import Recorded, records
-from sia_engine.domain.state import RunInfo, state_hash
+from sia_engine.domain.state import state_hash
 from sia_engine.errors import ReducerError, SiaError
 from sia_engine.experiment.baselines import (
     best_of_k,

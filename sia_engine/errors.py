@@ -17,6 +17,7 @@ Tree::
     ├── NoRecordedResponse      a replay asked something the recorded run never asked
     ├── RunMismatch             resuming a run with settings other than the recorded ones
     ├── DataChanged             resuming a run on task data other than it recorded (a file, the episodes, the splits)
+    ├── DataUnreadable          task data that cannot be read to pin it (permissions, a folder that cannot be listed)
     ├── GenerationMismatch      a batch generated again on resume that differs from its recorded rows
     ├── BundleError             moving histories as bundles (sia bundle, sia pull)
     │   ├── BundleDamaged       a bundle that cannot be read back whole, or whose events or blobs do not check
@@ -48,6 +49,7 @@ __all__ = [
     "NoRecordedResponse",
     "RunMismatch",
     "DataChanged",
+    "DataUnreadable",
     "GenerationMismatch",
     "BundleError",
     "BundleDamaged",
@@ -174,6 +176,15 @@ class RunMismatch(SiaError):
             f"this branch holds a run with {what} {recorded!r}, not {given!r}; {hint or 'resume with the recorded settings'}, "
             f"or fork the branch (sia fork BRANCH@SEQ NEW) and run the fork with the new ones"
         )
+
+
+class DataUnreadable(SiaError):
+    """The task's data at ``path`` cannot be read to pin it (``run_started``'s data pin)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        super().__init__(f"the task's data {path} cannot be read ({why}); nothing was recorded. "
+                         f"Make it readable by this user, or give other data (--data)")
 
 
 class DataChanged(SiaError):

@@ -64,10 +64,11 @@ if TYPE_CHECKING:
 @click.option("--ray-address", default=None, help="ray: a running cluster's address (default: start one on this machine).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1, max=1024), help="ray: arms running at once.")
 @click.option("--worker-threads", default=1, show_default=True, type=click.IntRange(min=1, max=256), help="ray: CPUs (and torch threads) per arm.")
+@click.option("--stall-timeout", default=None, type=click.FloatRange(min=1), help="ray: seconds an arm may send nothing before its worker is taken for hung and the arm resumed elsewhere (default: wait); give more than an iteration takes.")
 def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_url: str | None, openai_model: str | None, arms: str, seeds: int, iterations: int, name: str,
                train_episodes: int, val_episodes: int, samples: int, temperature: float, eval_mode: str, lora_steps: int, batch_rows: int,
                budget: str | None, device: str, data: str | None, executor: str, ray_address: str | None, workers: int,
-               worker_threads: int) -> None:
+               worker_threads: int, stall_timeout: float | None) -> None:
     """Run (or resume) an experiment: one shared, evaluated prefix forked into one branch per arm
     and seed, each improved for the same iterations (and budget), each head then scored once on
     the test split; then the baselines (the base version, best-of-k sampling of it and uniform
@@ -102,7 +103,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
 
     runner = None
     if executor == "ray":
-        from sia_engine.experiment.executors import RayExecutor
+        from sia_engine.experiment.on_ray import RayExecutor
 
         try:
             import ray  # noqa: F401
@@ -110,7 +111,7 @@ def experiment(store_path: str, as_json: bool, task_name: str, model_spec: str, 
             fail("--executor ray needs Ray: pip install 'sia-engine[ray]'")
         protect = (str(Path(store_path).resolve()),)
         make = functools.partial(worker_setup, task_name, data, protect, model_spec, openai_url, openai_model, device)
-        runner = RayExecutor(make, address=ray_address, workers=workers, threads=worker_threads)
+        runner = RayExecutor(make, address=ray_address, workers=workers, threads=worker_threads, stall_s=stall_timeout)
     with Store.create(store_path) as s:
         require_verified(s, "sia experiment")
         with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -1,12 +1,13 @@
 """Bundles: branches of a history moved between machines as one self-verifying file.
 
-``write_bundle(store, branches, out)`` writes a zip file (format ``sia-bundle/1``, nothing
+``write_bundle(store, branches, out)`` (``sia_engine.domain.bundle_write``) writes a zip file (format ``sia-bundle/1``, nothing
 compressed but the events):
 
 - ``manifest.json``: the format, each branch's ref (name, base branch, seq and id, head seq and
   id) and event count, and every blob's id, size and suffix;
 - ``events/<i>.json``: branch ``i``'s own events (a fork's from its fork point, a root branch's
-  all), as ``[seq, id, kind, schema, payload]`` rows;
+  all; with ``since``, only those after a seq the receiver holds: ``start`` and ``after_id`` in
+  its ref say where they continue), as ``[seq, id, kind, schema, payload]`` rows;
 - ``blobs/<id>``: every blob those events name.
 
 ``pull_bundle(store, path)`` checks everything before it appends anything: every id recomputed
@@ -25,24 +26,22 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Union
 
 import msgspec
 
 from sia_engine.domain.events import EVENT_TYPES, Event, decode
-from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, EventError, WriteRefused
+from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, EventError
 from store import BranchImport, BranchInfo, NewEvent, Store
 from store.envelope import Sealed, check_branch_name, seal
 from store.blobs import SUFFIXES
 from store.errors import BlobError, BranchNotFound, EventNotFound, InvalidEnvelope, InvalidName
 
-__all__ = ["FORMAT", "BundleInfo", "PullReport", "write_bundle", "pull_bundle", "read_bundle"]
+__all__ = ["FORMAT", "BundleInfo", "PullReport", "pull_bundle", "read_bundle"]
 
 FORMAT = "sia-bundle/1"
 MAX_MEMBER = 1 << 32  # 4 GiB: a blob larger than this is refused before it is read
@@ -61,6 +60,8 @@ class BranchRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     head_seq: int
     head_id: str | None
     events: int
+    start: int = 0  # the first bundled seq: above 0, the receiver must hold the branch up to start - 1
+    after_id: str | None = None  # the id at start - 1, which the first bundled event's id chains from
 
 
 class BlobRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,7 +93,7 @@ class PullReport(msgspec.Struct, frozen=True):
     blobs: int  # blobs added
 
 
-def _ordered(store: Store, names: Sequence[str]) -> list[BranchInfo]:
+def ordered(store: Store, names: Sequence[str]) -> list[BranchInfo]:
     """The branches, each after the bundled branch it forked from."""
     infos = {n: store.log.branch(n) for n in dict.fromkeys(names)}
     out: list[BranchInfo] = []
@@ -109,58 +110,6 @@ def _ordered(store: Store, names: Sequence[str]) -> list[BranchInfo]:
     for info in infos.values():
         visit(info)
     return out
-
-
-def write_bundle(store: Store, branches: Sequence[str], out: str | os.PathLike[str]) -> BundleInfo:
-    """Write ``branches`` of ``store`` (their own events and every blob they name) to ``out``, a
-    new file outside the store (``WriteRefused`` otherwise; nothing is overwritten)."""
-    target = Path(out)
-    if not branches:
-        raise BundleRefused("-", "name at least one branch to bundle")
-    resolved, root = target.resolve(), store.root.resolve()
-    if resolved == root or root in resolved.parents:
-        raise WriteRefused(str(target), f"it is inside the store {root}; give a file outside it")
-    if target.is_symlink() or target.exists():
-        raise WriteRefused(str(target), "it exists (a bundle is never written over a file): give a new name")
-    refs, members, blobs = [], [], {}
-    for i, info in enumerate(_ordered(store, branches)):
-        envs = store.log.read(info.name, after_seq=-1)
-        rows = [(e.seq, e.id, e.kind, e.schema, msgspec.Raw(e.payload)) for e in envs]
-        for e in envs:
-            for blob in decode(e.kind, e.schema, e.payload, where=e.ref).blob_refs():
-                if blob not in blobs:
-                    blobs[blob] = BlobRef(size=0, suffix=store.blobs.path(blob).name.partition(".")[2])
-        refs.append(BranchRef(info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, len(rows)))
-        members.append((f"events/{i}.json", msgspec.json.encode(rows)))
-    data = {b: store.blobs.get(b) for b in blobs}  # re-hashed as they are read
-    blobs = {b: BlobRef(size=len(data[b]), suffix=r.suffix) for b, r in blobs.items()}
-    manifest = Manifest(FORMAT, datetime.now(UTC).isoformat(), tuple(refs), blobs)
-    fd, tmp = tempfile.mkstemp(prefix=".sia-bundle-", dir=target.parent if str(target.parent) else ".")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            z.writestr("manifest.json", msgspec.json.encode(manifest))
-            for name, content in members:
-                z.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
-            for b, content in data.items():
-                z.writestr(f"blobs/{b}", content)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, target)  # refuses a name taken meanwhile: never over a file
-        except FileExistsError:
-            raise
-        except OSError:  # a file system without hard links (FAT, some network mounts): an exclusive create
-            with open(tmp, "rb") as src, open(target, "xb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
-    except FileExistsError:
-        raise WriteRefused(str(target), "it exists (a bundle is never written over a file): give a new name") from None
-    finally:
-        os.unlink(tmp)
-    return BundleInfo(str(target), tuple(r.name for r in refs), sum(r.events for r in refs), len(blobs), target.stat().st_size)
 
 
 class _Bundle:
@@ -192,10 +141,12 @@ class _Bundle:
         if set(names) != want:
             raise BundleDamaged(self.path, f"members {sorted(set(names) ^ want)[:5]} are missing or unexpected")
         self.rows: dict[str, list[Row]] = {}
+        self.starts: dict[str, int] = {}  # each branch's first bundled seq
         self.sealed: dict[str, Sealed | None] = {}
         self.events: dict[str, tuple[NewEvent, ...]] = {}  # each branch's rows as the log takes them, made once
         self.blobs_named: set[str] = set()
         for i, ref in enumerate(self.manifest.branches):
+            self.starts[ref.name] = ref.start
             self.rows[ref.name] = self._branch(ref, self._rows(i))
 
     def _check_names(self) -> None:
@@ -243,29 +194,32 @@ class _Bundle:
 
     def _branch(self, ref: BranchRef, rows: list[Row]) -> list[Row]:
         """Each row's id recomputed after its parent; seqs, counts and the head as the manifest says."""
-        if len(rows) != ref.events or ref.head_seq != len(rows) - 1:
-            raise BundleDamaged(self.path, f"branch {ref.name!r}: {len(rows)} events, the manifest says {ref.events} ending at #{ref.head_seq}")
+        if len(rows) != ref.events or ref.head_seq != ref.start + len(rows) - 1:
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: {len(rows)} events from #{ref.start}, the manifest says {ref.events} ending at #{ref.head_seq}")
         if (ref.base_branch is None) != (ref.base_id is None) or (ref.base_branch is None) != (ref.base_seq is None):
             raise BundleDamaged(self.path, f"branch {ref.name!r}: a fork point must name its branch, seq and event")
-        if any(row[0] != k for k, row in enumerate(rows)):
-            raise BundleDamaged(self.path, f"branch {ref.name!r}: its events' seqs are not 0, 1, 2, ...")
+        if ref.start < 0 or (ref.start > 0) != (ref.after_id is not None) or (ref.after_id is not None and not _HEX64.fullmatch(ref.after_id)):
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: events from #{ref.start} must name the event before them (after_id), and only then")
+        if any(row[0] != ref.start + k for k, row in enumerate(rows)):
+            raise BundleDamaged(self.path, f"branch {ref.name!r}: its events' seqs are not {ref.start}, {ref.start + 1}, ...")
+        first_parent = ref.after_id if ref.start > 0 else ref.base_id
         try:  # every id computed once, as the store computes it (the store writes this seal, it does not seal again)
             events = tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows)
-            sealed = seal(ref.name, ref.base_id, events) if rows else None
+            sealed = seal(ref.name, first_parent, events) if rows else None
         except InvalidEnvelope as e:
             raise BundleDamaged(self.path, f"branch {ref.name!r}: {e}") from None
         if sealed is not None and sealed.ids != [r[1] for r in rows]:
             k = next(i for i, (got, r) in enumerate(zip(sealed.ids, rows, strict=True)) if got != r[1])
-            raise BundleDamaged(self.path, f"{ref.name}#{k}: its id does not follow from its parent and content (a changed or reordered event)")
+            raise BundleDamaged(self.path, f"{ref.name}#{ref.start + k}: its id does not follow from its parent and content (a changed or reordered event)")
         self.sealed[ref.name], self.events[ref.name] = sealed, events
-        parent = sealed.ids[-1] if sealed is not None else ref.base_id
-        for event in self._events(ref.name, rows):
+        parent = sealed.ids[-1] if sealed is not None else first_parent
+        for event in self._events(ref.name, rows, ref.start):
             self.blobs_named.update(event.blob_refs())
         if parent != ref.head_id:
             raise BundleDamaged(self.path, f"branch {ref.name!r}: its events end at {parent}, the manifest says {ref.head_id}")
         return rows
 
-    def _events(self, branch: str, rows: list[Row]) -> list[Event]:
+    def _events(self, branch: str, rows: list[Row], start: int = 0) -> list[Event]:
         """Every payload decoded as its kind: at today's schemas in one pass (a tagged union), an
         older one or one that fails event by event (the error names it)."""
         if all(EVENT_TYPES.get(kind) is not None and EVENT_TYPES[kind].SCHEMA == schema for _, _, kind, schema, _ in rows):
@@ -278,11 +232,11 @@ class _Bundle:
         out = []
         for k, (_, _, kind, schema, payload) in enumerate(rows):
             try:
-                out.append(decode(kind, schema, bytes(payload), where=f"{branch}#{k}"))
+                out.append(decode(kind, schema, bytes(payload), where=f"{branch}#{start + k}"))
             except EventError as e:
                 raise BundleDamaged(self.path, str(e)) from None
             if out[-1].kind() != kind:
-                raise BundleDamaged(self.path, f"{branch}#{k}: a {kind} whose payload says {out[-1].kind()}")
+                raise BundleDamaged(self.path, f"{branch}#{start + k}: a {kind} whose payload says {out[-1].kind()}")
         return out
 
     def blob(self, blob_id: str) -> bytes:
@@ -309,8 +263,8 @@ def _at(store: Store, bundle: _Bundle, branch: str, seq: int) -> str | None:
         return store.log.at(branch, seq).id
     except (EventNotFound, BranchNotFound):
         pass
-    rows = bundle.rows.get(branch)
-    return rows[seq][1] if rows is not None and 0 <= seq < len(rows) else None
+    rows, start = bundle.rows.get(branch), bundle.starts.get(branch, 0)
+    return rows[seq - start][1] if rows is not None and 0 <= seq - start < len(rows) else None
 
 
 def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, str]]:
@@ -325,24 +279,29 @@ def _plan(store: Store, bundle: _Bundle) -> tuple[list[BranchImport], dict[str, 
                 raise BundleRefused(ref.name, f"it forks from {ref.base_branch}#{ref.base_seq}, a branch this store does not have; pull that first")
             if _at(store, bundle, ref.base_branch, ref.base_seq) != ref.base_id:
                 raise BundleRefused(ref.name, f"its fork point {ref.base_branch}#{ref.base_seq} is another event in this store")
-        ours = have.get(ref.name)
+        ours, start = have.get(ref.name), ref.start
         if ours is None:
+            if start > 0:
+                raise BundleRefused(ref.name, f"the bundle holds its events from #{start} on, and this store does not have the branch; pull its earlier events first")
             create = BranchInfo(ref.name, ref.base_branch, ref.base_seq, ref.base_id, -1, ref.base_id, datetime.now(UTC))
-            imports.append(BranchImport(ref.name, ref.base_id, bundle.events[ref.name], create,
-                                        sealed=bundle.sealed[ref.name]))
+            imports.append(BranchImport(ref.name, ref.base_id, bundle.events[ref.name], create, sealed=bundle.sealed[ref.name]))
             fate[ref.name] = "created"
             continue
         if (ours.base_branch, ours.base_seq, ours.base_id) != (ref.base_branch, ref.base_seq, ref.base_id):
             raise BundleConflict(ref.name, -1, f"{ours.base_branch}#{ours.base_seq}", f"{ref.base_branch}#{ref.base_seq}",
                                  "it grew from another fork point here")
-        common = min(ours.head_seq, len(rows) - 1)
-        if common >= 0 and (mine := store.log.at(ref.name, common).id) != rows[common][1]:
-            first = next(s for s in range(common + 1) if store.log.at(ref.name, s).id != rows[s][1])
-            raise BundleConflict(ref.name, first, mine if first == common else store.log.at(ref.name, first).id, rows[first][1])
-        if ours.head_seq >= len(rows) - 1:
+        if start > 0 and ours.head_seq < start - 1:
+            raise BundleRefused(ref.name, f"the bundle holds its events from #{start} on, and this store has them up to #{ours.head_seq}; pull the events between first")
+        if start > 0 and (mine := store.log.at(ref.name, start - 1).id) != ref.after_id:
+            raise BundleConflict(ref.name, start - 1, mine, ref.after_id)  # the bundle's history holds another event there (or before)
+        common = min(ours.head_seq, ref.head_seq)
+        if common >= start and (mine := store.log.at(ref.name, common).id) != rows[common - start][1]:
+            first = next(q for q in range(start, common + 1) if store.log.at(ref.name, q).id != rows[q - start][1])
+            raise BundleConflict(ref.name, first, mine if first == common else store.log.at(ref.name, first).id, rows[first - start][1])
+        if ours.head_seq >= ref.head_seq:
             fate[ref.name] = "unchanged"
             continue
-        h, whole = ours.head_seq + 1, bundle.sealed[ref.name]
+        h, whole = ours.head_seq + 1 - start, bundle.sealed[ref.name]
         part = None if whole is None else Sealed(whole.ids[h:], whole.kinds[h:], whole.schemas[h:], whole.payloads[h:])  # ids chain: the tail's seal
         imports.append(BranchImport(ref.name, ours.head_id, bundle.events[ref.name][h:], sealed=part))
         fate[ref.name] = "extended"
@@ -364,15 +323,13 @@ def pull_bundle(store: Store, path: str | os.PathLike[str], *, only: Sequence[st
         if missing:
             raise BundleRefused("-", f"blob {missing[0]} is named by an event and is neither in the bundle nor in this store")
         imports, fate = _plan(store, bundle)
-        # every blob re-hashed before any is written (a bundle that lies is damaged); the bytes kept of those the store lacks
-        new: dict[str, bytes] = {}
+        # every blob re-hashed before any is written (a bundle that lies is damaged), one at a time (a blob's bytes in memory at once)
         for blob in bundle.manifest.blobs:
-            data = bundle.blob(blob)
-            if not store.blobs.exists(blob):
-                new[blob] = data
-        for blob, data in new.items():  # then blobs first, as a history records them: durable before any event names them
+            bundle.blob(blob)
+        new = [blob for blob in bundle.manifest.blobs if not store.blobs.exists(blob)]
+        for blob in new:  # then blobs first, as a history records them: durable before any event names them
             try:
-                store.blobs.put(data, suffix=bundle.manifest.blobs[blob].suffix if bundle.manifest.blobs[blob].suffix in SUFFIXES else "bin")
+                store.blobs.put(bundle.blob(blob), suffix=bundle.manifest.blobs[blob].suffix if bundle.manifest.blobs[blob].suffix in SUFFIXES else "bin")
             except BlobError as e:
                 raise BundleDamaged(bundle.path, str(e)) from None
         if imports:

@@ -28,7 +28,8 @@ from sia_engine.domain.payloads import ArmOverrides, Budget
 from sia_engine.domain.projection import records
 from sia_engine.errors import SiaError
 from sia_engine.experiment.baselines import candidates_budget
-from sia_engine.experiment.executors import ArmJob, LocalExecutor, RayExecutor, evaluate_test
+from sia_engine.experiment.executors import ArmJob, LocalExecutor, evaluate_test
+from sia_engine.experiment.on_ray import RayExecutor
 from sia_engine.experiment.table import ARMS, ExperimentResult, experiment_result, experiment_table
 from sia_engine.loop.feedback.rule import FeedbackAgent
 from sia_engine.loop.hooks import Hooks

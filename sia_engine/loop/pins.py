@@ -2,7 +2,9 @@
 
 - **Data.** A task that reads files says which (``ReadsData.data_files``: a name as the user knows
   it, and a file or a folder); each file is hashed (a folder's regular files in the order of their
-  relative names; symbolic links to folders are not followed, devices and pipes never read). Every
+  relative names, through links to files and folders as the task reads them, each folder once
+  however many links lead to it; devices and pipes never read). Data that cannot be read is
+  ``DataUnreadable``, naming the path, before anything is recorded. Every
   task's episodes (all splits: inputs, gold answers, meta) and its split definition (the ids of
   each split, in order) are hashed too, so a task whose data lives in code is pinned as well.
 - **Software.** Python, the platform, the model's device and the versions of the libraries the
@@ -29,7 +31,7 @@ import msgspec
 from sia_engine.domain.canonical import canonical
 from sia_engine.domain.payloads import DataFile, DataPin, Environment
 from sia_engine.domain.state import RunInfo
-from sia_engine.errors import DataChanged
+from sia_engine.errors import DataChanged, DataUnreadable
 from sia_engine.loop.task import Task
 from sia_engine.models.protocol import Model, ServesOnDevice
 
@@ -55,9 +57,12 @@ def _file_sha256(path: Path, st: os.stat_result) -> str:
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _HASHES:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except OSError as e:
+            raise DataUnreadable(str(path), f"{type(e).__name__}: {e.strerror or e}") from None
         _HASHES[key] = h.hexdigest()
     return _HASHES[key]
 
@@ -73,8 +78,22 @@ def _files(name: str, path: Path) -> list[DataFile]:
     if not stat.S_ISDIR(st.st_mode):
         return [DataFile(name=name, sha256="", size=-1)]  # a device or a pipe is never read
     out: list[DataFile] = []
-    for folder, dirs, names in os.walk(path):  # symbolic links to folders are not followed
-        dirs.sort()
+    seen = {(st.st_dev, st.st_ino)}
+
+    def unreadable(e: OSError) -> None:
+        raise DataUnreadable(str(e.filename or path), f"{type(e).__name__}: {e.strerror or e}")
+
+    for folder, dirs, names in os.walk(path, onerror=unreadable, followlinks=True):  # links followed as the task reads them
+        keep = []
+        for d in sorted(dirs):
+            try:
+                dst = (Path(folder) / d).stat()
+            except OSError:
+                continue  # a dangling link
+            if (dst.st_dev, dst.st_ino) not in seen:  # each folder once: a link back up is no loop
+                seen.add((dst.st_dev, dst.st_ino))
+                keep.append(d)
+        dirs[:] = keep
         for n in sorted(names):
             p = Path(folder) / n
             try:

@@ -9,11 +9,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-import msgspec
 import pytest
 from click.testing import CliRunner
 
-from sia_engine.domain.bundle import pull_bundle, read_bundle, write_bundle
+from sia_engine.domain.bundle import pull_bundle, read_bundle
+from sia_engine.domain.bundle_write import write_bundle
 from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, WriteRefused
 from replay.recorded import replay_recorded
 from sia_engine.cli.main import main
@@ -21,7 +21,7 @@ from sia_engine.domain.history import fork
 from sia_engine.domain.integrity import verify_store
 from sia_engine.loop.feedback.rule import RulePolicy
 from sia_engine.loop.loop import Loop, LoopConfig
-from store import Store
+from store import NewEvent, Store
 from tests.loop_helpers import TASK, scripted, sometimes_wrong
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +82,52 @@ def test_pulling_twice_changes_nothing_and_a_longer_bundle_extends(source: Path,
         r = pull_bundle(b, tmp_path / "two.bundle")
         assert r.extended == ("main",) and r.events > 0
     assert heads(tmp_path / "b")["main"] == heads(copy)["main"]
+
+
+def test_a_bundle_since_a_seq_carries_only_what_grew_and_extends_where_the_rest_is_held(source: Path, tmp_path: Path) -> None:
+    """An experiment's worker sends its branch back after every iteration: what it grew, not all
+    of it again. A store that lacks the events before, or holds others there, refuses it."""
+    with Store.open(source, read_only=True) as s:
+        head = s.log.branch("what-if").head_seq
+        cut = head // 2
+        write_bundle(s, ["main", "what-if"], tmp_path / "first.bundle", since={})
+        full = write_bundle(s, ["what-if"], tmp_path / "whole.bundle")
+        tail = write_bundle(s, ["what-if"], tmp_path / "tail.bundle", since={"what-if": cut})
+        ids = [e.id for e in s.log.read("what-if", after_seq=-1)]
+    assert tail.events == head - cut and tail.events < full.events
+    [ref] = read_bundle(tmp_path / "tail.bundle").branches
+    assert (ref.start, ref.after_id, ref.head_seq) == (cut + 1, ids[cut], head)
+    with Store.create(tmp_path / "b") as b:  # nothing of what-if here: refused, nothing appended
+        pull_bundle(b, tmp_path / "first.bundle")
+    with Store.create(tmp_path / "c") as c:
+        with Store.open(source, read_only=True) as s:
+            write_bundle(s, ["main"], tmp_path / "main.bundle")
+        pull_bundle(c, tmp_path / "main.bundle")
+        with pytest.raises(BundleRefused, match="pull its earlier events first"):
+            pull_bundle(c, tmp_path / "tail.bundle")
+        assert [b.name for b in c.log.branches()] == ["main"]
+    with Store.open(tmp_path / "b") as b:
+        r = pull_bundle(b, tmp_path / "tail.bundle")
+        assert r.unchanged == ("what-if",) and r.events == 0  # it held all of it already
+        assert [e.id for e in b.log.read("what-if", after_seq=-1)] == ids
+    # a store holding only what-if's first part takes the tail; one holding another event at the cut refuses it
+    with Store.open(source, read_only=True) as s:
+        first = s.log.read("what-if", after_seq=-1)[: cut + 1]
+        at_seq = s.log.branch("what-if").base_seq
+    for name, events, ok in (("e", first, True), ("f", [*first[:cut], first[cut - 1]], False)):
+        with Store.create(tmp_path / name) as e:
+            pull_bundle(e, tmp_path / "main.bundle")
+            e.log.fork("what-if", source="main", at_seq=at_seq)  # the log's own fork: no event of its own
+            e.log.append("what-if", [NewEvent(x.kind, x.schema, x.payload) for x in events], expected_head=e.log.branch("what-if").head_id)
+            if ok:
+                r = pull_bundle(e, tmp_path / "tail.bundle")
+                assert r.extended == ("what-if",) and r.events == head - cut
+                assert [x.id for x in e.log.read("what-if", after_seq=-1)] == ids and verify_store(e.log, e.blobs).ok
+                continue
+            n = e.log.count()
+            with pytest.raises(BundleConflict) as exc:
+                pull_bundle(e, tmp_path / "tail.bundle")
+            assert exc.value.branch == "what-if" and exc.value.seq == cut and e.log.count() == n
 
 
 def test_a_branch_that_differs_is_refused_by_name_and_nothing_is_appended(source: Path, tmp_path: Path) -> None:
@@ -259,3 +305,23 @@ def test_a_plain_zip_and_an_empty_fork(source: Path, tmp_path: Path) -> None:
         pull_bundle(b, tmp_path / "m.bundle")
         r = pull_bundle(b, tmp_path / "x.bundle")  # only a ref to create: no event row at all
         assert r.created == ("bare",) and r.events == 0 and b.log.branch("bare").base_seq == 2
+
+
+def test_a_damaged_blob_in_the_store_is_reported_and_no_bundle_is_left(source: Path, tmp_path: Path) -> None:
+    """Blobs are streamed into the bundle (never all in memory) and re-hashed on the way."""
+    from store.errors import BlobCorrupt
+
+    copy = tmp_path / "a2"
+    subprocess.run(["cp", "-a", str(source), str(copy)], check=True)
+    with Store.open(copy) as s:
+        blob = sorted(s.blobs.ids())[0]
+        path = s.blobs.path(blob)
+        path.chmod(0o644)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        out = tmp_path / "out"
+        out.mkdir()
+        with pytest.raises(BlobCorrupt):
+            write_bundle(s, ["main", "what-if"], out / "x.bundle")
+    assert list(out.iterdir()) == []  # neither the bundle nor its temp file

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from sia_engine.experiment.arms import run_experiment
-from sia_engine.experiment.executors import RayExecutor, Setup
+from sia_engine.experiment.executors import Setup
+from sia_engine.experiment.on_ray import RayExecutor
 from sia_engine.loop.feedback.rule import RulePolicy
 from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.loop import LoopConfig
@@ -36,6 +37,18 @@ def make(delay: float = 0.0) -> Setup:
 
 def slow() -> Setup:
     return make(0.02)
+
+
+def hangs_once() -> Setup:
+    """The first worker to build its setup hangs (sleeps far past the stall timeout); later ones work."""
+    PIDS.mkdir(exist_ok=True)
+    try:
+        with open(PIDS / "hung", "x"):
+            pass
+    except FileExistsError:
+        return make()
+    time.sleep(600)
+    raise AssertionError("not cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +138,34 @@ def test_an_arm_whose_own_code_fails_is_not_retried_and_its_error_comes_through(
     with pytest.raises(DataChanged, match="x.h5ad"):
         experiment(tmp_path / "s", RayExecutor(broken, workers=2), notes)
     assert not any("worker was lost" in n for n in notes.said)
+
+
+def test_a_hung_worker_is_taken_for_lost_after_the_stall_timeout_and_the_store_is_the_same(cluster, local, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (PIDS / "hung").unlink(missing_ok=True)
+    ex, notes = RayExecutor(hangs_once, workers=2, stall_s=8), Notes()
+    got = experiment(tmp_path / "s", ex, notes)
+    assert any("sent nothing for 8 s" in n for n in notes.said), notes.said
+    assert got == local
+
+
+def test_a_stall_timeout_must_be_positive() -> None:
+    from sia_engine.errors import SiaError
+
+    with pytest.raises(SiaError, match="above 0"):
+        RayExecutor(make, stall_s=0)
+
+
+def test_folders_of_killed_workers_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    from sia_engine.experiment.on_ray import sweep_workers_folders
+
+    dead = 2 ** 22 + 12345  # above the usual pid_max: no such process
+    (tmp_path / f"sia-arm-{dead}-abc").mkdir()
+    (tmp_path / f"sia-arm-{dead}-abc" / "store").mkdir()
+    (tmp_path / f"sia-baseline-{dead}-x").mkdir()
+    (tmp_path / f"sia-arm-{os.getpid()}-live").mkdir()  # a running worker's
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / f"sia-arm-{dead}-link").symlink_to(tmp_path / "elsewhere")  # a link: never followed or removed
+    (tmp_path / f"sia-arm-{dead}-file").write_text("")
+    gone = sweep_workers_folders(str(tmp_path))
+    assert sorted(Path(g).name for g in gone) == [f"sia-arm-{dead}-abc", f"sia-baseline-{dead}-x"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elsewhere", f"sia-arm-{os.getpid()}-live", f"sia-arm-{dead}-link", f"sia-arm-{dead}-file"])

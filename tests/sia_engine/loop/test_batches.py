@@ -26,7 +26,7 @@ from sia_engine.loop.loop import Loop, LoopConfig
 from sia_engine.loop.task import Episode, Score
 from sia_engine.models.hf import HFModel
 from sia_engine.models.presets import tiny_model
-from sia_engine.models.protocol import Generation, LoraSettings, Message, Request
+from sia_engine.models.protocol import LoraSettings, Message, Request
 from store import Store
 from tests.loop_helpers import TASK, scripted, sometimes_wrong
 
