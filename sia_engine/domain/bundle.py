@@ -34,6 +34,7 @@ from typing import Union
 
 import msgspec
 
+from sia_engine.domain.canonical import canonical, noncanonical
 from sia_engine.domain.events import EVENT_TYPES, Event, decode
 from sia_engine.errors import BundleConflict, BundleDamaged, BundleRefused, EventError
 from store import BranchImport, BranchInfo, NewEvent, Store
@@ -221,11 +222,15 @@ class _Bundle:
 
     def _events(self, branch: str, rows: list[Row], start: int = 0) -> list[Event]:
         """Every payload decoded as its kind: at today's schemas in one pass (a tagged union), an
-        older one or one that fails event by event (the error names it)."""
+        older one or one that fails event by event (the error names it). Each payload must be the
+        canonical bytes of the event it decodes to (checked in one encode where all are)."""
         if all(EVENT_TYPES.get(kind) is not None and EVENT_TYPES[kind].SCHEMA == schema for _, _, kind, schema, _ in rows):
+            joined = b"[" + b",".join(bytes(r[4]) for r in rows) + b"]"
             try:
-                events = _ANY.decode(b"[" + b",".join(bytes(r[4]) for r in rows) + b"]")
+                events = _ANY.decode(joined)
                 if all(e.kind() == r[2] for e, r in zip(events, rows, strict=True)):
+                    if canonical(events) != joined:
+                        self._canonical(branch, rows, events, start)
                     return events
             except (msgspec.DecodeError, msgspec.ValidationError):
                 pass  # found again below, with where it is
@@ -237,7 +242,21 @@ class _Bundle:
                 raise BundleDamaged(self.path, str(e)) from None
             if out[-1].kind() != kind:
                 raise BundleDamaged(self.path, f"{branch}#{start + k}: a {kind} whose payload says {out[-1].kind()}")
+        self._canonical(branch, rows, out, start)
         return out
+
+    def _canonical(self, branch: str, rows: list[Row], events: list[Event], start: int) -> None:
+        """Payloads another JSON reader could read otherwise are damage: a key given twice (which
+        one counts depends on the reader), NaN or infinity, a value other than the event's. A
+        payload may lack fields its event has (a history recorded before a field was added)."""
+        for k, ((_, _, kind, schema, raw), event) in enumerate(zip(rows, events, strict=True)):
+            payload = bytes(raw)
+            current = EVENT_TYPES[kind].SCHEMA == schema
+            if current and canonical(event) == payload:
+                continue
+            why = noncanonical(payload, canonical(event) if current else None)
+            if why is not None:
+                raise BundleDamaged(self.path, f"{branch}#{start + k}: its payload {why}")
 
     def blob(self, blob_id: str) -> bytes:
         data = self._read(f"blobs/{blob_id}")

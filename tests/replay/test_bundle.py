@@ -325,3 +325,72 @@ def test_a_damaged_blob_in_the_store_is_reported_and_no_bundle_is_left(source: P
         with pytest.raises(BlobCorrupt):
             write_bundle(s, ["main", "what-if"], out / "x.bundle")
     assert list(out.iterdir()) == []  # neither the bundle nor its temp file
+
+
+def forge(src: Path, dst: Path, change) -> None:  # type: ignore[no-untyped-def]
+    """Rewrite payloads with ``change(kind, payload) -> bytes | None`` and recompute every id and
+    head after them, as a forger who knows the format would: only the payloads' form can tell."""
+    import msgspec
+
+    from store.envelope import event_id
+
+    with zipfile.ZipFile(src) as z:
+        members = {i.filename: z.read(i.filename) for i in z.infolist()}
+    manifest = json.loads(members["manifest.json"])
+    for i, ref in enumerate(manifest["branches"]):
+        rows = msgspec.json.decode(members[f"events/{i}.json"], type=list[tuple[int, str, str, int, msgspec.Raw]])
+        parent, out = (ref["after_id"] if ref.get("start") else ref["base_id"]), []
+        for seq, _, kind, schema, p in rows:
+            payload = change(kind, bytes(p)) or bytes(p)
+            parent = event_id(parent, ref["name"], kind, schema, payload)
+            out.append((seq, parent, kind, schema, msgspec.Raw(payload)))
+        if rows:
+            ref["head_id"] = parent
+        members[f"events/{i}.json"] = msgspec.json.encode(out)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _twice(kind: str, p: bytes) -> bytes | None:
+    """A string field given twice, the first time forged: readers differ on which counts."""
+    if kind != "feedback_verdict":
+        return None
+    return b'{"rationale":"forged",' + p[1:]
+
+
+def _spaced(kind: str, p: bytes) -> bytes | None:
+    return json.dumps(json.loads(p), indent=1).encode() if kind == "feedback_verdict" else None
+
+
+def _huge(kind: str, p: bytes) -> bytes | None:
+    return p.replace(b'"score":', b'"score":1e400,"_":', 1) if kind == "version_evaluated" else None
+
+
+@pytest.mark.parametrize(("what", "change", "says"), [
+    ("a key given twice", _twice, "gives the key 'rationale' twice"),
+    ("a number past a float", _huge, "version_evaluated|payload"),
+])
+def test_a_payload_another_reader_would_read_otherwise_is_damage(source: Path, tmp_path: Path, what: str, change, says: str) -> None:  # type: ignore[no-untyped-def]
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main"], tmp_path / "x.bundle")
+    forge(tmp_path / "x.bundle", tmp_path / "bad.bundle", change)
+    with Store.create(tmp_path / "b") as b:
+        with pytest.raises(BundleDamaged, match=says):
+            pull_bundle(b, tmp_path / "bad.bundle")
+        assert b.log.count() == 0, what
+
+
+def test_a_payload_in_another_form_that_reads_the_same_is_taken(source: Path, tmp_path: Path) -> None:
+    """Whitespace and key order do not change what any reader reads (and the ids hash the bytes
+    as they are); a payload lacking a field its event has is a history from before the field."""
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main"], tmp_path / "x.bundle")
+    forge(tmp_path / "x.bundle", tmp_path / "spaced.bundle", _spaced)
+    forge(tmp_path / "x.bundle", tmp_path / "older.bundle",
+          lambda k, p: json.dumps({x: v for x, v in json.loads(p).items() if x != "raw" or v is not None}).encode() if k == "feedback_verdict" else None)
+    for name in ("spaced.bundle", "older.bundle"):
+        with Store.create(tmp_path / name.replace(".", "-")) as b:
+            assert pull_bundle(b, tmp_path / name).events > 0
+            assert verify_store(b.log, b.blobs).ok
