@@ -174,8 +174,10 @@ class Sealed(msgspec.Struct):
     payloads: list[str]
 
 
-def seal(branch: str, parent: str | None, events: Sequence[NewEvent]) -> Sealed:
-    """Validate a batch and chain its ids after ``parent``; raises ``InvalidEnvelope``."""
+def seal(branch: str, parent: str | None, events: Sequence[NewEvent], *, decoded: bool = False) -> Sealed:
+    """Validate a batch and chain its ids after ``parent``; raises ``InvalidEnvelope``. With
+    ``decoded`` the caller has decoded every payload as JSON already (a bundle's pull decodes each
+    as its event), so only UTF-8 is checked here, not the JSON again."""
     if isinstance(events, (NewEvent, bytes, str)) or not isinstance(events, Sequence):
         raise InvalidEnvelope(None, f"events must be a sequence of NewEvent, got {type(events).__name__}")
     ids: list[str] = []
@@ -201,7 +203,8 @@ def seal(branch: str, parent: str | None, events: Sequence[NewEvent]) -> Sealed:
             raise InvalidEnvelope(i, f"payload must be bytes of UTF-8 JSON, got {type(payload).__name__}")
         try:
             text = payload.decode()
-            _RAW.decode(payload)
+            if not decoded:
+                _RAW.decode(payload)
         except (UnicodeDecodeError, msgspec.DecodeError) as e:
             raise InvalidEnvelope(i, f"payload is not UTF-8 JSON ({e})") from None
         except RecursionError:

@@ -206,7 +206,7 @@ class _Bundle:
         first_parent = ref.after_id if ref.start > 0 else ref.base_id
         try:  # every id computed once, as the store computes it (the store writes this seal, it does not seal again)
             events = tuple(NewEvent(k, v, bytes(p)) for _, _, k, v, p in rows)
-            sealed = seal(ref.name, first_parent, events) if rows else None
+            sealed = seal(ref.name, first_parent, events, decoded=True) if rows else None  # each payload decoded as its event below
         except InvalidEnvelope as e:
             raise BundleDamaged(self.path, f"branch {ref.name!r}: {e}") from None
         if sealed is not None and sealed.ids != [r[1] for r in rows]:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from store.duck.heads import HeadsFile
@@ -54,6 +55,16 @@ def _timestamps(values: list[datetime]) -> pa.Array:
     seen: dict[int, int] = {}
     micros = [seen[id(v)] if id(v) in seen else seen.setdefault(id(v), (v - _EPOCH) // _MICRO) for v in values]
     return pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+
+
+def _ids(ids: list[str]) -> pa.Array:
+    """Event ids (64 hex digits each) as Arrow from one joined buffer: Arrow's conversion of a
+    list of Python strings cost 1.5 us per row at a million."""
+    joined = "".join(ids)
+    if len(joined) != 64 * len(ids) or len(joined) >= 1 << 31 or not joined.isascii():
+        return pa.array(ids, pa.string())
+    offsets = np.arange(0, 64 * len(ids) + 1, 64, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(ids), pa.py_buffer(offsets), pa.py_buffer(joined.encode()))
 
 
 class DuckWriter:
@@ -257,7 +268,7 @@ class DuckWriter:
             self._insert(f"INSERT INTO events VALUES {values}", params)
             return
         types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.int32(), pa.timestamp("us", tz="UTC"), pa.string()]
-        arrays = [pa.array(c, t) if i != 6 else _timestamps(c) for i, (c, t) in enumerate(zip(cols, types, strict=True))]
+        arrays = [_ids(c) if i == 0 else pa.array(c, t) if i != 6 else _timestamps(c) for i, (c, t) in enumerate(zip(cols, types, strict=True))]
         table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
         self._con.register("_sia_batch", table)
         try:

@@ -371,6 +371,8 @@ def _huge(kind: str, p: bytes) -> bytes | None:
 @pytest.mark.parametrize(("what", "change", "says"), [
     ("a key given twice", _twice, "gives the key 'rationale' twice"),
     ("a number past a float", _huge, "version_evaluated|payload"),
+    ("JSON that is no event (the seal leaves JSON to the decode)", lambda k, p: b"[1,2]" if k == "version_evaluated" else None, "version_evaluated"),
+    ("bytes that are not UTF-8 inside a string", lambda k, p: p.replace(b'"rationale":"', b'"rationale":"\xff', 1) if k == "feedback_verdict" else None, "UTF-8|utf-8"),
 ])
 def test_a_payload_another_reader_would_read_otherwise_is_damage(source: Path, tmp_path: Path, what: str, change, says: str) -> None:  # type: ignore[no-untyped-def]
     with Store.open(source, read_only=True) as s:
