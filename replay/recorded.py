@@ -70,6 +70,8 @@ from sia_engine.domain.events import (
 from sia_engine.domain.projection import Recorded, records
 from sia_engine.domain.state import state_hash
 from sia_engine.errors import ReducerError, SiaError
+from sia_engine.experiment.artifact import METHOD as ARTIFACT
+from sia_engine.experiment.artifact import best_artifact
 from sia_engine.experiment.baselines import (
     best_of_k,
     random_search,
@@ -249,6 +251,8 @@ class _Replay:
         made: BaselineScored | None = None
         if e.method.startswith("reference:"):
             made = next((b for b in reference_methods(self.task, experiment=e.experiment) if b.method == e.method), None)
+        elif e.method == ARTIFACT:  # an arm's best artifact: from the answers the replayed branch scored
+            made = best_artifact(loop, experiment=e.experiment)
         elif e.method == "random-search" and e.seed is not None and isinstance(k := e.details.get("k"), int) \
                 and k == len(e.details.get("candidates") or ()):  # as many candidates as the event lists, never more
             made = random_search(self.task, loop.val, test_episodes(loop), experiment=e.experiment, k=k, seed=e.seed)

@@ -154,6 +154,7 @@ class _Served:
         self.retrain = retrain
         self._gens: dict[bytes, deque[Generation]] = defaultdict(deque)
         self._place: dict[bytes, int] = {}
+        self._groups = 0
         self._training: AdapterCheckpointed | None = None
         self.train_seconds: list[float] = []
         self.step_rows = 0  # the outputs the step under way recorded
@@ -168,9 +169,17 @@ class _Served:
             if isinstance(e, ActionTaken) and e.is_generation:
                 inp = e.generate_inputs()
                 rows.append((_batch_index(inp.batch), inp.row if inp.row is not None else i, i, e))
-        for _, _, _, a in sorted(rows, key=lambda r: r[:3]):
+        # The loop asked in request order and its planner sorted by (prompt length, request order):
+        # in the order generated, a new length starts where the request order goes back. Each
+        # prompt's place is that length's rank, so copies of one prompt (best-of-k asks each
+        # validation prompt many times) and prompts of equal length interleave as they did.
+        self._groups, last = 0, -1
+        for _, _, i, a in sorted(rows, key=lambda r: r[:3]):
             inp = a.generate_inputs()
-            self._place.setdefault(_key(inp.messages, inp.prefix), len(self._place))
+            if i < last:
+                self._groups += 1
+            last = i
+            self._place.setdefault(_key(inp.messages, inp.prefix), self._groups)
             o = a.outputs
             gen = Generation(o.get("text", ""), n_tokens=o.get("n_tokens", 0), finish=o.get("finish", "stop"), raw=o.get("raw", {}))
             self._gens[_key(inp.messages, inp.decoding, inp.prefix, inp.sample_seed)].append(gen)
@@ -188,7 +197,7 @@ class _Served:
 
     def prompt_tokens(self, messages: Sequence[Message], prefix: str = "") -> int:
         """The prompt's place in the step's recorded batches (the loop's planner sorts by it)."""
-        return self._place.get(_key(tuple(messages), prefix), len(self._place))
+        return self._place.get(_key(tuple(messages), prefix), self._groups + 1)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         out = []

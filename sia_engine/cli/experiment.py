@@ -145,25 +145,43 @@ def result_json(result: ExperimentResult) -> dict[str, Any]:
         "baselines": [{**msgspec.to_builtins(b), "mean": b.mean} for b in result.baselines],
         "base_version": {"val": result.base_val, "test": result.base_test},
         "summary": arm_summary(result),
-        **{f"{a}_vs_scaffold": None if c is None else {**msgspec.to_builtins(c), "excludes_zero": c.excludes_zero}
-           for a, c in comparisons(result).items()},
+        "comparisons": {key: None if c is None else {**msgspec.to_builtins(c), "excludes_zero": c.excludes_zero}
+                        for key, c in comparisons(result).items()},
     }
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def summary_lines(arm: str, m: dict[str, Any]) -> list[str]:
+    """An arm's summary, like with like: its policy against the base policy, its best artifact
+    against the searches' best."""
+    lines = []
+    if (p := m.get("policy")) is not None:
+        base = "" if p["beats_base"] is None else ("; beats the base version's policy" if p["beats_base"] else "; does NOT beat the base version's policy")
+        lines.append(f"{arm}, policy: mean test {p['mean']:.3f} (sd {p['sd']:.3f}, {p['seeds']} seeds){base}")
+    if (a := m.get("artifact")) is not None:
+        vs = "; ".join(("beats " if ok else "does NOT beat ") + method for method, ok in a["beats"].items())
+        lines.append(f"{arm}, best artifact: mean test {a['mean']:.3f} (sd {a['sd']:.3f}, {a['seeds']} seeds){'; ' + vs if vs else ''}")
+    return lines
 
 
 def print_result(result: ExperimentResult, task_name: str) -> None:
     from sia_engine.experiment.table import arm_summary, comparisons
 
-    t = Table(title=f"experiment {result.name} on {task_name}: arms (test split, scored once per head)")
-    for col in ("arm", "seed", "test", "val", "iterations", "levers used", "candidates", "accepted", "evaluations", "model calls",
-                "train steps", "wall s"):
+    t = Table(title=f"experiment {result.name} on {task_name}: arms on the test split, two measures "
+                    "(policy: the head's mean sampled proposal; artifact: the best answer the arm scored, chosen on val)")
+    for col in ("arm", "seed", "policy test", "policy val", "artifact test", "artifact val", "answers scored", "iterations", "levers used",
+                "candidates", "accepted", "model calls", "train steps", "wall s"):
         t.add_column(col)
     for r in result.arms:
-        t.add_row(r.arm, str(r.seed), "-" if r.test_score is None else f"{r.test_score:.3f}", "-" if r.val_score is None else f"{r.val_score:.3f}",
-                  f"{r.iterations}{' (budget: ' + r.stopped + ')' if r.stopped else ''}", ",".join(r.levers_used) or "-", str(r.candidates),
-                  str(r.accepted), str(r.evaluations), str(r.model_calls), str(r.train_steps), f"{r.wall_s:.0f}")
+        t.add_row(r.arm, str(r.seed), *(_f(v) for v in (r.test_score, r.val_score, r.artifact_test, r.artifact_val)),
+                  f"{r.scored} ({r.artifact_candidates} distinct)", f"{r.iterations}{' (budget: ' + r.stopped + ')' if r.stopped else ''}",
+                  ",".join(r.levers_used) or "-", str(r.candidates), str(r.accepted), str(r.model_calls), str(r.train_steps), f"{r.wall_s:.0f}")
     wide = out if out.is_terminal else Console(width=170, markup=False)  # printed to a file or a pipe, the wide tables stay whole
     wide.print(t)
-    b = Table(title="baselines (test split)")
+    b = Table(title="baselines (test split; the searches' best, chosen on val: compare with the arms' artifact)")
     for col in ("baseline", "test per seed", "mean", "evaluations", "model calls", "how"):
         b.add_column(col)
     b.add_row("base version", "-" if result.base_test is None else f"{result.base_test:.3f}",
@@ -172,9 +190,8 @@ def print_result(result: ExperimentResult, task_name: str) -> None:
         b.add_row(x.method, ", ".join(f"{v:.3f}" for v in x.test_scores), f"{x.mean:.3f}", str(x.evaluations), str(x.model_calls), x.note)
     wide.print(b)
     for arm, m in arm_summary(result).items():
-        vs = "; ".join(("beats " if ok else "does NOT beat ") + method for method, ok in m["beats"].items())
-        base = "" if m["beats_base"] is None else ("; beats the base version" if m["beats_base"] else "; does NOT beat the base version")
-        out.print(f"{arm}: mean test {m['mean']:.3f} (sd {m['sd']:.3f}, {m['seeds']} seeds){'; ' + vs if vs else ''}{base}", highlight=False)
+        for line in summary_lines(arm, m):
+            out.print(line, highlight=False)
     for comparison in comparisons(result).values():
         if comparison is not None:
             out.print(comparison.describe(), highlight=False)

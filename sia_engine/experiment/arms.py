@@ -27,7 +27,6 @@ from sia_engine.domain.events import VersionEvaluated
 from sia_engine.domain.payloads import ArmOverrides, Budget
 from sia_engine.domain.projection import records
 from sia_engine.errors import SiaError
-from sia_engine.experiment.baselines import candidates_budget
 from sia_engine.experiment.executors import ArmJob, LocalExecutor, evaluate_test
 from sia_engine.experiment.on_ray import RayExecutor
 from sia_engine.experiment.table import ARMS, ExperimentResult, experiment_result, experiment_table
@@ -122,6 +121,6 @@ def run_experiment(
     evaluate_test(on_base)
     if baselines:
         table = experiment_table(store, name)
-        k = max((candidates_budget(r.evaluations, len(on_base.val)) for r in table), default=1)
+        k = max((max(1, r.scored) for r in table), default=1)  # as many candidates as an arm scored answers in all
         runner.baselines(on_base, experiment=name, k=k, seeds=seeds)
     return experiment_result(store, name)

@@ -67,7 +67,7 @@ def _mean_score(task: Task, answer: str, episodes: Sequence[Episode]) -> float:
     return sum(task.score(ep, answer).score for ep in episodes) / len(episodes)
 
 
-def _choose(task: Task, answers: Sequence[str], val: Sequence[Episode], test: Sequence[Episode]) -> tuple[int, list[float], float]:
+def choose(task: Task, answers: Sequence[str], val: Sequence[Episode], test: Sequence[Episode]) -> tuple[int, list[float], float]:
     """Each answer's validation score, the index of the best (the first of equals), its test score."""
     scores = [round(_mean_score(task, a, val), 6) for a in answers]
     best = max(range(len(answers)), key=lambda i: (scores[i], -i))
@@ -81,7 +81,7 @@ def random_search(task: Task, val: Sequence[Episode], test: Sequence[Episode], *
         return None
     rng = random.Random(f"random-search:{seed}")
     answers = [str(task.random_answer(rng, val[0])) for _ in range(k)]
-    best, scores, score = _choose(task, answers, val, test)
+    best, scores, score = choose(task, answers, val, test)
     return BaselineScored(experiment=experiment, method="random-search", split="test", score=score, seed=seed, val_score=scores[best],
                           evaluations=k * len(val), details={"k": k, "candidates": answers, "val_scores": scores, "chosen": best})
 
@@ -97,7 +97,7 @@ def best_of_k(loop: Loop, *, experiment: str, k: int, seed: int) -> BaselineScor
     events = loop.sample(head, prompts, split="val", seed=BEST_OF_K_SEED * (seed + 1), tag=f"{experiment}-best-of-{k}-s{seed}", n=1)
     trajs = [e for e in events if isinstance(e, TrajectoryRecorded)]
     answers = [t.output for t in trajs]
-    best, scores, score = _choose(loop.task, answers, val, test)
+    best, scores, score = choose(loop.task, answers, val, test)
     return BaselineScored(experiment=experiment, method="best-of-k", split="test", score=score, seed=seed, val_score=scores[best],
                           evaluations=k * len(val), model_calls=len(trajs),
                           details={"k": k, "trajectories": [t.trajectory_id for t in trajs], "val_scores": scores, "chosen": best,

@@ -20,6 +20,7 @@ from sia_engine.domain.history import fork
 from sia_engine.domain.payloads import Budget
 from sia_engine.domain.projection import fold, records
 from sia_engine.errors import SiaError
+from sia_engine.experiment.artifact import record_best_artifact
 from sia_engine.experiment.baselines import record_baselines, test_episodes
 from sia_engine.experiment.table import Spending, spent
 from sia_engine.loop.feedback.rule import FeedbackAgent
@@ -29,7 +30,7 @@ from sia_engine.loop.task import Task, scope_cache
 from sia_engine.models.protocol import Model
 from store import EventLog, Store
 
-__all__ = ["ArmJob", "Setup", "LocalExecutor", "run_arm", "ensure_fork", "evaluate_test"]
+__all__ = ["ArmJob", "Setup", "LocalExecutor", "run_arm", "ensure_fork", "evaluate_test", "finish_arm"]
 
 Setup = tuple[Task, Model, Callable[[], FeedbackAgent]]  # what ``make`` builds on a worker
 
@@ -74,6 +75,12 @@ def evaluate_test(loop: Loop) -> float:
     return score
 
 
+def finish_arm(loop: Loop, job: ArmJob) -> None:
+    """An arm's last steps, outside its budget: its head's test score, then its best artifact."""
+    evaluate_test(loop)
+    record_best_artifact(loop, experiment=str(job.overrides.get("experiment", job.branch)))
+
+
 def _out_of_budget(log: EventLog, branch: str, budget: Budget) -> bool:
     """Asked before each iteration of an arm: has its branch spent one of its limits?"""
     [used] = fold([Spending()], records(log, branch, own=True))
@@ -107,7 +114,7 @@ class LocalExecutor:
     def run(self, store: Store, jobs: list[ArmJob], config: LoopConfig, hooks: Hooks | None = None) -> None:
         for job in jobs:
             ensure_fork(store, job)
-            evaluate_test(run_arm(store, job, self.setup, config, hooks))
+            finish_arm(run_arm(store, job, self.setup, config, hooks), job)
 
     def baselines(self, loop: Loop, *, experiment: str, k: int, seeds: Sequence[int]) -> None:
         record_baselines(loop, experiment=experiment, k=k, seeds=seeds)

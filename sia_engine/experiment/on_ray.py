@@ -35,7 +35,7 @@ from sia_engine.domain.bundle_write import write_bundle
 from sia_engine.domain.events import Event, decode, encode
 from sia_engine.errors import SiaError
 from sia_engine.experiment.baselines import baselines_to_do, best_of_k, random_search, reference_methods, test_episodes
-from sia_engine.experiment.executors import ArmJob, Setup, ensure_fork, evaluate_test, run_arm
+from sia_engine.experiment.executors import ArmJob, Setup, ensure_fork, finish_arm, run_arm
 from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.loop import Loop, LoopConfig
 from sia_engine.loop.task import scope_cache
@@ -113,7 +113,7 @@ def arm_worker(make: Callable[[], Setup], config: dict[str, Any], job: dict[str,
             if loop.hist.state.iteration + 1 < k:  # stopped by its budget: no further iteration starts
                 break
         assert loop is not None
-        evaluate_test(loop)
+        finish_arm(loop, arm)
         yield _bundle_bytes(store, [arm.branch], since={arm.branch: sent})
 
 

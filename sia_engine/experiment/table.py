@@ -18,6 +18,7 @@ import msgspec
 
 from sia_engine.domain.events import (
     ActionTaken,
+    BaselineScored,
     AdapterCheckpointed,
     BranchForked,
     RolledBack,
@@ -28,6 +29,7 @@ from sia_engine.domain.events import (
 from sia_engine.domain.payloads import ArmOverrides
 from sia_engine.domain.projection import Projection, Recorded, fold, records
 from sia_engine.errors import InvalidPayload
+from sia_engine.experiment.artifact import METHOD as ARTIFACT
 from sia_engine.experiment.baselines import Baseline, baselines_from_records
 from store import EventLog, Store
 
@@ -53,6 +55,15 @@ class ArmResult(msgspec.Struct, frozen=True):
     train_steps: int  # LoRA steps over all adapters trained on the branch
     wall_s: float  # from the fork to the last event on the branch
     stopped: str = ""  # the budget limit that ended the arm early ("": it ran its iterations)
+    scored: int = 0  # answers the arm itself scored: its training and validation trajectories since its fork
+    artifact_test: float | None = None  # the best artifact: the best of its distinct answers on validation, scored on test
+    artifact_val: float | None = None
+    artifact_candidates: int = 0  # its distinct answers
+
+    def measure(self, which: str) -> float | None:
+        """The arm's test score by ``which`` measure: ``policy`` (its head's mean sampled
+        proposal) or ``artifact`` (its best artifact)."""
+        return self.test_score if which == "policy" else self.artifact_test
 
 
 class ExperimentResult(msgspec.Struct, frozen=True):
@@ -115,14 +126,16 @@ class _Arm(msgspec.Struct):
     candidates: int = 0
     accepted: int = 0
     val_trajectories: int = 0
+    train_trajectories: int = 0
     evaluations: list[VersionEvaluated] = []
+    artifact: BaselineScored | None = None
 
 
 class ArmTable(Projection[_Arm]):
     """One arm's row, but for what the base and the budget add (``table_from_records``)."""
 
     kinds = frozenset({"branch_forked", "iteration_started", "scaffold_patched", "adapter_checkpointed", "version_accepted",
-                       "rolled_back", "version_evaluated", "trajectory_recorded"})
+                       "rolled_back", "version_evaluated", "trajectory_recorded", "baseline_scored"})
 
     def initial(self) -> _Arm:
         return _Arm(levers={}, evaluations=[])
@@ -143,8 +156,13 @@ class ArmTable(Projection[_Arm]):
             a.head = e.to_version
         elif isinstance(e, VersionEvaluated):
             a.evaluations.append(e)
-        elif isinstance(e, TrajectoryRecorded) and e.split == "val":
-            a.val_trajectories += 1
+        elif isinstance(e, TrajectoryRecorded) and e.split in ("val", "train"):
+            if e.split == "val":
+                a.val_trajectories += 1
+            else:
+                a.train_trajectories += 1
+        elif isinstance(e, BaselineScored) and e.method == ARTIFACT:
+            a.artifact = e
         return a
 
 
@@ -192,6 +210,9 @@ def _row(branch: str, a: _Arm, used: dict[str, float], base: _Base) -> ArmResult
         arm=o.arm, seed=o.seed, branch=branch, test_score=test, val_score=val, iterations=a.iterations, levers_used=tuple(a.levers),
         candidates=a.candidates, accepted=a.accepted, evaluations=base.evaluations + a.val_trajectories,
         model_calls=int(used["model_calls"]), train_steps=int(used["train_steps"]), wall_s=used["wall_s"], stopped=stopped,
+        scored=a.train_trajectories + a.val_trajectories, artifact_test=None if a.artifact is None else a.artifact.score,
+        artifact_val=None if a.artifact is None else a.artifact.val_score,
+        artifact_candidates=0 if a.artifact is None else int(a.artifact.details.get("candidates", 0)),
     )
 
 
@@ -265,6 +286,8 @@ def experiment_result(store: Store, name: str) -> ExperimentResult:
     return result_from_records(experiment_records(store.log, name), name)
 
 
+_MEASURES = {"policy": "policy: the head's mean proposal", "artifact": "best artifact"}
+
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30)
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -281,6 +304,7 @@ class Paired(msgspec.Struct, frozen=True):
     mean: float
     low: float | None  # None with fewer than two seeds: no interval
     high: float | None
+    measure: str = "policy"  # ``ArmResult.measure``: policy or artifact
 
     @property
     def excludes_zero(self) -> bool:
@@ -291,14 +315,15 @@ class Paired(msgspec.Struct, frozen=True):
         ci = "" if self.low is None else f", 95% interval [{self.low:+.3f}, {self.high:+.3f}]"
         verdict = (f"{self.a} is better" if self.low is not None and self.low > 0 else f"{self.a} is worse" if self.excludes_zero
                    else "no difference shown")
-        return (f"{self.a} vs {self.b}, seed by seed: differences {', '.join(f'{x:+.3f}' for x in self.differences)}; "
+        return (f"{self.a} vs {self.b} ({_MEASURES[self.measure]}), seed by seed: differences {', '.join(f'{x:+.3f}' for x in self.differences)}; "
                 f"mean {self.mean:+.3f}{ci}: {verdict}")
 
 
-def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> Paired | None:
-    """Arm ``a`` against arm ``b`` on the seeds both were scored on (None: no such seed)."""
-    sa = {r.seed: r.test_score for r in table if r.arm == a and r.test_score is not None}
-    sb = {r.seed: r.test_score for r in table if r.arm == b and r.test_score is not None}
+def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold", measure: str = "policy") -> Paired | None:
+    """Arm ``a`` against arm ``b`` by ``measure`` (``ArmResult.measure``) on the seeds both were
+    scored on (None: no such seed)."""
+    sa = {r.seed: v for r in table if r.arm == a and (v := r.measure(measure)) is not None}
+    sb = {r.seed: v for r in table if r.arm == b and (v := r.measure(measure)) is not None}
     seeds = tuple(sorted(sa.keys() & sb.keys()))
     if not seeds:
         return None
@@ -306,27 +331,38 @@ def paired(table: Sequence[ArmResult], a: str = "both", b: str = "scaffold") -> 
     n = len(d)
     mean = sum(d) / n
     if n < 2:
-        return Paired(a, b, seeds, d, round(mean, 6), None, None)
+        return Paired(a, b, seeds, d, round(mean, 6), None, None, measure)
     sd = (sum((x - mean) ** 2 for x in d) / (n - 1)) ** 0.5
     half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / n**0.5
-    return Paired(a, b, seeds, d, round(mean, 6), round(mean - half, 6), round(mean + half, 6))
+    return Paired(a, b, seeds, d, round(mean, 6), round(mean - half, 6), round(mean + half, 6), measure)
 
 
 def comparisons(result: ExperimentResult) -> dict[str, Paired | None]:
-    """The comparisons an experiment reports, each arm against scaffold-only, seed by seed:
-    both (SIA's claim) and weights (None: no seed scored on both arms)."""
-    return {a: paired(result.arms, a, "scaffold") for a in ("both", "weights")}
+    """The comparisons an experiment reports, seed by seed, on both measures: both against
+    scaffold-only (SIA's claim) and against weights-only, and weights against scaffold-only
+    (None: no seed scored on both arms). Keys: ``A-vs-B:MEASURE``."""
+    pairs = (("both", "scaffold"), ("both", "weights"), ("weights", "scaffold"))
+    return {f"{a}-vs-{b}:{m}": paired(result.arms, a, b, m) for m in ("policy", "artifact") for a, b in pairs}
 
 
 def arm_summary(result: ExperimentResult) -> dict[str, dict[str, Any]]:
-    """Mean and spread of each arm's test scores, whether the mean beats each search baseline and the base."""
+    """Each arm's mean and spread on both measures. Like with like: the policy (the head's mean
+    sampled proposal) against the base policy; the best artifact against the searches' best
+    (random search, best-of-k), which choose theirs the same way from as many candidates."""
     out: dict[str, dict[str, Any]] = {}
     searches = [b for b in result.baselines if b.method in ("random-search", "best-of-k")]
     for arm in dict.fromkeys(r.arm for r in result.arms):
-        scores = [r.test_score for r in result.arms if r.arm == arm and r.test_score is not None]
-        if scores:
+        row: dict[str, Any] = {}
+        for m in ("policy", "artifact"):
+            scores = [v for r in result.arms if r.arm == arm and (v := r.measure(m)) is not None]
+            if not scores:
+                continue
             mean = statistics.fmean(scores)
-            out[arm] = {"mean": round(mean, 6), "sd": round(statistics.stdev(scores), 6) if len(scores) > 1 else 0.0, "seeds": len(scores),
-                        "beats": {b.method: mean > b.mean for b in searches},
-                        "beats_base": None if result.base_test is None else mean > result.base_test}
+            row[m] = {"mean": round(mean, 6), "sd": round(statistics.stdev(scores), 6) if len(scores) > 1 else 0.0, "seeds": len(scores)}
+            if m == "policy":
+                row[m]["beats_base"] = None if result.base_test is None else mean > result.base_test
+            else:
+                row[m]["beats"] = {b.method: mean > b.mean for b in searches}
+        if row:
+            out[arm] = row
     return out

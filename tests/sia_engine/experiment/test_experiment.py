@@ -97,7 +97,7 @@ def test_the_loop_never_reads_the_test_split(done) -> None:  # type: ignore[no-u
             tests = [i for i, e in enumerate(own) if e.kind == "trajectory_recorded" and b'"split":"test"' in e.payload]
             decisions = [i for i, e in enumerate(own) if e.kind in ("version_accepted", "version_rejected", "feedback_verdict")]
             assert tests and min(tests) > max(decisions)  # scored once, after every decision
-            assert len(tests) == CFG.val_episodes and own[-1].kind == "version_evaluated"
+            assert len(tests) == CFG.val_episodes and own[-2].kind == "version_evaluated" and own[-1].kind == "baseline_scored"  # then its best artifact
 
 
 def test_the_table_comes_from_the_log_and_from_its_parquet_export(done, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -149,7 +149,10 @@ def test_the_command_runs_resumes_and_prints_the_table(tmp_path: Path) -> None:
     rows = doc["arms"]
     assert doc["base_version"]["test"] is not None
     assert {b["method"]: len(b["test_scores"]) for b in doc["baselines"]} == {"best-of-k": 2, "random-search": 2}
-    assert doc["both_vs_scaffold"]["seeds"] == [0, 1]
+    assert doc["comparisons"]["both-vs-scaffold:policy"]["seeds"] == [0, 1]
+    assert set(doc["comparisons"]) == {f"{a}-vs-{b}:{m}" for m in ("policy", "artifact") for a, b in (("both", "scaffold"), ("both", "weights"), ("weights", "scaffold"))}
+    assert all(x["artifact_test"] is not None and x["scored"] > 0 for x in rows)
+    assert set(doc["summary"]["both"]) == {"policy", "artifact"} and "beats" in doc["summary"]["both"]["artifact"]
     assert [(x["arm"], x["seed"]) for x in rows] == [("scaffold", 0), ("scaffold", 1), ("both", 0), ("both", 1)]
     assert all(x["test_score"] is not None and x["iterations"] == 1 for x in rows)
     again = CliRunner().invoke(main, args)
@@ -181,7 +184,6 @@ def test_random_search_is_a_real_search_and_deterministic() -> None:
 
 def test_baselines_are_recorded_on_the_prefix_after_the_forks_with_the_arms_budget(done) -> None:  # type: ignore[no-untyped-def]
     from sia_engine.domain.events import BaselineScored, TrajectoryRecorded
-    from sia_engine.experiment.baselines import candidates_budget
 
     root, table = done
     with Store.open(root, read_only=True) as s:
@@ -191,9 +193,12 @@ def test_baselines_are_recorded_on_the_prefix_after_the_forks_with_the_arms_budg
         events = [(e.seq, decode_envelope(e)) for e in base]
     recorded = [(q, e) for q, e in events if isinstance(e, BaselineScored)]
     assert recorded and min(q for q, _ in recorded) > forks
-    k = max(candidates_budget(r.evaluations, CFG.val_episodes) for r in table)
+    k = max(r.scored for r in table)
     # every arm scored the base (on the prefix) and its 2 candidates on 6 episodes, one output each (temperature 0)
-    assert all(r.evaluations == (1 + r.candidates) * 6 for r in table) and k == 3
+    assert all(r.evaluations == (1 + r.candidates) * 6 for r in table)
+    # the searches get as many candidates as an arm scored answers in all: its rollouts (6 episodes x 2 samples an
+    # iteration) and its evaluations
+    assert k == max(r.iterations * 6 * 2 + r.candidates * 6 for r in table) and k > 3
     methods = {b.method: b for b in result.baselines}
     assert set(methods) == {"best-of-k", "random-search", "reference:always-9"}
     assert methods["reference:always-9"].test_scores == (REF_TASK.reference_baselines("test")["always-9"],)
@@ -273,13 +278,15 @@ def test_the_audit_report_plots_the_experiment_from_the_log(done) -> None:  # ty
     svg = page[page.index('class="plot experiment"'):]
     svg = svg[: svg.index("</svg>")]
     assert len(re.findall(r'<circle class="seed"', svg)) == len(table) == 6  # a dot per arm and seed
-    assert len(re.findall(r'class="mean"', svg)) == 3
+    assert len(re.findall(r'class="mean (policy|artifact)"', svg)) == 6  # each arm's mean, on each measure
+    assert len(re.findall(r'<rect class="artifact"', svg)) == 6
     labels = re.findall(r'class="baseline-label">([^<]+)<', svg)
     assert [x.rsplit(" ", 1)[0] for x in labels] == ["base version", "best-of-k", "random-search", "reference:always-9"]
     assert labels[0].endswith(f"{result.base_test:.3f}")
     for r in table:
         assert f"{r.arm} seed {r.seed}: {r.test_score:.4f}" in svg
-    assert "both vs scaffold, seed by seed" in page and "weights vs scaffold, seed by seed" in page  # the comparisons `sia experiment` prints
+    for a, b in (("both", "scaffold"), ("both", "weights"), ("weights", "scaffold")):  # the comparisons `sia experiment` prints
+        assert f"{a} vs {b} (policy: the head&#x27;s mean proposal), seed by seed" in page and f"{a} vs {b} (best artifact), seed by seed" in page
 
 
 def test_every_branch_of_the_experiment_verifies_and_replays(done) -> None:  # type: ignore[no-untyped-def]
@@ -307,3 +314,36 @@ def test_each_arm_and_each_baseline_seed_is_scored_in_a_cache_scope_of_its_own(t
         run_experiment(s, task=task, model=scripted(sometimes_wrong), feedback=RulePolicy, config=CFG, name="e1",
                        arms=("scaffold", "weights"), seeds=(0,), iterations=1)
     assert {"e1-scaffold-s0", "e1-weights-s0", "e1:random-search:0", "e1:best-of-k:0"} <= task.scored_in, task.scored_in
+
+
+def test_each_arm_records_its_best_artifact_chosen_on_val_and_scored_once_on_test(done) -> None:  # type: ignore[no-untyped-def]
+    """The second measure, like the searches': of every answer the arm scored (rollouts and
+    evaluations, after its fork), the best on validation as the answer to every episode, on test."""
+    from sia_engine.domain.events import BaselineScored, TrajectoryRecorded
+
+    root, table = done
+    val, test = TASK.episodes("val")[:6], TASK.episodes("test")[:6]
+    with Store.open(root, read_only=True) as s:
+        for r in table:
+            own = [decode_envelope(e) for e in s.log.read(r.branch, after_seq=-1)]
+            [art] = [e for e in own if isinstance(e, BaselineScored)]
+            answers = [e.output for e in own if isinstance(e, TrajectoryRecorded) and e.split in ("train", "val")]
+            distinct = list(dict.fromkeys(answers))
+            means = [round(sum(TASK.score(ep, a).score for ep in val) / 6, 6) for a in distinct]
+            best = max(range(len(distinct)), key=lambda i: (means[i], -i))
+            assert art.method == "best-artifact" and art.details["scored"] == len(answers) == r.scored
+            assert art.val_score == means[best] == r.artifact_val and art.details["candidates"] == len(distinct) == r.artifact_candidates
+            assert art.score == r.artifact_test == round(sum(TASK.score(ep, distinct[best]).score for ep in test) / 6, 6)
+            assert own[-1] is art or isinstance(own[-1], BaselineScored)  # after the test score, the arm's last event
+
+
+def test_paired_comparisons_on_the_artifact_measure() -> None:
+    from sia_engine.experiment.table import ArmResult, paired
+
+    def row(arm: str, seed: int, policy: float, artifact: float) -> ArmResult:
+        return ArmResult(arm, seed, f"e-{arm}-s{seed}", policy, None, 1, (), 1, 0, 1, 1, 0, 1.0, artifact_test=artifact)
+
+    table = [row("both", 0, 0.1, 0.9), row("both", 1, 0.2, 0.8), row("scaffold", 0, 0.3, 0.5), row("scaffold", 1, 0.4, 0.6)]
+    p, a = paired(table, "both", "scaffold"), paired(table, "both", "scaffold", "artifact")
+    assert p is not None and a is not None and p.differences == (-0.2, -0.2) and a.differences == (0.4, 0.2)
+    assert "best artifact" in a.describe() and "policy" in p.describe()
