@@ -97,3 +97,53 @@ def test_the_report_renders_in_chromium_without_console_errors(report: tuple[Pat
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1280,1600", f"--screenshot={shot}",
                     out.as_uri()], capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 10_000
+
+
+def _experiment_with_an_outlier():  # type: ignore[no-untyped-def]
+    """The README's experiment's shape: arms near 0.6-0.7, searches close together, one reference
+    method far below (alra -1.45)."""
+    from sia_engine.experiment.baselines import Baseline
+    from sia_engine.experiment.table import ArmResult, ExperimentResult
+
+    arms = tuple(ArmResult(arm, seed, f"e-{arm}-s{seed}", 0.60 + 0.01 * i + 0.02 * seed, None, 3, (), 2, 1, 40, 40, 0, 1.0,
+                           artifact_test=0.70 + 0.01 * i)
+                 for i, arm in enumerate(("scaffold", "weights", "both")) for seed in range(3))
+    baselines = (Baseline("best-of-k", (0, 1, 2), (0.721, 0.72, 0.722), (None, None, None), 48, 48),
+                 Baseline("random-search", (0, 1, 2), (0.684, 0.69, 0.686), (None, None, None), 48, 0),
+                 Baseline("reference:alra", (None,), (-1.45,), (None,), 0, 0), Baseline("reference:magic", (None,), (0.69,), (None,), 0, 0))
+    return ExperimentResult("e", arms, baselines, 0.55, 0.688)
+
+
+def test_the_experiment_plot_reads_at_a_glance_in_chromium(tmp_path: Path) -> None:
+    """Issue 23, Deliver 5: both measures per arm, the baselines' labels apart, an outlier clipped
+    with its value written, and the arms spread over the plot rather than squashed into a band."""
+    from replay.audit_experiment import experiment_plot
+
+    assert CHROMIUM is not None
+    svg = experiment_plot(_experiment_with_an_outlier())
+    assert "reference:alra -1.450 (off the scale)" in svg and svg.count('class="artifact"') == 9 and svg.count('class="seed"') == 9
+    probe = """<script>
+      const box = e => e.getBoundingClientRect();
+      const labels = [...document.querySelectorAll('.baseline-label')].map(box);
+      let overlaps = 0;
+      for (let i = 0; i < labels.length; i++) for (let j = i + 1; j < labels.length; j++) {
+        const a = labels[i], b = labels[j];
+        if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) overlaps++;
+      }
+      const svg = box(document.querySelector('svg'));
+      const inside = labels.every(l => l.top >= svg.top && l.bottom <= svg.bottom);
+      const ys = [...document.querySelectorAll('.seed, .artifact')].map(e => box(e).top);
+      const spread = (Math.max(...ys) - Math.min(...ys)) / svg.height;
+      document.body.setAttribute('data-result', JSON.stringify({overlaps, inside, spread, n: labels.length}));
+    </script>"""
+    page = tmp_path / "plot.html"
+    page.write_text(f"<!doctype html><html><body>{svg}{probe}</body></html>")
+    run = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    import html as html_
+    import json
+
+    got = json.loads(html_.unescape(re.search(r'data-result="([^"]+)"', run.stdout).group(1)))  # type: ignore[union-attr]
+    assert got["n"] == 5 and got["overlaps"] == 0 and got["inside"], got
+    assert got["spread"] > 0.4, got  # the arms use the plot's height, not a thin band above one outlier
