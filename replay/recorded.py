@@ -79,6 +79,7 @@ from sia_engine.experiment.baselines import (
     test_episodes,
 )
 from sia_engine.loop.feedback.model import LLMPolicy
+from sia_engine.loop.feedback.bandit import BanditPolicy
 from sia_engine.loop.feedback.rule import FeedbackAgent, RulePolicy
 from sia_engine.loop.loop import Loop, LoopConfig
 from sia_engine.loop.pins import (
@@ -267,7 +268,7 @@ class _Replay:
         assert run is not None
         try:
             cfg = LoopConfig.from_recorded(run.config, run.levers)
-            feedback: FeedbackAgent = self._llm_policy() if cfg.feedback == "llm" else RulePolicy()
+            feedback: FeedbackAgent = self._llm_policy() if cfg.feedback == "llm" else BanditPolicy() if cfg.feedback == "bandit" else RulePolicy()
             loop = Loop(self.scratch, task=self.rtask, model=self.model, feedback=feedback, config=cfg, branch="replay")
         except (msgspec.ValidationError, SiaError, TypeError, ValueError) as err:
             raise ReplayDivergence(rec.where, "config", "settings this engine runs", str(err)) from None

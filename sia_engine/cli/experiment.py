@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 @click.option("--model", "model_spec", default="smollm2", show_default=True, help="tiny | smollm2 | a local folder.")
 @click.option("--openai-url", default=None, help="An OpenAI-compatible endpoint instead of a local model (the scaffold arm only).")
 @click.option("--openai-model", default=None, help="Model name at the endpoint.")
-@click.option("--arms", default="scaffold,weights,both", show_default=True, help="Comma-separated arms: scaffold, weights, both.")
+@click.option("--arms", default="scaffold,weights,both", show_default=True, help="Comma-separated arms: scaffold, weights, both (the rule policy), both-bandit (both levers, chosen by --feedback bandit).")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1, max=20), help="Seeds per arm (0 .. N-1).")
 @click.option("--iterations", default=3, show_default=True, type=click.IntRange(min=1, max=1000), help="Iterations per arm and seed.")
 @click.option("--name", default="exp", show_default=True, help="The experiment's name: its branches are NAME-base and NAME-ARM-sSEED.")

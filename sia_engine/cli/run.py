@@ -68,7 +68,7 @@ def _versions_table(state: Any, recipes: dict[str, str]) -> Table:
 @click.option("--iterations", default=3, show_default=True, help="Improvement iterations (a budget: raise it to continue a run).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--branch", default="main", show_default=True)
-@click.option("--feedback", type=click.Choice(["rule", "llm"]), default="rule", show_default=True, help="Feedback Agent: deterministic rules, or the model itself choosing among valid options by its own likelihood.")
+@click.option("--feedback", type=click.Choice(["rule", "llm", "bandit"]), default="rule", show_default=True, help="Feedback Agent: deterministic rules; the model itself choosing among valid options by its own likelihood; or a bandit (UCB1) learning from this history which lever, recipe and kind of change pays per unit of cost.")
 @click.option("--train-episodes", default=8, show_default=True)
 @click.option("--val-episodes", default=8, show_default=True)
 @click.option("--margin", default=0.0, show_default=True, help="A candidate must beat the head by more than this on val.")
@@ -104,6 +104,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
     Example:
       sia run --task arith --model tiny --iterations 4 --store /tmp/arith
     """
+    from sia_engine.loop.feedback.bandit import BanditPolicy
     from sia_engine.loop.feedback.model import LLMPolicy
     from sia_engine.loop.feedback.rule import RulePolicy
     from sia_engine.loop.loop import (
@@ -129,7 +130,7 @@ def run(store_path: str, as_json: bool, task_name: str, model_spec: str, openai_
         fail(str(e))
     task = get_task(task_name, data=data, protect=(str(Path(store_path).resolve()),))
     model = load_agent_model(model_spec, openai_url, openai_model, device, task)
-    agent = LLMPolicy(model) if feedback == "llm" else RulePolicy()
+    agent = LLMPolicy(model) if feedback == "llm" else BanditPolicy() if feedback == "bandit" else RulePolicy()
     try:  # before the store is created: a refused run leaves nothing behind
         config = check_run(config, task, model)
     except SiaError as e:

@@ -74,13 +74,16 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
 class OptionScore(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """One option's score in a model's choice: the log-probability after the iteration's summary,
     after the bare question (``prior``) and its token count, for a local model; an endpoint
-    records the ``score`` only."""
+    records the ``score`` only; a bandit its index with ``n``, ``mean`` and ``bonus``."""
 
     label: str
     logprob: float | None = None
     prior: float | None = None
     score: float
     tokens: int | None = None
+    n: int | None = None  # a bandit's choice (``feedback.bandit``): the option's outcomes so far,
+    mean: float | None = None  # their mean reward
+    bonus: float | None = None  # and its exploration bonus (score = mean + bonus)
 
 
 class FreeText(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -22,7 +22,8 @@ from sia_engine.domain.projection import fold, records
 from sia_engine.errors import SiaError
 from sia_engine.experiment.artifact import record_best_artifact
 from sia_engine.experiment.baselines import record_baselines, test_episodes
-from sia_engine.experiment.table import Spending, spent
+from sia_engine.experiment.table import ARM_FEEDBACK, Spending, spent
+from sia_engine.loop.feedback.bandit import BanditPolicy
 from sia_engine.loop.feedback.rule import FeedbackAgent
 from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.loop import Loop, LoopConfig
@@ -88,7 +89,8 @@ def _out_of_budget(log: EventLog, branch: str, budget: Budget) -> bool:
 
 
 def _arm_config(config: LoopConfig, job: ArmJob, iterations: int) -> LoopConfig:
-    return msgspec.structs.replace(config, levers=job.levers, seed=job.seed, iterations=iterations)
+    feedback = ARM_FEEDBACK.get(job.arm, config.feedback)  # recorded on the fork (run_configured) where it differs
+    return msgspec.structs.replace(config, levers=job.levers, seed=job.seed, iterations=iterations, feedback=feedback)
 
 
 def run_arm(store: Store, job: ArmJob, setup: Setup, config: LoopConfig, hooks: Hooks | None = None,
@@ -98,7 +100,8 @@ def run_arm(store: Store, job: ArmJob, setup: Setup, config: LoopConfig, hooks: 
     task, model, feedback = setup
     n = job.iterations if iterations is None else iterations
     scope_cache(task, job.branch)  # what the branch records is the same wherever it runs
-    loop = Loop(store, task=task, model=model, feedback=feedback(), config=_arm_config(config, job, n),
+    agent = BanditPolicy() if ARM_FEEDBACK.get(job.arm) == "bandit" else feedback()
+    loop = Loop(store, task=task, model=model, feedback=agent, config=_arm_config(config, job, n),
                 branch=job.branch, hooks=hooks)
     loop.run(stop=None if job.budget is None else functools.partial(_out_of_budget, store.log, job.branch, job.budget))
     after()

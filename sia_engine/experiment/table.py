@@ -33,11 +33,13 @@ from sia_engine.experiment.artifact import METHOD as ARTIFACT
 from sia_engine.experiment.baselines import Baseline, baselines_from_records
 from store import EventLog, Store
 
-__all__ = ["ARMS", "ArmResult", "ExperimentResult", "Spending", "ArmTable", "BaseScores", "spent", "table_from_records",
+__all__ = ["ARMS", "ARM_FEEDBACK", "ArmResult", "ExperimentResult", "Spending", "ArmTable", "BaseScores", "spent", "table_from_records",
            "result_from_records", "experiment_names", "experiment_records", "experiment_table", "experiment_result", "Paired",
            "paired", "comparisons", "arm_summary"]
 
-ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights")}
+ARMS: dict[str, tuple[str, ...]] = {"scaffold": ("scaffold",), "weights": ("weights",), "both": ("scaffold", "weights"),
+                                    "both-bandit": ("scaffold", "weights")}
+ARM_FEEDBACK: dict[str, str] = {"both-bandit": "bandit"}  # an arm's Feedback Agent where it is not the experiment's own
 
 
 class ArmResult(msgspec.Struct, frozen=True):
@@ -341,8 +343,11 @@ def comparisons(result: ExperimentResult) -> dict[str, Paired | None]:
     """The comparisons an experiment reports, seed by seed, on both measures: both against
     scaffold-only (SIA's claim) and against weights-only, and weights against scaffold-only
     (None: no seed scored on both arms). Keys: ``A-vs-B:MEASURE``."""
-    pairs = (("both", "scaffold"), ("both", "weights"), ("weights", "scaffold"))
-    return {f"{a}-vs-{b}:{m}": paired(result.arms, a, b, m) for m in ("policy", "artifact") for a, b in pairs}
+    arms = {r.arm for r in result.arms}
+    pairs = (("both", "scaffold"), ("both", "weights"), ("weights", "scaffold"), ("both-bandit", "scaffold"), ("both-bandit", "weights"),
+             ("both-bandit", "both"))
+    return {f"{a}-vs-{b}:{m}": paired(result.arms, a, b, m) for m in ("policy", "artifact") for a, b in pairs
+            if a in arms or a in ("both", "weights")}
 
 
 def arm_summary(result: ExperimentResult) -> dict[str, dict[str, Any]]:

@@ -42,6 +42,7 @@ from sia_engine.domain.projection import AdaptersTrained, project
 from sia_engine.domain.scaffold import Decoding, Scaffold, apply_patch, scaffold_hash
 from sia_engine.domain.state import AgentState, Version, version_id
 from sia_engine.errors import InvalidSettings, RunMismatch, SiaError
+from sia_engine.loop.feedback.bandit import outcomes
 from sia_engine.loop.feedback.rule import Context, FeedbackAgent
 from sia_engine.loop.batches import Step, StepRunner, rows_by_id
 from sia_engine.loop.hooks import Hooks
@@ -299,10 +300,9 @@ class Loop:
         head = s.head_version
         assert head is not None
         trajs = tuple(e for e in self._iteration_events() if isinstance(e, TrajectoryRecorded) and e.split == "train")
-        episodes = {e.id: e for e in self.train}
-        failures = failure_classes(trajs, self.task, episodes)
-        levers = tuple(self.config.levers)
-        ctx = Context(s, head, trajs, failures, levers, s.iteration, recipe=self.config.recipe, rft_top=self.config.lora.rft_top)
+        failures = failure_classes(trajs, self.task, {e.id: e for e in self.train})
+        seen = outcomes(self.store.log, self.branch) if getattr(self.feedback, "reads_outcomes", False) else ()
+        ctx = Context(s, head, trajs, failures, tuple(self.config.levers), s.iteration, recipe=self.config.recipe, rft_top=self.config.lora.rft_top, outcomes=seen)
         self.hooks.phase("feedback", None)
         decision = self.feedback.decide(ctx, self.task)
         stands = decision.verdicts[-1]

@@ -51,7 +51,7 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     val_episodes: Count = 8
     margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
     lora: LoraSettings = LoraSettings()
-    feedback: Literal["rule", "llm"] = "rule"
+    feedback: Literal["rule", "llm", "bandit"] = "rule"
     iterations: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 3
     wall_time_s: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
     samples: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4

@@ -7,7 +7,7 @@ model choosing among the valid options by its own log-likelihood.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -42,6 +42,7 @@ class Context(msgspec.Struct, frozen=True):
     iteration: int
     recipe: str = "auto"
     rft_top: float = 0.0
+    outcomes: tuple[Any, ...] = ()  # this history's candidates' outcomes, for a policy that reads them (feedback.bandit.Outcome)
 
 
 class Decision(msgspec.Struct, frozen=True):
