@@ -89,7 +89,7 @@ def _requests(outputs: list[tuple[str, ActionTaken, GenerateInputs]]) -> list[Re
     reqs: list[Request] = []
     for _, _, inp in outputs:
         if not inp.sample:  # the first sample of a request (or a single one)
-            reqs.append(Request(inp.messages, inp.decoding, seed=inp.seed, prefix=inp.prefix, n=inp.n or 1))
+            reqs.append(Request(inp.messages, inp.decoding, seed=inp.seed, prefix=inp.prefix, n=inp.n or 1, options=inp.options))
     return reqs
 
 
@@ -121,7 +121,7 @@ def reexecute(store: Store, branch: str, model: Model, *, limit: int | None = No
                 continue
         else:
             inp = outputs[0][2]
-            reqs = [Request(inp.messages, inp.decoding, seed=inp.seed, prefix=inp.prefix, n=inp.n or 1)]
+            reqs = [Request(inp.messages, inp.decoding, seed=inp.seed, prefix=inp.prefix, n=inp.n or 1, options=inp.options)]
         model.set_adapter(load_adapter(store.blobs, adapters[vid]))
         gens = model.generate_serial(reqs) if not batched and isinstance(model, GeneratesSerially) else model.generate(reqs)
         for where, a, inp in outputs:

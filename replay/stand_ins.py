@@ -43,7 +43,7 @@ from sia_engine.domain.payloads import Message, ToolCall
 from sia_engine.domain.projection import Recorded
 from sia_engine.domain.scaffold import Scaffold
 from sia_engine.domain.state import AgentState
-from sia_engine.loop.task import Episode, Score, Task
+from sia_engine.loop.task import Episode, Score, Task, answer_options
 from sia_engine.models.protocol import Adapter, Generation, LoraSettings, Model, Recipe, Request, TrainedAdapter, TrainExample
 from store import BlobStore, EventLog
 from store.errors import BlobNotFound
@@ -323,6 +323,9 @@ class ReplayTask:
 
     def scaffold(self) -> Scaffold:
         return self.task.scaffold()
+
+    def answer_options(self, episode: Episode) -> tuple[str, ...]:
+        return answer_options(self.task, episode)  # the task's closed set, where it has one
 
 
 class CheckedHistory(History):

@@ -45,6 +45,7 @@ class GenerateInputs(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     sample: int | None = None
     batch: str | None = None
     row: int | None = None
+    options: tuple[str, ...] = ()  # a closed set the answer was chosen from, by likelihood (``Request.options``)
 
     @property
     def sample_seed(self) -> int:

@@ -221,7 +221,8 @@ def row_events(step: Step, k: int, j: int, gen: Generation, scored: Score, batch
     if gen.raw:
         outputs["raw"] = gen.raw
     inputs = GenerateInputs(messages=req.messages, decoding=req.decoding, seed=req.seed, prefix=step.prefix,
-                            n=n if n > 1 else None, sample=j if n > 1 else None, batch=batch, row=row if batch is not None else None)
+                            n=n if n > 1 else None, sample=j if n > 1 else None, batch=batch, row=row if batch is not None else None,
+                            options=req.options)
     events: list[Event] = [ActionTaken(action_id=aid, episode_id=ep.id, version_id=step.version_id, actor="model", name="generate",
                                        inputs=msgspec.to_builtins(inputs), outputs=outputs)]
     tool_ids = tuple(f"{aid}-tool{i}" for i in range(len(scored.tools)))

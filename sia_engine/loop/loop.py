@@ -49,7 +49,7 @@ from sia_engine.loop.hooks import Hooks
 from sia_engine.loop.pins import check_pins, data_pin, environment
 from sia_engine.loop.recipes import gold_episodes, training_examples
 from sia_engine.loop.settings import EvalProtocol, LoopConfig, check_settings
-from sia_engine.loop.task import Episode, Failure, Task
+from sia_engine.loop.task import Episode, Failure, Task, answer_options
 from sia_engine.models.protocol import Adapter, Model, Request, ServesOnDevice
 from store import BlobStore, Store
 from store.blobs import safetensors_metadata
@@ -236,7 +236,7 @@ class Loop:
         before a resume included."""
         self._serve(version)
         prefix = self.task.answer_prefix
-        requests = tuple(Request(self.task.messages(version.scaffold, ep), decoding, seed=seed + k, prefix=prefix, n=n)
+        requests = tuple(Request(self.task.messages(version.scaffold, ep), decoding, seed=seed + k, prefix=prefix, n=n, options=answer_options(self.task, ep))
                          for k, ep in enumerate(episodes))
         self.hooks.phase(f"{split} rollouts ({n} sample{'s' if n > 1 else ''} per episode)", len(requests) * n)
         step = Step(tag, split, version.version_id, tuple(episodes), requests, prefix)

@@ -12,7 +12,7 @@ from sia_engine.domain.payloads import ToolCall
 from sia_engine.domain.scaffold import Scaffold
 from sia_engine.models.protocol import Message
 
-__all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "KeysScores", "NeedsResources", "ScopesCache", "scope_cache", "chat_messages"]
+__all__ = ["Episode", "Score", "Failure", "Task", "DrawsRandomAnswers", "ScoresConcurrently", "KeysScores", "NeedsResources", "ScopesCache", "scope_cache", "AnswersFromOptions", "answer_options", "chat_messages"]
 
 # tampering: the output interfered with its own scoring (the scorer's channel forged, timings impossible)
 Failure = Literal["none", "format", "abstain", "content", "tampering"]
@@ -117,6 +117,20 @@ def scope_cache(task: object, scope: str) -> None:
     """``task.cache_scope(scope)`` where the task scopes its cache; nothing otherwise."""
     if isinstance(task, ScopesCache):
         task.cache_scope(scope)
+
+
+@runtime_checkable
+class AnswersFromOptions(Protocol):
+    """A task whose answers come from a closed set (lawbench-charge's charges): the model answers
+    each episode with one of ``answer_options`` by its own likelihood (``Request.options``), so
+    every output is a valid answer."""
+
+    def answer_options(self, episode: Episode) -> tuple[str, ...]: ...
+
+
+def answer_options(task: object, episode: Episode) -> tuple[str, ...]:
+    """The closed set ``task`` answers ``episode`` from (empty: free text)."""
+    return tuple(task.answer_options(episode)) if isinstance(task, AnswersFromOptions) else ()
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from peft import (
 
 from sia_engine.domain.events import ModelRef
 from sia_engine.models.decode import Row, RowOutput, sample_rows
+from sia_engine.models.options import with_options
 from sia_engine.models.packing import packed_attention
 from sia_engine.models.protocol import (
     Adapter,
@@ -190,7 +191,10 @@ class HFModel:
         """One call is one batch (``sia_engine.models.decode``): every request's samples are rows
         of it, row ``j`` of a request sampled from its own generator seeded ``seed + j``. At
         temperature 0 a request is one row, its ``n`` samples copies of it. A decoding's top_k
-        0 samples from the ``DEFAULT_TOP_K`` most likely tokens, as transformers' generate does."""
+        0 samples from the ``DEFAULT_TOP_K`` most likely tokens, as transformers' generate does.
+        A request with ``options`` is answered from them (``sia_engine.models.options``)."""
+        if any(r.options for r in requests):
+            return with_options(requests, self.generate, lambda r: self.score_options(r.messages, [r.prefix + o for o in r.options]))
         rows: list[Row] = []
         for r in requests:
             d = r.decoding
@@ -219,6 +223,8 @@ class HFModel:
         """The generation before batching, kept for comparison and for histories recorded with
         it: sampled requests one at a time through ``transformers``' ``generate``, a request's
         ``n`` samples drawn together from ``torch.manual_seed(seed)``; greedy ones in batches of 16."""
+        if any(r.options for r in requests):
+            return with_options(requests, self.generate_serial, lambda r: self.score_options(r.messages, [r.prefix + o for o in r.options]))
         out: list[Generation] = []
         greedy: list[Request] = []
         for r in requests:

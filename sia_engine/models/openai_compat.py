@@ -83,6 +83,9 @@ class OpenAIChatModel(WeightsUnsupported):
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """One call per sample: sample ``j`` of a request asks with seed ``seed + j``."""
+        if any(r.options for r in requests):
+            raise SiaError(f"model {self.ref.id!r}: this task answers from a closed set of options, which a local model scores by "
+                           f"likelihood; an endpoint cannot: use a local model (smollm2 or a folder)")
         out = []
         for r in (msgspec.structs.replace(q, n=1, seed=q.seed + j) if q.n > 1 else q for q in requests for j in range(q.n)):
             body = self._body(r)

@@ -51,6 +51,7 @@ class Request(msgspec.Struct, frozen=True):
     seed: int
     prefix: str = ""  # text the engine puts at the start of the answer (e.g. a JSON opening)
     n: int = 1
+    options: tuple[str, ...] = ()  # a closed set: answer with one of them, by likelihood (``sia_engine.models.options``)
 
 
 class Generation(msgspec.Struct, frozen=True):
@@ -232,7 +233,10 @@ class ScriptedModel:
             for j in range(r.n):
                 self.calls += 1
                 one = r if r.n == 1 else msgspec.structs.replace(r, n=1, seed=r.seed + j)
-                out.append(Generation(self._respond(one, self.adapter)))
+                text = self._respond(one, self.adapter)
+                if r.options and text not in r.options:  # a closed set: the option its answer names, else the first
+                    text = next((o for o in r.options if o in text), r.options[0])
+                out.append(Generation(text, finish="option" if r.options else "stop"))
         return out
 
     def set_adapter(self, adapter: Adapter | None) -> None:

@@ -1,10 +1,16 @@
 """``lawbench-charge``: single-label criminal-charge classification on LawBench task 3-3, scored
 by strict accuracy (the answer must name the gold charge and no other of the 189).
 
-The closest offline stand-in for SIA's LawBench number. Items are the single-label ones of the
-data folder's 3-3; the ``top_k`` most frequent charges are kept (a 135M model cannot separate 189
-classes from a few dozen examples); each charge's items are split 60/20/20 by the sha256 of their
-index (stratified). The facts are cut to ``max_chars`` characters (on CPU, long Chinese facts cost
+The closest offline stand-in for SIA's LawBench number. Items are the single-label ones among
+items 0-349 of the data folder's 3-3; every charge with at least ``min_items`` of them is kept (4:
+16 charges, 80 items; ``top_k`` keeps only the most frequent instead); each charge's items are
+split 60/20/20 by the sha256 of their index (stratified: 2/1/1 of 4, 3/1/1 of 5, 4/1/1 of 6).
+
+The model answers from the closed set of kept charges by its own likelihood
+(``answer_options``: ``Request.options``), so every output names exactly one valid charge and
+strict accuracy measures which. Free generation named no charge in 31 of 32 validation outputs
+of SmolLM2-135M (the task measured nothing); the charges are not listed in the prompt (listed in
+a fixed order, likelihood scoring copies the first). The facts are cut to ``max_chars`` characters (on CPU, long Chinese facts cost
 ~0.57 characters per token; cutting them to 120-200 characters did not change a small model's
 accuracy in a probe). At this scale results are a machinery check with wide intervals, not a
 reproduction of SIA's numbers.
@@ -33,15 +39,17 @@ class LawBenchCharge:
     data_help = "--data LAWBENCH_FOLDER with zero_shot/3-3.json (the LawBench layout)"
     answer_prefix = "罪名:"
 
-    def __init__(self, data: str | Path | None = None, *, top_k: int = 8, max_chars: int = 200, protect: tuple[str, ...] = ()) -> None:
+    def __init__(self, data: str | Path | None = None, *, min_items: int = 4, top_k: int | None = None, max_chars: int = 200,
+                 protect: tuple[str, ...] = ()) -> None:
         if data is None:
             raise LawBenchDataError("--data", "lawbench-charge needs the LawBench data folder (with zero_shot/3-3.json)")
         items = load_items(data, "3-3")
         self.folder = Path(data)
-        single = [(i, it) for i, it in enumerate(items) if it["answer"].startswith("罪名:") and ";" not in it["answer"]]
+        single = [(i, it) for i, it in enumerate(items[:350]) if it["answer"].startswith("罪名:") and ";" not in it["answer"]]
         counts = Counter(it["answer"][3:] for _, it in single)
-        self.labels = tuple(c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
-        self.format_hint = "Answer with 罪名: followed by exactly one charge from this list: " + "、".join(self.labels)
+        ranked = [c for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_items]
+        self.labels = tuple(ranked[:top_k] if top_k is not None else ranked)
+        self.format_hint = "Answer with 罪名: followed by exactly one charge."
         self._episodes: list[Episode] = []
         for label in self.labels:
             mine = sorted((i for i, it in single if it["answer"][3:] == label), key=lambda i: hashlib.sha256(str(i).encode()).hexdigest())
@@ -88,6 +96,11 @@ class LawBenchCharge:
             return {}
         top = max(sorted(set(train)), key=train.count)
         return {"majority-class": sum(e.gold == top for e in eps) / len(eps)}
+
+    def answer_options(self, episode: Episode) -> tuple[str, ...]:
+        """The kept charges, in a fixed order: the model answers with the most likely (the answer
+        prefix ``罪名:`` is the engine's)."""
+        return self.labels
 
     def random_answer(self, rng: random.Random, episode: Episode) -> str:
         """One of the task's charges, drawn uniformly, in the answer format."""

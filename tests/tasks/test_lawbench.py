@@ -88,10 +88,16 @@ def test_charge_task() -> None:
     from tasks import get_task
 
     task = get_task("lawbench-charge", data=str(shared_data("lawbench")))
-    assert len(task.labels) == 8  # type: ignore[attr-defined]
+    assert len(task.labels) == 16  # type: ignore[attr-defined]  # every charge with 4 or more single-label items in 0-349
     splits = {s: task.episodes(s) for s in ("train", "val", "test")}
     ids = [e.id for es in splits.values() for e in es]
-    assert len(ids) == len(set(ids)) and all(splits.values())
+    assert len(ids) == len(set(ids)) == 80 and all(int(i.rsplit("-", 1)[1]) < 350 for i in ids)
+    assert len(splits["val"]) == len(splits["test"]) == 16  # one case of every charge in each (stratified)
+    assert {e.gold for e in splits["val"]} == {e.gold for e in splits["test"]} == set(task.labels)  # type: ignore[attr-defined]
+    # answers come from the closed set: the charges, none listed in the prompt
+    assert task.answer_options(splits["val"][0]) == task.labels  # type: ignore[attr-defined]
+    assert not any(c in task.scaffold().output_format for c in task.labels)  # type: ignore[attr-defined]
+    assert len(get_task("lawbench-charge", data=str(shared_data("lawbench")), top_k=8).labels) == 8  # type: ignore[attr-defined]
     ep = splits["val"][0]
     assert task.score(ep, f"罪名:{ep.gold}").score == 1.0
     assert task.score(ep, "不清楚").failure == "abstain"
