@@ -67,21 +67,36 @@ def _pull_bytes(store: Store, data: bytes, only: str | None = None) -> None:
         pull_bundle(store, path, only=None if only is None else (only,))
 
 
-_WORKER_FOLDER = re.compile(r"sia-(?:arm|baseline)-(\d+)-")
+_WORKER_FOLDER = re.compile(r"sia-(?:arm|baseline)-(\d+)-(\d+)-")
+
+
+def _pid_namespace() -> int:
+    """This process's PID namespace (its inode): a PID means a process only within it."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def worker_folder_prefix(kind: str) -> str:
+    return f"sia-{kind}-{_pid_namespace()}-{os.getpid()}-"
 
 
 def sweep_workers_folders(root: str | None = None) -> list[str]:
     """Remove the store folders that workers killed on this machine left behind (a killed
-    process runs no cleanup): folders named by a worker's PID where no process has that PID,
-    owned by this user, not links. Returns what it removed."""
+    process runs no cleanup): folders named by a worker's PID namespace and PID where that
+    namespace is this process's and no process has that PID (a worker in another container
+    sharing the temp folder is never taken for dead), owned by this user, not links. Returns what
+    it removed."""
     base = Path(root or tempfile.gettempdir())
     gone = []
     for entry in os.scandir(base):
         m = _WORKER_FOLDER.match(entry.name)
-        if m is None or not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+        if m is None or int(m.group(1)) != _pid_namespace() or not entry.is_dir(follow_symlinks=False) \
+                or entry.stat(follow_symlinks=False).st_uid != os.geteuid():
             continue
         try:
-            os.kill(int(m.group(1)), 0)
+            os.kill(int(m.group(2)), 0)
             continue  # its process still runs
         except ProcessLookupError:
             pass
@@ -100,7 +115,7 @@ def arm_worker(make: Callable[[], Setup], config: dict[str, Any], job: dict[str,
     torch.set_num_threads(threads)
     cfg, arm = msgspec.convert(config, LoopConfig), msgspec.convert(job, ArmJob)
     sweep_workers_folders()
-    with tempfile.TemporaryDirectory(prefix=f"sia-arm-{os.getpid()}-") as d, Store.create(Path(d) / "store") as store:
+    with tempfile.TemporaryDirectory(prefix=worker_folder_prefix("arm")) as d, Store.create(Path(d) / "store") as store:
         _pull_bytes(store, start)
         sent = store.log.branch(arm.branch).head_seq  # what the driver holds
         setup = make()
@@ -128,7 +143,7 @@ def baseline_worker(make: Callable[[], Setup], config: dict[str, Any], start: by
 
     torch.set_num_threads(threads)
     sweep_workers_folders()
-    with tempfile.TemporaryDirectory(prefix=f"sia-baseline-{os.getpid()}-") as d, Store.create(Path(d) / "store") as store:
+    with tempfile.TemporaryDirectory(prefix=worker_folder_prefix("baseline")) as d, Store.create(Path(d) / "store") as store:
         _pull_bytes(store, start)
         task, model, feedback = make()
         loop = Loop(store, task=task, model=model, feedback=feedback(), config=msgspec.convert(config, LoopConfig), branch=base)
@@ -242,6 +257,8 @@ class RayExecutor:
 
     def __init__(self, make: Callable[[], Setup], *, address: str | None = None, workers: int = 2, threads: int = 1,
                  restarts: int = 3, runtime_env: dict[str, Any] | None = None, stall_s: float | None = None) -> None:
+        if workers < 1 or threads < 1:
+            raise SiaError(f"workers {workers}, threads {threads}: give at least one of each")
         if stall_s is not None and not stall_s > 0:
             raise SiaError(f"stall_s {stall_s!r}: give seconds above 0, or None to wait as long as an arm takes")
         self.make, self.address, self.workers, self.threads = make, address, workers, threads

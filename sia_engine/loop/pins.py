@@ -3,7 +3,8 @@
 - **Data.** A task that reads files says which (``ReadsData.data_files``: a name as the user knows
   it, and a file or a folder); each file is hashed (a folder's regular files in the order of their
   relative names, through links to files and folders as the task reads them, each folder once
-  however many links lead to it; devices and pipes never read). Data that cannot be read is
+  however many links lead to it; devices and pipes never read, nor anything under /proc, /sys or
+  /dev a link leads to). Data that cannot be read is
   ``DataUnreadable``, naming the path, before anything is recorded. Every
   task's episodes (all splits: inputs, gold answers, meta) and its split definition (the ids of
   each split, in order) are hashed too, so a task whose data lives in code is pinned as well.
@@ -67,6 +68,16 @@ def _file_sha256(path: Path, st: os.stat_result) -> str:
     return _HASHES[key]
 
 
+_KERNEL = ("/proc", "/sys", "/dev")
+
+
+def _kernel(path: Path) -> bool:
+    """Whether a link leads into the kernel's trees (a data folder with a link to / must not hash
+    /proc/kcore or block on /proc/kmsg): never task data."""
+    real = os.path.realpath(path)
+    return any(real == k or real.startswith(k + "/") for k in _KERNEL)
+
+
 def _files(name: str, path: Path) -> list[DataFile]:
     """The regular files under ``path`` (itself, when a file), named ``name`` or ``name/<relative>``."""
     try:
@@ -90,7 +101,7 @@ def _files(name: str, path: Path) -> list[DataFile]:
                 dst = (Path(folder) / d).stat()
             except OSError:
                 continue  # a dangling link
-            if (dst.st_dev, dst.st_ino) not in seen:  # each folder once: a link back up is no loop
+            if (dst.st_dev, dst.st_ino) not in seen and not _kernel(Path(folder) / d):  # each folder once: a link back up is no loop
                 seen.add((dst.st_dev, dst.st_ino))
                 keep.append(d)
         dirs[:] = keep
@@ -100,7 +111,7 @@ def _files(name: str, path: Path) -> list[DataFile]:
                 fst = p.stat()
             except OSError:
                 continue  # a dangling link: nothing a task could read
-            if stat.S_ISREG(fst.st_mode):
+            if stat.S_ISREG(fst.st_mode) and not _kernel(p):
                 out.append(DataFile(name=f"{name}/{p.relative_to(path).as_posix()}", sha256=_file_sha256(p, fst), size=fst.st_size))
     return sorted(out, key=lambda f: f.name)
 

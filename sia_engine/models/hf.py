@@ -31,7 +31,7 @@ from peft import (
 
 from sia_engine.domain.events import ModelRef
 from sia_engine.models.decode import Row, RowOutput, sample_rows
-from sia_engine.models.options import with_options
+from sia_engine.models.options import scored_texts, with_options
 from sia_engine.models.packing import packed_attention
 from sia_engine.models.protocol import (
     Adapter,
@@ -194,7 +194,7 @@ class HFModel:
         0 samples from the ``DEFAULT_TOP_K`` most likely tokens, as transformers' generate does.
         A request with ``options`` is answered from them (``sia_engine.models.options``)."""
         if any(r.options for r in requests):
-            return with_options(requests, self.generate, lambda r: self.score_options(r.messages, [r.prefix + o for o in r.options]))
+            return with_options(requests, self.generate, lambda r: self.score_options(r.messages, scored_texts(r)))
         rows: list[Row] = []
         for r in requests:
             d = r.decoding
@@ -224,7 +224,7 @@ class HFModel:
         it: sampled requests one at a time through ``transformers``' ``generate``, a request's
         ``n`` samples drawn together from ``torch.manual_seed(seed)``; greedy ones in batches of 16."""
         if any(r.options for r in requests):
-            return with_options(requests, self.generate_serial, lambda r: self.score_options(r.messages, [r.prefix + o for o in r.options]))
+            return with_options(requests, self.generate_serial, lambda r: self.score_options(r.messages, scored_texts(r)))
         out: list[Generation] = []
         greedy: list[Request] = []
         for r in requests:

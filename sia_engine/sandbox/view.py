@@ -99,9 +99,18 @@ def _binds(roots: Sequence[str]) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def _empty_file() -> str:
-    """An empty, read-only file of this process's own, bound over each file the view must not show."""
+    """An empty, read-only file of this process's own, bound over each file the view must not
+    show (made again where a temp cleaner removed it: a missing source would fail every start)."""
+    path = _made_empty_file()
+    if not os.path.isfile(path) or os.path.islink(path) or os.path.getsize(path):
+        _made_empty_file.cache_clear()
+        path = _made_empty_file()
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _made_empty_file() -> str:
     folder = tempfile.mkdtemp(prefix="sia-view-")
     path = os.path.join(folder, "empty")
     with open(path, "wb"):

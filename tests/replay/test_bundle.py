@@ -396,3 +396,24 @@ def test_a_payload_in_another_form_that_reads_the_same_is_taken(source: Path, tm
         with Store.create(tmp_path / name.replace(".", "-")) as b:
             assert pull_bundle(b, tmp_path / name).events > 0
             assert verify_store(b.log, b.blobs).ok
+
+
+def test_a_payload_nested_past_the_stack_is_damage_not_a_crash(source: Path, tmp_path: Path) -> None:
+    """A free-form field nested hundreds deep, in a form that takes the slow path, once crashed
+    the comparison with a bare RecursionError."""
+    deep = b"[" * 400 + b"1" + b"]" * 400
+
+    def nest(kind: str, p: bytes) -> bytes | None:
+        if kind != "run_started":
+            return None
+        d = json.loads(p)
+        d["config"]["x"] = "DEEP"
+        return json.dumps(d).encode().replace(b'"DEEP"', deep)  # json.dumps spaces it: not canonical
+
+    with Store.open(source, read_only=True) as s:
+        write_bundle(s, ["main"], tmp_path / "x.bundle")
+    forge(tmp_path / "x.bundle", tmp_path / "deep.bundle", nest)
+    with Store.create(tmp_path / "b") as b:
+        with pytest.raises(BundleDamaged):
+            pull_bundle(b, tmp_path / "deep.bundle")
+        assert b.log.count() == 0

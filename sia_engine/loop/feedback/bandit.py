@@ -73,7 +73,7 @@ def outcomes(log: EventLog, branch: str) -> tuple[Outcome, ...]:
         if isinstance(e, FeedbackVerdict):
             pending = option_of(e) if e.valid else pending
         elif isinstance(e, (ScaffoldPatched, AdapterCheckpointed)) and pending is not None:
-            steps = (len(e.curve) or int(e.hyper.get("steps", 0))) if isinstance(e, AdapterCheckpointed) else 0
+            steps = (len(e.curve) or _steps(e.hyper.get("steps"))) if isinstance(e, AdapterCheckpointed) else 0
             made[e.version_id], pending = (pending, e.parent_version, steps), None
         elif isinstance(e, TrajectoryRecorded) and e.split == "val" and e.version_id in made:
             calls[e.version_id] = calls.get(e.version_id, 0) + 1
@@ -83,6 +83,11 @@ def outcomes(log: EventLog, branch: str) -> tuple[Outcome, ...]:
                 out.append(Outcome(option, round(e.score - val[parent], 6), calls.get(e.version_id, 0) + STEP_CALLS * steps))
             val[e.version_id] = e.score
     return tuple(out)
+
+
+def _steps(value: object) -> int:
+    """A recorded step count (anything else, in a history from elsewhere, counts none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class BanditPolicy(RulePolicy):

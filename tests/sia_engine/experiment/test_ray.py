@@ -142,9 +142,9 @@ def test_an_arm_whose_own_code_fails_is_not_retried_and_its_error_comes_through(
 
 def test_a_hung_worker_is_taken_for_lost_after_the_stall_timeout_and_the_store_is_the_same(cluster, local, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (PIDS / "hung").unlink(missing_ok=True)
-    ex, notes = RayExecutor(hangs_once, workers=2, stall_s=8), Notes()
+    ex, notes = RayExecutor(hangs_once, workers=2, stall_s=45), Notes()
     got = experiment(tmp_path / "s", ex, notes)
-    assert any("sent nothing for 8 s" in n for n in notes.said), notes.said
+    assert any("sent nothing for 45 s" in n for n in notes.said), notes.said
     assert got == local
 
 
@@ -153,19 +153,24 @@ def test_a_stall_timeout_must_be_positive() -> None:
 
     with pytest.raises(SiaError, match="above 0"):
         RayExecutor(make, stall_s=0)
+    with pytest.raises(SiaError, match="at least one"):
+        RayExecutor(make, workers=0)
 
 
 def test_folders_of_killed_workers_are_swept_and_nothing_else(tmp_path: Path) -> None:
     from sia_engine.experiment.on_ray import sweep_workers_folders
 
     dead = 2 ** 22 + 12345  # above the usual pid_max: no such process
-    (tmp_path / f"sia-arm-{dead}-abc").mkdir()
-    (tmp_path / f"sia-arm-{dead}-abc" / "store").mkdir()
-    (tmp_path / f"sia-baseline-{dead}-x").mkdir()
-    (tmp_path / f"sia-arm-{os.getpid()}-live").mkdir()  # a running worker's
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    (tmp_path / f"sia-arm-{ns}-{dead}-abc").mkdir()
+    (tmp_path / f"sia-arm-{ns}-{dead}-abc" / "store").mkdir()
+    (tmp_path / f"sia-baseline-{ns}-{dead}-x").mkdir()
+    (tmp_path / f"sia-arm-{ns + 1}-{dead}-other").mkdir()  # another PID namespace (a container): its PIDs mean nothing here
+    (tmp_path / f"sia-arm-{ns}-{os.getpid()}-live").mkdir()  # a running worker's
     (tmp_path / "elsewhere").mkdir()
-    (tmp_path / f"sia-arm-{dead}-link").symlink_to(tmp_path / "elsewhere")  # a link: never followed or removed
-    (tmp_path / f"sia-arm-{dead}-file").write_text("")
+    (tmp_path / f"sia-arm-{ns}-{dead}-link").symlink_to(tmp_path / "elsewhere")  # a link: never followed or removed
+    (tmp_path / f"sia-arm-{ns}-{dead}-file").write_text("")
     gone = sweep_workers_folders(str(tmp_path))
-    assert sorted(Path(g).name for g in gone) == [f"sia-arm-{dead}-abc", f"sia-baseline-{dead}-x"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elsewhere", f"sia-arm-{os.getpid()}-live", f"sia-arm-{dead}-link", f"sia-arm-{dead}-file"])
+    assert sorted(Path(g).name for g in gone) == [f"sia-arm-{ns}-{dead}-abc", f"sia-baseline-{ns}-{dead}-x"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elsewhere", f"sia-arm-{ns + 1}-{dead}-other", f"sia-arm-{ns}-{os.getpid()}-live",
+                                                                 f"sia-arm-{ns}-{dead}-link", f"sia-arm-{ns}-{dead}-file"])

@@ -35,6 +35,8 @@ def test_a_folder_linked_into_the_data_is_pinned_and_a_change_inside_it_shows(tm
     (data / "own.txt").write_text("x")
     (data / "linked").symlink_to(real)  # the task reads data/linked/counts.csv through the link
     (data / "loop").symlink_to(data)  # a link back up: no loop, no second copy
+    (data / "proc").symlink_to("/proc")  # the kernel's trees: never walked (/proc/kcore, /proc/kmsg)
+    (data / "kcore").symlink_to("/proc/self/status")
     before = names(data_pin(Reads({"data": data})))
     assert sorted(before) == ["data/linked/counts.csv", "data/own.txt"], before
     (real / "counts.csv").write_text("1,2,4")

@@ -122,3 +122,12 @@ def test_the_views_command_line_binds_read_only_skips_what_a_parent_shows_and_ad
     assert str(tmp_path / "lib" / "a.so") not in argv and "/proc/cpuinfo" not in argv and "/dev/null" not in argv  # shown already, or fresh
     assert ("--dev-bind", str(node), str(node)) in pairs and "/dev/not-there" not in argv
     assert ("--bind", "/scratch", "/scratch") in pairs and "--cap-drop" in argv and "--unshare-all" in argv
+
+
+def test_the_empty_file_is_made_again_when_a_temp_cleaner_removed_it() -> None:
+    from sia_engine.sandbox.view import _empty_file
+
+    first = _empty_file()
+    os.unlink(first)
+    again = _empty_file()
+    assert os.path.isfile(again) and os.path.getsize(again) == 0
