@@ -29,7 +29,7 @@ MSGS = (Message("user", "Which charge?"),)
 def test_greedy_takes_the_most_likely_option_and_records_every_score() -> None:
     m = tiny_model(init_std=0.5)
     [g] = m.generate([Request(MSGS, Decoding(temperature=0.0), seed=0, options=OPTIONS)])
-    scores = [s for s, _ in m.score_options(MSGS, OPTIONS)]
+    scores = [s for s, _ in m.score_options_shared(MSGS, OPTIONS)]
     assert g.text == OPTIONS[max(range(4), key=lambda i: (scores[i], -i))] and g.finish == "option"
     assert g.raw["option_logprobs"] == [round(s, 6) for s in scores]
     # mixed with free requests in one call: each answered its own way, in order
@@ -76,3 +76,12 @@ def test_a_task_with_options_runs_records_them_and_replays(tmp_path: Path) -> No
         outs = [e.output for e in events if isinstance(e, TrajectoryRecorded)]
         assert outs and all(o in task.answer_options(None) for o in outs)  # every output a valid answer
         assert replay_recorded(s, "main", task).verdicts == 2
+
+
+def test_the_shared_prompt_pass_scores_as_one_pass_per_option() -> None:
+    """A closed-set answer reads the prompt once per 16 options (its KV cache), not once per option."""
+    m = tiny_model(init_std=0.5)
+    texts = ["theft\n", "fraud and more\n", "b\n", "arson\n", "x"]
+    plain, shared = m.score_options(MSGS, texts), m.score_options_shared(MSGS, texts, chunk=2)
+    assert [n for _, n in plain] == [n for _, n in shared]
+    assert [s for s, _ in shared] == pytest.approx([s for s, _ in plain], abs=1e-3)
