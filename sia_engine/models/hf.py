@@ -32,6 +32,7 @@ from peft import (
 from sia_engine.domain.events import ModelRef
 from sia_engine.models.decode import Row, RowOutput, sample_rows
 from sia_engine.models.options import scored_texts, with_options
+from sia_engine.models.shared_prompt import score_options_shared
 from sia_engine.models.packing import packed_attention
 from sia_engine.models.protocol import (
     Adapter,
@@ -137,33 +138,8 @@ class HFModel:
         return out
 
     def score_options_shared(self, messages: Sequence[Message], options: Sequence[str], chunk: int = 16) -> list[tuple[float, int]]:
-        """``score_options`` without reading the prompt once per option: the prompt once per
-        ``chunk`` options (its KV cache repeated), the options as one right-padded batch. A
-        closed-set task's answers (``sia_engine.models.options``) take this path: 16 charges of a
-        500-token case cost one pass of the case, not 16. Equal to ``score_options`` up to float
-        rounding (another batch shape); a run and its re-execution take the same path."""
-        prompt = self.prompt_ids(messages)
-        ids = [list(self.tok(t, add_special_tokens=False)["input_ids"]) for t in options]
-        if not prompt or not all(ids):
-            return self.score_options(messages, options)
-        out: list[tuple[float, int]] = []
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        for lo in range(0, len(ids), chunk):
-            part = ids[lo : lo + chunk]
-            width = max(map(len, part))
-            with torch.no_grad(), self._serving():
-                first = self.net(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
-                start = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
-                name = "cache" if "cache" in first else "past_key_values"  # transformers 5.2x renamed it
-                cache = first[name]
-                cache.batch_repeat_interleave(len(part))
-                x = torch.tensor([o + [pad] * (width - len(o)) for o in part], device=self.device)
-                mask = torch.tensor([[1] * (len(prompt) + len(o)) + [0] * (width - len(o)) for o in part], device=self.device)
-                logp = torch.log_softmax(self.net(input_ids=x, attention_mask=mask, **{name: cache}).logits.float(), dim=-1)
-            for b, o in enumerate(part):
-                total = start[o[0]] + sum((logp[b, t - 1, o[t]] for t in range(1, len(o))), torch.tensor(0.0))
-                out.append((float(total), len(o)))
-        return out
+        """``score_options`` reading the prompt once per ``chunk`` options (``sia_engine.models.shared_prompt``)."""
+        return score_options_shared(self, messages, options, chunk)
 
     @property
     def dtype_name(self) -> str:
