@@ -8,36 +8,19 @@ the latest snapshot when one is cached; snapshots are checked against a fresh re
 
 from __future__ import annotations
 
-from typing import Any
 
 import msgspec
 
-from sia_engine.domain.canonical import canonical
+from sia_engine.domain.cached import StateDelta, decode_delta, decode_state, encode_cached
 from sia_engine.domain.events import BranchForked, Event, decode_envelope, roundtrip
 from sia_engine.domain.state import REDUCER_VERSION, AgentState, apply, state_hash
 from sia_engine.errors import MissingBlob, ReducerError, SnapshotMismatch
 from store import BlobStore, EventLog, NewEvent
 
-__all__ = ["History", "rebuild", "fork", "decode_state", "SNAPSHOT_KEY", "DELTA_KEY", "StateDelta", "load_cached_state"]
+__all__ = ["History", "rebuild", "fork", "decode_state", "encode_cached", "SNAPSHOT_KEY", "DELTA_KEY", "StateDelta", "load_cached_state"]
 
 SNAPSHOT_KEY = f"agent-state/{REDUCER_VERSION}"
 DELTA_KEY = f"agent-state-delta/{REDUCER_VERSION}"
-_STATE_DECODER = msgspec.json.Decoder(AgentState)
-
-
-class StateDelta(msgspec.Struct, frozen=True):
-    """A cached state stored as what changed since a full snapshot (``base_*``): the versions
-    that are new or changed, what follows the base's ``head_history`` and ``forks``, and every
-    other field whole. A full state grows with the versions it holds (1 MB at 1M synthetic events);
-    a delta holds the few since its base, so snapshots can be dense without filling the disk."""
-
-    base_branch: str
-    base_seq: int
-    base_event: str
-    state: AgentState
-
-
-_DELTA_DECODER = msgspec.json.Decoder(StateDelta)
 
 
 class _Snap(msgspec.Struct, frozen=True):
@@ -45,67 +28,6 @@ class _Snap(msgspec.Struct, frozen=True):
     seq: int
     event: str
     state: AgentState
-
-
-def decode_state(data: bytes) -> AgentState:
-    """A snapshot's bytes back into the state they cache."""
-    if data[:1] == _SHARED:
-        return msgspec.convert(_unshare(data), AgentState)
-    return _STATE_DECODER.decode(data)
-
-
-def _decode_delta(data: bytes) -> StateDelta:
-    if data[:1] == _SHARED:
-        return msgspec.convert(_unshare(data), StateDelta)
-    return _DELTA_DECODER.decode(data)
-
-
-# A state holds every version's whole scaffold. When scaffolds grow (a few-shot example added per
-# iteration) that is quadratic: 500 versions of a scaffold gaining one example each held 125k
-# example copies, 31 MB of JSON per snapshot. Such states are cached in a shared form: each
-# distinct example and each distinct scaffold once, versions naming them by index.
-_SHARED = b"S"
-_SHARE_ABOVE = 256  # example copies in the state before the shared form is used
-
-
-def encode_cached(obj: AgentState | StateDelta) -> bytes:
-    """The bytes a snapshot stores for ``obj``: canonical JSON, or the shared form (see above)."""
-    state = obj.state if isinstance(obj, StateDelta) else obj
-    if sum(len(v.scaffold.examples) for v in state.versions.values()) <= _SHARE_ABOVE:
-        return canonical(obj)
-    tree = msgspec.to_builtins(obj)
-    versions = (tree["state"] if isinstance(obj, StateDelta) else tree)["versions"]
-    examples: dict[bytes, int] = {}
-    scaffolds: dict[bytes, int] = {}
-    ex_list: list[Any] = []
-    sc_list: list[Any] = []
-    for v in versions.values():
-        sc = dict(v["scaffold"])
-        refs = []
-        for ex in sc.get("examples", ()):
-            key = canonical(ex)
-            if key not in examples:
-                examples[key] = len(ex_list)
-                ex_list.append(ex)
-            refs.append(examples[key])
-        sc["examples"] = refs
-        key = canonical(sc)
-        if key not in scaffolds:
-            scaffolds[key] = len(sc_list)
-            sc_list.append(sc)
-        v["scaffold"] = scaffolds[key]
-    return _SHARED + canonical({"examples": ex_list, "scaffolds": sc_list, "obj": tree})
-
-
-def _unshare(data: bytes) -> Any:
-    doc = msgspec.json.decode(data[1:])
-    ex_list = doc["examples"]
-    scaffolds = [{**sc, "examples": [ex_list[i] for i in sc["examples"]]} for sc in doc["scaffolds"]]
-    tree = doc["obj"]
-    versions = (tree["state"] if "base_branch" in tree else tree)["versions"]
-    for v in versions.values():
-        v["scaffold"] = scaffolds[v["scaffold"]]
-    return tree
 
 
 def _make_delta(base: _Snap, state: AgentState) -> StateDelta | None:
@@ -139,7 +61,7 @@ def _load(log: EventLog, branch: str, until_seq: int) -> tuple[_Snap | None, _Sn
     order = {b: i for i, (b, _) in enumerate(log.segments(branch, until_seq))}
     if (order[delta[0]], delta[1]) <= (order[base.branch], base.seq):
         return base, base
-    d = _decode_delta(delta[3])
+    d = decode_delta(delta[3])
     if (d.base_branch, d.base_seq, d.base_event) != (base.branch, base.seq, base.event):
         return base, base  # a delta on an older base than the latest full one: the full one is nearer
     return base, _Snap(delta[0], delta[1], delta[2], _apply_delta(base.state, d))
@@ -156,7 +78,7 @@ def load_cached_state(
         return None
     if key == SNAPSHOT_KEY:
         return decode_state(found[3])
-    d = _decode_delta(found[3])
+    d = decode_delta(found[3])
     where = (d.base_branch, d.base_seq, d.base_event)
     bases = {} if bases is None else bases
     if where not in bases:

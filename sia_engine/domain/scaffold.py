@@ -99,10 +99,29 @@ def apply_patch(scaffold: Scaffold, ops: Sequence[PatchOp]) -> Scaffold:
         if op.op in _NEEDS_FROM and op.from_ is None:
             raise InvalidPatch(i, f"{op.op!r} needs 'from'")
         try:
-            doc = jsonpatch.JsonPatch([msgspec.to_builtins(op)]).apply(doc)
+            # in place: ``doc`` is this call's own copy (jsonpatch would deep-copy it per op, which
+            # made a scaffold of n examples cost O(n) Python objects copied per patch)
+            doc = jsonpatch.JsonPatch([msgspec.to_builtins(op)]).apply(doc, in_place=True)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
             raise InvalidPatch(i, f"{op.op} {op.path}: {e}") from None
     try:
-        return msgspec.convert(doc, Scaffold)
+        new = msgspec.convert(doc, Scaffold)
     except msgspec.ValidationError as e:
         raise InvalidPatch(None, f"the result is not a valid scaffold: {e}") from None
+    return _share_examples(scaffold, new)
+
+
+def _share_examples(old: Scaffold, new: Scaffold) -> Scaffold:
+    """``new`` holding ``old``'s example objects where they are equal, position by position from
+    the front (``new`` is a fresh decode). A state holds every version's scaffold; a scaffold
+    gaining one example per step would otherwise hold n fresh copies of each example by version
+    n (2M objects at 2,000 versions), where sharing holds one."""
+    o, n = old.examples, new.examples
+    k = 0
+    for a, b in zip(o, n):
+        if a != b:
+            break
+        k += 1
+    if not k:
+        return new
+    return msgspec.structs.replace(new, examples=o[:k] + n[k:])

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import duckdb
+import zstandard
 
 from store.duck.schema import fetch_one
 from store.files import atomic_write
@@ -21,6 +22,10 @@ from store.files import atomic_write
 __all__ = ["SNAPSHOT_SUFFIX", "SnapshotCache"]
 
 SNAPSHOT_SUFFIX = ".snapshots"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first bytes; a file without them holds its bytes as they are
+_ZSTD_LEVEL = 3
+_COMPRESS_ABOVE = 512  # smaller snapshots are stored as they are (a frame costs more than it saves)
+_MAX_INFLATED = 4 << 30  # a frame that claims more is damage, not a snapshot (never allocated)
 _SNAP_REF = b"sha256:"  # a snapshot row's data that names a file instead of holding the bytes
 Found = tuple[str, int, str, bytes]  # (branch, seq, event id, data) of a snapshot
 
@@ -39,6 +44,8 @@ class SnapshotCache:
         """The snapshot's row; its bytes, when the log has a folder for them, written to a file
         named by their hash (``store.files.atomic_write``), which the row names."""
         if self.folder is not None:
+            if len(data) > _COMPRESS_ABOVE:
+                data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True).compress(data)
             digest = hashlib.sha256(data).hexdigest()
             target = os.path.join(self.folder, digest)
             if not os.path.exists(target):
@@ -103,7 +110,9 @@ class SnapshotCache:
                 content = f.read()
         except OSError:
             return None
-        return content if hashlib.sha256(content).hexdigest() == digest else None
+        if hashlib.sha256(content).hexdigest() != digest:
+            return None
+        return _inflate(content)
 
     def where(self, key: str) -> list[tuple[str, int, str]]:
         """(branch, seq, event id) of every snapshot under ``key``."""
@@ -121,3 +130,18 @@ class SnapshotCache:
             for name in os.listdir(self.folder):
                 os.remove(os.path.join(self.folder, name))
         return int(row[0]) if row else 0
+
+
+def _inflate(content: bytes) -> bytes | None:
+    """A snapshot file's bytes as cached: a zstd frame inflated (None if it is damaged or claims
+    more than ``_MAX_INFLATED``), anything else as it is (files written before compression)."""
+    if not content.startswith(_ZSTD_MAGIC):
+        return content
+    try:
+        size = zstandard.frame_content_size(content)
+        if size < 0 or size > _MAX_INFLATED:
+            return None
+        out = zstandard.ZstdDecompressor().decompress(content, max_output_size=size)
+    except zstandard.ZstdError:
+        return None
+    return out if len(out) == size else None
