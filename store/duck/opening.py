@@ -74,6 +74,13 @@ def _probe(path: str, wal: str) -> None:
         raise StoreDamaged(path, "log.duckdb holds no event log", _missing_tables_detail(wal))
 
 
+# A new log's DuckDB blocks: 16 KiB, DuckDB's smallest, instead of its 256 KiB default. A history
+# of small events otherwise spends a fresh quarter-megabyte block per table and per segment: 3,158
+# bytes per step at 1,000 steps of a growing scaffold, against 897 with 16 KiB blocks. A store
+# made earlier keeps the block size its file header names.
+BLOCK_SIZE = 16_384
+
+
 def connect(path: str, *, read_only: bool, existed: bool) -> tuple[duckdb.DuckDBPyConnection, set[str]]:
     """The connection to the log at ``path`` and the tables it holds (a WAL left behind by a
     writer read whole first, read-only, once per unclean stop: a clean close leaves no WAL)."""
@@ -81,7 +88,7 @@ def connect(path: str, *, read_only: bool, existed: bool) -> tuple[duckdb.DuckDB
     if existed and not read_only and _nonempty(wal):
         _probe(path, wal)
     try:
-        con = duckdb.connect(path, read_only=read_only)
+        con = duckdb.connect(path, read_only=read_only, config={"default_block_size": str(BLOCK_SIZE)})
         con.execute("SET TimeZone = 'UTC'")
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     except duckdb.Error as e:

@@ -154,11 +154,12 @@ def test_a_damaged_block_is_a_typed_error_in_every_command(tmp_path: Path) -> No
     db = tmp_path / "s" / "log.duckdb"
     con = duckdb.connect(str(db), read_only=True)
     blocks = con.execute("SELECT block_id FROM pragma_storage_info('events') WHERE block_id IS NOT NULL AND block_id >= 0").fetchall()
+    block_size = con.execute("SELECT block_size FROM pragma_database_size()").fetchall()[0][0]
     con.close()
     assert blocks
     raw = bytearray(db.read_bytes())
     # block b starts after the 3 header blocks of 4 KiB; its first 8 bytes are its checksum
-    start = 3 * 4096 + min(b for (b,) in blocks) * 262144 + 8 + 100
+    start = 3 * 4096 + min(b for (b,) in blocks) * block_size + 8 + 100
     raw[start] ^= 0x10
     db.write_bytes(bytes(raw))
     before = files(tmp_path / "s")
