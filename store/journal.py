@@ -22,7 +22,7 @@ from datetime import datetime
 
 import msgspec
 
-from store.envelope import NewEvent, seal
+from store.envelope import BranchInfo, NewEvent, seal
 from store.errors import InvalidEnvelope, JournalDamaged
 
 __all__ = ["Batch", "Journal", "check_batch"]
@@ -39,6 +39,9 @@ class Batch(msgspec.Struct):
     kinds: list[str]
     schemas: list[int]
     payloads: list[str]
+    # a new ref instead of events (``ids`` and the other columns empty): a fork or a new root,
+    # made durable by its line like a batch (lines written before refs took the journal have none)
+    ref: BranchInfo | None = None
     # sha256 of the line's bytes before this field (written last): any changed byte, the unhashed
     # ``at`` and ``first_seq`` included, is seen (lines written before it have none)
     sum: str = ""
@@ -73,6 +76,13 @@ def check_batch(b: Batch, path: str, line: int) -> None:
     whose ids differ was altered after it was written (``JournalDamaged``). (``Journal.read``
     has checked each line's bytes against its sum.)"""
     n = len(b.ids)
+    if b.ref is not None:
+        r = b.ref
+        if n or b.kinds or b.schemas or b.payloads or r.name != b.branch or r.head_seq != -1 or r.head_id != r.base_id or (
+            (r.base_branch is None) != (r.base_id is None) or (r.base_branch is None) != (r.base_seq is None)
+        ):
+            raise JournalDamaged(path, line, f"it is not a new ref this engine writes (branch {b.branch!r}, {n} events, ref {r})")
+        return
     if not n or not (len(b.kinds) == len(b.schemas) == len(b.payloads) == n) or b.first_seq < 0:
         raise JournalDamaged(path, line, f"its columns disagree ({n} ids, {len(b.kinds)} kinds, {len(b.schemas)} schemas, "
                                          f"{len(b.payloads)} payloads, first seq {b.first_seq})")

@@ -48,7 +48,8 @@ _EMPTY = Scaffold()
 def decode_state(data: bytes) -> AgentState:
     """A snapshot's bytes back into the state they cache."""
     if data[:1] == _CHAINED:
-        return _unchain(data, AgentState)
+        state: AgentState = _unchain(data, AgentState)
+        return state
     if data[:1] == _SHARED:
         return msgspec.convert(_unshare(data), AgentState)
     return _STATE_DECODER.decode(data)
@@ -56,7 +57,8 @@ def decode_state(data: bytes) -> AgentState:
 
 def decode_delta(data: bytes) -> StateDelta:
     if data[:1] == _CHAINED:
-        return _unchain(data, StateDelta)
+        delta: StateDelta = _unchain(data, StateDelta)
+        return delta
     if data[:1] == _SHARED:
         return msgspec.convert(_unshare(data), StateDelta)
     return _DELTA_DECODER.decode(data)

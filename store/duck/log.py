@@ -21,7 +21,7 @@ import msgspec
 from store.duck.errors import OPEN_WRITERS, translate_duckdb_errors
 from store.duck.heads import HeadsFile
 from store.duck.opening import check_openable, connect, journalled_batches, prepare_tables
-from store.duck.schema import BRANCH_COLS, COLS, branch_names, fetch_one
+from store.duck.schema import BRANCH_COLS, COLS, fetch_one
 from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache
 from store.duck.sql import SqlResult, SqlRunner
 from store.duck.verify import verify_connection
@@ -72,6 +72,10 @@ class DuckEventLog:
         self._sql = SqlRunner(self._con, self.path)
         if key is not None:
             self._attach(key, journal, journalled)
+        # every ref, held from here on: this log is the store's only writer, so refs change only
+        # through it (names, bases and creation never change; heads come from the writer)
+        rows = self._con.execute(f"SELECT {BRANCH_COLS} FROM branches ORDER BY ord").fetchall()
+        self._branch_meta = {r[0]: BranchInfo(*r) for r in rows}
 
     def _attach(self, key: str, journal: bool, journalled: list[Batch]) -> None:
         """A log on disk: DuckDB must hold what the heads file says it committed. Then a read-only
@@ -143,7 +147,6 @@ class DuckEventLog:
         self._check_writable()
         self._writer.insert_branch(info)
         self._branch_meta[info.name] = info
-        self._writer.write_heads()
         return info
 
     def init_branch(self, name: str) -> BranchInfo:
@@ -158,25 +161,18 @@ class DuckEventLog:
         if at_seq == head_seq >= 0 and head_id is not None:  # the usual fork, at the head: known without a read
             base_id = head_id
         else:
-            base_id = self.at(source, at_seq).id
+            base_id = self.at(source, at_seq).id  # held in memory when recent
         return self._insert_branch(BranchInfo(name, source, at_seq, base_id, -1, base_id, self._clock()))
 
     def branch(self, name: str) -> BranchInfo:
         meta = self._branch_meta.get(name)
-        if meta is not None:  # refs never change but for their heads, which the write cache knows
-            seq, head = self._writer.logical_head(name)
-            return msgspec.structs.replace(meta, head_seq=seq, head_id=head)
-        self.flush()
-        row = self._one(f"SELECT {BRANCH_COLS} FROM branches WHERE name = ?", [name])
-        if row is None:
-            raise BranchNotFound(name, branch_names(self._con))
-        info = self._branch_meta[name] = BranchInfo(*row)
-        return info
+        if meta is None:
+            raise BranchNotFound(name, list(self._branch_meta))
+        seq, head = self._writer.logical_head(name)
+        return msgspec.structs.replace(meta, head_seq=seq, head_id=head)
 
     def branches(self) -> list[BranchInfo]:
-        self.flush()
-        rows = self._con.execute(f"SELECT {BRANCH_COLS} FROM branches ORDER BY ord").fetchall()
-        return [BranchInfo(*r) for r in rows]
+        return [self.branch(name) for name in self._branch_meta]
 
     # -- reading ------------------------------------------------------------------------------
     def segments(self, branch: str, until_seq: int | None = None) -> list[tuple[str, int]]:
@@ -212,9 +208,26 @@ class DuckEventLog:
     def _env(row: tuple[Any, ...]) -> Envelope:
         return Envelope(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7].encode())
 
+    def _held(
+        self, branch: str, until_seq: int | None, after_seq: int | None, kinds: Sequence[str] | None
+    ) -> list[Envelope] | None:
+        """What ``read`` returns, where every event of it is held in memory (``store.duck.tail``); else None."""
+        segs = self.segments(branch, until_seq)
+        lo = -1
+        if after_seq is not None:
+            segs, lo = segs[-1:], after_seq
+        tail = self._writer.tail
+        spans = [(b, lo if b == branch else -1, hi) for b, hi in segs]
+        if not all(tail.covers(b, after, hi) for b, after, hi in spans):
+            return None
+        return [e for b, after, hi in spans for e in tail.envelopes(b, after, hi, kinds)]
+
     def read(
         self, branch: str, *, until_seq: int | None = None, after_seq: int | None = None, kinds: Sequence[str] | None = None
     ) -> list[Envelope]:
+        held = self._held(branch, until_seq, after_seq, kinds)
+        if held is not None:
+            return held
         env = self._env
         return [env(r) for r in self._query(branch, until_seq, after_seq, kinds).fetchall()]
 
@@ -263,6 +276,9 @@ class DuckEventLog:
         return [self._env(r) for r in rows]
 
     def at(self, branch: str, seq: int) -> Envelope:
+        held = self._writer.tail.at(branch, seq)
+        if held is not None:
+            return held
         self.flush()
         row = self._one(f"SELECT {COLS} FROM events WHERE branch = ? AND seq = ?", [branch, seq])
         if row is None:
@@ -286,7 +302,7 @@ class DuckEventLog:
         row = self._snapshots.row(branch, seq, event_id, key, data)
         if not self._writer.defer_snapshot(row):  # its event may still be journalled: then it goes in with the next flush
             self._snapshots.insert(row)
-        self._snapshots.forget(branch, key)  # re-read on the next lookup
+        self._snapshots.note(row)  # found by the next lookup without a query
 
     def load_snapshot(self, branch: str, until_seq: int | None, key: str) -> tuple[str, int, str, bytes] | None:
         """Latest snapshot on the history of ``branch#until_seq``: (branch, seq, event id, data)."""
@@ -297,8 +313,8 @@ class DuckEventLog:
     ) -> dict[str, tuple[str, int, str, bytes]]:
         """For each of ``keys``, its latest snapshot on the history of ``branch#until_seq`` (keys
         with none are absent). Positions come from an in-process index of the snapshot rows, read
-        once per (branch, key); the bytes from the file the row names."""
-        self.flush()
+        once per (branch, key) and kept up to date by ``save_snapshot``; the bytes from the file
+        the row names."""
         return self._snapshots.load(self.segments(branch, until_seq), keys)
 
     def list_snapshots(self, key: str) -> list[tuple[str, int, str]]:

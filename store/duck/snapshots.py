@@ -56,6 +56,19 @@ class SnapshotCache:
     def insert(self, row: list[Any]) -> None:
         self._con.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)", row)
 
+    def note(self, row: list[Any]) -> None:
+        """Add a row just saved (or held for the next flush) to the index of its (branch, key),
+        replacing one at the same seq, so the next lookup needs no query."""
+        branch, seq, event_id, key, data = row
+        seqs, rows = self._rows(branch, key)  # the committed rows first, when not yet indexed
+        entry = (event_id, bytes(data) if len(data) <= 128 else None)
+        i = bisect.bisect_left(seqs, seq)
+        if i < len(seqs) and seqs[i] == seq:
+            rows[i] = entry
+        else:
+            seqs.insert(i, seq)
+            rows.insert(i, entry)
+
     def forget(self, branch: str, key: str) -> None:
         """Drop the index of (branch, key): re-read on the next lookup."""
         self._index.pop((branch, key), None)

@@ -20,9 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from store.duck.heads import HeadsFile
-from store.duck.schema import COLS, branch_names, fetch_one
+from store.duck.schema import COLS, fetch_one
 from store.envelope import BranchImport, BranchInfo, NewEvent, seal
 from store.errors import BranchExists, BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError, StoreFull
+from store.duck.tail import Tail
 from store.journal import Batch, Journal
 
 __all__ = ["ARROW_SCHEMA", "JOURNAL_SUFFIX", "DuckWriter"]
@@ -82,34 +83,54 @@ class DuckWriter:
         self.pending: list[Batch] = []  # journalled, not yet in DuckDB
         self._pending_snaps: list[list[Any]] = []  # snapshot rows that go in with them
         self._pending_n = 0
-        # branch -> head as committed to DuckDB
+        # branch -> head as committed to DuckDB: every ref the store holds (this log is its only writer)
         self._committed: dict[str, Head] = {
             r[0]: (r[1], r[2]) for r in con.execute("SELECT name, head_seq, head_id FROM branches").fetchall()
         }
+        self.tail = Tail()  # the latest events of each branch, for reads that need no query
 
     def check_heads(self) -> None:
         """DuckDB must hold at least what the heads file says it committed (``StoreDamaged``)."""
         assert self._heads_file is not None
         self._heads_file.check(self._con, self._committed)
 
+    def exists(self, name: str) -> bool:
+        return name in self._heads or name in self._committed
+
     def insert_branch(self, info: BranchInfo) -> None:
-        """Add the ref ``info`` (``BranchExists`` if its name is taken) in a transaction of its own."""
-        # No flush first: a ref may name a base event still in the journal, which is durable and
-        # moves in before anything reads the log (every read flushes; a crash replays it on open).
+        """Add the ref ``info`` (``BranchExists`` if its name is taken). A fork: as one journal
+        line, durable on return like a batch, which reaches DuckDB with the next flush (a cold fork
+        costs one fsync). A new root, or a log without a journal: in a transaction of its own."""
+        # A ref may name a base event still in the journal: both move in, in order, before
+        # anything reads them from DuckDB (a crash replays them on open).
+        if self.exists(info.name):
+            raise BranchExists(info.name)
+        if self.journal is not None and info.base_branch is not None:
+            line = Batch(info.name, -1, None, info.created_at, [], [], [], [], ref=info)
+            self.journal.append(line)
+            self.pending.append(line)
+            self._heads[info.name] = (info.head_seq, info.head_id)
+            return
         self._con.begin()
         try:
-            if fetch_one(self._con, "SELECT 1 FROM branches WHERE name = ?", [info.name]):
-                raise BranchExists(info.name)
-            self._con.execute(
-                "INSERT INTO branches SELECT ?, coalesce(max(ord), -1) + 1, ?, ?, ?, ?, ?, ? FROM branches",
-                [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at],
-            )
+            self._insert_refs([info])
             self._con.commit()
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 self._con.rollback()
             raise
         self._heads[info.name] = self._committed[info.name] = (info.head_seq, info.head_id)
+        self.write_heads()
+
+    def _insert_refs(self, refs: Sequence[BranchInfo]) -> None:
+        """Insert new refs inside the open transaction, in order (``BranchExists`` if DuckDB has one)."""
+        for info in refs:
+            if fetch_one(self._con, "SELECT 1 FROM branches WHERE name = ?", [info.name]):
+                raise BranchExists(info.name)
+            self._con.execute(
+                "INSERT INTO branches SELECT ?, coalesce(max(ord), -1) + 1, ?, ?, ?, ?, ?, ? FROM branches",
+                [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at],
+            )
 
     def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
         # Ids chain from the expected head; the head moves by compare-and-swap, so a stale
@@ -119,7 +140,9 @@ class DuckWriter:
         now = self._clock()
         if self.journal is None or n >= _DIRECT:
             self.flush()
-            self._commit([Batch(branch, -1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)])
+            direct = Batch(branch, -1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)
+            self._commit([direct])
+            self.tail.add(branch, self._heads[branch][0] - n + 1, direct)
             return sealed.ids
         seq, head = self.logical_head(branch)
         if head != expected_head:
@@ -127,6 +150,7 @@ class DuckWriter:
         batch = Batch(branch, seq + 1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)
         self.journal.append(batch)  # durable from here on
         self._heads[branch] = (seq + n, sealed.ids[-1])
+        self.tail.add(branch, seq + 1, batch)
         self.pending.append(batch)
         self._pending_n += n
         if self._pending_n >= self.flush_every:
@@ -155,10 +179,9 @@ class DuckWriter:
                 info = imp.create
                 if info is None:
                     continue
-                if fetch_one(con, "SELECT 1 FROM branches WHERE name = ?", [info.name]):
+                if self.exists(info.name):
                     raise BranchExists(info.name)
-                con.execute("INSERT INTO branches SELECT ?, coalesce(max(ord), -1) + 1, ?, ?, ?, ?, ?, ? FROM branches",
-                            [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at])
+                self._insert_refs([info])
                 self._heads[info.name] = (info.head_seq, info.head_id)
             cols = self._move_refs(by_branch)
             if cols[0]:  # refs alone (empty forks) insert no row
@@ -167,26 +190,24 @@ class DuckWriter:
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.rollback()
-            self._heads.clear()  # re-read from the refs, which the rollback restored
-            for imp in imports:
-                if imp.create is not None:
-                    self._committed.pop(imp.name, None)
+            self._heads.clear()  # re-read from the refs, which the rollback restored (nothing is journalled after the flush)
             raise
         for imp in imports:
             if imp.create is not None:
                 self._committed[imp.name] = (imp.create.head_seq, imp.create.head_id)
         for b in batches:
             self._committed[b.branch] = self._heads[b.branch]
+            self.tail.add(b.branch, self._heads[b.branch][0] - len(b.ids) + 1, b)
         self.write_heads()
 
     def logical_head(self, branch: str) -> Head:
         """The branch's head, journalled batches included (``BranchNotFound``)."""
         cached = self._heads.get(branch)
         if cached is None:
-            row = fetch_one(self._con, "SELECT head_seq, head_id FROM branches WHERE name = ?", [branch])
-            if row is None:
-                raise BranchNotFound(branch, branch_names(self._con))
-            cached = self._heads[branch] = (row[0], row[1])
+            cached = self._committed.get(branch)
+            if cached is None:
+                raise BranchNotFound(branch, sorted(set(self._committed) | set(self._heads)))
+            self._heads[branch] = cached
         return cached
 
     def defer_snapshot(self, row: list[Any]) -> bool:
@@ -207,16 +228,21 @@ class DuckWriter:
         self.journal.clear()
 
     def _commit(self, batches: list[Batch], snaps: Sequence[list[Any]] = ()) -> None:
-        """Insert ``batches`` in one transaction, moving each branch's ref once. A batch with
-        ``first_seq == -1`` takes its seqs from the ref; others must follow it exactly."""
+        """Insert ``batches`` in one transaction: new refs first (lines with ``ref``), then the
+        events, moving each branch's ref once. A batch with ``first_seq == -1`` takes its seqs
+        from the ref; others must follow it exactly."""
         con = self._con
+        refs = [b.ref for b in batches if b.ref is not None]
         by_branch: dict[str, list[Batch]] = {}
         for b in batches:
-            by_branch.setdefault(b.branch, []).append(b)
+            if b.ref is None:
+                by_branch.setdefault(b.branch, []).append(b)
         con.begin()
         try:
+            self._insert_refs(refs)
             cols = self._move_refs(by_branch)
-            self._insert_rows(cols)
+            if cols[0]:
+                self._insert_rows(cols)
             if snaps:  # snapshot rows whose events are in this transaction
                 con.execute("INSERT OR REPLACE INTO snapshots VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(snaps)),
                             [v for row in snaps for v in row])
@@ -224,10 +250,15 @@ class DuckWriter:
         except BaseException:
             with contextlib.suppress(duckdb.Error):  # a failed commit may have ended it: the first error is the one to tell
                 con.rollback()
-            self._heads.clear()  # re-read from the refs, which the rollback restored
+            self._heads.clear()  # re-read from the refs, which the rollback restored; what is journalled still holds
+            for b in self.pending:
+                self._heads[b.branch] = (-1, b.ref.head_id) if b.ref is not None else (b.first_seq + len(b.ids) - 1, b.ids[-1])
             raise
+        for info in refs:
+            self._committed[info.name] = (info.head_seq, info.head_id)
         for b in batches:
-            self._committed[b.branch] = (self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1]))
+            if b.ref is None:
+                self._committed[b.branch] = self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1])
         try:
             self.write_heads()
         except OSError as e:  # committed already: a full disk here must not say the write was lost
@@ -310,6 +341,18 @@ class DuckWriter:
         if not journal.size():
             return
         for b in batches:
+            if b.ref is not None:
+                if b.branch in self._committed:  # committed to DuckDB before the journal was emptied
+                    row = fetch_one(self._con, "SELECT base_branch, base_seq, base_id FROM branches WHERE name = ?", [b.branch])
+                    if row is None or tuple(row) != (b.ref.base_branch, b.ref.base_seq, b.ref.base_id):
+                        raise StoreError(
+                            f"journalled ref {b.branch!r} (from {b.ref.base_branch}#{b.ref.base_seq}) disagrees with the log's "
+                            f"({row}): keep the journal and restore from a backup"
+                        )
+                    continue
+                self.pending.append(b)
+                self._heads[b.branch] = (-1, b.ref.head_id)
+                continue
             seq, head = self.logical_head(b.branch)
             if b.first_seq <= seq:  # committed to DuckDB before the journal was emptied
                 stored = fetch_one(self._con, "SELECT id FROM events WHERE branch = ? AND seq = ?", [b.branch, b.first_seq])
