@@ -1,0 +1,122 @@
+"""Issue 24, Deliver 1: what an open log answers from memory (refs, the latest events, the
+snapshot index), a fork's ref made durable through the journal, and that memory and DuckDB agree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from store import BranchExists, BranchNotFound, DuckEventLog, JournalDamaged, NewEvent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ev(i: int, kind: str = "k") -> NewEvent:
+    return NewEvent(kind, 1, f'{{"i":{i}}}'.encode())
+
+
+class NoQueries:
+    """Makes the log's query paths fail: what still works was answered from memory."""
+
+    def __init__(self, log: DuckEventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+        def refuse(*a: object, **kw: object) -> object:
+            raise AssertionError("a DuckDB query was made")
+
+        monkeypatch.setattr(log, "_query", refuse)
+        monkeypatch.setattr(log, "_one", refuse)
+        monkeypatch.setattr(log._writer, "flush", refuse)
+        monkeypatch.setattr(log._snapshots, "_con", None)
+
+
+def _grow(log: DuckEventLog) -> list[str]:
+    log.init_branch("main")
+    ids: list[str] = []
+    for i in range(30):
+        ids += log.append("main", [ev(i), ev(i, "other")], expected_head=ids[-1] if ids else None)
+    return ids
+
+
+def test_recent_reads_refs_and_forks_need_no_query(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = DuckEventLog(tmp_path / "log.duckdb")
+    ids = _grow(log)
+    log.save_snapshot("main", 39, "k", b"state at 39" * 100, event_id=ids[39])
+    with monkeypatch.context() as m:
+        NoQueries(log, m)
+        assert [e.id for e in log.read("main", after_seq=49)] == ids[50:]
+        assert [e.seq for e in log.read("main", after_seq=39, until_seq=45, kinds=["other"])] == [41, 43, 45]
+        assert log.read("main", after_seq=20, until_seq=20) == []
+        assert log.at("main", 17).id == ids[17] and log.at("main", 17).parent == ids[16]
+        assert log.branch("main").head_id == ids[-1] and [b.name for b in log.branches()] == ["main"]
+        found = log.load_snapshot("main", 50, "k")
+        assert found is not None and found[:3] == ("main", 39, ids[39]) and found[3] == b"state at 39" * 100
+        f = log.fork("f", source="main", at_seq=30)  # a ref through the journal; its base id from memory
+        assert f.base_id == ids[30]
+        more = log.append("f", [ev(100)], expected_head=ids[30])
+        assert [e.id for e in log.read("f")] == [*ids[:31], *more]
+        with pytest.raises(BranchExists):
+            log.fork("f", source="main", at_seq=3)
+        with pytest.raises(BranchNotFound):
+            log.branch("nope")
+    held = log.read("f")
+    log.close()
+    with DuckEventLog(tmp_path / "log.duckdb") as log:  # memory and DuckDB agree, field by field
+        assert log.read("f") == held and log.verify().ok
+        assert log.branch("f").base_id == ids[30]
+
+
+def test_a_read_of_old_events_still_queries_and_agrees(tmp_path: Path) -> None:
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        log.init_branch("main")
+        ids = log.append("main", [ev(i) for i in range(5000)], expected_head=None)  # more than the tail holds
+        ids += log.append("main", [ev(9)], expected_head=ids[-1])
+        assert [e.id for e in log.read("main", after_seq=10, until_seq=20)] == ids[11:21]
+        assert log.at("main", 3).id == ids[3] and log.at("main", 5000).id == ids[5000]
+
+
+FORK_AND_DIE = """
+import os, sys
+sys.path.insert(0, {root!r})
+from store import DuckEventLog, NewEvent
+log = DuckEventLog(sys.argv[1])
+log.init_branch("main")
+ids = log.append("main", [NewEvent("k", 1, b'{{"i":1}}')] * 3, expected_head=None)
+log.flush()
+log.fork("f", source="main", at_seq=1)
+log.append("f", [NewEvent("k", 1, b'{{"i":2}}')], expected_head=ids[1])
+log.fork("g", source="f", at_seq=0)
+print(ids[1])
+os._exit(0)  # killed: the forks and their events are only in the journal
+"""
+
+
+def test_a_fork_journalled_when_the_writer_died_is_recovered(tmp_path: Path) -> None:
+    p = tmp_path / "log.duckdb"
+    out = subprocess.run([sys.executable, "-c", FORK_AND_DIE.format(root=str(ROOT)), str(p)], check=True, capture_output=True, text=True)
+    base = out.stdout.strip()
+    lines = (tmp_path / "log.duckdb.journal").read_bytes().splitlines()
+    assert len(lines) == 3 and b'"ref":{' in lines[0]  # the refs have lines of their own
+    with DuckEventLog(p) as log:
+        assert [b.name for b in log.branches()] == ["main", "f", "g"]
+        assert log.branch("f").base_id == base and log.branch("f").head_seq == 0
+        assert log.branch("g").base_branch == "f" and log.verify().ok
+    assert os.path.getsize(tmp_path / "log.duckdb.journal") == 0
+
+
+def test_a_journalled_ref_altered_with_its_sum_recomputed_is_damage(tmp_path: Path) -> None:
+    import hashlib
+
+    p = tmp_path / "log.duckdb"
+    subprocess.run([sys.executable, "-c", FORK_AND_DIE.format(root=str(ROOT)), str(p)], check=True, capture_output=True)
+    j = tmp_path / "log.duckdb.journal"
+    lines = j.read_bytes().splitlines()
+    body = lines[0][: -(len(b',"sum":"') + 64 + 2)].replace(b'"head_seq":-1', b'"head_seq":5')
+    lines[0] = body + b',"sum":"' + hashlib.sha256(body).hexdigest().encode() + b'"}'
+    j.write_bytes(b"\n".join(lines) + b"\n")
+    before = j.read_bytes()
+    with pytest.raises(JournalDamaged, match="journal line 1: it is not a new ref"):
+        DuckEventLog(p)
+    assert j.read_bytes() == before
