@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from datetime import datetime
 
 import msgspec
@@ -97,31 +98,92 @@ def check_batch(b: Batch, path: str, line: int) -> None:
 
 
 class Journal:
+    """The journal file. ``append`` writes a line and makes it durable; ``write`` and ``sync``
+    split that in two for group commit: lines written by several callers (each holding the log's
+    lock only while it writes) are made durable by one ``fsync``, taken by whichever caller
+    reaches ``sync`` first, while the others wait for it and return without one of their own.
+
+    An fsync that fails (a full disk found late, an I/O error) leaves every line since the last
+    good one unacknowledged: ``failed`` says so until the log's writer calls ``drop_unsynced``
+    (under the log's lock), which cuts them off the file, and each of their callers gets the error."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self._mark = (0, 0)  # (the last ticket handed out, the file's size after its line)
+        self._synced = 0  # lines known durable (tickets up to this)
+        self._synced_size = 0  # the file's size when they were
+        self._sync_lock = threading.Lock()  # one fsync at a time; held while it runs
+        self.failed: OSError | None = None  # an fsync that failed, until ``drop_unsynced``
+        self._lost: list[tuple[int, int, OSError]] = []  # tickets (lo, hi] cut off after a failed fsync, and why
 
     def _open(self) -> int:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            size = os.fstat(self._fd).st_size
+            self._mark, self._synced_size = (self._mark[0], size), size  # a journal found non-empty was recovered
         return self._fd
 
     def append(self, batch: Batch) -> None:
         """Write one batch as one line; durable on return."""
+        self.sync(self.write(batch))
+
+    def write(self, batch: Batch) -> int:
+        """Write one batch as one line, not yet durable; returns its ticket for ``sync``. A write
+        that fails (disk full, a quota, an I/O error) leaves no part of the line behind."""
         fd = self._open()
         body = _ENC.encode(msgspec.structs.replace(batch, sum=""))[: -len(_EMPTY_SUM)]
         data = body + _SUM_KEY + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
-        start = os.fstat(fd).st_size
+        start = self._mark[1]
         view = memoryview(data)
         try:
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:  # disk full, a quota, an I/O error: the batch was not acknowledged, so no part of it stays
+        except OSError:  # the batch was not acknowledged, so no part of it stays
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
                 os.fsync(fd)
             raise
+        self._mark = (self._mark[0] + 1, start + len(data))
+        return self._mark[0]
+
+    def sync(self, ticket: int) -> None:
+        """Return once line ``ticket`` is durable: one fsync for every line written before it,
+        unless another caller's covered it. Raises the fsync's error where it failed."""
+        with self._sync_lock:
+            for lo, hi, err in self._lost:
+                if lo < ticket <= hi:
+                    raise err
+            if self.failed is not None:
+                raise self.failed
+            if self._synced >= ticket:
+                return  # another caller's fsync covered this line
+            target, size = self._mark  # everything written so far goes with this fsync
+            try:
+                os.fsync(self._open())
+            except OSError as e:
+                self.failed = e
+                raise
+            if target > self._synced:
+                self._synced, self._synced_size = target, size
+
+    def drop_unsynced(self) -> int:
+        """After a failed fsync (call under the log's lock, so nothing is written meanwhile): cut
+        every line after the last durable one off the file; returns the last durable ticket (the
+        lines after it are gone, and their ``sync`` raises the failure)."""
+        with self._sync_lock:
+            err = self.failed
+            if err is None:
+                return self._mark[0]
+            fd = self._open()
+            os.ftruncate(fd, self._synced_size)
+            with contextlib.suppress(OSError):  # the cut stands in the file either way; a crash now only loses lines never acknowledged
+                os.fsync(fd)
+            if self._mark[0] > self._synced:
+                self._lost.append((self._synced, self._mark[0], err))
+            kept = self._synced
+            self._synced, self._mark, self.failed = self._mark[0], (self._mark[0], self._synced_size), None
+            return kept
 
     def read(self) -> list[Batch]:
         """Every batch, in order, each as decoded (``check_batch`` checks its ids). Only the last
@@ -166,10 +228,13 @@ class Journal:
             raise JournalDamaged(self.path, n, f"it is not a batch ({e}); a complete line is never a torn write") from None
 
     def clear(self) -> None:
-        """Empty the journal (after its batches are committed to DuckDB)."""
+        """Empty the journal (after its batches are committed to DuckDB, which makes every line
+        written so far durable, synced or not)."""
         fd = self._open()
         os.ftruncate(fd, 0)
         os.fsync(fd)
+        with self._sync_lock:
+            self._synced, self._synced_size, self._mark = self._mark[0], 0, (self._mark[0], 0)
 
     def size(self) -> int:
         try:

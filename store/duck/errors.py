@@ -14,14 +14,14 @@ import functools
 import inspect
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import duckdb
 
 from store.errors import StoreDamaged, StoreError, StoreFull, StoreLocked
 
-__all__ = ["OPEN_WRITERS", "READ_ALL", "is_damage", "translate_duckdb_errors", "translate_open_error"]
+__all__ = ["OPEN_WRITERS", "READ_ALL", "is_damage", "translate_duckdb_errors", "translate_open_error", "unlocked", "translated_errors"]
 
 T = TypeVar("T")
 OPEN_WRITERS: set[str] = set()  # stores this process holds open for writing (their real paths)
@@ -70,6 +70,26 @@ def is_full(msg: str) -> bool:
     return "No space left on device" in msg or "Disk quota exceeded" in msg
 
 
+def unlocked(fn: Callable[..., T]) -> Callable[..., T]:
+    """Mark a public method that takes the log's lock itself, for part of its run (``append``:
+    its fsync is shared with other threads' appends, so it waits outside the lock)."""
+    setattr(fn, "_sia_unlocked", True)
+    return fn
+
+
+@contextlib.contextmanager
+def translated_errors(path: str) -> Iterator[None]:
+    """DuckDB's errors and a full disk as the store's own typed errors (what every method gets)."""
+    try:
+        yield
+    except duckdb.Error as e:
+        raise _as_store_error(path, e) from e
+    except OSError as e:  # the journal's or heads file's own writes
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFull(path, str(e)) from e
+        raise
+
+
 def _translated(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` (a method, or a generator method) holding the log's lock, its DuckDB errors translated."""
     if inspect.isgeneratorfunction(fn):
@@ -86,15 +106,8 @@ def _translated(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def method(self: Any, *a: Any, **kw: Any) -> Any:
-        with self._lock:
-            try:
-                return fn(self, *a, **kw)
-            except duckdb.Error as e:
-                raise _as_store_error(self.path, e) from e
-            except OSError as e:  # the journal's or heads file's own writes
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise StoreFull(self.path, str(e)) from e
-                raise
+        with self._lock, translated_errors(self.path):
+            return fn(self, *a, **kw)
 
     return method
 
@@ -130,6 +143,8 @@ def translate_duckdb_errors(cls: type[T]) -> type[T]:
     setattr(cls, "__init__", _translated_init(vars(cls)["__init__"]))
     for klass in cls.__mro__:  # the class's own methods first, then what it inherits
         for name, fn in list(vars(klass).items()):
+            if getattr(fn, "_sia_unlocked", False):
+                continue
             if not name.startswith("_") and inspect.isfunction(fn) and (klass is cls or name not in vars(cls)):
                 setattr(cls, name, _translated(fn))
     return cls

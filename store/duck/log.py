@@ -11,6 +11,7 @@ id with its own ``sha256`` and checks the chain with window functions (``store.d
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import duckdb
 import msgspec
 
-from store.duck.errors import OPEN_WRITERS, translate_duckdb_errors
+from store.duck.errors import OPEN_WRITERS, translate_duckdb_errors, translated_errors, unlocked
 from store.duck.heads import HeadsFile
 from store.duck.opening import check_openable, connect, journalled_batches, prepare_tables
 from store.duck.schema import BRANCH_COLS, COLS, fetch_one
@@ -40,6 +41,8 @@ def utcnow() -> datetime:
 @translate_duckdb_errors
 class DuckEventLog:
     """Event log on a DuckDB file (``:memory:`` for a throwaway in-process database)."""
+
+    _lock: threading.RLock  # set by ``translate_duckdb_errors``: each public call holds it
 
     def __init__(
         self,
@@ -123,9 +126,35 @@ class DuckEventLog:
         if self.read_only:
             raise StoreError(f"store {self.path} is open read-only; open it without read_only to write")
 
+    @unlocked
     def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
-        self._check_writable()
-        return self._writer.append(branch, events, expected_head=expected_head)
+        """Append ``events`` to ``branch`` if its head is ``expected_head``; returns their ids once
+        they are durable. Group commit: the lock is held while the batch is checked and written
+        to the journal, not while it is fsynced, so appends from other threads write theirs
+        meanwhile and one fsync makes them all durable (each caller still returns only after its
+        own batch is)."""
+        with self._lock, translated_errors(self.path):
+            self._check_writable()
+            ids, ticket = self._writer.append(branch, events, expected_head=expected_head)
+            journal = self._writer.journal
+        if ticket is not None and journal is not None:
+            with translated_errors(self.path):
+                try:
+                    journal.sync(ticket)
+                except OSError:  # not durable: this batch (and any written with it) is cut off, as never appended
+                    with self._lock:
+                        self._drop_unsynced()
+                    raise
+        return ids
+
+    def _drop_unsynced(self) -> None:
+        """After a failed journal fsync: the writer drops the unacknowledged batches; refs created
+        by dropped lines are forgotten, and the snapshot index is read again."""
+        gone = self._writer.drop_unsynced()
+        for name in [n for n in self._branch_meta if not self._writer.exists(n)]:
+            del self._branch_meta[name]
+        if gone:
+            self._snapshots.reset(self._writer.held_snapshots())
 
     def flush(self) -> None:
         """Move journalled batches into DuckDB (one transaction) and empty the journal."""

@@ -69,6 +69,13 @@ class SnapshotCache:
             seqs.insert(i, seq)
             rows.insert(i, entry)
 
+    def reset(self, held: list[list[Any]]) -> None:
+        """Drop the index (read again from DuckDB on the next lookup), then note ``held``: rows
+        not yet in DuckDB (held for the next flush)."""
+        self._index.clear()
+        for row in held:
+            self.note(row)
+
     def forget(self, branch: str, key: str) -> None:
         """Drop the index of (branch, key): re-read on the next lookup."""
         self._index.pop((branch, key), None)

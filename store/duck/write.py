@@ -81,6 +81,7 @@ class DuckWriter:
         self.journal: Journal | None = None  # set by ``recover`` (a log without one commits every batch)
         self._heads: dict[str, Head] = {}  # branch -> logical head, journal included (a write cache)
         self.pending: list[Batch] = []  # journalled, not yet in DuckDB
+        self._tickets: list[int] = []  # each pending line's journal ticket (0: recovered, durable)
         self._pending_snaps: list[list[Any]] = []  # snapshot rows that go in with them
         self._pending_n = 0
         # branch -> head as committed to DuckDB: every ref the store holds (this log is its only writer)
@@ -107,8 +108,10 @@ class DuckWriter:
             raise BranchExists(info.name)
         if self.journal is not None and info.base_branch is not None:
             line = Batch(info.name, -1, None, info.created_at, [], [], [], [], ref=info)
+            self._check_journal()
             self.journal.append(line)
             self.pending.append(line)
+            self._tickets.append(0)
             self._heads[info.name] = (info.head_seq, info.head_id)
             return
         self._con.begin()
@@ -132,7 +135,10 @@ class DuckWriter:
                 [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at],
             )
 
-    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> tuple[list[str], int | None]:
+        """Append under compare-and-swap; returns the ids and, for a journalled batch, the ticket
+        to pass to ``self.journal.sync`` (outside the log's lock: group commit) before telling
+        the caller it is durable. None: durable already (committed to DuckDB)."""
         # Ids chain from the expected head; the head moves by compare-and-swap, so a stale
         # expectation writes nothing.
         sealed = seal(branch, expected_head, events)
@@ -143,19 +149,21 @@ class DuckWriter:
             direct = Batch(branch, -1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)
             self._commit([direct])
             self.tail.add(branch, self._heads[branch][0] - n + 1, direct)
-            return sealed.ids
+            return sealed.ids, None
+        self._check_journal()
         seq, head = self.logical_head(branch)
         if head != expected_head:
             raise ConcurrencyError(branch, expected_head, head)
         batch = Batch(branch, seq + 1, expected_head, now, sealed.ids, sealed.kinds, sealed.schemas, sealed.payloads)
-        self.journal.append(batch)  # durable from here on
+        ticket = self.journal.write(batch)  # durable once synced: ``ticket`` goes back to the caller
         self._heads[branch] = (seq + n, sealed.ids[-1])
         self.tail.add(branch, seq + 1, batch)
         self.pending.append(batch)
+        self._tickets.append(ticket)
         self._pending_n += n
         if self._pending_n >= self.flush_every:
-            self.flush()
-        return sealed.ids
+            self.flush()  # in DuckDB now (its commit is durable), so the ticket is too
+        return sealed.ids, ticket
 
     def import_branches(self, imports: Sequence[BranchImport]) -> None:
         """Insert the new refs, then every import's events, in one transaction (after a flush):
@@ -218,12 +226,44 @@ class DuckWriter:
         self._pending_snaps.append(row)
         return True
 
+    def _check_journal(self) -> None:
+        """Before anything else is written or committed: if an fsync of the journal failed, drop
+        what it left unacknowledged (``drop_unsynced``), so none of it reaches DuckDB."""
+        if self.journal is not None and self.journal.failed is not None:
+            self.drop_unsynced()
+
+    def drop_unsynced(self) -> set[str]:
+        """After a failed journal fsync: cut the unacknowledged lines off the journal and forget
+        their batches (and the snapshot rows held for them), as if never appended; returns the
+        branches whose heads moved back. Call under the log's lock."""
+        assert self.journal is not None
+        kept = self.journal.drop_unsynced()
+        gone = {b.branch for b, t in zip(self.pending, self._tickets, strict=True) if t > kept}
+        if not gone:
+            return gone
+        keep = [i for i, t in enumerate(self._tickets) if t <= kept]
+        self.pending = [self.pending[i] for i in keep]
+        self._tickets = [self._tickets[i] for i in keep]
+        self._pending_n = sum(len(b.ids) for b in self.pending)
+        for branch in gone:
+            self._heads.pop(branch, None)
+            self.tail.forget(branch)
+        for b in self.pending:  # what is still journalled, on top of what DuckDB holds
+            self._heads[b.branch] = (-1, b.ref.head_id) if b.ref is not None else (b.first_seq + len(b.ids) - 1, b.ids[-1])
+        self._pending_snaps = [r for r in self._pending_snaps if r[0] not in gone or r[1] <= self.logical_head(r[0])[0]]
+        return gone
+
+    def held_snapshots(self) -> list[list[Any]]:
+        """Snapshot rows held for the next flush."""
+        return list(self._pending_snaps)
+
     def flush(self) -> None:
         """Move journalled batches into DuckDB (one transaction) and empty the journal."""
         if not self.pending:
             return
+        self._check_journal()
         self._commit(self.pending, self._pending_snaps)
-        self.pending, self._pending_n, self._pending_snaps = [], 0, []
+        self.pending, self._tickets, self._pending_n, self._pending_snaps = [], [], 0, []
         assert self.journal is not None
         self.journal.clear()
 
@@ -351,6 +391,7 @@ class DuckWriter:
                         )
                     continue
                 self.pending.append(b)
+                self._tickets.append(0)
                 self._heads[b.branch] = (-1, b.ref.head_id)
                 continue
             seq, head = self.logical_head(b.branch)
@@ -368,6 +409,7 @@ class DuckWriter:
                     f"keep the journal and restore from a backup"
                 )
             self.pending.append(b)
+            self._tickets.append(0)
             self._pending_n += len(b.ids)
             self._heads[b.branch] = (seq + len(b.ids), b.ids[-1])
         if self.pending:

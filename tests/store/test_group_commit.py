@@ -1,0 +1,128 @@
+"""Issue 24, Deliver 3: group commit. Threads appending on one log share journal fsyncs; each
+returns only once its own batch is durable; a failed fsync takes every batch it left
+unacknowledged with it, and the log goes on."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from store import DuckEventLog, NewEvent, StoreFull
+
+
+def ev(t: int, i: int) -> NewEvent:
+    return NewEvent("k", 1, json.dumps({"t": t, "i": i}).encode())
+
+
+def test_concurrent_appends_share_fsyncs_and_each_returns_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = DuckEventLog(tmp_path / "log.duckdb", flush_every=10_000)
+    journal = log._writer.journal
+    assert journal is not None
+    real = os.fsync
+    calls = []
+
+    def slow_fsync(fd: int) -> None:  # a slow disk: lines pile up while one fsync runs
+        time.sleep(0.003)
+        real(fd)
+        calls.append(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    for t in range(4):
+        log.init_branch(f"w{t}")
+    calls.clear()
+    not_durable = []
+    mine = threading.local()
+    write = journal.write
+
+    def write_noting_ticket(batch):  # type: ignore[no-untyped-def]
+        mine.ticket = write(batch)
+        return mine.ticket
+
+    monkeypatch.setattr(journal, "write", write_noting_ticket)
+
+    def writer(t: int) -> None:
+        head = None
+        for i in range(40):
+            [head] = log.append(f"w{t}", [ev(t, i)], expected_head=head)
+            if journal._synced < mine.ticket:  # returned before its line was durable
+                not_durable.append((t, i))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not not_durable
+    assert len(calls) < 160 * 0.75, len(calls)  # 160 appends, far fewer fsyncs (one writer alone pays one each)
+    monkeypatch.setattr(os, "fsync", real)
+    for t in range(4):
+        assert [json.loads(e.payload)["i"] for e in log.read(f"w{t}")] == list(range(40))
+    assert log.verify().ok
+    log.close()
+
+
+def test_a_failed_fsync_drops_every_batch_it_left_unacknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two lines written, then the fsync that would cover both fails (a full disk found late):
+    both callers get StoreFull, neither batch is in the log (now or after reopening), and the
+    next append goes on from the heads before them."""
+    p = tmp_path / "log.duckdb"
+    log = DuckEventLog(p)
+    log.init_branch("a")
+    log.init_branch("b")
+    [ha] = log.append("a", [ev(0, 0)], expected_head=None)
+    [hb] = log.append("b", [ev(1, 0)], expected_head=None)
+    size = os.path.getsize(str(p) + ".journal")
+    # two appends write their lines, as threads would, before either syncs
+    ids_a, ticket_a = log._writer.append("a", [ev(0, 1)], expected_head=ha)
+    ids_b, ticket_b = log._writer.append("b", [ev(1, 1)], expected_head=hb)
+    assert ticket_a is not None and ticket_b is not None
+    real = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    journal = log._writer.journal
+    assert journal is not None
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        journal.sync(ticket_a)
+    monkeypatch.setattr(os, "fsync", real)
+    with log._lock:
+        log._drop_unsynced()
+    with pytest.raises(OSError):  # the other line went with it: its caller is told so too
+        journal.sync(ticket_b)
+    assert os.path.getsize(str(p) + ".journal") == size
+    assert log.branch("a").head_id == ha and log.branch("b").head_id == hb
+    assert [e.id for e in log.read("a")] == [ha]
+    [ha2] = log.append("a", [ev(0, 2)], expected_head=ha)
+    log.close()
+    with DuckEventLog(p) as log:
+        assert [e.id for e in log.read("a")] == [ha, ha2] and [e.id for e in log.read("b")] == [hb]
+        assert log.verify().ok
+
+
+def test_a_failed_fsync_through_append_is_store_full_and_nothing_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "log.duckdb"
+    log = DuckEventLog(p)
+    log.init_branch("a")
+    [h] = log.append("a", [ev(0, 0)], expected_head=None)
+    real = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StoreFull):
+        log.append("a", [ev(0, 1)], expected_head=h)
+    monkeypatch.setattr(os, "fsync", real)
+    assert log.branch("a").head_id == h and len(log.read("a")) == 1
+    log.fork("f", source="a", at_seq=0)  # a ref line after the failure: the log goes on
+    log.close()
+    with DuckEventLog(p) as log:
+        assert len(log.read("a")) == 1 and [b.name for b in log.branches()] == ["a", "f"] and log.verify().ok
