@@ -21,8 +21,10 @@ Measures (ratios against this log's figure in the same run):
    that state (it has no fork), LangGraph a new checkpoint from that one (its time travel);
 4. listing the history: all N events (checkpoints, rows) read back;
 5. bytes per step while the agent's state grows (a scaffold gaining one few-shot example per
-   step, 500 steps): this log records a patch per step, eventsourcing an event per step plus its
-   snapshots, LangGraph the whole state per checkpoint. Disk bytes after the run / steps.
+   step, at 500 and at 10,000 steps): this log records a patch per step, eventsourcing an event
+   per step plus its snapshots, LangGraph the whole state per checkpoint (at 500 steps only: at
+   10,000 that is ~12 GB). Disk bytes after the run / steps;
+6. 4 concurrent writers, one event per durable commit each, one store (``peers_writers.py``).
 """
 
 from __future__ import annotations
@@ -282,7 +284,8 @@ class DuckArrow:
 
 
 def growth_bytes(d: Path, steps: int) -> dict[str, float]:
-    """Disk bytes per step while a scaffold gains one few-shot example per step."""
+    """Disk bytes per step while a scaffold gains one few-shot example per step (LangGraph up to
+    2,000 steps: it stores the whole state per checkpoint, quadratic in the steps)."""
     from sia_engine.domain.events import (
         RunStarted,
         ScaffoldPatched,
@@ -302,7 +305,7 @@ def growth_bytes(d: Path, steps: int) -> dict[str, float]:
 
     example = "Q: A man took a phone from a shop without paying. Which charge applies? A: theft. " * 3
     out: dict[str, float] = {}
-    g = d / "growth"
+    g = d / f"growth-{steps}"
     g.mkdir()
     with Store.create(g / "ours") as s:
         s.log.init_branch("main")
@@ -324,6 +327,8 @@ def growth_bytes(d: Path, steps: int) -> dict[str, float]:
         es.add_example(f"{example} #{i}")
     es.close()
     out["eventsourcing SQLite"] = folder_bytes(g / "es.sqlite") / steps
+    if steps > 2000:
+        return out
     lg = LangGraphPeer(g)
     for i in range(steps):
         lg.add_example(f"{example} #{i}")
@@ -332,7 +337,11 @@ def growth_bytes(d: Path, steps: int) -> dict[str, float]:
     return out
 
 
-def run(n: int) -> None:
+def run(n: int, big: int, writers: int) -> None:
+    try:  # DuckDB's first Arrow scan in a process imports pandas (0.5 s here): paid before timing, as by any process that has inserted once
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
     peers: list[Any] = [Ours, OursLogOnly, eventsourcing_peer("SQLite"), eventsourcing_peer("POPO"), LangGraphPeer, DuckArrow]
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -344,6 +353,7 @@ def run(n: int) -> None:
             for _ in range(n):
                 p.append(1)
             r["append1"] = n / (time.perf_counter() - t0)
+            p.append(100)  # warm-up, untimed
             t0 = time.perf_counter()
             for _ in range(n // 10):
                 p.append(100)
@@ -358,14 +368,25 @@ def run(n: int) -> None:
             rows[p.name] = r
             print(f"  measured {p.name}", flush=True)
         growth = growth_bytes(Path(tmp), 500)
+        print("  measured bytes per step at 500 steps", flush=True)
+        growth_big = growth_bytes(Path(tmp), big) if big else {}
+        print(f"  measured bytes per step at {big} steps", flush=True)
+        import peers_writers
+
+        many = peers_writers.measure(Path(tempfile.mkdtemp(dir=tmp)), writers, max(1, n // (2 * writers)))
     ours = rows["sia-engine log"]
     print(f"\n{n} appends of 1 event, {n // 10} of 100; state, fork at depth {n // 2}; list all (the 100-per-commit appends included)")
-    print(f"{'':>24} {'1/commit ev/s':>14} {'100/commit ev/s':>16} {'state ms':>9} {'fork ms':>8} {'list ms':>8} {'bytes/step':>11}")
+    print(f"{writers} writers: one event per commit each, {max(1, n // (2 * writers))} each; bytes/step at 500 and {big} steps")
+    print(f"{'':>24} {'1/commit ev/s':>14} {'100/commit ev/s':>16} {f'{writers} writers ev/s':>16} {'state ms':>9} {'fork ms':>8} "
+          f"{'list ms':>8} {'bytes/step':>11} {f'at {big}':>11}")
     for name, r in rows.items():
         def f(key: str, fmt: str) -> str:
             return format(r[key], fmt) if key in r else "-"
-        print(f"{name:>24} {f('append1', ',.0f'):>14} {f('append100', ',.0f'):>16} {f('state_ms', '.2f'):>9} {f('fork_ms', '.2f'):>8} "
-              f"{f('list_ms', '.1f'):>8} {format(growth[name], ',.0f') if name in growth else '-':>11}")
+
+        def g(table: dict[str, float]) -> str:
+            return format(table[name], ',.0f') if name in table else "-"
+        print(f"{name:>24} {f('append1', ',.0f'):>14} {f('append100', ',.0f'):>16} {g(many):>16} {f('state_ms', '.2f'):>9} "
+              f"{f('fork_ms', '.2f'):>8} {f('list_ms', '.1f'):>8} {g(growth):>11} {g(growth_big):>11}")
     print("\nthis log vs each peer (>1: this log is faster / smaller)")
     for name, r in rows.items():
         if name == "sia-engine log":
@@ -376,6 +397,10 @@ def run(n: int) -> None:
                       f"list {r['list_ms'] / ours['list_ms']:.2f}x"]
         if name in growth:
             parts.append(f"bytes/step {growth[name] / growth['sia-engine log']:.2f}x")
+        if name in growth_big:
+            parts.append(f"bytes/step at {big} {growth_big[name] / growth_big['sia-engine log']:.2f}x")
+        if name in many and "sia-engine log" in many:
+            parts.append(f"{writers} writers {many['sia-engine log'] / many[name]:.2f}x")
         print(f"  vs {name}: " + ", ".join(parts))
 
 
@@ -383,6 +408,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setup", action="store_true", help=f"pip install the peers first: {' '.join(PEERS)}")
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--big", type=int, default=10_000, help="steps of the second bytes-per-step measure (0: skip it)")
+    ap.add_argument("--writers", type=int, default=4, help="concurrent writers")
     a = ap.parse_args()
     if a.setup:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *PEERS], check=True)
@@ -392,7 +419,7 @@ def main() -> None:
     except ImportError as e:
         sys.exit(f"a peer is not installed ({e}); run: python bench/bench_peers.py --setup")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(a.n)
+    run(a.n, a.big, a.writers)
 
 
 if __name__ == "__main__":
