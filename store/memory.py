@@ -73,8 +73,10 @@ class MemoryEventLog:
         return list(self._refs.values())
 
     # -- writing ------------------------------------------------------------------------------
-    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
-        sealed = seal(branch, expected_head, events)
+    def append(
+        self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None, decoded: bool = False
+    ) -> list[str]:
+        sealed = seal(branch, expected_head, events, decoded=decoded)
         info = self.branch(branch)
         if info.head_id != expected_head:
             raise ConcurrencyError(branch, expected_head, info.head_id)

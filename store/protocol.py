@@ -25,9 +25,13 @@ class EventLog(Protocol):
         """Create branch ``name`` whose history is ``source``'s history up to ``source#at_seq``."""
         ...
 
-    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+    def append(
+        self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None, decoded: bool = False
+    ) -> list[str]:
         """Append a batch atomically; ``expected_head`` is the id of the last event of the
-        branch's history (``None`` for an empty root branch). Returns the new ids."""
+        branch's history (``None`` for an empty root branch). Returns the new ids. ``decoded``:
+        the caller has just decoded every payload as JSON (a recorder that encoded each event
+        and decoded it back), so the log checks UTF-8 but does not parse the JSON again."""
         ...
 
     def import_branches(self, imports: Sequence[BranchImport]) -> None:

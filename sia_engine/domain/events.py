@@ -386,10 +386,13 @@ def roundtrip(event: Event) -> tuple[NewEvent, Event]:
         payload = canonical(event)
     except (TypeError, msgspec.EncodeError) as e:
         raise InvalidEvent(kind, f"a field holds a value that has no JSON form ({e})") from None
-    try:
-        back = decode(kind, event.SCHEMA, payload)
-    except InvalidPayload as e:
-        raise InvalidEvent(kind, f"{e.reason} (at {e.path}); non-finite floats are not allowed") from None
+    try:  # at the class's own schema: its typed decoder, no upcasting to look for
+        back: Event = _DECODERS[kind].decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        msg = str(e)
+        m = _PATH_RE.search(msg)
+        reason, path = (msg[: m.start()], m.group(1)) if m else (msg, "$")
+        raise InvalidEvent(kind, f"{reason} (at {path}); non-finite floats are not allowed") from None
     return NewEvent(kind, event.SCHEMA, payload), back
 
 

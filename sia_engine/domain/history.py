@@ -200,7 +200,8 @@ class History:
                 to_snapshot.append((i, state))
         if not batch:
             return []
-        ids = self.log.append(self.branch, batch, expected_head=self.head)
+        # each payload was decoded back into its event above: the log need not parse it again
+        ids = self.log.append(self.branch, batch, expected_head=self.head, decoded=True)
         first_seq = self.head_seq + 1
         self.state, self.head, self.head_seq = state, ids[-1], self.head_seq + len(ids)
         for i, snap in to_snapshot:

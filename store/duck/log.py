@@ -127,7 +127,9 @@ class DuckEventLog:
             raise StoreError(f"store {self.path} is open read-only; open it without read_only to write")
 
     @unlocked
-    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> list[str]:
+    def append(
+        self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None, decoded: bool = False
+    ) -> list[str]:
         """Append ``events`` to ``branch`` if its head is ``expected_head``; returns their ids once
         they are durable. Group commit: the lock is held while the batch is checked and written
         to the journal, not while it is fsynced, so appends from other threads write theirs
@@ -135,7 +137,7 @@ class DuckEventLog:
         own batch is)."""
         with self._lock, translated_errors(self.path):
             self._check_writable()
-            ids, ticket = self._writer.append(branch, events, expected_head=expected_head)
+            ids, ticket = self._writer.append(branch, events, expected_head=expected_head, decoded=decoded)
             journal = self._writer.journal
         if ticket is not None and journal is not None:
             with translated_errors(self.path):

@@ -135,13 +135,15 @@ class DuckWriter:
                 [info.name, info.base_branch, info.base_seq, info.base_id, info.head_seq, info.head_id, info.created_at],
             )
 
-    def append(self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None) -> tuple[list[str], int | None]:
+    def append(
+        self, branch: str, events: Sequence[NewEvent], *, expected_head: str | None, decoded: bool = False
+    ) -> tuple[list[str], int | None]:
         """Append under compare-and-swap; returns the ids and, for a journalled batch, the ticket
         to pass to ``self.journal.sync`` (outside the log's lock: group commit) before telling
         the caller it is durable. None: durable already (committed to DuckDB)."""
         # Ids chain from the expected head; the head moves by compare-and-swap, so a stale
         # expectation writes nothing.
-        sealed = seal(branch, expected_head, events)
+        sealed = seal(branch, expected_head, events, decoded=decoded)
         n = len(sealed.ids)
         now = self._clock()
         if self.journal is None or n >= _DIRECT:
