@@ -21,7 +21,7 @@ from datetime import datetime
 
 import msgspec
 
-from store.errors import InvalidEnvelope, InvalidName
+from store.errors import InvalidEnvelope, InvalidName, StoreError
 
 __all__ = [
     "BranchImport",
@@ -130,8 +130,12 @@ def history_segments(lookup: Callable[[str], BranchInfo], branch: str, until_seq
     None), oldest first: the fork ancestry, then the branch itself."""
     info = lookup(branch)
     segs: list[tuple[str, int]] = [(branch, info.head_seq if until_seq is None else until_seq)]
+    seen = {branch}
     while info.base_branch is not None:
         assert info.base_seq is not None
+        if info.base_branch in seen:  # refs never form a cycle unless someone rewrote them
+            raise StoreError(f"the refs of branch {branch!r} form a cycle through {info.base_branch!r}: the store was altered")
+        seen.add(info.base_branch)
         segs.append((info.base_branch, info.base_seq))
         info = lookup(info.base_branch)
     return segs[::-1]

@@ -23,8 +23,8 @@ from datetime import datetime
 
 import msgspec
 
-from store.envelope import BranchInfo, NewEvent, seal
-from store.errors import InvalidEnvelope, JournalDamaged
+from store.envelope import BranchInfo, NewEvent, check_branch_name, seal
+from store.errors import InvalidEnvelope, InvalidName, JournalDamaged
 
 __all__ = ["Batch", "Journal", "check_batch"]
 
@@ -79,8 +79,14 @@ def check_batch(b: Batch, path: str, line: int) -> None:
     n = len(b.ids)
     if b.ref is not None:
         r = b.ref
+        try:
+            check_branch_name(r.name)
+            check_branch_name(r.base_branch)
+        except InvalidName:
+            raise JournalDamaged(path, line, f"it is not a new ref this engine writes (names {r.name!r}, {r.base_branch!r})") from None
         if n or b.kinds or b.schemas or b.payloads or r.name != b.branch or r.head_seq != -1 or r.head_id != r.base_id or (
-            (r.base_branch is None) != (r.base_id is None) or (r.base_branch is None) != (r.base_seq is None)
+            b.first_seq != -1 or b.parent is not None or r.base_branch == r.name or r.base_seq is None or r.base_seq < 0
+            or r.base_id is None or len(r.base_id) != 64
         ):
             raise JournalDamaged(path, line, f"it is not a new ref this engine writes (branch {b.branch!r}, {n} events, ref {r})")
         return
@@ -154,10 +160,10 @@ class Journal:
             for lo, hi, err in self._lost:
                 if lo < ticket <= hi:
                     raise err
+            if self._synced >= ticket:
+                return  # another caller's fsync (or a flush into DuckDB) covered this line
             if self.failed is not None:
                 raise self.failed
-            if self._synced >= ticket:
-                return  # another caller's fsync covered this line
             target, size = self._mark  # everything written so far goes with this fsync
             try:
                 os.fsync(self._open())
@@ -166,6 +172,12 @@ class Journal:
                 raise
             if target > self._synced:
                 self._synced, self._synced_size = target, size
+
+    def lost(self, ticket: int) -> bool:
+        """Whether line ``ticket`` was cut off after a failed fsync (else it is durable, or
+        still to be synced)."""
+        with self._sync_lock:
+            return any(lo < ticket <= hi for lo, hi, _ in self._lost)
 
     def drop_unsynced(self) -> int:
         """After a failed fsync (call under the log's lock, so nothing is written meanwhile): cut
@@ -235,6 +247,7 @@ class Journal:
         os.fsync(fd)
         with self._sync_lock:
             self._synced, self._synced_size, self._mark = self._mark[0], 0, (self._mark[0], 0)
+            self.failed = None  # what a failed fsync left unacknowledged is in DuckDB now, durable
 
     def size(self) -> int:
         try:

@@ -104,22 +104,35 @@ def _entry(sc: Scaffold, base: tuple[int, Scaffold] | None) -> Any:
     return msgspec.to_builtins(sc)
 
 
+_REFS_PER_BYTE = 16  # example references a chained document may build per byte of it (see ``_unchain_doc``)
+
+
 def _unchain(data: bytes, typ: type[Any]) -> Any:
     try:
-        return _unchain_doc(msgspec.json.decode(data[1:]), typ)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:  # a chained document of another shape
+        return _unchain_doc(msgspec.json.decode(data[1:]), typ, _REFS_PER_BYTE * len(data) + 1_000_000)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError) as e:  # another shape
         raise msgspec.ValidationError(f"not a chained snapshot ({type(e).__name__}: {e})") from None
 
 
-def _unchain_doc(doc: Any, typ: type[Any]) -> Any:
+def _unchain_doc(doc: Any, typ: type[Any], budget: int) -> Any:
+    """The object of a chained document. Each scaffold entry costs a reference per example it
+    holds; a document that would build more than ``budget`` (a few entries chained on one long
+    scaffold claim quadratic memory from linear bytes) is refused. A real state of 10,000
+    versions of scaffolds growing to 10,000 examples builds about 8 references per byte."""
     scaffolds: list[Scaffold] = []
-    for e in doc["scaffolds"]:
+    for i, e in enumerate(doc["scaffolds"]):
         if isinstance(e, dict) and set(e) == {"base", "add"}:
-            b = scaffolds[e["base"]]
+            j = e["base"]
+            if type(j) is not int or not 0 <= j < i:
+                raise ValueError(f"scaffold {i} is chained on {j!r}, not an earlier scaffold")
+            b = scaffolds[j]
             add = msgspec.convert(e["add"], tuple[Example, ...])
             scaffolds.append(msgspec.structs.replace(b, examples=b.examples + add))
         else:
             scaffolds.append(msgspec.convert(e, Scaffold))
+        budget -= len(scaffolds[-1].examples)
+        if budget < 0:
+            raise ValueError("it builds more example references than its size allows (a forged or damaged document)")
     top = doc["obj"]
     versions = (top["state"] if typ is StateDelta else top)["versions"]
     which = {vid: tree.pop("scaffold") for vid, tree in versions.items()}

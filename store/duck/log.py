@@ -69,6 +69,7 @@ class DuckEventLog:
         self._writer = DuckWriter(
             self._con, clock=clock, flush_every=flush_every, heads=None if key is None else HeadsFile(self.path)
         )
+        self._writer.on_drop = self._after_drop
         # where snapshot bytes live (a read-only private copy reads the original's)
         folder = None if key is None else str(snapshot_dir) if snapshot_dir is not None else self.path + SNAPSHOT_SUFFIX
         self._snapshots = SnapshotCache(self._con, folder)
@@ -145,14 +146,23 @@ class DuckEventLog:
                     journal.sync(ticket)
                 except OSError:  # not durable: this batch (and any written with it) is cut off, as never appended
                     with self._lock:
-                        self._drop_unsynced()
-                    raise
+                        self._writer.drop_unsynced()
+                        lost = journal.lost(ticket)
+                    if lost:
+                        raise
+                    # else a flush moved it into DuckDB before the failure was seen: durable after all
         return ids
 
-    def _drop_unsynced(self) -> None:
-        """After a failed journal fsync: the writer drops the unacknowledged batches; refs created
-        by dropped lines are forgotten, and the snapshot index is read again."""
-        gone = self._writer.drop_unsynced()
+    def _settle(self) -> None:
+        """Before anything reads or writes the heads: a failed journal fsync's unacknowledged
+        batches are dropped first (see ``DuckWriter.drop_unsynced``)."""
+        journal = self._writer.journal
+        if journal is not None and journal.failed is not None:
+            self._writer.drop_unsynced()
+
+    def _after_drop(self, gone: set[str]) -> None:
+        """The writer dropped batches of ``gone`` after a failed fsync: forget refs that were
+        only in them, and read the snapshot index again (rows held for dropped events are gone)."""
         for name in [n for n in self._branch_meta if not self._writer.exists(n)]:
             del self._branch_meta[name]
         if gone:
@@ -168,16 +178,23 @@ class DuckEventLog:
         for imp in imports:
             if imp.create is not None:
                 check_branch_name(imp.name)
-        self._writer.import_branches(imports)
-        for imp in imports:
-            if imp.create is not None:
-                self._branch_meta[imp.name] = imp.create
+        self._settle()
+        try:
+            self._writer.import_branches(imports)
+        finally:  # as ``_insert_branch``: what DuckDB committed is held
+            for imp in imports:
+                if imp.create is not None and self._writer.exists(imp.name):
+                    self._branch_meta[imp.name] = imp.create
 
     # -- refs ---------------------------------------------------------------------------------
     def _insert_branch(self, info: BranchInfo) -> BranchInfo:
         self._check_writable()
-        self._writer.insert_branch(info)
-        self._branch_meta[info.name] = info
+        self._settle()
+        try:
+            self._writer.insert_branch(info)
+        finally:  # a ref committed before a later step failed (the heads file on a full disk) is held all the same
+            if self._writer.exists(info.name):
+                self._branch_meta[info.name] = info
         return info
 
     def init_branch(self, name: str) -> BranchInfo:
@@ -186,6 +203,7 @@ class DuckEventLog:
 
     def fork(self, name: str, *, source: str, at_seq: int) -> BranchInfo:
         check_branch_name(name)
+        self._settle()
         if name in self._branch_meta:
             raise BranchExists(name)
         head_seq, head_id = self._writer.logical_head(source)
@@ -196,6 +214,7 @@ class DuckEventLog:
         return self._insert_branch(BranchInfo(name, source, at_seq, base_id, -1, base_id, self._clock()))
 
     def branch(self, name: str) -> BranchInfo:
+        self._settle()
         meta = self._branch_meta.get(name)
         if meta is None:
             raise BranchNotFound(name, list(self._branch_meta))
@@ -256,6 +275,7 @@ class DuckEventLog:
     def read(
         self, branch: str, *, until_seq: int | None = None, after_seq: int | None = None, kinds: Sequence[str] | None = None
     ) -> list[Envelope]:
+        self._settle()
         held = self._held(branch, until_seq, after_seq, kinds)
         if held is not None:
             return held
@@ -307,6 +327,7 @@ class DuckEventLog:
         return [self._env(r) for r in rows]
 
     def at(self, branch: str, seq: int) -> Envelope:
+        self._settle()
         held = self._writer.tail.at(branch, seq)
         if held is not None:
             return held
@@ -326,6 +347,7 @@ class DuckEventLog:
     # -- snapshots ----------------------------------------------------------------------------
     def save_snapshot(self, branch: str, seq: int, key: str, data: bytes, *, event_id: str | None = None) -> None:
         self._check_writable()
+        self._settle()
         if event_id is None:
             event_id = self.at(branch, seq).id
         elif seq > self._writer.logical_head(branch)[0]:

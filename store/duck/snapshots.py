@@ -25,7 +25,7 @@ SNAPSHOT_SUFFIX = ".snapshots"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first bytes; a file without them holds its bytes as they are
 _ZSTD_LEVEL = 3
 _COMPRESS_ABOVE = 512  # smaller snapshots are stored as they are (a frame costs more than it saves)
-_MAX_INFLATED = 4 << 30  # a frame that claims more is damage, not a snapshot (never allocated)
+_MAX_INFLATED = 1 << 30  # a frame that claims more is damage, not a snapshot (never allocated)
 _SNAP_REF = b"sha256:"  # a snapshot row's data that names a file instead of holding the bytes
 Found = tuple[str, int, str, bytes]  # (branch, seq, event id, data) of a snapshot
 

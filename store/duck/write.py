@@ -89,6 +89,7 @@ class DuckWriter:
             r[0]: (r[1], r[2]) for r in con.execute("SELECT name, head_seq, head_id FROM branches").fetchall()
         }
         self.tail = Tail()  # the latest events of each branch, for reads that need no query
+        self.on_drop: Callable[[set[str]], None] | None = None  # told which branches a failed fsync moved back
 
     def check_heads(self) -> None:
         """DuckDB must hold at least what the heads file says it committed (``StoreDamaged``)."""
@@ -114,6 +115,7 @@ class DuckWriter:
             self._tickets.append(0)
             self._heads[info.name] = (info.head_seq, info.head_id)
             return
+        self.flush()  # refs journalled before it go in first: DuckDB's order of refs stays the order they were made
         self._con.begin()
         try:
             self._insert_refs([info])
@@ -123,7 +125,7 @@ class DuckWriter:
                 self._con.rollback()
             raise
         self._heads[info.name] = self._committed[info.name] = (info.head_seq, info.head_id)
-        self.write_heads()
+        self._heads_committed()
 
     def _insert_refs(self, refs: Sequence[BranchInfo]) -> None:
         """Insert new refs inside the open transaction, in order (``BranchExists`` if DuckDB has one)."""
@@ -208,7 +210,7 @@ class DuckWriter:
         for b in batches:
             self._committed[b.branch] = self._heads[b.branch]
             self.tail.add(b.branch, self._heads[b.branch][0] - len(b.ids) + 1, b)
-        self.write_heads()
+        self._heads_committed()
 
     def logical_head(self, branch: str) -> Head:
         """The branch's head, journalled batches included (``BranchNotFound``)."""
@@ -253,6 +255,8 @@ class DuckWriter:
         for b in self.pending:  # what is still journalled, on top of what DuckDB holds
             self._heads[b.branch] = (-1, b.ref.head_id) if b.ref is not None else (b.first_seq + len(b.ids) - 1, b.ids[-1])
         self._pending_snaps = [r for r in self._pending_snaps if r[0] not in gone or r[1] <= self.logical_head(r[0])[0]]
+        if self.on_drop is not None:
+            self.on_drop(gone)
         return gone
 
     def held_snapshots(self) -> list[list[Any]]:
@@ -301,6 +305,10 @@ class DuckWriter:
         for b in batches:
             if b.ref is None:
                 self._committed[b.branch] = self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1])
+        self._heads_committed()
+
+    def _heads_committed(self) -> None:
+        """``write_heads`` after a DuckDB commit: a full disk here says the write was recorded."""
         try:
             self.write_heads()
         except OSError as e:  # committed already: a full disk here must not say the write was lost
@@ -392,6 +400,7 @@ class DuckWriter:
                             f"({row}): keep the journal and restore from a backup"
                         )
                     continue
+                self._check_base(b.ref)
                 self.pending.append(b)
                 self._tickets.append(0)
                 self._heads[b.branch] = (-1, b.ref.head_id)
@@ -418,6 +427,23 @@ class DuckWriter:
             self.flush()
         else:
             journal.clear()
+
+    def _check_base(self, ref: BranchInfo) -> None:
+        """A journalled fork's base must be the event at its seq, in DuckDB or journalled before it."""
+        assert ref.base_branch is not None and ref.base_seq is not None
+        found: str | None = None
+        for b in reversed(self.pending):
+            if b.ref is None and b.branch == ref.base_branch and b.first_seq <= ref.base_seq < b.first_seq + len(b.ids):
+                found = b.ids[ref.base_seq - b.first_seq]
+                break
+        else:
+            row = fetch_one(self._con, "SELECT id FROM events WHERE branch = ? AND seq = ?", [ref.base_branch, ref.base_seq])
+            found = None if row is None else str(row[0])
+        if found is None or found != ref.base_id:
+            raise StoreError(
+                f"journalled fork {ref.name!r} grows from {ref.base_branch}#{ref.base_seq} ({str(ref.base_id)[:12]}), which "
+                f"the log holds as {str(found)[:12] if found else 'no event'}: keep the journal and restore from a backup"
+            )
 
     def _move_head(self, branch: str, expected: str | None, new_head: str, n: int) -> int:
         """Compare-and-swap the ref from ``expected`` to ``new_head``; returns the first new seq.

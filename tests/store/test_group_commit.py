@@ -94,7 +94,7 @@ def test_a_failed_fsync_drops_every_batch_it_left_unacknowledged(tmp_path: Path,
         journal.sync(ticket_a)
     monkeypatch.setattr(os, "fsync", real)
     with log._lock:
-        log._drop_unsynced()
+        log._writer.drop_unsynced()
     with pytest.raises(OSError):  # the other line went with it: its caller is told so too
         journal.sync(ticket_b)
     assert os.path.getsize(str(p) + ".journal") == size
@@ -126,3 +126,118 @@ def test_a_failed_fsync_through_append_is_store_full_and_nothing_stays(tmp_path:
     log.close()
     with DuckEventLog(p) as log:
         assert len(log.read("a")) == 1 and [b.name for b in log.branches()] == ["a", "f"] and log.verify().ok
+
+
+# -- a hostile review's findings (issue 24), each reproduced here ------------------------------------
+def _write(log: DuckEventLog, branch: str, i: int, head: str | None) -> tuple[list[str], int]:
+    """``append`` up to where it lets go of the lock: the line written, not yet synced."""
+    with log._lock:
+        ids, ticket = log._writer.append(branch, [ev(0, i)], expected_head=head)
+    assert ticket is not None
+    return ids, ticket
+
+
+def _sync_as_append_does(log: DuckEventLog, ids: list[str], ticket: int) -> list[str]:
+    """``append`` after it let go of the lock (its own code path, called through a real append below)."""
+    journal = log._writer.journal
+    assert journal is not None
+    try:
+        journal.sync(ticket)
+    except OSError:
+        with log._lock:
+            log._writer.drop_unsynced()
+            if journal.lost(ticket):
+                raise
+    return ids
+
+
+def _failing(fd: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_line_made_durable_before_another_fsync_failed_is_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = DuckEventLog(tmp_path / "log.duckdb", flush_every=10_000)
+    for b in "abc":
+        log.init_branch(b)
+    t1 = _write(log, "a", 1, None)
+    t2 = _write(log, "b", 2, None)
+    _sync_as_append_does(log, *t2)  # its fsync covers line 1 too
+    t3 = _write(log, "c", 3, None)
+    journal = log._writer.journal
+    assert journal is not None
+    monkeypatch.setattr(os, "fsync", _failing)
+    with pytest.raises(OSError):
+        journal.sync(t3[1])
+    monkeypatch.undo()
+    assert _sync_as_append_does(log, *t1) == t1[0]  # durable: not told it failed
+    with pytest.raises(OSError):
+        _sync_as_append_does(log, *t3)
+    log.close()
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        assert [e.id for e in log.read("a")] == t1[0] and log.read("c") == []
+
+
+def test_a_batch_a_flush_committed_while_its_fsync_failed_is_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = DuckEventLog(tmp_path / "log.duckdb", flush_every=10_000)
+    log.init_branch("a")
+    real = os.fsync
+    entered, go = threading.Event(), threading.Event()
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "T1":
+            entered.set()
+            go.wait()
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out: dict[str, object] = {}
+
+    def t1() -> None:
+        try:
+            out["ids"] = log.append("a", [ev(0, 1)], expected_head=None)
+        except Exception as e:  # what it was told
+            out["error"] = e
+
+    th1 = threading.Thread(target=t1, name="T1")
+    th1.start()
+    entered.wait()
+    th2 = threading.Thread(target=log.flush, name="T2")  # commits T1's batch into DuckDB meanwhile
+    th2.start()
+    time.sleep(0.3)
+    go.set()
+    th1.join()
+    th2.join()
+    monkeypatch.undo()
+    assert "error" not in out and [e.id for e in log.read("a")] == out["ids"]
+    log.close()
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        assert [e.id for e in log.read("a")] == out["ids"]
+
+
+def test_nothing_built_on_a_dropped_batch_survives_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot saved on a batch whose fsync then failed, and a fork asked for at it: the
+    snapshot is forgotten with the batch, the fork is refused (its base never was)."""
+    from store import EventNotFound
+
+    log = DuckEventLog(tmp_path / "log.duckdb", flush_every=10_000)
+    log.init_branch("a")
+    [h0] = log.append("a", [ev(0, 0)], expected_head=None)
+    t1 = _write(log, "a", 1, h0)
+    log.save_snapshot("a", 1, "K", b"state after a dropped event")
+    journal = log._writer.journal
+    assert journal is not None
+    monkeypatch.setattr(os, "fsync", _failing)
+    with pytest.raises(OSError):
+        journal.sync(t1[1])
+    monkeypatch.undo()
+    with pytest.raises(EventNotFound):
+        log.fork("f", source="a", at_seq=1)
+    log.flush()
+    with pytest.raises(OSError):
+        _sync_as_append_does(log, *t1)
+    [h1] = log.append("a", [ev(0, 2)], expected_head=h0)  # a#1 is another event now
+    assert h1 != t1[0][0] and log.load_snapshot("a", None, "K") is None and log.list_snapshots("K") == []
+    log.close()
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        assert log.load_snapshot("a", None, "K") is None and [b.name for b in log.branches()] == ["a"] and log.verify().ok

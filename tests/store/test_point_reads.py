@@ -120,3 +120,64 @@ def test_a_journalled_ref_altered_with_its_sum_recomputed_is_damage(tmp_path: Pa
     with pytest.raises(JournalDamaged, match="journal line 1: it is not a new ref"):
         DuckEventLog(p)
     assert j.read_bytes() == before
+
+
+def test_refs_a_full_disk_left_committed_are_held_and_the_order_is_duckdbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heads file could not be written after DuckDB committed a new ref: the ref is there
+    (StoreFull says it was recorded), and the open log knows it; a root made after a journalled
+    fork comes after it in the open log, in SQL and after reopening."""
+    import errno
+    from datetime import UTC, datetime
+
+    from store import BranchImport, BranchInfo, StoreFull
+    from store.duck.heads import HeadsFile
+
+    p = tmp_path / "log.duckdb"
+    log = DuckEventLog(p)
+
+    def full(self: object, committed: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(HeadsFile, "write", full)
+        with pytest.raises(StoreFull) as e:
+            log.init_branch("a")
+        assert e.value.recorded
+        with pytest.raises(StoreFull):
+            log.import_branches([BranchImport("b", None, (ev(0),), BranchInfo("b", None, None, None, -1, None, datetime.now(UTC)))])
+    assert [b.name for b in log.branches()] == ["a", "b"]
+    with pytest.raises(BranchExists):
+        log.init_branch("a")
+    [h] = log.append("a", [ev(1)], expected_head=None)
+    log.fork("f", source="a", at_seq=0)
+    log.init_branch("r")
+    assert [b.name for b in log.branches()] == ["a", "b", "f", "r"]
+    assert [r[0] for r in log.sql("SELECT name FROM branches ORDER BY ord").rows] == ["a", "b", "f", "r"]
+    log.close()
+    with DuckEventLog(p) as log:
+        assert [b.name for b in log.branches()] == ["a", "b", "f", "r"] and log.verify().ok
+
+
+@pytest.mark.parametrize("forge", ["own base", "bad name", "negative seq", "base not the event"])
+def test_a_forged_ref_line_is_refused_on_open(tmp_path: Path, forge: str) -> None:
+    """Journalled refs rewritten with their sums recomputed: a fork on itself (every read would
+    loop), a name no branch may have, a negative seq, a base id that is not the event at its seq."""
+    import hashlib
+
+    from store import StoreError
+
+    p = tmp_path / "log.duckdb"
+    subprocess.run([sys.executable, "-c", FORK_AND_DIE.format(root=str(ROOT)), str(p)], check=True, capture_output=True)
+    j = tmp_path / "log.duckdb.journal"
+    lines = j.read_bytes().splitlines()
+    body = lines[0][: -(len(b',"sum":"') + 64 + 2)]
+    body = {"own base": body.replace(b'"base_branch":"main"', b'"base_branch":"f"'),
+            "bad name": body.replace(b'"name":"f"', b'"name":"../x"').replace(b'"branch":"f"', b'"branch":"../x"'),
+            "negative seq": body.replace(b'"base_seq":1', b'"base_seq":-3'),
+            "base not the event": body.replace(b'"base_seq":1', b'"base_seq":0')}[forge]
+    lines[0] = body + b',"sum":"' + hashlib.sha256(body).hexdigest().encode() + b'"}'
+    j.write_bytes(b"\n".join(lines) + b"\n")
+    before = j.read_bytes()
+    with pytest.raises((JournalDamaged, StoreError)):
+        DuckEventLog(p)
+    assert j.read_bytes() == before

@@ -110,3 +110,21 @@ def test_a_frame_that_claims_to_inflate_past_the_limit_is_no_snapshot(tmp_path: 
         assert state_hash(rebuild(log, "main")[0]) == good
         report = verify_store(log)
         assert not report.ok and all("unreadable" in x.reason for x in report.problems)
+
+
+def test_a_chained_document_that_builds_quadratic_memory_is_refused() -> None:
+    """Few bytes claiming many references: one scaffold of 40,000 examples and 5,000 entries
+    chained on it (1.2 MB) would build 200M references (1.5 GB); refused as damage, as are an
+    entry chained on a later one and a document nested past the stack."""
+    import pytest
+
+    ex = {"input": "q", "output": "a"}
+    many = [{"system_prompt": "", "examples": [ex] * 40_000}] + [{"base": 0, "add": [ex]}] * 5_000
+    doc = b"C" + msgspec.json.encode({"scaffolds": many, "obj": {}})
+    with pytest.raises(msgspec.ValidationError, match="more example references"):
+        decode_state(doc)
+    ahead = b"C" + msgspec.json.encode({"scaffolds": [{"base": 1, "add": []}, {}], "obj": {}})
+    with pytest.raises(msgspec.ValidationError, match="not an earlier scaffold"):
+        decode_state(ahead)
+    with pytest.raises(msgspec.ValidationError):
+        decode_state(b"C" + b"[" * 100_000 + b"]" * 100_000)
