@@ -64,5 +64,6 @@ def describe_verdict(v: Any) -> str:
         what = "no change this iteration"
     if v.choice:
         chosen = "; ".join(f"{st.stage}: {st.chosen_label!r}" + (" (tie rule)" if len(st.tied) > 1 else "") for st in v.choice.stages)
-        what += f" [{chosen}; the rule policy: {v.choice.rule_verdict}]"
+        rule = f"; the rule policy: {v.choice.rule_verdict}" if v.choice.rule_verdict else ""  # a bandit records none
+        what += f" [{chosen}{rule}]"
     return what
