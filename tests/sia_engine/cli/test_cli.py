@@ -260,6 +260,8 @@ def test_describe_verdict_says_what_each_verdict_asks() -> None:
                         options=(), preferred=None, tied=(1, 2))
     chosen = FeedbackVerdict(vid, "none", "r", "llm", choice=ModelChoice(rule_verdict="weights", stages=(stage,)))
     assert describe_verdict(chosen) == "no change this iteration [lever: 'nothing this time' (tie rule); the rule policy: weights]"
+    bandit = FeedbackVerdict(vid, "none", "r", "bandit", choice=ModelChoice(stages=(stage,)))  # records no rule verdict
+    assert describe_verdict(bandit) == "no change this iteration [lever: 'nothing this time' (tie rule)]"
 
 
 def test_run_appends_nothing_to_a_store_that_does_not_verify(tmp_path: Path) -> None:
