@@ -207,10 +207,15 @@ class DuckEventLog:
         if name in self._branch_meta:
             raise BranchExists(name)
         head_seq, head_id = self._writer.logical_head(source)
+        held = self._writer.tail.at(source, at_seq) if at_seq <= head_seq else None
         if at_seq == head_seq >= 0 and head_id is not None:  # the usual fork, at the head: known without a read
             base_id = head_id
+        elif held is not None:  # recent: held in memory
+            base_id = held.id
+        elif 0 <= at_seq <= head_seq and (snap := self._snapshots.event_at(source, at_seq)) is not None:
+            base_id = snap  # where a snapshot was cached: the id the state rebuilt from it is trusted at (a fork at a depth)
         else:
-            base_id = self.at(source, at_seq).id  # held in memory when recent
+            base_id = self.at(source, at_seq).id
         return self._insert_branch(BranchInfo(name, source, at_seq, base_id, -1, base_id, self._clock()))
 
     def branch(self, name: str) -> BranchInfo:

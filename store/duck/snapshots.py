@@ -76,6 +76,17 @@ class SnapshotCache:
         for row in held:
             self.note(row)
 
+    def event_at(self, branch: str, seq: int) -> str | None:
+        """The event id a snapshot row already indexed names at ``branch#seq`` (under any key), or
+        None. The row was written with the id of the event it caches the state after, so this is
+        the id the state read from it is trusted at."""
+        for (b, _), (seqs, rows) in self._index.items():
+            if b == branch:
+                i = bisect.bisect_left(seqs, seq)
+                if i < len(seqs) and seqs[i] == seq:
+                    return rows[i][0]
+        return None
+
     def forget(self, branch: str, key: str) -> None:
         """Drop the index of (branch, key): re-read on the next lookup."""
         self._index.pop((branch, key), None)

@@ -181,3 +181,16 @@ def test_a_forged_ref_line_is_refused_on_open(tmp_path: Path, forge: str) -> Non
     with pytest.raises((JournalDamaged, StoreError)):
         DuckEventLog(p)
     assert j.read_bytes() == before
+
+
+def test_a_fork_at_a_cached_depth_needs_no_query(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events long out of the held tail: a fork where a snapshot is cached takes its base id from
+    the snapshot's row (the id the state rebuilt from it is trusted at), without a query."""
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        log.init_branch("main")
+        ids = log.append("main", [ev(i) for i in range(6000)], expected_head=None)  # more than the tail holds
+        log.save_snapshot("main", 100, "k", b"s" * 600, event_id=ids[100])
+        with monkeypatch.context() as m:
+            NoQueries(log, m)
+            assert log.fork("f", source="main", at_seq=100).base_id == ids[100]
+        assert log.verify().ok and log.branch("f").base_id == log.at("main", 100).id
