@@ -44,7 +44,7 @@ from sia_engine.domain.scaffold import PatchOp, Scaffold, apply_patch, scaffold_
 from sia_engine.domain.state import AgentState, apply, reduce, version_id
 from store import DuckEventLog, NewEvent, event_id
 from store.duck.schema import DDL
-from store.duck.write import ARROW_SCHEMA
+from store.duck.arrow import ARROW_SCHEMA
 
 BASE = ModelRef(id="bench/base", revision="r", weights_hash="0" * 64)
 

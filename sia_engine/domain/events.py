@@ -389,8 +389,7 @@ def roundtrip(event: Event) -> tuple[NewEvent, Event]:
     try:  # at the class's own schema: its typed decoder, no upcasting to look for
         back: Event = _DECODERS[kind].decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        msg = str(e)
-        m = _PATH_RE.search(msg)
+        m = _PATH_RE.search(msg := str(e))
         reason, path = (msg[: m.start()], m.group(1)) if m else (msg, "$")
         raise InvalidEvent(kind, f"{reason} (at {path}); non-finite floats are not allowed") from None
     return NewEvent(kind, event.SCHEMA, payload), back

@@ -22,6 +22,7 @@ import msgspec
 from store.duck.errors import OPEN_WRITERS, translate_duckdb_errors, translated_errors, unlocked
 from store.duck.heads import HeadsFile
 from store.duck.opening import check_openable, connect, journalled_batches, prepare_tables
+from store.duck.reads import page_history, query_history
 from store.duck.schema import BRANCH_COLS, COLS, fetch_one
 from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache
 from store.duck.sql import SqlResult, SqlRunner
@@ -234,30 +235,10 @@ class DuckEventLog:
         return history_segments(self.branch, branch, until_seq)
 
     def _query(
-        self,
-        branch: str,
-        until_seq: int | None,
-        after_seq: int | None,
-        kinds: Sequence[str] | None,
-        con: duckdb.DuckDBPyConnection | None = None,
+        self, branch: str, until_seq: int | None, after_seq: int | None, kinds: Sequence[str] | None
     ) -> duckdb.DuckDBPyConnection:
         self.flush()
-        segs = self.segments(branch, until_seq)
-        lo = -1
-        if after_seq is not None:
-            segs, lo = segs[-1:], after_seq
-        parts: list[str] = []
-        params: list[Any] = []
-        kind_sql = ""
-        if kinds is not None:
-            kind_sql = " AND list_contains(?, kind)"
-        for i, (b, hi) in enumerate(segs):
-            parts.append(f"SELECT {i} AS k, {COLS} FROM events WHERE branch = ? AND seq > ? AND seq <= ?{kind_sql}")
-            params += [b, lo if b == branch else -1, hi]
-            if kinds is not None:
-                params.append(list(kinds))
-        sql = f"SELECT {COLS} FROM ({' UNION ALL '.join(parts)}) ORDER BY k, seq"
-        return (con or self._con).execute(sql, params)
+        return query_history(self._con, self.segments(branch, until_seq), branch, after_seq, kinds)
 
     @staticmethod
     def _env(row: tuple[Any, ...]) -> Envelope:
@@ -290,27 +271,15 @@ class DuckEventLog:
     def iter_read(
         self, branch: str, *, until_seq: int | None = None, batch_size: int = 10_000, kinds: Sequence[str] | None = None
     ) -> Iterator[Envelope]:
-        # Paged by seq, one segment of the history at a time: each page is a small sorted query,
-        # so memory stays bounded by a page whatever the log's size (one ORDER BY over the whole
-        # history made DuckDB hold it all: 840 MB for 100k events). A cursor of its own: the
-        # stream may stay open while the caller uses the log.
+        # Paged by seq (``store.duck.reads.page_history``); a cursor of its own: the stream may
+        # stay open while the caller uses the log.
         self.flush()
-        segs = self.segments(branch, until_seq)
-        kind_sql = " AND list_contains(?, kind)" if kinds is not None else ""
         cur = self._con.cursor()
         try:
             env = self._env
-            for b, hi in segs:
-                lo = -1
-                while lo < hi:
-                    top = min(hi, lo + batch_size)
-                    params: list[Any] = [b, lo, top] + ([list(kinds)] if kinds is not None else [])
-                    rows = cur.execute(
-                        f"SELECT {COLS} FROM events WHERE branch = ? AND seq > ? AND seq <= ?{kind_sql} ORDER BY seq", params
-                    ).fetchall()
-                    for r in rows:
-                        yield env(r)
-                    lo = top
+            for rows in page_history(cur, self.segments(branch, until_seq), batch_size, kinds):
+                for r in rows:
+                    yield env(r)
         finally:
             cur.close()
 

@@ -12,63 +12,30 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
+from store.duck.arrow import ARROW_SCHEMA, arrow_ids, arrow_timestamps
 from store.duck.heads import HeadsFile
+from store.duck.recovery import JournalRecovery
 from store.duck.schema import COLS, fetch_one
 from store.envelope import BranchImport, BranchInfo, NewEvent, seal
 from store.errors import BranchExists, BranchNotFound, ConcurrencyError, InvalidEnvelope, StoreError, StoreFull
 from store.duck.tail import Tail
 from store.journal import Batch, Journal
 
-__all__ = ["ARROW_SCHEMA", "JOURNAL_SUFFIX", "DuckWriter"]
+__all__ = ["ARROW_SCHEMA", "JOURNAL_SUFFIX", "DuckWriter"]  # ARROW_SCHEMA: from store.duck.arrow
 
 JOURNAL_SUFFIX = ".journal"
 _SMALL_BATCH = 16  # up to this many rows, a statement of literals beats an Arrow round trip
 _DIRECT = 256  # batches at least this big go straight to DuckDB, past the journal
-ARROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("parent", pa.string()),
-        ("branch", pa.string()),
-        ("seq", pa.int64()),
-        ("kind", pa.string()),
-        ("schema", pa.int32()),
-        ("recorded_at", pa.timestamp("us", tz="UTC")),
-        ("payload", pa.string()),
-    ]
-)
 Head = tuple[int, str | None]  # a branch's head: (seq, event id), (-1, fork point) when empty
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
-
-
-def _timestamps(values: list[datetime]) -> pa.Array:
-    """A batch's timestamps as Arrow: each distinct datetime converted once (a batch shares one),
-    not 1.9 us per row as Arrow's conversion of Python datetimes costs."""
-    seen: dict[int, int] = {}
-    micros = [seen[id(v)] if id(v) in seen else seen.setdefault(id(v), (v - _EPOCH) // _MICRO) for v in values]
-    return pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-
-
-def _ids(ids: list[str]) -> pa.Array:
-    """Event ids (64 hex digits each) as Arrow from one joined buffer: Arrow's conversion of a
-    list of Python strings cost 1.5 us per row at a million."""
-    joined = "".join(ids)
-    if len(joined) != 64 * len(ids) or len(joined) >= 1 << 31 or not joined.isascii():
-        return pa.array(ids, pa.string())
-    offsets = np.arange(0, 64 * len(ids) + 1, 64, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(ids), pa.py_buffer(offsets), pa.py_buffer(joined.encode()))
-
-
-class DuckWriter:
+class DuckWriter(JournalRecovery):
     """Appends and ref moves on the connection ``con``; ``heads`` is None for a log in memory."""
 
     def __init__(
@@ -349,7 +316,7 @@ class DuckWriter:
             self._insert(f"INSERT INTO events VALUES {values}", params)
             return
         types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.int32(), pa.timestamp("us", tz="UTC"), pa.string()]
-        arrays = [_ids(c) if i == 0 else pa.array(c, t) if i != 6 else _timestamps(c) for i, (c, t) in enumerate(zip(cols, types, strict=True))]
+        arrays = [arrow_ids(c) if i == 0 else pa.array(c, t) if i != 6 else arrow_timestamps(c) for i, (c, t) in enumerate(zip(cols, types, strict=True))]
         table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
         self._con.register("_sia_batch", table)
         try:
@@ -381,68 +348,6 @@ class DuckWriter:
             raise StoreError(
                 f"journalled events for branch {branch!r} follow seq {seq} ({head}), but the log's head is "
                 f"{row}: the store was changed outside this engine; keep the journal and restore from a backup"
-            )
-
-    def recover(self, journal: Journal, batches: list[Batch]) -> None:
-        """Take ``journal`` as this writer's and replay what a writer that stopped without closing
-        the log left in it: ``batches``, every line read and checked (``Journal.read_checked``)
-        before DuckDB was opened."""
-        self.journal = journal
-        if not journal.size():
-            return
-        for b in batches:
-            if b.ref is not None:
-                if b.branch in self._committed:  # committed to DuckDB before the journal was emptied
-                    row = fetch_one(self._con, "SELECT base_branch, base_seq, base_id FROM branches WHERE name = ?", [b.branch])
-                    if row is None or tuple(row) != (b.ref.base_branch, b.ref.base_seq, b.ref.base_id):
-                        raise StoreError(
-                            f"journalled ref {b.branch!r} (from {b.ref.base_branch}#{b.ref.base_seq}) disagrees with the log's "
-                            f"({row}): keep the journal and restore from a backup"
-                        )
-                    continue
-                self._check_base(b.ref)
-                self.pending.append(b)
-                self._tickets.append(0)
-                self._heads[b.branch] = (-1, b.ref.head_id)
-                continue
-            seq, head = self.logical_head(b.branch)
-            if b.first_seq <= seq:  # committed to DuckDB before the journal was emptied
-                stored = fetch_one(self._con, "SELECT id FROM events WHERE branch = ? AND seq = ?", [b.branch, b.first_seq])
-                if stored is None or stored[0] != b.ids[0]:
-                    raise StoreError(
-                        f"journal batch {b.branch}#{b.first_seq} ({b.ids[0]}) disagrees with the log "
-                        f"({stored[0] if stored else 'no event'}): keep the journal and restore from a backup"
-                    )
-                continue
-            if b.first_seq != seq + 1 or b.parent != head:
-                raise StoreError(
-                    f"journal batch {b.branch}#{b.first_seq} does not follow the log's head {b.branch}#{seq}: "
-                    f"keep the journal and restore from a backup"
-                )
-            self.pending.append(b)
-            self._tickets.append(0)
-            self._pending_n += len(b.ids)
-            self._heads[b.branch] = (seq + len(b.ids), b.ids[-1])
-        if self.pending:
-            self.flush()
-        else:
-            journal.clear()
-
-    def _check_base(self, ref: BranchInfo) -> None:
-        """A journalled fork's base must be the event at its seq, in DuckDB or journalled before it."""
-        assert ref.base_branch is not None and ref.base_seq is not None
-        found: str | None = None
-        for b in reversed(self.pending):
-            if b.ref is None and b.branch == ref.base_branch and b.first_seq <= ref.base_seq < b.first_seq + len(b.ids):
-                found = b.ids[ref.base_seq - b.first_seq]
-                break
-        else:
-            row = fetch_one(self._con, "SELECT id FROM events WHERE branch = ? AND seq = ?", [ref.base_branch, ref.base_seq])
-            found = None if row is None else str(row[0])
-        if found is None or found != ref.base_id:
-            raise StoreError(
-                f"journalled fork {ref.name!r} grows from {ref.base_branch}#{ref.base_seq} ({str(ref.base_id)[:12]}), which "
-                f"the log holds as {str(found)[:12] if found else 'no event'}: keep the journal and restore from a backup"
             )
 
     def _move_head(self, branch: str, expected: str | None, new_head: str, n: int) -> int:
