@@ -22,7 +22,7 @@ import msgspec
 from store.duck.errors import OPEN_WRITERS, translate_duckdb_errors, translated_errors, unlocked
 from store.duck.heads import HeadsFile
 from store.duck.opening import check_openable, connect, journalled_batches, prepare_tables
-from store.duck.reads import page_history, query_history
+from store.duck.reads import history_spans, page_history, query_history
 from store.duck.schema import BRANCH_COLS, COLS, fetch_one
 from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache
 from store.duck.sql import SqlResult, SqlRunner
@@ -154,13 +154,6 @@ class DuckEventLog:
                     # else a flush moved it into DuckDB before the failure was seen: durable after all
         return ids
 
-    def _settle(self) -> None:
-        """Before anything reads or writes the heads: a failed journal fsync's unacknowledged
-        batches are dropped first (see ``DuckWriter.drop_unsynced``)."""
-        journal = self._writer.journal
-        if journal is not None and journal.failed is not None:
-            self._writer.drop_unsynced()
-
     def _after_drop(self, gone: set[str]) -> None:
         """The writer dropped batches of ``gone`` after a failed fsync: forget refs that were
         only in them, and read the snapshot index again (rows held for dropped events are gone)."""
@@ -179,7 +172,7 @@ class DuckEventLog:
         for imp in imports:
             if imp.create is not None:
                 check_branch_name(imp.name)
-        self._settle()
+        self._writer.settle()
         try:
             self._writer.import_branches(imports)
         finally:  # as ``_insert_branch``: what DuckDB committed is held
@@ -190,7 +183,7 @@ class DuckEventLog:
     # -- refs ---------------------------------------------------------------------------------
     def _insert_branch(self, info: BranchInfo) -> BranchInfo:
         self._check_writable()
-        self._settle()
+        self._writer.settle()
         try:
             self._writer.insert_branch(info)
         finally:  # a ref committed before a later step failed (the heads file on a full disk) is held all the same
@@ -204,7 +197,7 @@ class DuckEventLog:
 
     def fork(self, name: str, *, source: str, at_seq: int) -> BranchInfo:
         check_branch_name(name)
-        self._settle()
+        self._writer.settle()
         if name in self._branch_meta:
             raise BranchExists(name)
         head_seq, head_id = self._writer.logical_head(source)
@@ -220,7 +213,7 @@ class DuckEventLog:
         return self._insert_branch(BranchInfo(name, source, at_seq, base_id, -1, base_id, self._clock()))
 
     def branch(self, name: str) -> BranchInfo:
-        self._settle()
+        self._writer.settle()
         meta = self._branch_meta.get(name)
         if meta is None:
             raise BranchNotFound(name, list(self._branch_meta))
@@ -248,12 +241,8 @@ class DuckEventLog:
         self, branch: str, until_seq: int | None, after_seq: int | None, kinds: Sequence[str] | None
     ) -> list[Envelope] | None:
         """What ``read`` returns, where every event of it is held in memory (``store.duck.tail``); else None."""
-        segs = self.segments(branch, until_seq)
-        lo = -1
-        if after_seq is not None:
-            segs, lo = segs[-1:], after_seq
         tail = self._writer.tail
-        spans = [(b, lo if b == branch else -1, hi) for b, hi in segs]
+        spans = history_spans(self.segments(branch, until_seq), branch, after_seq)
         if not all(tail.covers(b, after, hi) for b, after, hi in spans):
             return None
         return [e for b, after, hi in spans for e in tail.envelopes(b, after, hi, kinds)]
@@ -261,7 +250,7 @@ class DuckEventLog:
     def read(
         self, branch: str, *, until_seq: int | None = None, after_seq: int | None = None, kinds: Sequence[str] | None = None
     ) -> list[Envelope]:
-        self._settle()
+        self._writer.settle()
         held = self._held(branch, until_seq, after_seq, kinds)
         if held is not None:
             return held
@@ -301,7 +290,7 @@ class DuckEventLog:
         return [self._env(r) for r in rows]
 
     def at(self, branch: str, seq: int) -> Envelope:
-        self._settle()
+        self._writer.settle()
         held = self._writer.tail.at(branch, seq)
         if held is not None:
             return held
@@ -321,7 +310,7 @@ class DuckEventLog:
     # -- snapshots ----------------------------------------------------------------------------
     def save_snapshot(self, branch: str, seq: int, key: str, data: bytes, *, event_id: str | None = None) -> None:
         self._check_writable()
-        self._settle()
+        self._writer.settle()
         if event_id is None:
             event_id = self.at(branch, seq).id
         elif seq > self._writer.logical_head(branch)[0]:

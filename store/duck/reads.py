@@ -9,7 +9,15 @@ import duckdb
 
 from store.duck.schema import COLS
 
-__all__ = ["page_history", "query_history"]
+__all__ = ["history_spans", "page_history", "query_history"]
+
+
+def history_spans(segs: list[tuple[str, int]], branch: str, after_seq: int | None) -> list[tuple[str, int, int]]:
+    """(branch, after, until) of each stretch of the history ``segs`` (``EventLog.segments``) of
+    ``branch`` to read: all of each, or with ``after_seq`` only what follows it on the last."""
+    if after_seq is not None:
+        return [(b, after_seq if b == branch else -1, hi) for b, hi in segs[-1:]]
+    return [(b, -1, hi) for b, hi in segs]
 
 
 def query_history(
@@ -17,15 +25,12 @@ def query_history(
 ) -> duckdb.DuckDBPyConnection:
     """The events of the history ``segs`` (``EventLog.segments``) of ``branch``, after ``after_seq``
     of its last segment when given, of ``kinds`` when given, in order: one query."""
-    lo = -1
-    if after_seq is not None:
-        segs, lo = segs[-1:], after_seq
     parts: list[str] = []
     params: list[Any] = []
     kind_sql = " AND list_contains(?, kind)" if kinds is not None else ""
-    for i, (b, hi) in enumerate(segs):
+    for i, (b, after, hi) in enumerate(history_spans(segs, branch, after_seq)):
         parts.append(f"SELECT {i} AS k, {COLS} FROM events WHERE branch = ? AND seq > ? AND seq <= ?{kind_sql}")
-        params += [b, lo if b == branch else -1, hi]
+        params += [b, after, hi]
         if kinds is not None:
             params.append(list(kinds))
     sql = f"SELECT {COLS} FROM ({' UNION ALL '.join(parts)}) ORDER BY k, seq"

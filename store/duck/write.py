@@ -76,7 +76,7 @@ class DuckWriter(JournalRecovery):
             raise BranchExists(info.name)
         if self.journal is not None and info.base_branch is not None:
             line = Batch(info.name, -1, None, info.created_at, [], [], [], [], ref=info)
-            self._check_journal()
+            self.settle()
             self.journal.append(line)
             self.pending.append(line)
             self._tickets.append(0)
@@ -121,7 +121,7 @@ class DuckWriter(JournalRecovery):
             self._commit([direct])
             self.tail.add(branch, self._heads[branch][0] - n + 1, direct)
             return sealed.ids, None
-        self._check_journal()
+        self.settle()
         seq, head = self.logical_head(branch)
         if head != expected_head:
             raise ConcurrencyError(branch, expected_head, head)
@@ -197,9 +197,10 @@ class DuckWriter(JournalRecovery):
         self._pending_snaps.append(row)
         return True
 
-    def _check_journal(self) -> None:
-        """Before anything else is written or committed: if an fsync of the journal failed, drop
-        what it left unacknowledged (``drop_unsynced``), so none of it reaches DuckDB."""
+    def settle(self) -> None:
+        """Before anything else reads the heads, is written or committed: if an fsync of the
+        journal failed, drop what it left unacknowledged (``drop_unsynced``), so none of it is
+        read or reaches DuckDB."""
         if self.journal is not None and self.journal.failed is not None:
             self.drop_unsynced()
 
@@ -219,12 +220,17 @@ class DuckWriter(JournalRecovery):
         for branch in gone:
             self._heads.pop(branch, None)
             self.tail.forget(branch)
-        for b in self.pending:  # what is still journalled, on top of what DuckDB holds
-            self._heads[b.branch] = (-1, b.ref.head_id) if b.ref is not None else (b.first_seq + len(b.ids) - 1, b.ids[-1])
+        self._restore_pending_heads()
         self._pending_snaps = [r for r in self._pending_snaps if r[0] not in gone or r[1] <= self.logical_head(r[0])[0]]
         if self.on_drop is not None:
             self.on_drop(gone)
         return gone
+
+    def _restore_pending_heads(self) -> None:
+        """Each branch's head as what is still journalled puts it, on top of what DuckDB holds
+        (branches without a journalled line fall back to their committed head)."""
+        for b in self.pending:
+            self._heads[b.branch] = (-1, b.ref.head_id) if b.ref is not None else (b.first_seq + len(b.ids) - 1, b.ids[-1])
 
     def held_snapshots(self) -> list[list[Any]]:
         """Snapshot rows held for the next flush."""
@@ -234,7 +240,7 @@ class DuckWriter(JournalRecovery):
         """Move journalled batches into DuckDB (one transaction) and empty the journal."""
         if not self.pending:
             return
-        self._check_journal()
+        self.settle()
         self._commit(self.pending, self._pending_snaps)
         self.pending, self._tickets, self._pending_n, self._pending_snaps = [], [], 0, []
         assert self.journal is not None
@@ -264,8 +270,7 @@ class DuckWriter(JournalRecovery):
             with contextlib.suppress(duckdb.Error):  # a failed commit may have ended it: the first error is the one to tell
                 con.rollback()
             self._heads.clear()  # re-read from the refs, which the rollback restored; what is journalled still holds
-            for b in self.pending:
-                self._heads[b.branch] = (-1, b.ref.head_id) if b.ref is not None else (b.first_seq + len(b.ids) - 1, b.ids[-1])
+            self._restore_pending_heads()
             raise
         for info in refs:
             self._committed[info.name] = (info.head_seq, info.head_id)

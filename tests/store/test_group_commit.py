@@ -155,6 +155,16 @@ def _failing(fd: int) -> None:
     raise OSError(errno.EIO, "Input/output error")
 
 
+def _fsync_fails(log: DuckEventLog, ticket: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync that would make line ``ticket`` durable fails (an I/O error)."""
+    journal = log._writer.journal
+    assert journal is not None
+    monkeypatch.setattr(os, "fsync", _failing)
+    with pytest.raises(OSError):
+        journal.sync(ticket)
+    monkeypatch.undo()
+
+
 def test_a_line_made_durable_before_another_fsync_failed_is_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = DuckEventLog(tmp_path / "log.duckdb", flush_every=10_000)
     for b in "abc":
@@ -163,12 +173,7 @@ def test_a_line_made_durable_before_another_fsync_failed_is_acknowledged(tmp_pat
     t2 = _write(log, "b", 2, None)
     _sync_as_append_does(log, *t2)  # its fsync covers line 1 too
     t3 = _write(log, "c", 3, None)
-    journal = log._writer.journal
-    assert journal is not None
-    monkeypatch.setattr(os, "fsync", _failing)
-    with pytest.raises(OSError):
-        journal.sync(t3[1])
-    monkeypatch.undo()
+    _fsync_fails(log, t3[1], monkeypatch)
     assert _sync_as_append_does(log, *t1) == t1[0]  # durable: not told it failed
     with pytest.raises(OSError):
         _sync_as_append_does(log, *t3)
@@ -225,12 +230,7 @@ def test_nothing_built_on_a_dropped_batch_survives_it(tmp_path: Path, monkeypatc
     [h0] = log.append("a", [ev(0, 0)], expected_head=None)
     t1 = _write(log, "a", 1, h0)
     log.save_snapshot("a", 1, "K", b"state after a dropped event")
-    journal = log._writer.journal
-    assert journal is not None
-    monkeypatch.setattr(os, "fsync", _failing)
-    with pytest.raises(OSError):
-        journal.sync(t1[1])
-    monkeypatch.undo()
+    _fsync_fails(log, t1[1], monkeypatch)
     with pytest.raises(EventNotFound):
         log.fork("f", source="a", at_seq=1)
     log.flush()

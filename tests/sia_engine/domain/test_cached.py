@@ -60,13 +60,18 @@ def test_chained_form_rebuilds_every_kind_of_scaffold_history(tmp_path: Path) ->
         assert head.scaffold.examples[0] is parent.scaffold.examples[0]  # one object, shared from version to version
 
 
-def test_snapshot_files_are_zstd_frames_and_plain_files_still_read(tmp_path: Path) -> None:
+def _grown(tmp_path: Path) -> tuple[Path, str]:
+    """A log of 30 growing scaffolds, one full snapshot at its end: its path and state hash."""
     p = tmp_path / "log.duckdb"
     with DuckEventLog(p, clock=FakeClock()) as log:
         h = start(log, snapshot_every=30, full_every=10_000)
         for i in range(30):
             _patch(h, (_example(i),))
-        good = state_hash(h.state)
+        return p, state_hash(h.state)
+
+
+def test_snapshot_files_are_zstd_frames_and_plain_files_still_read(tmp_path: Path) -> None:
+    p, good = _grown(tmp_path)
     folder = tmp_path / "log.duckdb.snapshots"
     files = sorted(folder.iterdir())
     assert files and all(f.read_bytes()[:4] == b"\x28\xb5\x2f\xfd" for f in files)
@@ -92,12 +97,7 @@ def test_a_frame_that_claims_to_inflate_past_the_limit_is_no_snapshot(tmp_path: 
     the store's files could) is never inflated: rebuild reduces from the events, verify names it."""
     import hashlib
 
-    p = tmp_path / "log.duckdb"
-    with DuckEventLog(p, clock=FakeClock()) as log:
-        h = start(log, snapshot_every=30, full_every=10_000)
-        for i in range(30):
-            _patch(h, (_example(i),))
-        good = state_hash(h.state)
+    p, good = _grown(tmp_path)
     # a frame header (single segment, an 8-byte content size) claiming 5 GiB, then one empty last block
     bomb = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + (5 << 30).to_bytes(8, "little") + b"\x01\x00\x00"
     assert zstandard.frame_content_size(bomb) == 5 << 30
