@@ -48,14 +48,22 @@ def _provenance(store: Store, branch: str, version: Version) -> dict[str, Any]:
 
 
 def rebuild_agent(store: Store, ref: str, out: str | Path, *, branch: str = "main", base_weights_hash: str | None = None) -> dict[str, Any]:
-    """Write the agent version ``ref`` (a version id or prefix in ``branch``) to ``out``; returns
+    """Write the agent version ``ref`` (a version id or prefix in ``branch``, or ``BRANCH#SEQ`` of an
+    event about a version: its adapter's checkpoint, its evaluation) to ``out``; returns
     what ``agent.json`` holds. ``out`` must be a new or empty folder outside the store (``OutputRefused``)."""
+    from replay.rebuild import state_at
+
     folder = check_out_folder(out, store.root)
     found = locate(store.log, ref, branch=branch)
-    if found.version is None:
-        raise RebuildMismatch("reference", "an agent version", f"an event ({ref}); give a version id or prefix")
     v = found.version
-    from replay.rebuild import state_at
+    if v is None and found.event is not None:  # an event about a version (its adapter's checkpoint, its evaluation): that version
+        named = msgspec.json.decode(found.event.payload)
+        about = named.get("version_id") if isinstance(named, dict) else None
+        branch = found.branch or branch
+        v = state_at(store.log, branch).versions.get(about) if isinstance(about, str) else None
+    if v is None:
+        raise RebuildMismatch("reference", "an agent version", f"an event ({ref}) that names none; give a version id or prefix, "
+                              "or the ref of an event about a version (BRANCH#SEQ)")
 
     state = state_at(store.log, branch)
     assert state.run is not None

@@ -62,6 +62,20 @@ def test_rebuilt_agent_loads_with_peft_and_matches_the_log(trained, tmp_path: Pa
         assert torch.equal(peft(input_ids=ids).logits[0], live.logits(msgs))
 
 
+def test_an_event_about_a_version_names_it(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``BRANCH#SEQ`` of the adapter's checkpoint rebuilds the version it trained (a README tour
+    names it so: the version id depends on the floating-point bits of the machine that trained it);
+    an event about no version is refused, naming what to give."""
+    path, ev = trained
+    with Store.open(path, read_only=True) as s:
+        [env] = s.log.read("main", kinds=["adapter_checkpointed"])
+        agent = rebuild_agent(s, f"main#{env.seq}", tmp_path / "a")
+        assert agent["version"] == ev.version_id and agent["adapter"] == ev.blob and agent["branch"] == "main"
+        with pytest.raises(RebuildMismatch, match=r"an event \(main#0\) that names none; give a version id or prefix, or the ref"):
+            rebuild_agent(s, "main#0", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
 def test_another_base_model_is_refused(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path, ev = trained
     other = tiny_model(seed=1).ref.weights_hash
