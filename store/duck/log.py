@@ -3,7 +3,9 @@
 The log owns the connection and the refs it has read, and is composed of parts that each hold
 their own state: a ``DuckWriter`` (journal, head cache, commits and the heads file), a
 ``SnapshotCache`` (snapshot rows, their files and an index of them) and a ``SqlRunner`` (ad-hoc
-read-only SQL). Reads query the connection directly. Appends are one transaction per batch,
+read-only SQL). Small reads are answered from what the log holds (the latest events written,
+``store.duck.tail``; pages of older ones read before, ``store.duck.pages``) without moving the
+journal; other reads flush it and query the connection. Appends are one transaction per batch,
 ingested from Arrow (see ``store.duck.write``); verification runs in SQL: DuckDB recomputes every
 id with its own ``sha256`` and checks the chain with window functions (``store.duck.verify``).
 """
@@ -22,6 +24,7 @@ import msgspec
 from store.duck.errors import OPEN_WRITERS, translate_duckdb_errors, translated_errors, unlocked
 from store.duck.heads import HeadsFile
 from store.duck.opening import check_openable, connect, journalled_batches, prepare_tables
+from store.duck.pages import Pages, near_read
 from store.duck.reads import history_spans, page_history, query_history
 from store.duck.schema import BRANCH_COLS, COLS, fetch_one
 from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache
@@ -75,6 +78,7 @@ class DuckEventLog:
         folder = None if key is None else str(snapshot_dir) if snapshot_dir is not None else self.path + SNAPSHOT_SUFFIX
         self._snapshots = SnapshotCache(self._con, folder)
         self._sql = SqlRunner(self._con, self.path)
+        self._pages = Pages()  # committed events read before, a page at a time (``store.duck.pages``)
         if key is not None:
             self._attach(key, journal, journalled)
         # every ref, held from here on: this log is the store's only writer, so refs change only
@@ -237,23 +241,21 @@ class DuckEventLog:
     def _env(row: tuple[Any, ...]) -> Envelope:
         return Envelope(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7].encode())
 
-    def _held(
+    def _near(
         self, branch: str, until_seq: int | None, after_seq: int | None, kinds: Sequence[str] | None
     ) -> list[Envelope] | None:
-        """What ``read`` returns, where every event of it is held in memory (``store.duck.tail``); else None."""
-        tail = self._writer.tail
+        """What ``read`` returns, without a flush, where it is small or held (``store.duck.pages``); else None."""
+        w = self._writer
         spans = history_spans(self.segments(branch, until_seq), branch, after_seq)
-        if not all(tail.covers(b, after, hi) for b, after, hi in spans):
-            return None
-        return [e for b, after, hi in spans for e in tail.envelopes(b, after, hi, kinds)]
+        return near_read(self._con, self._pages, w.tail, w.committed, spans, kinds)
 
     def read(
         self, branch: str, *, until_seq: int | None = None, after_seq: int | None = None, kinds: Sequence[str] | None = None
     ) -> list[Envelope]:
         self._writer.settle()
-        held = self._held(branch, until_seq, after_seq, kinds)
-        if held is not None:
-            return held
+        near = self._near(branch, until_seq, after_seq, kinds)
+        if near is not None:
+            return near
         env = self._env
         return [env(r) for r in self._query(branch, until_seq, after_seq, kinds).fetchall()]
 
@@ -291,9 +293,10 @@ class DuckEventLog:
 
     def at(self, branch: str, seq: int) -> Envelope:
         self._writer.settle()
-        held = self._writer.tail.at(branch, seq)
-        if held is not None:
-            return held
+        if 0 <= seq <= self._writer.logical_head(branch)[0]:
+            near = near_read(self._con, self._pages, self._writer.tail, self._writer.committed, [(branch, seq - 1, seq)], None)
+            if near:
+                return near[0]
         self.flush()
         row = self._one(f"SELECT {COLS} FROM events WHERE branch = ? AND seq = ?", [branch, seq])
         if row is None:
