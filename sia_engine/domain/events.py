@@ -379,9 +379,8 @@ def roundtrip(event: Event) -> tuple[NewEvent, Event]:
 
     The decoded event is what a replay will see (sequences inside free-form fields come back as
     lists, for instance), so that is the one to apply to live state."""
-    if not isinstance(event, Event) or type(event) not in EVENT_TYPES.values():
+    if not isinstance(event, Event) or EVENT_TYPES.get(kind := event.kind()) is not type(event):
         raise InvalidEvent(type(event).__name__, "not an event type of this engine")
-    kind = event.kind()
     try:
         payload = canonical(event)
     except (TypeError, msgspec.EncodeError) as e:

@@ -63,6 +63,11 @@ class DuckWriter(JournalRecovery):
         assert self._heads_file is not None
         self._heads_file.check(self._con, self._committed)
 
+    @property
+    def committed(self) -> dict[str, Head]:
+        """Branch -> its head as committed to DuckDB (for reading only)."""
+        return self._committed
+
     def exists(self, name: str) -> bool:
         return name in self._heads or name in self._committed
 
@@ -190,9 +195,11 @@ class DuckWriter(JournalRecovery):
         return cached
 
     def defer_snapshot(self, row: list[Any]) -> bool:
-        """Hold a snapshot row for the next flush's transaction if batches are still journalled
-        (its event may be one of them); False: nothing is, insert it now."""
-        if not self.pending:
+        """Hold a snapshot row for the next flush's transaction (its event may still be
+        journalled, and a row of its own would cost a DuckDB transaction: 2-3 ms every 250
+        events); False: this log has no journal, insert it now. A held row lost in a crash is a
+        cache entry lost: the state is rebuilt from the events."""
+        if self.journal is None:
             return False
         self._pending_snaps.append(row)
         return True
@@ -237,14 +244,17 @@ class DuckWriter(JournalRecovery):
         return list(self._pending_snaps)
 
     def flush(self) -> None:
-        """Move journalled batches into DuckDB (one transaction) and empty the journal."""
-        if not self.pending:
+        """Move journalled batches (and the snapshot rows held for them) into DuckDB (one
+        transaction) and empty the journal."""
+        if not self.pending and not self._pending_snaps:
             return
         self.settle()
+        lines = bool(self.pending)
         self._commit(self.pending, self._pending_snaps)
         self.pending, self._tickets, self._pending_n, self._pending_snaps = [], [], 0, []
         assert self.journal is not None
-        self.journal.clear()
+        if lines:
+            self.journal.clear()
 
     def _commit(self, batches: list[Batch], snaps: Sequence[list[Any]] = ()) -> None:
         """Insert ``batches`` in one transaction: new refs first (lines with ``ref``), then the
@@ -262,9 +272,10 @@ class DuckWriter(JournalRecovery):
             cols = self._move_refs(by_branch)
             if cols[0]:
                 self._insert_rows(cols)
-            if snaps:  # snapshot rows whose events are in this transaction
-                con.execute("INSERT OR REPLACE INTO snapshots VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(snaps)),
-                            [v for row in snaps for v in row])
+            if snaps:  # snapshot rows held for this flush (one per place and key: the latest saved)
+                rows = list({(r[0], r[1], r[3]): r for r in snaps}.values())
+                con.execute("INSERT OR REPLACE INTO snapshots VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows)),
+                            [v for row in rows for v in row])
             con.commit()
         except BaseException:
             with contextlib.suppress(duckdb.Error):  # a failed commit may have ended it: the first error is the one to tell
@@ -277,7 +288,8 @@ class DuckWriter(JournalRecovery):
         for b in batches:
             if b.ref is None:
                 self._committed[b.branch] = self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1])
-        self._heads_committed()
+        if batches:  # snapshot rows alone move no head
+            self._heads_committed()
 
     def _heads_committed(self) -> None:
         """``write_heads`` after a DuckDB commit: a full disk here says the write was recorded."""
