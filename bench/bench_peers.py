@@ -64,6 +64,16 @@ def timed(fn: Any, repeat: int = 5) -> float:
     return statistics.median(out)
 
 
+def fresh(fn: Any, depths: list[int]) -> float:
+    """Median ms of ``fn(depth)`` over ``depths``, each called once."""
+    out = []
+    for d in depths:
+        t0 = time.perf_counter()
+        fn(d)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out) * 1000
+
+
 # -- this log ------------------------------------------------------------------------------------
 class Ours:
     name = "sia-engine log"
@@ -101,6 +111,16 @@ class Ours:
 
     def list_all(self) -> int:
         return len(self.store.log.read("main"))
+
+    can_reopen = True
+
+    def reopen(self) -> None:
+        """Close the store and open it again: nothing the open log held is held any more."""
+        from store import Store
+
+        root = self.store.root
+        self.store.close()
+        self.store = Store.open(root)
 
     def close(self) -> None:
         self.store.close()
@@ -164,9 +184,12 @@ def eventsourcing_peer(kind: str) -> type:
     class Peer:
         name = f"eventsourcing {kind}"
 
+        can_reopen = kind == "SQLite"
+
         def __init__(self, d: Path) -> None:
             env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(d / "es.sqlite")} if kind == "SQLite" else {}
             self.path = d / "es.sqlite"
+            self.env = env
             self.app = App(env=env)
             self.agent = Agent()
             self.app.save(self.agent)
@@ -187,6 +210,10 @@ def eventsourcing_peer(kind: str) -> type:
 
         def list_all(self) -> int:
             return len(list(self.app.recorder.select_events(self.agent.id)))  # type: ignore[attr-defined]
+
+        def reopen(self) -> None:
+            self.app.close()
+            self.app = App(env=self.env)
 
         def add_example(self, text: str) -> None:
             self.agent.add_example(text)
@@ -283,65 +310,15 @@ class DuckArrow:
         self.con.close()
 
 
-def growth_bytes(d: Path, steps: int) -> dict[str, float]:
-    """Disk bytes per step while a scaffold gains one few-shot example per step (LangGraph up to
-    2,000 steps: it stores the whole state per checkpoint, quadratic in the steps)."""
-    from sia_engine.domain.events import (
-        RunStarted,
-        ScaffoldPatched,
-        VersionAccepted,
-        VersionEvaluated,
-    )
-    from sia_engine.domain.history import History
-    from sia_engine.domain.scaffold import (
-        Example,
-        PatchOp,
-        Scaffold,
-        apply_patch,
-        scaffold_hash,
-    )
-    from sia_engine.domain.state import version_id
-    from store import Store
-
-    example = "Q: A man took a phone from a shop without paying. Which charge applies? A: theft. " * 3
-    out: dict[str, float] = {}
-    g = d / f"growth-{steps}"
-    g.mkdir()
-    with Store.create(g / "ours") as s:
-        s.log.init_branch("main")
-        h = History.open(s.log, "main", blobs=s.blobs)
-        h.record(RunStarted(run_id="g", task="bench", seed=0, base_model=BASE, scaffold=Scaffold(), engine_version="b", levers=("scaffold",)))
-        for i in range(steps):
-            head = h.state.head_version
-            assert head is not None
-            ops = (PatchOp("add", "/examples/-", {"input": f"{example} #{i}", "output": "theft"}),)
-            sc = apply_patch(head.scaffold, ops)
-            vid = version_id(BASE, sc, None)
-            h.record(ScaffoldPatched(parent_version=head.version_id, version_id=vid, ops=ops, scaffold_hash=scaffold_hash(sc)),
-                     VersionEvaluated(version_id=vid, split="val", score=0.5, n_episodes=1),
-                     VersionAccepted(version_id=vid, previous=head.version_id, score=0.5, previous_score=None, margin=0.0))
-        del Example
-    out["sia-engine log"] = folder_bytes(g / "ours") / steps
-    es = eventsourcing_peer("SQLite")(g)
-    for i in range(steps):
-        es.add_example(f"{example} #{i}")
-    es.close()
-    out["eventsourcing SQLite"] = folder_bytes(g / "es.sqlite") / steps
-    if steps > 2000:
-        return out
-    lg = LangGraphPeer(g)
-    for i in range(steps):
-        lg.add_example(f"{example} #{i}")
-    lg.close()
-    out["LangGraph SqliteSaver"] = sum(folder_bytes(p) for p in g.glob("lg.sqlite*")) / steps
-    return out
-
-
 def run(n: int, big: int, writers: int) -> None:
     try:  # DuckDB's first Arrow scan in a process imports pandas (0.5 s here): paid before timing, as by any process that has inserted once
         import pandas  # noqa: F401
     except ImportError:
         pass
+    with tempfile.TemporaryDirectory() as tmp:  # and its first Arrow conversion (~50 ms), which the first peer timed would pay
+        warm = OursLogOnly(Path(tmp))
+        warm.append(1000)
+        warm.close()
     peers: list[Any] = [Ours, OursLogOnly, eventsourcing_peer("SQLite"), eventsourcing_peer("POPO"), LangGraphPeer, DuckArrow]
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -364,14 +341,23 @@ def run(n: int, big: int, writers: int) -> None:
                 k = iter(range(100))
                 r["fork_ms"] = timed(lambda: p.fork_at(depth, f"f{next(k)}")) * 1000
                 r["list_ms"] = timed(lambda: p.list_all(), 3) * 1000
+                # depths not asked about before, each once: what a cache of answers cannot serve
+                r["state_new_ms"] = fresh(p.state_at, [depth + 37 * (i + 1) for i in range(5)])
+                r["fork_new_ms"] = fresh(lambda d: p.fork_at(d, f"f{next(k)}"), [depth - 41 * (i + 1) for i in range(5)])
+                if getattr(p, "can_reopen", False):  # and after reopening: nothing the process held
+                    p.reopen()
+                    r["state_reopened_ms"] = fresh(p.state_at, [depth + 300 + 37 * i for i in range(5)])
+                    r["fork_reopened_ms"] = fresh(lambda d: p.fork_at(d, f"f{next(k)}"), [depth - 300 - 41 * i for i in range(5)])
             p.close()
             rows[p.name] = r
             print(f"  measured {p.name}", flush=True)
-        growth = growth_bytes(Path(tmp), 500)
-        print("  measured bytes per step at 500 steps", flush=True)
-        growth_big = growth_bytes(Path(tmp), big) if big else {}
-        print(f"  measured bytes per step at {big} steps", flush=True)
+        import peers_growth
         import peers_writers
+
+        growth = peers_growth.growth_bytes(Path(tmp), 500)
+        print("  measured bytes per step at 500 steps", flush=True)
+        growth_big = peers_growth.growth_bytes(Path(tmp), big) if big else {}
+        print(f"  measured bytes per step at {big} steps", flush=True)
 
         many = peers_writers.measure(Path(tempfile.mkdtemp(dir=tmp)), writers, max(1, n // (2 * writers)))
     ours = rows["sia-engine log"]
@@ -387,6 +373,13 @@ def run(n: int, big: int, writers: int) -> None:
             return format(table[name], ',.0f') if name in table else "-"
         print(f"{name:>24} {f('append1', ',.0f'):>14} {f('append100', ',.0f'):>16} {g(many):>16} {f('state_ms', '.2f'):>9} "
               f"{f('fork_ms', '.2f'):>8} {f('list_ms', '.1f'):>8} {g(growth):>11} {g(growth_big):>11}")
+    print("\nstate and fork at a depth, ms: the same depth asked again (as above), depths not asked before, and after reopening the store")
+    print(f"{'':>24} {'state again':>12} {'state new':>10} {'reopened':>9} {'fork again':>11} {'fork new':>9} {'reopened':>9}")
+    for name, r in rows.items():
+        if "state_ms" in r:
+            cells = [format(r[k], ".2f") if k in r else "-" for k in
+                     ("state_ms", "state_new_ms", "state_reopened_ms", "fork_ms", "fork_new_ms", "fork_reopened_ms")]
+            print(f"{name:>24} {cells[0]:>12} {cells[1]:>10} {cells[2]:>9} {cells[3]:>11} {cells[4]:>9} {cells[5]:>9}")
     print("\nthis log vs each peer (>1: this log is faster / smaller)")
     for name, r in rows.items():
         if name == "sia-engine log":
@@ -394,7 +387,11 @@ def run(n: int, big: int, writers: int) -> None:
         parts = [f"1/commit {ours['append1'] / r['append1']:.2f}x", f"100/commit {ours['append100'] / r['append100']:.2f}x"]
         if "state_ms" in r:
             parts += [f"state {r['state_ms'] / ours['state_ms']:.2f}x", f"fork {r['fork_ms'] / ours['fork_ms']:.2f}x",
+                      f"state new {r['state_new_ms'] / ours['state_new_ms']:.2f}x", f"fork new {r['fork_new_ms'] / ours['fork_new_ms']:.2f}x",
                       f"list {r['list_ms'] / ours['list_ms']:.2f}x"]
+            if "state_reopened_ms" in r:
+                parts += [f"state reopened {r['state_reopened_ms'] / ours['state_reopened_ms']:.2f}x",
+                          f"fork reopened {r['fork_reopened_ms'] / ours['fork_reopened_ms']:.2f}x"]
         if name in growth:
             parts.append(f"bytes/step {growth[name] / growth['sia-engine log']:.2f}x")
         if name in growth_big:
