@@ -246,7 +246,8 @@ class DuckEventLog:
     ) -> list[Envelope] | None:
         """What ``read`` returns, without a flush, where it is small or held (``store.duck.pages``); else None."""
         w = self._writer
-        spans = history_spans(self.segments(branch, until_seq), branch, after_seq)
+        spans = [(b, max(after, -1), min(hi, w.logical_head(b)[0]))  # nothing before seq 0 or past a head to look for
+                 for b, after, hi in history_spans(self.segments(branch, until_seq), branch, after_seq)]
         return near_read(self._con, self._pages, w.tail, w.committed, spans, kinds)
 
     def read(
@@ -375,6 +376,8 @@ class DuckEventLog:
                 self.flush()
         finally:
             self._writer.close()
+            self._writer.tail.clear()
+            self._pages.clear()
             OPEN_WRITERS.discard(self._key)
             self._con.close()
 

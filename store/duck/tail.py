@@ -20,7 +20,10 @@ from store.journal import Batch
 
 __all__ = ["Tail"]
 
-_EVENT_COST = 240  # bytes an event costs beside its payload (its id, its place in the batch's lists)
+# what holding costs beside the payloads, measured with tracemalloc (tests/store/test_pages.py
+# checks it): an event's id and places in its batch's lists, a batch's own objects
+_EVENT_COST = 200
+_BATCH_COST = 640
 
 
 class _Run:
@@ -67,7 +70,7 @@ class Tail:
 
     @staticmethod
     def _cost(batch: Batch) -> int:
-        return sum(map(len, batch.payloads)) + _EVENT_COST * len(batch.ids)
+        return sum(map(len, batch.payloads)) + _EVENT_COST * len(batch.ids) + _BATCH_COST
 
     def add(self, branch: str, first_seq: int, batch: Batch) -> None:
         """``batch`` was written to ``branch`` at ``first_seq`` onwards."""

@@ -246,9 +246,9 @@ class DuckWriter(JournalRecovery):
     def flush(self) -> None:
         """Move journalled batches (and the snapshot rows held for them) into DuckDB (one
         transaction) and empty the journal."""
+        self.settle()  # first: a line whose fsync failed (a batch's, or a fork's ref) is cut off even if nothing else is held
         if not self.pending and not self._pending_snaps:
             return
-        self.settle()
         lines = bool(self.pending)
         self._commit(self.pending, self._pending_snaps)
         self.pending, self._tickets, self._pending_n, self._pending_snaps = [], [], 0, []

@@ -241,3 +241,23 @@ def test_nothing_built_on_a_dropped_batch_survives_it(tmp_path: Path, monkeypatc
     log.close()
     with DuckEventLog(tmp_path / "log.duckdb") as log:
         assert log.load_snapshot("a", None, "K") is None and [b.name for b in log.branches()] == ["a"] and log.verify().ok
+
+
+def test_a_fork_whose_fsync_failed_does_not_come_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fork's ref line was written but its fsync failed: the caller was told, so neither
+    the open log nor the store after closing and reopening has the branch (the flush on close
+    cuts the line off even when nothing else is held)."""
+    p = tmp_path / "log.duckdb"
+    log = DuckEventLog(p)
+    log.init_branch("main")
+    log.append("main", [ev(0, 0)], expected_head=None)
+    log.flush()
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", _failing)
+        with pytest.raises(OSError):
+            log.fork("f", source="main", at_seq=0)
+    assert [b.name for b in log.branches()] == ["main"]
+    log.close()
+    assert os.path.getsize(tmp_path / "log.duckdb.journal") == 0
+    with DuckEventLog(p) as log:
+        assert [b.name for b in log.branches()] == ["main"] and log.verify().ok

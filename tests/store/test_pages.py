@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from store import DuckEventLog, EventNotFound, NewEvent
 from store.duck.pages import PAGE
-from store.duck.tail import Tail
+from store.duck.tail import _BATCH_COST, _EVENT_COST, Tail
 from store.journal import Batch
 
 
@@ -106,7 +106,8 @@ def _batch(n: int, size: int = 10, start: int = 0) -> Batch:
 
 
 def test_the_tail_drops_the_oldest_batch_of_any_branch_first() -> None:
-    t = Tail(max_bytes=3 * (10 + 240) * 4)  # room for three batches of four events
+    one = 4 * (10 + _EVENT_COST) + _BATCH_COST  # a batch of four events of 10 bytes
+    t = Tail(max_bytes=3 * one)  # room for three
     t.add("a", 0, _batch(4))
     t.add("b", 0, _batch(4, start=100))
     t.add("a", 4, _batch(4, start=4))
@@ -116,49 +117,131 @@ def test_the_tail_drops_the_oldest_batch_of_any_branch_first() -> None:
     assert [e.id for e in t.envelopes("a", 3, 7)] == ["id4", "id5", "id6", "id7"]
     assert t.at("a", 4) is not None and t.at("a", 4).parent is None and t.at("a", 5).parent == "id4"  # type: ignore[union-attr]
     t.forget("b")
-    assert t.bytes == 4 * 250 and not t.covers("b", 5, 6)
+    assert t.bytes == one and not t.covers("b", 5, 6)
     t.add("c", 0, _batch(200, size=100))  # more than the whole budget: not held, nothing else dropped
     assert not t.covers("c", -1, 0) and t.covers("a", 3, 7)
     t.add("a", 9, _batch(1))  # not contiguous: the run starts again
     assert t.covers("a", 8, 9) and not t.covers("a", 7, 8)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(["append", "big", "flush", "fork", "read", "reopen"]), st.integers(0, 10_000)), max_size=14))
-def test_reads_agree_with_duckdb_whatever_is_held(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]) -> None:
-    """Appends, flushes, forks and reopenings in any order, with a tail and pages held small:
-    every read answers what DuckDB's own query does."""
+def _key(e: object) -> tuple[object, ...]:
+    return (e.id, e.parent, e.branch, e.seq, e.kind, e.schema, e.payload)  # type: ignore[attr-defined]
+
+
+def _small(log: DuckEventLog) -> None:
+    log._writer.tail.max_bytes = 30 * (_EVENT_COST + 10) + 10 * _BATCH_COST
+    log._pages.max_bytes = 3 * PAGE * 600
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.tuples(st.sampled_from(["append", "append", "big", "flush", "fork", "import", "reopen"]), st.integers(0, 10**6)), max_size=16),
+    st.sampled_from([3, 7, 10_000]),
+)
+def test_reads_agree_with_a_log_in_memory_whatever_is_held(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]], flush_every: int
+) -> None:
+    """Appends (journalled and direct), flushes, forks, imports and reopenings in any order, with
+    a small tail and small pages, and nothing flushed between them but what they flush: after
+    each, a read (edges included: before seq 0, past the head, kinds) and an ``at`` answer what
+    ``MemoryEventLog`` holds; at the end DuckDB holds the same."""
+    from datetime import UTC, datetime
+
+    from store import BranchImport, BranchInfo
+    from store.memory import MemoryEventLog
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
     p = tmp_path_factory.mktemp("log") / "log.duckdb"
-    log = DuckEventLog(p, flush_every=7)
-    log._writer.tail.max_bytes = 40 * 260
-    log.init_branch("main")
-    heads: dict[str, str | None] = {"main": None}
+    log = DuckEventLog(p, flush_every=flush_every, clock=lambda: t)
+    _small(log)
+    mem = MemoryEventLog(clock=lambda: t)
+    for x in (log, mem):
+        x.init_branch("main")
     try:
         for op, r in ops:
-            names = sorted(heads)
+            names = [b.name for b in mem.branches()]
             b = names[r % len(names)]
+            head = mem.branch(b)
             if op in ("append", "big"):
-                n = 1 + r % (3 if op == "append" else PAGE + 40)
-                heads[b] = log.append(b, [ev(r + i, "ab"[i % 2]) for i in range(n)], expected_head=heads[b])[-1]
+                n = 1 + r % 4 if op == "append" else 256 + r % 40
+                evs = [ev(r + i, "ab"[(r + i) % 2]) for i in range(n)]
+                assert log.append(b, evs, expected_head=head.head_id) == mem.append(b, evs, expected_head=head.head_id)
             elif op == "flush":
                 log.flush()
-            elif op == "fork" and log.branch(b).head_seq >= 0:
-                at = r % (log.branch(b).head_seq + 1)
-                name = f"f{len(heads)}"
-                heads[name] = log.fork(name, source=b, at_seq=at).base_id
+            elif op == "fork" and head.head_seq >= 0:
+                for x in (log, mem):
+                    x.fork(f"f{len(names)}", source=b, at_seq=r % (head.head_seq + 1))
+            elif op == "import":
+                evs = tuple(ev(r + i, "a") for i in range(1 + r % 5))
+                imps = [BranchImport(b, head.head_id, evs)]
+                if head.head_seq >= 0 and r % 2:
+                    base = mem.at(b, r % (head.head_seq + 1))
+                    info = BranchInfo(f"f{len(names)}", b, base.seq, base.id, -1, base.id, t)
+                    imps.append(BranchImport(info.name, base.id, evs[:2], create=info))
+                for x in (log, mem):
+                    x.import_branches(imps)
             elif op == "reopen":
                 log.close()
-                log = DuckEventLog(p, flush_every=7)
-                log._writer.tail.max_bytes = 40 * 260
-            head = log.branch(b).head_seq
-            if head >= 0:
-                lo = r % (head + 1)
-                hi = lo + (r // 7) % 50
-                kinds = ["b"] if r % 5 == 0 else None
-                got = log.read(b, after_seq=lo - 1, until_seq=min(hi, head), kinds=kinds)
-                at = log.at(b, lo)
-                assert got == _truth(log, b, after_seq=lo - 1, until_seq=min(hi, head), kinds=kinds)
-                assert at == log.get(at.id)
+                log = DuckEventLog(p, flush_every=flush_every, clock=lambda: t)
+                _small(log)
+            names = [x.name for x in mem.branches()]
+            b = names[r // 7 % len(names)]
+            h = mem.branch(b).head_seq
+            after = [None, -3, -1, r % (h + 4)][r // 3 % 4]
+            until = [None, -1, h + 2, r // 11 % (h + 3)][r // 5 % 4]
+            kinds = [None, ["a"], []][r % 3]
+            got = log.read(b, after_seq=after, until_seq=until, kinds=kinds)
+            assert [_key(e) for e in got] == [_key(e) for e in mem.read(b, after_seq=after, until_seq=until, kinds=kinds)]
+            if h >= 0:
+                assert _key(log.at(b, r % (h + 1))) == _key(mem.at(b, r % (h + 1)))
+        log.close()
+        log = DuckEventLog(p)
+        for x in mem.branches():
+            assert [_key(e) for e in log.read(x.name)] == [_key(e) for e in mem.read(x.name)]
         assert log.verify().ok
     finally:
         log.close()
+
+
+def test_what_is_held_costs_about_what_it_counts(tmp_path: Path) -> None:
+    """The budgets are of real memory (tracemalloc): a tail of one-event batches or of larger
+    ones, and pages read after reopening."""
+    import gc
+    import tracemalloc
+    from datetime import UTC, datetime
+
+    from store.envelope import seal
+
+    for per in (1, 50):
+        t = Tail(max_bytes=4 << 20)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            head, n = None, 0
+            for i in range(60_000 // per):
+                s = seal("main", head, [NewEvent("step.done", 1, b'{"i":%d}' % (i * per + k)) for k in range(per)])
+                t.add("main", n, Batch("main", n, head, datetime.now(UTC), s.ids, s.kinds, s.schemas, s.payloads))
+                head, n = s.ids[-1], n + per
+            gc.collect()
+            real = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert t.bytes <= t.max_bytes and 0.7 * t.max_bytes < real < 1.3 * t.max_bytes, (per, t.bytes, real)
+    p = tmp_path / "log.duckdb"
+    with DuckEventLog(p) as log:
+        log.init_branch("main")
+        log.append("main", [NewEvent("step.done", 1, b'{"i":%d}' % i) for i in range(PAGE * 60)], expected_head=None)
+    with DuckEventLog(p) as log:
+        log.read("main", after_seq=0, until_seq=1)  # DuckDB's own first-use allocations, before counting
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for page in range(1, 60):
+                log.read("main", after_seq=page * PAGE, until_seq=page * PAGE + 1)
+            gc.collect()
+            real = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        held = log._pages.bytes - sum(len(e.payload) + 560 for e in log._pages._held[("main", 0)])
+        assert 0.7 * held < real < 1.3 * held, (held, real)
