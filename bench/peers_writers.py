@@ -71,17 +71,17 @@ def ours(d: Path, writers: int, per: int) -> float:
 
 
 def ours_log(d: Path, writers: int, per: int) -> float:
-    from store import DuckEventLog, NewEvent
+    from store import DuckEventLog
 
     log = DuckEventLog(d / "w-raw.duckdb")
-    data = json.dumps(bp.PAYLOAD).encode()
+    event = bp.step_event()  # the bytes ``History`` records for a step
 
     def setup(t: int) -> Callable[[], None]:
         log.init_branch(f"w{t}")
         head: list[str | None] = [None]
 
         def step() -> None:
-            head[0] = log.append(f"w{t}", [NewEvent("action_taken", 1, data)], expected_head=head[0])[-1]
+            head[0] = log.append(f"w{t}", [event], expected_head=head[0])[-1]
 
         return step
 
