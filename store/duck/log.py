@@ -320,7 +320,8 @@ class DuckEventLog:
         elif seq > self._writer.logical_head(branch)[0]:
             raise StoreError(f"no event {branch}#{seq} to attach a snapshot to (the branch ends at #{self._writer.logical_head(branch)[0]})")
         row = self._snapshots.row(branch, seq, event_id, key, data)
-        if not self._writer.defer_snapshot(row):  # its event may still be journalled: then it goes in with the next flush
+        replaces = self._snapshots.indexed(branch, seq, key)
+        if not self._writer.defer_snapshot(row, replaces=replaces):  # its event may still be journalled: then it goes in with the next flush
             self._snapshots.insert(row)
         self._snapshots.note(row)  # found by the next lookup without a query
 

@@ -69,6 +69,14 @@ class SnapshotCache:
             seqs.insert(i, seq)
             rows.insert(i, entry)
 
+    def indexed(self, branch: str, seq: int, key: str) -> bool:
+        """Whether a snapshot of ``key`` at ``branch#seq`` is indexed (committed, or held for the
+        next flush); when not, DuckDB holds no row there (the index of (branch, key) is read
+        whole before any row is noted in it)."""
+        seqs, _ = self._rows(branch, key)
+        i = bisect.bisect_left(seqs, seq)
+        return i < len(seqs) and seqs[i] == seq
+
     def reset(self, held: list[list[Any]]) -> None:
         """Drop the index (read again from DuckDB on the next lookup), then note ``held``: rows
         not yet in DuckDB (held for the next flush)."""

@@ -50,6 +50,7 @@ class DuckWriter(JournalRecovery):
         self.pending: list[Batch] = []  # journalled, not yet in DuckDB
         self._tickets: list[int] = []  # each pending line's journal ticket (0: recovered, durable)
         self._pending_snaps: list[list[Any]] = []  # snapshot rows that go in with them
+        self._replacing: set[tuple[str, int, str]] = set()  # (branch, seq, key) of held rows DuckDB may hold already
         self._pending_n = 0
         # branch -> head as committed to DuckDB: every ref the store holds (this log is its only writer)
         self._committed: dict[str, Head] = {
@@ -194,7 +195,7 @@ class DuckWriter(JournalRecovery):
             self._heads[branch] = cached
         return cached
 
-    def defer_snapshot(self, row: list[Any]) -> bool:
+    def defer_snapshot(self, row: list[Any], *, replaces: bool = True) -> bool:
         """Hold a snapshot row for the next flush's transaction (its event may still be
         journalled, and a row of its own would cost a DuckDB transaction: 2-3 ms every 250
         events); False: this log has no journal, insert it now. A held row lost in a crash is a
@@ -202,6 +203,8 @@ class DuckWriter(JournalRecovery):
         if self.journal is None:
             return False
         self._pending_snaps.append(row)
+        if replaces:  # DuckDB may hold a row there: the flush replaces it (an upsert costs 3x a plain insert)
+            self._replacing.add((row[0], row[1], row[3]))
         return True
 
     def settle(self) -> None:
@@ -252,6 +255,7 @@ class DuckWriter(JournalRecovery):
         lines = bool(self.pending)
         self._commit(self.pending, self._pending_snaps)
         self.pending, self._tickets, self._pending_n, self._pending_snaps = [], [], 0, []
+        self._replacing.clear()
         assert self.journal is not None
         if lines:
             self.journal.clear()
@@ -272,10 +276,11 @@ class DuckWriter(JournalRecovery):
             cols = self._move_refs(by_branch)
             if cols[0]:
                 self._insert_rows(cols)
-            if snaps:  # snapshot rows held for this flush (one per place and key: the latest saved)
-                rows = list({(r[0], r[1], r[3]): r for r in snaps}.values())
-                con.execute("INSERT OR REPLACE INTO snapshots VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows)),
-                            [v for row in rows for v in row])
+            latest = {(r[0], r[1], r[3]): r for r in snaps}  # snapshot rows held for this flush: the latest saved at each place
+            for verb, rows in (("INSERT OR REPLACE", [r for k, r in latest.items() if k in self._replacing]),
+                               ("INSERT", [r for k, r in latest.items() if k not in self._replacing])):
+                if rows:
+                    con.execute(f"{verb} INTO snapshots VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows)), [v for row in rows for v in row])
             con.commit()
         except BaseException:
             with contextlib.suppress(duckdb.Error):  # a failed commit may have ended it: the first error is the one to tell

@@ -232,9 +232,15 @@ def test_a_snapshot_row_waits_for_the_next_flush_and_a_crash_loses_only_the_cach
             found = log.load_snapshot("main", 2, "k")
             assert found is not None and found[3] == b"t" * 600
         assert log.list_snapshots("k") == [("main", 2, ids[2])]  # a query flushes the row in
+        log.save_snapshot("main", 2, "k", b"u" * 600, event_id=ids[2])  # over a committed row: replaced at the flush
+        log.save_snapshot("main", 1, "k", b"v" * 600, event_id=ids[1])  # a new place: a plain insert
+        log.flush()
+        assert log.list_snapshots("k") == [("main", 1, ids[1]), ("main", 2, ids[2])]
+        found = log.load_snapshot("main", 2, "k")
+        assert found is not None and found[3] == b"u" * 600
     with DuckEventLog(p) as log:
         found = log.load_snapshot("main", 2, "k")
-        assert found is not None and found[3] == b"t" * 600 and log.verify().ok
+        assert found is not None and found[3] == b"u" * 600 and log.verify().ok
     q = tmp_path / "died.duckdb"
     out = subprocess.run([sys.executable, "-c", SNAPSHOT_AND_DIE.format(root=str(ROOT)), str(q)], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "lost"
