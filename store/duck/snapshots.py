@@ -95,10 +95,6 @@ class SnapshotCache:
                     return rows[i][0]
         return None
 
-    def forget(self, branch: str, key: str) -> None:
-        """Drop the index of (branch, key): re-read on the next lookup."""
-        self._index.pop((branch, key), None)
-
     def load(self, segments: list[tuple[str, int]], keys: Sequence[str]) -> dict[str, Found]:
         """For each of ``keys``, its latest snapshot on the history ``segments`` (keys with none
         are absent). Positions come from the index, read once per (branch, key); the bytes from
