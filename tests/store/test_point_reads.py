@@ -77,7 +77,8 @@ def test_a_read_of_old_events_still_queries_and_agrees(tmp_path: Path) -> None:
         assert log.at("main", 3).id == ids[3] and log.at("main", 5000).id == ids[5000]
 
 
-FORK_AND_DIE = """
+# a writer that has flushed three events (the scripts below go on, then die)
+GROWN = """
 import os, sys
 sys.path.insert(0, {root!r})
 from store import DuckEventLog, NewEvent
@@ -85,7 +86,9 @@ log = DuckEventLog(sys.argv[1])
 log.init_branch("main")
 ids = log.append("main", [NewEvent("k", 1, b'{{"i":1}}')] * 3, expected_head=None)
 log.flush()
-log.fork("f", source="main", at_seq=1)
+"""
+
+FORK_AND_DIE = GROWN + """log.fork("f", source="main", at_seq=1)
 log.append("f", [NewEvent("k", 1, b'{{"i":2}}')], expected_head=ids[1])
 log.fork("g", source="f", at_seq=0)
 print(ids[1])
@@ -196,15 +199,7 @@ def test_a_fork_at_a_cached_depth_needs_no_query(tmp_path: Path, monkeypatch: py
         assert log.verify().ok and log.branch("f").base_id == log.at("main", 100).id
 
 
-SNAPSHOT_AND_DIE = """
-import os, sys
-sys.path.insert(0, {root!r})
-from store import DuckEventLog, NewEvent
-log = DuckEventLog(sys.argv[1])
-log.init_branch("main")
-ids = log.append("main", [NewEvent("k", 1, b'{{"i":1}}')] * 3, expected_head=None)
-log.flush()
-log.save_snapshot("main", 2, "k", b"kept" * 200, event_id=ids[2])
+SNAPSHOT_AND_DIE = GROWN + """log.save_snapshot("main", 2, "k", b"kept" * 200, event_id=ids[2])
 log.flush()
 log.save_snapshot("main", 1, "k", b"lost" * 200, event_id=ids[1])  # held for the next flush
 print(log.load_snapshot("main", 1, "k")[3][:4].decode())
