@@ -27,7 +27,7 @@ from store.duck.opening import check_openable, connect, journalled_batches, prep
 from store.duck.pages import Pages, near_read
 from store.duck.reads import history_spans, page_history, query_history
 from store.duck.schema import BRANCH_COLS, COLS, fetch_one
-from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache
+from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache, check_snapshot_place
 from store.duck.sql import SqlResult, SqlRunner
 from store.duck.verify import verify_connection
 from store.duck.write import JOURNAL_SUFFIX, DuckWriter
@@ -315,11 +315,11 @@ class DuckEventLog:
     def save_snapshot(self, branch: str, seq: int, key: str, data: bytes, *, event_id: str | None = None) -> None:
         self._check_writable()
         self._writer.settle()
-        if event_id is None:
-            event_id = self.at(branch, seq).id
-        elif seq > self._writer.logical_head(branch)[0]:
-            raise StoreError(f"no event {branch}#{seq} to attach a snapshot to (the branch ends at #{self._writer.logical_head(branch)[0]})")
-        row = self._snapshots.row(branch, seq, event_id, key, data)
+        check_snapshot_place(branch, seq, key, data, self._writer.logical_head(branch)[0])
+        at = self.at(branch, seq).id  # held in memory for a recent seq: the id a fork at this seq may take from the row
+        if event_id is not None and event_id != at:
+            raise StoreError(f"a snapshot of {branch}#{seq} names event {str(event_id)[:80]!r}, but the event there is {at}")
+        row = self._snapshots.row(branch, seq, at, key, data)
         replaces = self._snapshots.indexed(branch, seq, key)
         if not self._writer.defer_snapshot(row, replaces=replaces):  # its event may still be journalled: then it goes in with the next flush
             self._snapshots.insert(row)

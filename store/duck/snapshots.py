@@ -17,9 +17,10 @@ import duckdb
 import zstandard
 
 from store.duck.schema import fetch_one
+from store.errors import StoreError
 from store.files import atomic_write
 
-__all__ = ["SNAPSHOT_SUFFIX", "SnapshotCache"]
+__all__ = ["SNAPSHOT_SUFFIX", "SnapshotCache", "check_snapshot_place"]
 
 SNAPSHOT_SUFFIX = ".snapshots"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first bytes; a file without them holds its bytes as they are
@@ -28,6 +29,18 @@ _COMPRESS_ABOVE = 512  # smaller snapshots are stored as they are (a frame costs
 _MAX_INFLATED = 1 << 30  # a frame that claims more is damage, not a snapshot (never allocated)
 _SNAP_REF = b"sha256:"  # a snapshot row's data that names a file instead of holding the bytes
 Found = tuple[str, int, str, bytes]  # (branch, seq, event id, data) of a snapshot
+
+
+def check_snapshot_place(branch: str, seq: object, key: object, data: object, head: int) -> None:
+    """A snapshot's place and key as a row can hold them (``StoreError`` otherwise): a seq that is
+    an int from 0 to the branch's head, a key that is text, bytes of data. Checked before the row
+    is held, since a held row that DuckDB refuses would fail every later flush."""
+    if type(seq) is not int or not 0 <= seq <= head:
+        raise StoreError(f"a snapshot's seq must be an event of {branch!r} (0 to #{head}), not {str(seq)[:40]!r}")
+    if not isinstance(key, str) or not key or not key.isprintable():
+        raise StoreError(f"a snapshot's key must be printable text, not {str(key)[:40]!r}")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise StoreError(f"a snapshot's data must be bytes, not {type(data).__name__}")
 
 
 class SnapshotCache:

@@ -242,3 +242,56 @@ def test_a_snapshot_row_waits_for_the_next_flush_and_a_crash_loses_only_the_cach
     with DuckEventLog(q) as log:
         assert log.list_snapshots("k") == [("main", 2, log.at("main", 2).id)] and log.verify().ok
         assert log.load_snapshot("main", 1, "k") is None
+
+
+@pytest.mark.parametrize("bad", ["seq 1.5", "seq -1", "seq past the head", "seq True", "key not text", "key with NUL", "wrong event"])
+def test_a_snapshot_that_a_flush_could_not_insert_is_refused_when_saved(tmp_path: Path, bad: str) -> None:
+    """A held row DuckDB refused (or rounded onto another row's place) would fail every later
+    flush; a row naming another event would give a fork the wrong base. Each is StoreError at
+    save_snapshot, nothing is held, and the log goes on."""
+    from store import StoreError
+
+    log = DuckEventLog(tmp_path / "log.duckdb")
+    ids = _grow(log)
+    log.flush()
+    log.save_snapshot("main", 2, "k", b"kept", event_id=ids[2])
+    args: dict[str, object] = {"seq 1.5": {"seq": 1.5}, "seq -1": {"seq": -1}, "seq past the head": {"seq": 60},
+                               "seq True": {"seq": True}, "key not text": {"key": b"k"}, "key with NUL": {"key": "k\x00"},
+                               "wrong event": {"event_id": ids[3]}}[bad]  # type: ignore[assignment]
+    call = {"seq": 2, "key": "k", "event_id": ids[2], **args}  # type: ignore[dict-item]
+    with pytest.raises(StoreError):
+        log.save_snapshot("main", call["seq"], call["key"], b"bad", event_id=call["event_id"])  # type: ignore[arg-type]
+    more = log.append("main", [ev(i) for i in range(3)], expected_head=ids[-1])
+    log.flush()
+    assert log.list_snapshots("k") == [("main", 2, ids[2])] and log.verify().ok
+    log.close()
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        assert log.branch("main").head_id == more[-1] and log.fork("f", source="main", at_seq=2).base_id == ids[2]
+
+
+def test_a_full_disk_after_the_commit_leaves_nothing_to_insert_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB committed the journalled batches (and held snapshot rows), then the heads file could
+    not be written: StoreFull says it was recorded, and the next flush does not insert them again."""
+    import errno
+
+    from store import StoreFull
+    from store.duck.heads import HeadsFile
+
+    log = DuckEventLog(tmp_path / "log.duckdb")
+    ids = _grow(log)
+    log.save_snapshot("main", 4, "k", b"s" * 600, event_id=ids[4])
+
+    def full(self: object, committed: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(HeadsFile, "write", full)
+        with pytest.raises(StoreFull) as e:
+            log.flush()
+        assert e.value.recorded
+    more = log.append("main", [ev(99)], expected_head=ids[-1])
+    log.flush()
+    assert log.verify().ok and log.list_snapshots("k") == [("main", 4, ids[4])]
+    log.close()
+    with DuckEventLog(tmp_path / "log.duckdb") as log:
+        assert log.branch("main").head_id == more[-1] and log.count() == len(ids) + 1
