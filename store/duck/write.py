@@ -253,14 +253,16 @@ class DuckWriter(JournalRecovery):
         if not self.pending and not self._pending_snaps:
             return
         lines = bool(self.pending)
-        self._commit(self.pending, self._pending_snaps)
+        self._commit(self.pending, self._pending_snaps, heads=False)
+        # committed: nothing stays held, whatever fails below (a full disk must not make the next flush insert them again)
         self.pending, self._tickets, self._pending_n, self._pending_snaps = [], [], 0, []
         self._replacing.clear()
         assert self.journal is not None
         if lines:
             self.journal.clear()
+            self._heads_committed()
 
-    def _commit(self, batches: list[Batch], snaps: Sequence[list[Any]] = ()) -> None:
+    def _commit(self, batches: list[Batch], snaps: Sequence[list[Any]] = (), *, heads: bool = True) -> None:
         """Insert ``batches`` in one transaction: new refs first (lines with ``ref``), then the
         events, moving each branch's ref once. A batch with ``first_seq == -1`` takes its seqs
         from the ref; others must follow it exactly."""
@@ -293,7 +295,7 @@ class DuckWriter(JournalRecovery):
         for b in batches:
             if b.ref is None:
                 self._committed[b.branch] = self._heads[b.branch] if b.first_seq < 0 else (b.first_seq + len(b.ids) - 1, b.ids[-1])
-        if batches:  # snapshot rows alone move no head
+        if batches and heads:  # snapshot rows alone move no head
             self._heads_committed()
 
     def _heads_committed(self) -> None:
