@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from sia_engine.domain.history import rebuild
@@ -36,7 +38,7 @@ def locate(log: EventLog, ref: str, *, branch: str = "main") -> Located:
     unique prefix in the state of ``branch``. Raises ``EventNotFound`` or ``AmbiguousRef``."""
     if "#" in ref:
         b, _, seq = ref.rpartition("#")
-        if not seq.isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", seq):  # ASCII digits only: str.isdigit takes '²' and '٣' too
             raise EventNotFound(ref)
         return Located(event=log.at(b, int(seq)), branch=b)
     ref = ref.lower()

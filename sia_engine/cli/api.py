@@ -66,8 +66,14 @@ def open_store(path: str, *, read_only: bool = False) -> Iterator[Store]:
         yield s
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escapes, BEL, carriage returns)
+    written as its Python escape (newlines kept): an error message quotes what a user typed."""
+    return text if text.isprintable() else "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
+
+
 def fail(msg: str, code: int = 2) -> NoReturn:
-    err.print(styled(("error:", "bold red"), f" {msg}"), soft_wrap=True)
+    err.print(styled(("error:", "bold red"), f" {printable(msg)}"), soft_wrap=True)
     sys.exit(code)
 
 

@@ -28,6 +28,7 @@ from sia_engine.cli.api import (
     fail,
     open_store,
     out,
+    printable,
     store_options,
     styled,
 )
@@ -52,7 +53,7 @@ class _Sia(click.Group):
         try:
             return super().invoke(ctx)
         except (SiaError, StoreError) as e:
-            err.print(styled(("error:", "bold red"), f" {e}"), soft_wrap=True)
+            err.print(styled(("error:", "bold red"), f" {printable(str(e))}"), soft_wrap=True)
             sys.exit(2)
 
 

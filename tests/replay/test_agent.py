@@ -76,6 +76,16 @@ def test_an_event_about_a_version_names_it(trained, tmp_path: Path) -> None:  # 
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("ref", ["main#\u00b2", "main#\u0663", "main#\uff13", "ma\x1b[31min#3", "main#3\x1b]0;x\x07"])
+def test_a_ref_with_other_digits_or_terminal_escapes_is_one_plain_error(trained, tmp_path: Path, ref: str) -> None:  # type: ignore[no-untyped-def]
+    """Seqs are ASCII digits ('\u00b2' crashed int(), '\u0663' and '\uff13' were read as 3); what the user typed is
+    quoted with its control characters escaped, so the terminal acts on none of them."""
+    path, _ = trained
+    r = CliRunner().invoke(main, ["rebuild", ref, "--out", str(tmp_path / "agent"), "--store", str(path)])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "\x1b" not in r.output and "\x07" not in r.output, r.output
+    assert not (tmp_path / "agent").exists()
+
+
 def test_another_base_model_is_refused(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path, ev = trained
     other = tiny_model(seed=1).ref.weights_hash
