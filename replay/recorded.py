@@ -86,7 +86,7 @@ from sia_engine.loop.pins import (
     data_difference,
     data_pin,
 )
-from sia_engine.loop.task import Episode, Score, ScoresConcurrently, Task
+from sia_engine.loop.task import Episode, Score, ScoresConcurrently, Task, scope_cache
 from sia_engine.models.protocol import Model
 from store import BlobStore, EventLog, MemoryEventLog, Store
 from store.errors import BlobError
@@ -109,8 +109,20 @@ def _prescore(task: Task, episodes: dict[str, Episode], trajs: list[TrajectoryRe
     workers = min(os.cpu_count() or 1, 8) if isinstance(task, ScoresConcurrently) and task.concurrent_scoring else 1
     if workers > 1 and len(todo) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            return dict(zip(todo, pool.map(one, todo), strict=True))
-    return {pair: one(pair) for pair in todo}
+            scores = dict(zip(todo, pool.map(one, todo), strict=True))
+    else:
+        scores = {pair: one(pair) for pair in todo}
+    # A sandboxed run that timed out here, where the log scored it otherwise, may have met a busy
+    # machine (runs side by side, other work): scored once more, alone, in a cache scope of its own.
+    recorded = {(t.episode_id, t.output): t.score for t in trajs}
+    for i, pair in enumerate(p for p, sc in list(scores.items()) if _timed_out(sc) and differs(sc.score, recorded.get(p))):
+        scope_cache(task, f"replay-retry-{i}")
+        scores[pair] = one(pair)
+    return scores
+
+
+def _timed_out(s: Score) -> bool:
+    return any(c.outputs.get("status") == "timeout" for c in s.tools)
 
 
 def replay_recorded(store: Store | EventLog, branch: str, task: Task | None, *, retrain: Model | None = None) -> ReplayReport:

@@ -113,3 +113,45 @@ def test_reexecution_names_the_first_divergence(tmp_path: Path) -> None:
         report = reexecute(s, "main", tiny_model(seed=1))  # other weights: other outputs
     assert report.identical < report.outputs and report.first_divergence is not None
     assert set(report.first_divergence) == {"at", "version", "sample", "recorded", "reexecuted"}
+
+
+def test_a_rescore_that_timed_out_where_the_log_scored_it_runs_once_more_alone() -> None:
+    """Replay re-scores side by side; a sandboxed run may time out on a busy machine where the
+    recorded run did not. Such an output is scored again, alone, in a cache scope of its own; an
+    output whose recorded run timed out as well is not run twice."""
+    from replay.recorded import _prescore
+    from sia_engine.domain.events import TrajectoryRecorded
+    from sia_engine.domain.payloads import ToolCall
+    from sia_engine.loop.task import Episode, Score
+
+    class Busy:
+        name = "busy"
+        concurrent_scoring = True
+
+        def __init__(self) -> None:
+            self.cache: dict[str, Score] = {}
+            self.runs: list[str] = []
+            self.scopes: list[str] = []
+
+        def cache_scope(self, scope: str) -> None:
+            self.scopes.append(scope)
+            self.cache = {}
+
+        def score(self, episode: Episode, output: str) -> Score:
+            if output in self.cache:
+                return self.cache[output]
+            self.runs.append(output)
+            timed_out = output == "always" or self.runs.count(output) == 1  # the first run of each meets a busy machine
+            status = "timeout" if timed_out else "ok"
+            s = Score(0.0 if timed_out else 0.7, "content", {}, (ToolCall(name="sandbox", inputs={}, outputs={"status": status}),))
+            self.cache[output] = s
+            return s
+
+    ep = Episode("e1", "val", "x")
+    trajs = [TrajectoryRecorded(trajectory_id=f"t{i}", episode_id="e1", split="val", version_id="0" * 64, output=o, score=sc)
+             for i, (o, sc) in enumerate([("fine", 0.7), ("always", 0.0), ("fine2", 0.7)])]
+    task = Busy()
+    scores = _prescore(task, {"e1": ep}, trajs)  # type: ignore[arg-type]
+    assert scores[("e1", "fine")].score == 0.7 and scores[("e1", "fine2")].score == 0.7
+    assert scores[("e1", "always")].score == 0.0 and task.runs.count("always") == 1  # recorded as timed out too: not run again
+    assert sorted(task.runs) == ["always", "fine", "fine", "fine2", "fine2"] and len(task.scopes) == 2
