@@ -56,16 +56,16 @@ def rebuild_agent(store: Store, ref: str, out: str | Path, *, branch: str = "mai
     folder = check_out_folder(out, store.root)
     found = locate(store.log, ref, branch=branch)
     v = found.version
+    if v is None and found.event is not None:
+        branch = found.branch or branch
+    state = state_at(store.log, branch)
     if v is None and found.event is not None:  # an event about a version (its adapter's checkpoint, its evaluation): that version
         named = msgspec.json.decode(found.event.payload)
         about = named.get("version_id") if isinstance(named, dict) else None
-        branch = found.branch or branch
-        v = state_at(store.log, branch).versions.get(about) if isinstance(about, str) else None
+        v = state.versions.get(about) if isinstance(about, str) else None
     if v is None:
         raise RebuildMismatch("reference", "an agent version", f"an event ({ref}) that names none; give a version id or prefix, "
                               "or the ref of an event about a version (BRANCH#SEQ)")
-
-    state = state_at(store.log, branch)
     assert state.run is not None
     base = state.run.base_model
     vid = version_id(base, v.scaffold, v.adapter)

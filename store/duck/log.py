@@ -26,7 +26,7 @@ from store.duck.heads import HeadsFile
 from store.duck.opening import check_openable, connect, journalled_batches, prepare_tables
 from store.duck.pages import Pages, near_read
 from store.duck.reads import history_spans, page_history, query_history
-from store.duck.schema import BRANCH_COLS, COLS, fetch_one
+from store.duck.schema import BRANCH_COLS, COLS, fetch_one, row_envelope
 from store.duck.snapshots import SNAPSHOT_SUFFIX, SnapshotCache, check_snapshot_place
 from store.duck.sql import SqlResult, SqlRunner
 from store.duck.verify import verify_connection
@@ -237,9 +237,7 @@ class DuckEventLog:
         self.flush()
         return query_history(self._con, self.segments(branch, until_seq), branch, after_seq, kinds)
 
-    @staticmethod
-    def _env(row: tuple[Any, ...]) -> Envelope:
-        return Envelope(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7].encode())
+    _env = staticmethod(row_envelope)
 
     def _near(
         self, branch: str, until_seq: int | None, after_seq: int | None, kinds: Sequence[str] | None
@@ -321,7 +319,7 @@ class DuckEventLog:
             raise StoreError(f"a snapshot of {branch}#{seq} names event {str(event_id)[:80]!r}, but the event there is {at}")
         row = self._snapshots.row(branch, seq, at, key, data)
         replaces = self._snapshots.indexed(branch, seq, key)
-        if not self._writer.defer_snapshot(row, replaces=replaces):  # its event may still be journalled: then it goes in with the next flush
+        if not self._writer.defer_snapshot(row, replaces=replaces):  # held for the next flush, unless this log has no journal
             self._snapshots.insert(row)
         self._snapshots.note(row)  # found by the next lookup without a query
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import duckdb
 
-from store.duck.schema import COLS
+from store.duck.schema import COLS, row_envelope
 from store.duck.tail import Tail
 from store.envelope import Envelope
 
@@ -32,10 +31,6 @@ __all__ = ["MAX_PAGES", "PAGE", "Pages", "near_read"]
 PAGE = 128  # seqs per page
 MAX_PAGES = 32  # a read spanning more queries DuckDB directly (a whole history is not a point read)
 _ENVELOPE_COST = 560  # bytes an envelope costs beside its payload (two ids, strings, a datetime, the struct), measured
-
-
-def _env(row: tuple[Any, ...]) -> Envelope:
-    return Envelope(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7].encode())
 
 
 class Pages:
@@ -95,7 +90,7 @@ class Pages:
             rows = con.execute(
                 f"SELECT {COLS} FROM events WHERE branch = ? AND seq >= ? AND seq <= ? ORDER BY seq", [branch, lo * PAGE, top]
             ).fetchall()
-            got = [_env(r) for r in rows]
+            got = [row_envelope(r) for r in rows]
             if len(got) != top - lo * PAGE + 1 or any(e.seq != lo * PAGE + i for i, e in enumerate(got)):
                 return None  # seqs missing: a damaged store (``verify`` says how); hold nothing of it
             for p in range(lo, hi + 1):

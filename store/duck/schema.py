@@ -13,7 +13,9 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["BRANCH_COLS", "COLS", "DDL", "FORMAT_VERSION", "branch_names", "fetch_one"]
+from store.envelope import Envelope
+
+__all__ = ["BRANCH_COLS", "COLS", "DDL", "FORMAT_VERSION", "branch_names", "fetch_one", "row_envelope"]
 
 FORMAT_VERSION = "1"
 
@@ -33,6 +35,11 @@ CREATE TABLE snapshots (
 
 COLS = "id, parent, branch, seq, kind, schema, recorded_at, payload"  # an event row, in table order
 BRANCH_COLS = "name, base_branch, base_seq, base_id, head_seq, head_id, created_at"  # a BranchInfo
+
+
+def row_envelope(row: tuple[Any, ...]) -> Envelope:
+    """An ``events`` row, as ``COLS`` selects it, as an envelope."""
+    return Envelope(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7].encode())
 
 
 def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
